@@ -1,0 +1,1 @@
+"""dpfed: differentially private federated training of GRU sequence models."""

@@ -1,0 +1,100 @@
+"""The one place that turns a composed config into built components."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import tensorflow as tf
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dpfed.errors import ConfigError
+from dpfed.federated.simulation import Simulation
+
+DEVICES = ("auto", "cpu", "gpu")
+PACKAGES = ("tensorflow", "tensorflow-federated", "tensorflow-privacy", "dp-accounting",
+            "hydra-core")
+
+
+@contextlib.contextmanager
+def config_group(group: str) -> Iterator[None]:
+    """Re-raises errors from building ``group`` with keys named ``group.<key>``."""
+    try:
+        yield
+    except ConfigError as err:
+        raise err.under(group) from None
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause.under(group) from None
+
+
+def _build(group: str, node: DictConfig, **kwargs):
+    with config_group(group):
+        return instantiate(node, **kwargs)
+
+
+def configure_device(device: str) -> None:
+    """Makes TensorFlow use the CPU, a GPU, or whatever it finds (``auto``)."""
+    if device not in DEVICES:
+        raise ConfigError("sim.device", device, f"one of {', '.join(DEVICES)}")
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu" and not gpus:
+        raise ConfigError("sim.device", device, "cpu or auto: TensorFlow sees no GPU here")
+    if device == "cpu" and gpus:
+        with contextlib.suppress(RuntimeError):  # already initialised in this process
+            tf.config.set_visible_devices([], "GPU")
+
+
+def build_simulation(cfg: DictConfig) -> Simulation:
+    """Builds and validates every component of a run, before any training.
+
+    Args:
+        cfg: the composed run config (`dpfed.config.RunConfig`).
+
+    Returns:
+        A ready-to-run `Simulation`.
+
+    Raises:
+        ConfigError: a setting is out of range; the message names its key.
+    """
+    configure_device(cfg.sim.device)
+    tf.keras.utils.set_random_seed(cfg.seed)
+    dataset = _build("dataset", cfg.dataset)
+    with config_group("model"):
+        model = instantiate(cfg.model).bind(dataset)
+    mechanism = _build("dp", cfg.dp)
+    strategy = _build("strategy", cfg.strategy)
+    with config_group("strategy"):
+        sampler = strategy.sampler(dataset.num_clients, cfg.seed)
+        aggregator = mechanism.aggregator(strategy.clients_per_round)
+        process = strategy.learning_process(model, dataset.element_spec, aggregator)
+    with config_group("dp"):
+        ledger = mechanism.ledger(sampler)
+    return Simulation(dataset, model, mechanism, strategy, sampler, ledger, process,
+                      rounds=cfg.rounds, seed=cfg.seed, progress=cfg.sim.progress)
+
+
+def provenance(cfg: DictConfig, choices: dict | None = None) -> dict:
+    """Versions, git commit, config choices and the resolved config, for summary.json."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "seed": cfg.seed,
+        "choices": choices or {},
+        "versions": {p: metadata.version(p) for p in PACKAGES},
+        "git_commit": commit,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }

@@ -1,0 +1,1 @@
+"""Federated sequence datasets: generators and loaders that yield TFF ClientData."""

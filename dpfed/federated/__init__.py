@@ -1,0 +1,1 @@
+"""Federation: strategies, client samplers, the TFF runtime and the round loop."""

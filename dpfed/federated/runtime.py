@@ -1,0 +1,113 @@
+"""TFF execution runtime with process hygiene for TFF's C++ ``worker_binary``.
+
+TFF 0.87 runs computations in a ``worker_binary`` child process that inherits
+the parent's stdout/stderr and is only stopped from a ``__del__`` that often
+never runs. Left alive, it keeps pipes open (``python run.py | tail`` hangs) and
+outlives the run. Here every worker is started with its output detached, with
+the kernel told to kill it when its parent dies (even on SIGKILL), and is
+reaped explicitly when the runtime context closes and at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import gc
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import psutil
+
+WORKER_NAME = "worker_binary"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class _DetachedPopen(subprocess.Popen):
+    """`subprocess.Popen` for TFF's worker: output detached, dies with its parent."""
+
+    def __init__(self, args, **kwargs):
+        log = os.environ.get("DPFED_WORKER_LOG")
+        sink = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+        kwargs.update(stdout=sink, stderr=sink, stdin=subprocess.DEVNULL)
+        kwargs["preexec_fn"] = _die_with_parent
+        super().__init__(args, **kwargs)
+
+
+class _DetachedWorkerSubprocess:
+    """Stands in for the ``subprocess`` module inside TFF's executor factory."""
+
+    Popen = _DetachedPopen
+
+    def __getattr__(self, name):
+        return getattr(subprocess, name)
+
+
+def _install_worker_patch() -> None:
+    from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+
+    executor_factory.subprocess = _DetachedWorkerSubprocess()
+
+
+def worker_processes() -> list[psutil.Process]:
+    """Returns this process's live ``worker_binary`` descendants."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.name() == WORKER_NAME or WORKER_NAME in " ".join(child.cmdline()[:1]):
+                found.append(child)
+    return found
+
+
+def reap_workers(timeout: float = 5.0) -> int:
+    """Stops every ``worker_binary`` this process started; returns how many."""
+    workers = worker_processes()
+    for proc in workers:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(workers, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    return len(workers)
+
+
+_installed = False
+
+
+@contextlib.contextmanager
+def tff_runtime() -> Iterator[None]:
+    """Sets a fresh local TFF execution context and reaps its worker on exit.
+
+    Each call gives a clean TFF state (a new context and a new worker), which is
+    what every job of a multirun sweep needs.
+    """
+    global _installed
+    import tensorflow_federated as tff
+
+    if not _installed:
+        _install_worker_patch()
+        atexit.register(reap_workers)
+        _installed = True
+    reap_workers()
+    tff.framework.set_default_context(
+        tff.backends.native.create_sync_local_cpp_execution_context()
+    )
+    try:
+        yield
+    finally:
+        # Dropping the context lets TFF stop its own worker; reaping covers the
+        # cases where its finalizer does not run.
+        tff.framework.set_default_context(
+            tff.backends.native.create_sync_local_cpp_execution_context()
+        )
+        gc.collect()
+        reap_workers()

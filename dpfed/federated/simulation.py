@@ -1,0 +1,157 @@
+"""The round loop: sample a cohort, run one TFF round, account, evaluate, write."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from dpfed.errors import check
+from dpfed.privacy.accounting import event_to_dict
+
+log = logging.getLogger(__name__)
+
+
+class Simulation:
+    """One federated training run, from built components.
+
+    Args:
+        dataset: a dataset with ``train``/``eval`` ClientData (`dpfed.data`).
+        model: a bound `dpfed.models.gru.GRUModel`.
+        mechanism: a DP mechanism (`dpfed.privacy.mechanisms`).
+        strategy: a strategy (`dpfed.federated.strategy`).
+        sampler: the strategy's client sampler.
+        ledger: the privacy ledger matching ``sampler``.
+        process: the TFF learning process.
+        rounds: rounds to run, >= 1.
+        seed: run seed (client shuffling, evaluation cohort).
+        progress: show a progress bar.
+    """
+
+    def __init__(self, dataset, model, mechanism, strategy, sampler, ledger, process,
+                 rounds: int, seed: int, progress: bool = True):
+        check(rounds >= 1, "rounds", rounds, ">= 1")
+        self.dataset, self.model, self.mechanism, self.strategy = dataset, model, mechanism, strategy
+        self.sampler, self.ledger, self.process = sampler, ledger, process
+        self.rounds, self.seed, self.progress = rounds, seed, progress
+        self.round_event = mechanism.round_event(sampler)
+        self.epsilon_planned = ledger.planned_epsilon(self.round_event, rounds)
+        self.metric = model.metrics()[0].name
+        self._eval_model = None
+
+    # ------------------------------------------------------------------ outputs
+    @property
+    def columns(self) -> list[str]:
+        m = self.metric
+        return ["round", "clients", "epsilon", "delta", "train/loss", f"train/{m}",
+                "train/examples", "eval/loss", f"eval/{m}", "round_seconds",
+                "bytes_down", "bytes_up"]
+
+    def privacy_record(self) -> dict:
+        """What an independent dp-accounting computation needs to recompute epsilon."""
+        return {
+            **self.mechanism.describe(),
+            **self.sampler.describe(),
+            **self.ledger.describe(),
+            "dp_event_per_round": event_to_dict(self.round_event),
+        }
+
+    # ------------------------------------------------------------------ pieces
+    def _client_datasets(self, client_ids, round_num):
+        return [
+            self.strategy.client_dataset(self.dataset.train.create_tf_dataset_for_client(cid),
+                                         seed=self.seed * 1_000_003 + round_num * 7919 + int(cid))
+            for cid in client_ids
+        ]
+
+    def _eval_arrays(self):
+        n = self.dataset.num_clients
+        k = n if self.strategy.eval_clients == -1 else min(n, self.strategy.eval_clients)
+        ids = np.random.default_rng([self.seed, 2]).choice(n, size=k, replace=False)
+        parts = [self.dataset.eval.arrays(i) for i in np.sort(ids)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def evaluate(self, state) -> dict:
+        """Loss and metric of the current global model on held-out client data."""
+        if self._eval_model is None:
+            self._eval_model = self.model.keras_model()
+            self._eval_model.compile(loss=self.model.loss(), metrics=self.model.metrics())
+            self._eval_x, self._eval_y = self._eval_arrays()
+        self.process.get_model_weights(state).assign_weights_to(self._eval_model)
+        loss, metric = self._eval_model.evaluate(self._eval_x, self._eval_y, batch_size=512,
+                                                 verbose=0)
+        return {"eval/loss": float(loss), f"eval/{self.metric}": float(metric)}
+
+    def _model_bytes(self, state) -> tuple[int, int]:
+        weights = self.process.get_model_weights(state)
+        down = sum(np.asarray(w).nbytes for w in (*weights.trainable, *weights.non_trainable))
+        up = sum(np.asarray(w).nbytes for w in weights.trainable)
+        return down, up + (4 if self.strategy.weighted else 0)
+
+    def _due_for_eval(self, round_num: int) -> bool:
+        every = self.strategy.eval_every
+        return every > 0 and (round_num % every == 0 or round_num == self.rounds)
+
+    # ------------------------------------------------------------------ loop
+    def run(self, writer, extra_summary: dict | None = None) -> dict:
+        """Runs all rounds, writing a metrics row and the summary after each one."""
+        summary = {
+            "status": "running", "rounds": 0, "rounds_planned": self.rounds,
+            "epsilon": self.ledger.epsilon, "epsilon_planned": self.epsilon_planned,
+            **self.privacy_record(), **self.strategy.describe(), **(extra_summary or {}),
+        }
+        log.info("privacy: %s", self.describe_privacy())
+        state = self.process.initialize()
+        down_per_client, up_per_client = self._model_bytes(state)
+        totals = {"bytes_down": 0, "bytes_up": 0, "seconds": 0.0}
+        bar = tqdm(range(1, self.rounds + 1), desc="rounds", unit="round",
+                   disable=not self.progress, dynamic_ncols=True)
+        for round_num in bar:
+            start = time.perf_counter()
+            cohort = self.sampler.sample(round_num)
+            result = self.process.next(state, self._client_datasets(cohort, round_num))
+            state = result.state
+            train = result.metrics["client_work"]["train"]
+            seconds = time.perf_counter() - start
+            epsilon = self.ledger.record(self.round_event)
+            row = {
+                "round": round_num, "clients": len(cohort), "epsilon": epsilon,
+                "delta": self.ledger.delta, "train/loss": float(train["loss"]),
+                f"train/{self.metric}": float(train[self.metric]),
+                "train/examples": int(train["num_examples"]),
+                "eval/loss": None, f"eval/{self.metric}": None, "round_seconds": seconds,
+                "bytes_down": down_per_client * len(cohort), "bytes_up": up_per_client * len(cohort),
+            }
+            if self._due_for_eval(round_num):
+                row.update(self.evaluate(state))
+            writer.write_round(row)
+            totals["bytes_down"] += row["bytes_down"]
+            totals["bytes_up"] += row["bytes_up"]
+            totals["seconds"] += seconds
+            summary.update(
+                rounds=round_num, epsilon=epsilon,
+                **{k: v for k, v in row.items() if "/" in k and v is not None},
+                total_bytes_down=totals["bytes_down"], total_bytes_up=totals["bytes_up"],
+                train_seconds=totals["seconds"],
+            )
+            writer.write_summary(summary)
+            bar.set_postfix(eps=f"{epsilon:.3g}", loss=f"{row['train/loss']:.4f}")
+        summary["status"] = "completed"
+        writer.write_summary(summary)
+        writer.close()
+        return summary
+
+    def describe_privacy(self) -> str:
+        """One line on what is accounted and how, for the log."""
+        if math.isinf(self.epsilon_planned) and self.mechanism.name == "none":
+            return "none (dp=none): epsilon is infinite"
+        return (f"{self.mechanism.name} mechanism, {self.sampler.name} sampling "
+                f"({self.sampler.describe()}), {self.ledger.kind} accountant, "
+                f"{self.ledger.describe()['neighboring_relation']} adjacency; "
+                f"per-round DP event {event_to_dict(self.round_event)}; planned epsilon "
+                f"after {self.rounds} rounds: {self.epsilon_planned:.4g} at delta "
+                f"{self.ledger.delta:g}")

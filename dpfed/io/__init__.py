@@ -1,0 +1,1 @@
+"""Run outputs: metrics.csv (one row per round) and summary.json."""

@@ -1,0 +1,63 @@
+"""Writes a run's metrics.csv row by row and keeps summary.json current."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+
+def _json_value(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+class RunWriter:
+    """Appends one flushed CSV row per finished round; rewrites summary.json atomically.
+
+    Nothing is created until the first call, so a run rejected during building
+    leaves no metrics.csv behind.
+
+    Args:
+        output_dir: the run's directory (Hydra's output dir).
+        columns: metrics.csv header, in order.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, columns: list[str]):
+        self.dir = Path(output_dir)
+        self.columns = columns
+        self._file = None
+        self._csv = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / "metrics.csv"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.dir / "summary.json"
+
+    def write_round(self, row: dict) -> None:
+        if self._file is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.metrics_path, "w", newline="")  # noqa: SIM115
+            self._csv = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="raise")
+            self._csv.writeheader()
+        self._csv.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        self._file.flush()
+
+    def write_summary(self, summary: dict) -> None:
+        """Writes summary.json (epsilon may be ``Infinity``, which Python's json reads)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.summary_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({k: _json_value(v) for k, v in summary.items()}, indent=2,
+                                  default=str) + "\n")
+        os.replace(tmp, self.summary_path)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,1 @@
+"""Recurrent models: stacked GRUs with classification or regression heads."""

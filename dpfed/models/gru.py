@@ -1,0 +1,71 @@
+"""Configurable stacked GRU with a dense head (Cho et al. 2014)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from dpfed.errors import ConfigError, check
+
+OUTPUT_MODES = ("last", "every_step")
+
+
+class GRUModel:
+    """Builds fresh Keras GRU stacks and the loss and metrics that go with them.
+
+    The textbook model (two GRU(128) layers, Dense(10)) is
+    ``units=[128, 128], head_units=10``.
+
+    Args:
+        units: units of each GRU layer, bottom to top.
+        dropout: dropout between layers and before the head, in [0, 1).
+        outputs: ``last`` or ``every_step``.
+        head_units: width of the output layer; None takes it from the data.
+    """
+
+    def __init__(self, units, dropout: float = 0.0, outputs: str = "last", head_units=None):
+        units = list(units)
+        check(len(units) >= 1 and all(u >= 1 for u in units), "units", units,
+              "a non-empty list of positive integers")
+        check(0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
+        check(outputs in OUTPUT_MODES, "outputs", outputs, f"one of {', '.join(OUTPUT_MODES)}")
+        check(head_units is None or head_units >= 1, "head_units", head_units, "null or >= 1")
+        self.units, self.dropout, self.outputs, self.head_units = units, dropout, outputs, head_units
+
+    def bind(self, dataset) -> "GRUModel":
+        """Fixes input shape, task and head width from a dataset; checks they agree."""
+        if self.outputs != dataset.labels:
+            raise ConfigError("outputs", self.outputs, f"equal to dataset.labels ({dataset.labels})")
+        if self.head_units is not None and dataset.task == "classification":
+            check(self.head_units >= dataset.num_classes, "head_units", self.head_units,
+                  f">= the dataset's number of classes ({dataset.num_classes})")
+        if self.head_units is not None and dataset.task == "regression":
+            check(self.head_units == 1, "head_units", self.head_units, "1 (or null) for regression")
+        self.seq_len, self.num_features = dataset.seq_len, dataset.num_features
+        self.task = dataset.task
+        self.width = self.head_units or dataset.num_classes
+        return self
+
+    def keras_model(self) -> tf.keras.Model:
+        """Returns a new, freshly initialised Keras model."""
+        inputs = tf.keras.Input((self.seq_len, self.num_features), name="sequence")
+        x = inputs
+        for i, u in enumerate(self.units):
+            last_layer = i == len(self.units) - 1
+            x = tf.keras.layers.GRU(u, return_sequences=not last_layer or self.outputs == "every_step",
+                                    name=f"gru_{i}")(x)
+            if self.dropout:
+                x = tf.keras.layers.Dropout(self.dropout)(x)
+        out = tf.keras.layers.Dense(self.width, name="head")(x)
+        if self.task == "regression":
+            out = tf.keras.layers.Lambda(lambda t: tf.squeeze(t, -1), name="squeeze")(out)
+        return tf.keras.Model(inputs, out, name="gru_stack")
+
+    def loss(self) -> tf.keras.losses.Loss:
+        if self.task == "regression":
+            return tf.keras.losses.MeanSquaredError()
+        return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def metrics(self) -> list[tf.keras.metrics.Metric]:
+        if self.task == "regression":
+            return [tf.keras.metrics.MeanAbsoluteError(name="mae")]
+        return [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]

@@ -1,0 +1,1 @@
+"""Differential-privacy mechanisms and the accounting of what a run really did."""

@@ -1,0 +1,41 @@
+"""Train a GRU with federated learning and differential privacy: ``python run.py [overrides]``."""
+
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of logs
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from dpfed.config import register_configs
+from dpfed.errors import ConfigError
+
+register_configs()
+log = logging.getLogger("dpfed")
+logging.getLogger("absl").setLevel(logging.WARNING)  # TFF logs every model build at INFO
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> dict:
+    from dpfed.build import build_simulation, provenance  # heavy: TF and TFF
+    from dpfed.federated.runtime import tff_runtime
+    from dpfed.io.run_writer import RunWriter
+
+    hydra_cfg = HydraConfig.get()
+    with tff_runtime():
+        try:
+            simulation = build_simulation(cfg)
+        except ConfigError as err:
+            log.error("invalid configuration: %s", err)
+            sys.exit(2)
+        writer = RunWriter(hydra_cfg.runtime.output_dir, simulation.columns)
+        summary = simulation.run(writer, provenance(cfg, dict(hydra_cfg.runtime.choices)))
+    log.info("done: %s", {k: summary[k] for k in ("rounds", "epsilon", "delta")})
+    return summary
+
+
+if __name__ == "__main__":
+    main()
