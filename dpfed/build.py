@@ -17,8 +17,13 @@ from dpfed.errors import ConfigError
 from dpfed.federated.simulation import Simulation
 
 DEVICES = ("auto", "cpu", "gpu")
-PACKAGES = ("tensorflow", "tensorflow-federated", "tensorflow-privacy", "dp-accounting",
-            "hydra-core")
+PACKAGES = (
+    "tensorflow",
+    "tensorflow-federated",
+    "tensorflow-privacy",
+    "dp-accounting",
+    "hydra-core",
+)
 
 
 @contextlib.contextmanager
@@ -67,6 +72,7 @@ def build_simulation(cfg: DictConfig) -> Simulation:
         ConfigError: a setting is out of range; the message names its key.
     """
     configure_device(cfg.sim.device)
+    tf.keras.backend.clear_session()  # each job of a sweep starts from a clean TF state
     tf.keras.utils.set_random_seed(cfg.seed)
     dataset = _build("dataset", cfg.dataset)
     with config_group("model"):
@@ -79,16 +85,30 @@ def build_simulation(cfg: DictConfig) -> Simulation:
         process = strategy.learning_process(model, dataset.element_spec, aggregator)
     with config_group("dp"):
         ledger = mechanism.ledger(sampler)
-    return Simulation(dataset, model, mechanism, strategy, sampler, ledger, process,
-                      rounds=cfg.rounds, seed=cfg.seed, progress=cfg.sim.progress)
+    return Simulation(
+        dataset,
+        model,
+        mechanism,
+        strategy,
+        sampler,
+        ledger,
+        process,
+        rounds=cfg.rounds,
+        seed=cfg.seed,
+        progress=cfg.sim.progress,
+    )
 
 
 def provenance(cfg: DictConfig, choices: dict | None = None) -> dict:
     """Versions, git commit, config choices and the resolved config, for summary.json."""
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {

@@ -1,7 +1,7 @@
 """Structured-config schemas for every config option, and their registration.
 
 Each YAML option under ``conf/<group>/`` starts its defaults list with the
-schema registered here as ``<option>_schema``; Hydra then rejects unknown keys
+schema registered here as ``/schema/<group>/<option>@_here_``; Hydra then rejects unknown keys
 and wrong types at compose time. Range checks live in the components'
 constructors, which `dpfed.build` calls before any training starts.
 """
@@ -226,9 +226,9 @@ SCHEMAS: dict[str, dict[str, type]] = {
 
 
 def register_configs() -> None:
-    """Registers every schema with Hydra's ConfigStore as ``<group>/<option>_schema``."""
+    """Registers every schema with Hydra's ConfigStore as ``schema/<group>/<option>``."""
     store = ConfigStore.instance()
-    store.store(name="config_schema", node=RunConfig)
+    store.store(group="schema", name="config", node=RunConfig)
     for group, options in SCHEMAS.items():
         for option, schema in options.items():
-            store.store(group=group, name=f"{option}_schema", node=schema)
+            store.store(group=f"schema/{group}", name=option, node=schema)

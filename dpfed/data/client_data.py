@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_federated as tff
+
+from dpfed.federated.runtime import tff
 
 ClientArrays = tuple[np.ndarray, np.ndarray]
 

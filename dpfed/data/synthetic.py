@@ -55,12 +55,20 @@ class SyntheticDataset:
     ):
         check(num_clients >= 1, "num_clients", num_clients, ">= 1")
         check(min_examples >= 2, "min_examples", min_examples, ">= 2 (one train, one eval)")
-        check(examples_mean >= min_examples, "examples_mean", examples_mean,
-              f">= min_examples ({min_examples})")
+        check(
+            examples_mean >= min_examples,
+            "examples_mean",
+            examples_mean,
+            f">= min_examples ({min_examples})",
+        )
         check(0 <= examples_spread <= 3, "examples_spread", examples_spread, "in [0, 3]")
         check(seq_len >= 2, "seq_len", seq_len, ">= 2")
-        check(num_features >= self.min_features, "num_features", num_features,
-              f">= {self.min_features} for this dataset")
+        check(
+            num_features >= self.min_features,
+            "num_features",
+            num_features,
+            f">= {self.min_features} for this dataset",
+        )
         check(0 <= heterogeneity <= 1, "heterogeneity", heterogeneity, "in [0, 1]")
         check(0 < eval_fraction < 1, "eval_fraction", eval_fraction, "in (0, 1)")
         check(labels in LABEL_MODES, "labels", labels, f"one of {', '.join(LABEL_MODES)}")
@@ -150,8 +158,12 @@ class SmartHome(SyntheticDataset):
         state = np.zeros((n, steps), dtype=np.int64)
         state[:, 0] = rng.random(n) < 0.3
         for t in range(1, steps):
-            logit = (p["persist"] * (2 * state[:, t - 1] - 1)
-                     + 3.5 * occupied[:, t] * (1 - daylight[:, t]) - 1.5 + p["bias"])
+            logit = (
+                p["persist"] * (2 * state[:, t - 1] - 1)
+                + 3.5 * occupied[:, t] * (1 - daylight[:, t])
+                - 1.5
+                + p["bias"]
+            )
             state[:, t] = rng.random(n) < _sigmoid(logit)
         motion = occupied & (rng.random((n, steps)) < 0.8) | (rng.random((n, steps)) < 0.05)
         lux = 0.8 * daylight + 0.5 * state + rng.normal(0, 0.1, size=(n, steps))
@@ -195,7 +207,9 @@ class Health(SyntheticDataset):
         sick = rng.random(n) < p["prevalence"]
         onset = rng.uniform(0.3, 0.95, size=n) * steps
         severity = rng.uniform(0.6, 1.6, size=n)
-        progress = sick[:, None] * np.maximum(0.0, t - onset[:, None]) / steps * 2.5 * severity[:, None]
+        progress = (
+            sick[:, None] * np.maximum(0.0, t - onset[:, None]) / steps * 2.5 * severity[:, None]
+        )
 
         def ar_noise(scale):
             e = rng.normal(0, scale, size=(n, steps))

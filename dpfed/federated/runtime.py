@@ -6,6 +6,9 @@ never runs. Left alive, it keeps pipes open (``python run.py | tail`` hangs) and
 outlives the run. Here every worker is started with its output detached, with
 the kernel told to kill it when its parent dies (even on SIGKILL), and is
 reaped explicitly when the runtime context closes and at interpreter exit.
+
+Import TFF through this module (``from dpfed.federated.runtime import tff``)
+so that these protections are in place before any worker can start.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ import subprocess
 from collections.abc import Iterator
 
 import psutil
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.context_stack.set_default_context import (
+    set_no_default_context,
+)
+from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
 
 WORKER_NAME = "worker_binary"
 _PR_SET_PDEATHSIG = 1
@@ -51,8 +59,6 @@ class _DetachedWorkerSubprocess:
 
 
 def _install_worker_patch() -> None:
-    from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
-
     executor_factory.subprocess = _DetachedWorkerSubprocess()
 
 
@@ -80,7 +86,16 @@ def reap_workers(timeout: float = 5.0) -> int:
     return len(workers)
 
 
-_installed = False
+def _release_at_exit() -> None:
+    # Drop TFF's contexts while the interpreter is intact: their finalizers
+    # otherwise run during teardown and fail noisily on half-torn-down modules.
+    set_no_default_context()
+    gc.collect()
+    reap_workers()
+
+
+_install_worker_patch()
+atexit.register(_release_at_exit)
 
 
 @contextlib.contextmanager
@@ -90,24 +105,13 @@ def tff_runtime() -> Iterator[None]:
     Each call gives a clean TFF state (a new context and a new worker), which is
     what every job of a multirun sweep needs.
     """
-    global _installed
-    import tensorflow_federated as tff
-
-    if not _installed:
-        _install_worker_patch()
-        atexit.register(reap_workers)
-        _installed = True
     reap_workers()
-    tff.framework.set_default_context(
-        tff.backends.native.create_sync_local_cpp_execution_context()
-    )
+    tff.framework.set_default_context(tff.backends.native.create_sync_local_cpp_execution_context())
     try:
         yield
     finally:
         # Dropping the context lets TFF stop its own worker; reaping covers the
         # cases where its finalizer does not run.
-        tff.framework.set_default_context(
-            tff.backends.native.create_sync_local_cpp_execution_context()
-        )
+        set_no_default_context()
         gc.collect()
         reap_workers()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dp_accounting
 import numpy as np
-import tensorflow_federated as tff
 
 from dpfed.errors import check
+from dpfed.federated.runtime import tff
 
 
 class FixedSizeSampler:
@@ -28,11 +28,16 @@ class FixedSizeSampler:
     neighboring_relation = dp_accounting.NeighboringRelation.REPLACE_ONE
 
     def __init__(self, population: int, clients_per_round: int, seed: int):
-        check(1 <= clients_per_round <= population, "clients_per_round", clients_per_round,
-              f"in [1, {population}] (the dataset has {population} clients)")
+        check(
+            1 <= clients_per_round <= population,
+            "clients_per_round",
+            clients_per_round,
+            f"in [1, {population}] (the dataset has {population} clients)",
+        )
         self.population, self.clients_per_round = population, clients_per_round
         self._sample = tff.simulation.build_uniform_sampling_fn(
-            np.arange(population), replace=False, random_seed=seed)
+            np.arange(population), replace=False, random_seed=seed
+        )
 
     def sample(self, round_num: int) -> list[str]:
         """Returns the ids of the clients taking part in round ``round_num``."""
@@ -41,11 +46,15 @@ class FixedSizeSampler:
     def subsampled(self, event: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
         """The DP event of ``event`` run on one cohort drawn by this sampler."""
         return dp_accounting.SampledWithoutReplacementDpEvent(
-            self.population, self.clients_per_round, event)
+            self.population, self.clients_per_round, event
+        )
 
     def describe(self) -> dict:
-        return {"sampling": self.name, "num_clients": self.population,
-                "clients_per_round": self.clients_per_round}
+        return {
+            "sampling": self.name,
+            "num_clients": self.population,
+            "clients_per_round": self.clients_per_round,
+        }
 
 
 SAMPLERS = {FixedSizeSampler.name: FixedSizeSampler}

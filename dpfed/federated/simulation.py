@@ -7,7 +7,6 @@ import math
 import time
 
 import numpy as np
-import tensorflow as tf
 from tqdm.auto import tqdm
 
 from dpfed.errors import check
@@ -32,10 +31,26 @@ class Simulation:
         progress: show a progress bar.
     """
 
-    def __init__(self, dataset, model, mechanism, strategy, sampler, ledger, process,
-                 rounds: int, seed: int, progress: bool = True):
+    def __init__(
+        self,
+        dataset,
+        model,
+        mechanism,
+        strategy,
+        sampler,
+        ledger,
+        process,
+        rounds: int,
+        seed: int,
+        progress: bool = True,
+    ):
         check(rounds >= 1, "rounds", rounds, ">= 1")
-        self.dataset, self.model, self.mechanism, self.strategy = dataset, model, mechanism, strategy
+        self.dataset, self.model, self.mechanism, self.strategy = (
+            dataset,
+            model,
+            mechanism,
+            strategy,
+        )
         self.sampler, self.ledger, self.process = sampler, ledger, process
         self.rounds, self.seed, self.progress = rounds, seed, progress
         self.round_event = mechanism.round_event(sampler)
@@ -47,9 +62,20 @@ class Simulation:
     @property
     def columns(self) -> list[str]:
         m = self.metric
-        return ["round", "clients", "epsilon", "delta", "train/loss", f"train/{m}",
-                "train/examples", "eval/loss", f"eval/{m}", "round_seconds",
-                "bytes_down", "bytes_up"]
+        return [
+            "round",
+            "clients",
+            "epsilon",
+            "delta",
+            "train/loss",
+            f"train/{m}",
+            "train/examples",
+            "eval/loss",
+            f"eval/{m}",
+            "round_seconds",
+            "bytes_down",
+            "bytes_up",
+        ]
 
     def privacy_record(self) -> dict:
         """What an independent dp-accounting computation needs to recompute epsilon."""
@@ -63,8 +89,10 @@ class Simulation:
     # ------------------------------------------------------------------ pieces
     def _client_datasets(self, client_ids, round_num):
         return [
-            self.strategy.client_dataset(self.dataset.train.create_tf_dataset_for_client(cid),
-                                         seed=self.seed * 1_000_003 + round_num * 7919 + int(cid))
+            self.strategy.client_dataset(
+                self.dataset.train.create_tf_dataset_for_client(cid),
+                seed=self.seed * 1_000_003 + round_num * 7919 + int(cid),
+            )
             for cid in client_ids
         ]
 
@@ -82,8 +110,9 @@ class Simulation:
             self._eval_model.compile(loss=self.model.loss(), metrics=self.model.metrics())
             self._eval_x, self._eval_y = self._eval_arrays()
         self.process.get_model_weights(state).assign_weights_to(self._eval_model)
-        loss, metric = self._eval_model.evaluate(self._eval_x, self._eval_y, batch_size=512,
-                                                 verbose=0)
+        loss, metric = self._eval_model.evaluate(
+            self._eval_x, self._eval_y, batch_size=512, verbose=0
+        )
         return {"eval/loss": float(loss), f"eval/{self.metric}": float(metric)}
 
     def _model_bytes(self, state) -> tuple[int, int]:
@@ -100,16 +129,26 @@ class Simulation:
     def run(self, writer, extra_summary: dict | None = None) -> dict:
         """Runs all rounds, writing a metrics row and the summary after each one."""
         summary = {
-            "status": "running", "rounds": 0, "rounds_planned": self.rounds,
-            "epsilon": self.ledger.epsilon, "epsilon_planned": self.epsilon_planned,
-            **self.privacy_record(), **self.strategy.describe(), **(extra_summary or {}),
+            "status": "running",
+            "rounds": 0,
+            "rounds_planned": self.rounds,
+            "epsilon": self.ledger.epsilon,
+            "epsilon_planned": self.epsilon_planned,
+            **self.privacy_record(),
+            **self.strategy.describe(),
+            **(extra_summary or {}),
         }
         log.info("privacy: %s", self.describe_privacy())
         state = self.process.initialize()
         down_per_client, up_per_client = self._model_bytes(state)
         totals = {"bytes_down": 0, "bytes_up": 0, "seconds": 0.0}
-        bar = tqdm(range(1, self.rounds + 1), desc="rounds", unit="round",
-                   disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(
+            range(1, self.rounds + 1),
+            desc="rounds",
+            unit="round",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         for round_num in bar:
             start = time.perf_counter()
             cohort = self.sampler.sample(round_num)
@@ -119,12 +158,18 @@ class Simulation:
             seconds = time.perf_counter() - start
             epsilon = self.ledger.record(self.round_event)
             row = {
-                "round": round_num, "clients": len(cohort), "epsilon": epsilon,
-                "delta": self.ledger.delta, "train/loss": float(train["loss"]),
+                "round": round_num,
+                "clients": len(cohort),
+                "epsilon": epsilon,
+                "delta": self.ledger.delta,
+                "train/loss": float(train["loss"]),
                 f"train/{self.metric}": float(train[self.metric]),
                 "train/examples": int(train["num_examples"]),
-                "eval/loss": None, f"eval/{self.metric}": None, "round_seconds": seconds,
-                "bytes_down": down_per_client * len(cohort), "bytes_up": up_per_client * len(cohort),
+                "eval/loss": None,
+                f"eval/{self.metric}": None,
+                "round_seconds": seconds,
+                "bytes_down": down_per_client * len(cohort),
+                "bytes_up": up_per_client * len(cohort),
             }
             if self._due_for_eval(round_num):
                 row.update(self.evaluate(state))
@@ -133,9 +178,11 @@ class Simulation:
             totals["bytes_up"] += row["bytes_up"]
             totals["seconds"] += seconds
             summary.update(
-                rounds=round_num, epsilon=epsilon,
+                rounds=round_num,
+                epsilon=epsilon,
                 **{k: v for k, v in row.items() if "/" in k and v is not None},
-                total_bytes_down=totals["bytes_down"], total_bytes_up=totals["bytes_up"],
+                total_bytes_down=totals["bytes_down"],
+                total_bytes_up=totals["bytes_up"],
                 train_seconds=totals["seconds"],
             )
             writer.write_summary(summary)
@@ -149,9 +196,11 @@ class Simulation:
         """One line on what is accounted and how, for the log."""
         if math.isinf(self.epsilon_planned) and self.mechanism.name == "none":
             return "none (dp=none): epsilon is infinite"
-        return (f"{self.mechanism.name} mechanism, {self.sampler.name} sampling "
-                f"({self.sampler.describe()}), {self.ledger.kind} accountant, "
-                f"{self.ledger.describe()['neighboring_relation']} adjacency; "
-                f"per-round DP event {event_to_dict(self.round_event)}; planned epsilon "
-                f"after {self.rounds} rounds: {self.epsilon_planned:.4g} at delta "
-                f"{self.ledger.delta:g}")
+        return (
+            f"{self.mechanism.name} mechanism, {self.sampler.name} sampling "
+            f"({self.sampler.describe()}), {self.ledger.kind} accountant, "
+            f"{self.ledger.describe()['neighboring_relation']} adjacency; "
+            f"per-round DP event {event_to_dict(self.round_event)}; planned epsilon "
+            f"after {self.rounds} rounds: {self.epsilon_planned:.4g} at delta "
+            f"{self.ledger.delta:g}"
+        )

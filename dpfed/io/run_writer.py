@@ -53,8 +53,10 @@ class RunWriter:
         """Writes summary.json (epsilon may be ``Infinity``, which Python's json reads)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.summary_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({k: _json_value(v) for k, v in summary.items()}, indent=2,
-                                  default=str) + "\n")
+        tmp.write_text(
+            json.dumps({k: _json_value(v) for k, v in summary.items()}, indent=2, default=str)
+            + "\n"
+        )
         os.replace(tmp, self.summary_path)
 
     def close(self) -> None:

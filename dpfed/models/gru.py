@@ -24,20 +24,35 @@ class GRUModel:
 
     def __init__(self, units, dropout: float = 0.0, outputs: str = "last", head_units=None):
         units = list(units)
-        check(len(units) >= 1 and all(u >= 1 for u in units), "units", units,
-              "a non-empty list of positive integers")
+        check(
+            len(units) >= 1 and all(u >= 1 for u in units),
+            "units",
+            units,
+            "a non-empty list of positive integers",
+        )
         check(0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
         check(outputs in OUTPUT_MODES, "outputs", outputs, f"one of {', '.join(OUTPUT_MODES)}")
         check(head_units is None or head_units >= 1, "head_units", head_units, "null or >= 1")
-        self.units, self.dropout, self.outputs, self.head_units = units, dropout, outputs, head_units
+        self.units, self.dropout, self.outputs, self.head_units = (
+            units,
+            dropout,
+            outputs,
+            head_units,
+        )
 
-    def bind(self, dataset) -> "GRUModel":
+    def bind(self, dataset) -> GRUModel:
         """Fixes input shape, task and head width from a dataset; checks they agree."""
         if self.outputs != dataset.labels:
-            raise ConfigError("outputs", self.outputs, f"equal to dataset.labels ({dataset.labels})")
+            raise ConfigError(
+                "outputs", self.outputs, f"equal to dataset.labels ({dataset.labels})"
+            )
         if self.head_units is not None and dataset.task == "classification":
-            check(self.head_units >= dataset.num_classes, "head_units", self.head_units,
-                  f">= the dataset's number of classes ({dataset.num_classes})")
+            check(
+                self.head_units >= dataset.num_classes,
+                "head_units",
+                self.head_units,
+                f">= the dataset's number of classes ({dataset.num_classes})",
+            )
         if self.head_units is not None and dataset.task == "regression":
             check(self.head_units == 1, "head_units", self.head_units, "1 (or null) for regression")
         self.seq_len, self.num_features = dataset.seq_len, dataset.num_features
@@ -51,8 +66,9 @@ class GRUModel:
         x = inputs
         for i, u in enumerate(self.units):
             last_layer = i == len(self.units) - 1
-            x = tf.keras.layers.GRU(u, return_sequences=not last_layer or self.outputs == "every_step",
-                                    name=f"gru_{i}")(x)
+            x = tf.keras.layers.GRU(
+                u, return_sequences=not last_layer or self.outputs == "every_step", name=f"gru_{i}"
+            )(x)
             if self.dropout:
                 x = tf.keras.layers.Dropout(self.dropout)(x)
         out = tf.keras.layers.Dense(self.width, name="head")(x)

@@ -35,8 +35,9 @@ def event_to_dict(event: dp_accounting.DpEvent) -> dict:
 
 def event_from_dict(data: dict) -> dp_accounting.DpEvent:
     """Inverse of `event_to_dict`."""
-    fields = {k: event_from_dict(v) if isinstance(v, dict) else v
-              for k, v in data.items() if k != "type"}
+    fields = {
+        k: event_from_dict(v) if isinstance(v, dict) else v for k, v in data.items() if k != "type"
+    }
     return getattr(dp_accounting, data["type"])(**fields)
 
 
@@ -51,12 +52,18 @@ class PrivacyLedger:
     """
 
     def __init__(self, accountant: str, delta: float, neighboring_relation, orders=None):
-        check(accountant in ACCOUNTANTS, "accountant", accountant, f"one of {', '.join(ACCOUNTANTS)}")
+        check(
+            accountant in ACCOUNTANTS, "accountant", accountant, f"one of {', '.join(ACCOUNTANTS)}"
+        )
         check(0 < delta < 1, "delta", delta, "in (0, 1)")
         if orders is not None:
             orders = [float(o) for o in orders]
-            check(len(orders) > 0 and all(o > 1 for o in orders), "orders", orders,
-                  "null or a non-empty list of numbers > 1")
+            check(
+                len(orders) > 0 and all(o > 1 for o in orders),
+                "orders",
+                orders,
+                "null or a non-empty list of numbers > 1",
+            )
         self.kind, self.delta, self.orders = accountant, delta, orders
         self.neighboring_relation = neighboring_relation
         self._accountant = self._new()

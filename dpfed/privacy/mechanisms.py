@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import dp_accounting
-import tensorflow_federated as tff
 
 from dpfed.errors import check
+from dpfed.federated.runtime import tff
 from dpfed.privacy.accounting import PrivacyLedger
 
 
@@ -59,8 +59,14 @@ class GaussianMechanism:
 
     name = "gaussian"
 
-    def __init__(self, noise_multiplier: float, clip: float, delta: float = 1e-5,
-                 accountant: str = "rdp", orders=None):
+    def __init__(
+        self,
+        noise_multiplier: float,
+        clip: float,
+        delta: float = 1e-5,
+        accountant: str = "rdp",
+        orders=None,
+    ):
         check(noise_multiplier >= 0, "noise_multiplier", noise_multiplier, ">= 0")
         check(clip > 0 and math.isfinite(clip), "clip", clip, "a finite number > 0")
         check(0 < delta < 1, "delta", delta, "in (0, 1)")
@@ -69,8 +75,10 @@ class GaussianMechanism:
 
     def aggregator(self, clients_per_round: int):
         return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
-            noise_multiplier=self.noise_multiplier, clients_per_round=clients_per_round,
-            clip=self.clip)
+            noise_multiplier=self.noise_multiplier,
+            clients_per_round=clients_per_round,
+            clip=self.clip,
+        )
 
     def ledger(self, sampler) -> PrivacyLedger:
         return PrivacyLedger(self.accountant, self.delta, sampler.neighboring_relation, self.orders)
@@ -82,10 +90,15 @@ class GaussianMechanism:
         return self.clip
 
     def round_event(self, sampler) -> dp_accounting.DpEvent:
+        if self.noise_multiplier == 0:
+            return dp_accounting.NonPrivateDpEvent()  # clipping alone gives no DP
         sensitivity = self.sensitivity(sampler.neighboring_relation)
         gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier * self.clip / sensitivity)
         return sampler.subsampled(gaussian)
 
     def describe(self) -> dict:
-        return {"mechanism": self.name, "noise_multiplier": self.noise_multiplier,
-                "clip": self.clip}
+        return {
+            "mechanism": self.name,
+            "noise_multiplier": self.noise_multiplier,
+            "clip": self.clip,
+        }

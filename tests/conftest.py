@@ -1,0 +1,94 @@
+"""Shared fixtures: composing configs in-process and running ``run.py`` as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from hydra import compose, initialize_config_dir
+
+from dpfed.config import register_configs
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+register_configs()
+
+
+def compose_config(*overrides: str):
+    """Composes ``conf/config.yaml`` with overrides, as ``run.py`` would."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def worker_pids() -> set[int]:
+    """PIDs of every TFF worker_binary on the machine."""
+    pids = set()
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmd = " ".join(proc.info.get("cmdline") or [])
+        if proc.info.get("name") == "worker_binary" or "worker_binary" in cmd.split(" ")[0]:
+            pids.add(proc.pid)
+    return pids
+
+
+class RunResult:
+    """Outcome of one ``python run.py`` call."""
+
+    def __init__(self, proc: subprocess.CompletedProcess, out_dir: Path):
+        self.returncode, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
+        self.dir = out_dir
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def summary(self, job: str | None = None) -> dict:
+        base = self.dir / job if job else self.dir
+        return json.loads((base / "summary.json").read_text())
+
+    def metrics(self, job: str | None = None):
+        import pandas as pd
+
+        base = self.dir / job if job else self.dir
+        return pd.read_csv(base / "metrics.csv")
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Runs ``python run.py`` with pipes on stdout/stderr (a leftover worker would hang it)."""
+
+    def _run(*overrides: str, multirun: bool = False, timeout: float = 600) -> RunResult:
+        out = tmp_path / "out"
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        cmd = [
+            sys.executable,
+            str(ROOT / "run.py"),
+            *(["-m"] if multirun else []),
+            *overrides,
+            f"{key}={out}",
+            "sim.progress=false",
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run(
+            cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env
+        )
+        return RunResult(proc, out)
+
+    return _run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_leftover_workers():
+    """Fails the session if any test leaves a worker_binary running."""
+    before = worker_pids()
+    yield
+    import time
+
+    deadline = time.time() + 10
+    while (left := worker_pids() - before) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not left, f"worker_binary processes left running: {sorted(left)}"

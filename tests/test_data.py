@@ -1,0 +1,130 @@
+"""Synthetic datasets: deterministic, lazy, non-IID, split per client, and learnable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dpfed.data.synthetic import Finance, Health, SmartHome
+from dpfed.errors import ConfigError
+
+DATASETS = [SmartHome, Health, Finance]
+BASE = dict(
+    num_clients=300,
+    examples_mean=40,
+    examples_spread=0.5,
+    min_examples=4,
+    seq_len=16,
+    num_features=6,
+    heterogeneity=0.5,
+    eval_fraction=0.2,
+    labels="last",
+    seed=3,
+)
+
+
+def make(cls, **overrides):
+    return cls(**{**BASE, **overrides})
+
+
+@pytest.mark.parametrize("cls", DATASETS)
+def test_clients_are_deterministic_and_differ(cls):
+    a, b = make(cls), make(cls)
+    xa, ya = a.train.arrays("7")
+    xb, yb = b.train.arrays("7")
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(ya, yb)
+    other = make(cls, seed=4).train.arrays("7")[0]
+    assert other.shape != xa.shape or not np.allclose(other, xa)
+
+
+@pytest.mark.parametrize("cls", DATASETS)
+def test_shapes_split_and_varying_sizes(cls):
+    d = make(cls)
+    sizes = []
+    for i in range(40):
+        (xt, yt), (xe, ye) = d.train.arrays(i), d.eval.arrays(i)
+        assert xt.shape[1:] == (16, 6) and xt.dtype == np.float32
+        assert len(xt) == len(yt) >= 1 and len(xe) == len(ye) >= 1
+        assert len(xt) + len(xe) == d.num_examples(i)
+        assert not np.shares_memory(xt, xe)
+        sizes.append(len(xt) + len(xe))
+    assert min(sizes) >= 4 and len(set(sizes)) > 5  # a distribution, not a constant
+    constant = make(cls, examples_spread=0.0)
+    assert {constant.num_examples(i) for i in range(20)} == {40}
+
+
+@pytest.mark.parametrize("cls", DATASETS)
+def test_tff_client_data_is_lazy_and_serializable(cls):
+    d = make(cls, num_clients=100_000)
+    assert len(d.train.client_ids) == 100_000
+    ds = d.train.create_tf_dataset_for_client("99999")
+    assert ds.element_spec == d.train.element_type_structure
+    via_fn = list(d.train.serializable_dataset_fn(tf.constant("5")).as_numpy_iterator())
+    assert len(via_fn) == len(d.train.arrays(5)[0])
+    with pytest.raises(ValueError):
+        d.train.arrays(100_000)
+
+
+def test_every_step_labels():
+    d = make(SmartHome, labels="every_step")
+    x, y = d.train.arrays(0)
+    assert y.shape == (len(x), 16)
+    # the label at step t is the light's state at t+1, which is channel 4 at step t+1
+    np.testing.assert_array_equal(y[:, :-1], x[:, 1:, 4].astype(np.int32))
+
+
+def test_heterogeneity_zero_gives_identical_client_processes():
+    d = make(Finance, heterogeneity=0.0)
+    params = [d._client_params(np.random.default_rng([3, i, 1])) for i in range(5)]
+    assert len({round(p["beta"], 12) for p in params}) == 1
+    d = make(Finance, heterogeneity=1.0)
+    params = [d._client_params(np.random.default_rng([3, i, 1])) for i in range(5)]
+    assert len({round(p["beta"], 12) for p in params}) == 5
+
+
+def test_finance_return_target_is_regression():
+    d = make(Finance, target="return")
+    assert d.task == "regression" and d.train.arrays(0)[1].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        ({"num_clients": 0}, "num_clients"),
+        ({"heterogeneity": 1.5}, "heterogeneity"),
+        ({"eval_fraction": 1.0}, "eval_fraction"),
+        ({"labels": "first"}, "labels"),
+        ({"seq_len": 1}, "seq_len"),
+        ({"num_features": 2}, "num_features"),
+        ({"examples_mean": 2}, "examples_mean"),
+    ],
+)
+def test_bad_dataset_settings_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        make(SmartHome, **overrides)
+    assert err.value.key == key
+
+
+def _pooled(client_data, n):
+    parts = [client_data.arrays(i) for i in range(n)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+@pytest.mark.parametrize("cls", DATASETS)
+def test_labels_are_learnable_a_gru_clearly_beats_the_majority_class(cls):
+    d = make(cls, num_clients=150)
+    x, y = _pooled(d.train, 150)
+    xe, ye = _pooled(d.eval, 150)
+    majority = max(np.mean(ye), 1 - np.mean(ye))
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([tf.keras.layers.GRU(16), tf.keras.layers.Dense(2)])
+    model.compile(
+        tf.keras.optimizers.Adam(0.01),
+        tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        ["accuracy"],
+    )
+    model.fit(x, y, epochs=3, batch_size=64, verbose=0)
+    accuracy = model.evaluate(xe, ye, verbose=0)[1]
+    assert accuracy > majority + 0.08, (cls.__name__, accuracy, majority)

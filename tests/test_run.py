@@ -1,0 +1,147 @@
+"""End to end through ``python run.py``, as a user runs it: outputs, sweeps, bad input, hygiene."""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import dp_accounting
+import numpy as np
+import psutil
+import pytest
+from dp_accounting.rdp import RdpAccountant
+
+from tests.conftest import ROOT, worker_pids
+
+SMOKE = "debug=smoke"
+
+
+def independent_epsilon(summary: dict) -> float:
+    """Recomputes epsilon from summary.json alone with dp-accounting."""
+    assert summary["sampling"] == "fixed"
+    assert summary["neighboring_relation"] == "replace_one"
+    assert summary["accountant"] == "rdp" and summary["orders"] is None
+    # replace-one: one user moves the clipped sum by up to 2 * clip
+    sigma = summary["noise_multiplier"] * summary["clip"] / (2 * summary["clip"])
+    event = dp_accounting.SampledWithoutReplacementDpEvent(
+        summary["num_clients"], summary["clients_per_round"], dp_accounting.GaussianDpEvent(sigma)
+    )
+    accountant = RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    accountant.compose(event, summary["rounds"])
+    return accountant.get_epsilon(summary["delta"])
+
+
+def check_dp_run(result, job=None, rounds=2):
+    summary, metrics = result.summary(job), result.metrics(job)
+    assert summary["status"] == "completed" and summary["rounds"] == rounds
+    assert list(metrics["round"]) == list(range(1, rounds + 1))
+    eps = metrics["epsilon"].to_numpy()
+    assert np.all(np.isfinite(eps)) and np.all(np.diff(eps) > 0)
+    assert summary["epsilon"] == pytest.approx(eps[-1], rel=1e-12)
+    assert summary["epsilon"] == pytest.approx(independent_epsilon(summary), rel=1e-6)
+    assert summary["epsilon_planned"] == pytest.approx(summary["epsilon"], rel=1e-9)
+    for column in ("delta", "clients", "train/loss", "round_seconds", "bytes_down", "bytes_up"):
+        assert metrics[column].notna().all(), column
+    assert (metrics["clients"] == summary["clients_per_round"]).all()
+    assert (metrics["bytes_up"] > 0).all() and (metrics["bytes_down"] >= metrics["bytes_up"]).all()
+    assert metrics["eval/loss"].notna().any()
+    return summary, metrics
+
+
+def test_each_dataset_end_to_end_with_gaussian_dp_in_one_sweep(run_cli):
+    result = run_cli(SMOKE, "dataset=smart_home,health,finance", multirun=True)
+    assert result.returncode == 0, result.output[-3000:]
+    seen = set()
+    for job in ("0", "1", "2"):
+        summary, metrics = check_dp_run(result, job)
+        assert summary["mechanism"] == "gaussian"
+        assert {"train/accuracy", "eval/accuracy"} <= set(metrics.columns)
+        seen.add(summary["choices"]["dataset"])
+        assert (result.dir / job / ".hydra" / "config.yaml").exists()
+    assert seen == {"smart_home", "health", "finance"}
+
+
+def test_two_job_multirun_noisier_job_has_smaller_epsilon(run_cli):
+    result = run_cli(SMOKE, "dp.noise_multiplier=0.8,1.6", multirun=True)
+    assert result.returncode == 0, result.output[-3000:]
+    low, high = (check_dp_run(result, job)[0] for job in ("0", "1"))
+    assert (low["noise_multiplier"], high["noise_multiplier"]) == (0.8, 1.6)
+    assert high["epsilon"] < low["epsilon"]
+
+
+def test_dp_none_reports_infinite_epsilon_and_weighted_fedavg_runs(run_cli):
+    result = run_cli(SMOKE, "dp=none", "strategy.weighted=true", "dataset=finance")
+    assert result.returncode == 0, result.output[-3000:]
+    summary, metrics = result.summary(), result.metrics()
+    assert math.isinf(summary["epsilon"]) and summary["epsilon"] > 0
+    assert math.isinf(summary["epsilon_planned"])
+    assert np.isinf(metrics["epsilon"]).all()
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("dp.noise_multiplier=-1", "dp.noise_multiplier"),
+        ("dp.clip=0", "dp.clip"),
+        ("dp.delta=1.5", "dp.delta"),
+        ("strategy.clients_per_round=41", "strategy.clients_per_round"),
+        ("rounds=0", "rounds"),
+        ("dataset=imaginary", "dataset"),
+    ],
+)
+def test_bad_input_fails_cleanly_before_training(run_cli, override, key):
+    result = run_cli(SMOKE, override)
+    assert result.returncode != 0
+    assert key in result.output
+    assert "Traceback" not in result.output
+    assert not list(result.dir.glob("**/metrics.csv")) if result.dir.exists() else True
+
+
+def test_dp_aggregator_with_weighted_fedavg_is_rejected(run_cli):
+    result = run_cli(SMOKE, "strategy.weighted=true")
+    assert result.returncode != 0 and "strategy.weighted" in result.output
+
+
+def test_help_and_cfg_job_work():
+    out = subprocess.run(
+        [sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and "\ndataset: finance, health, smart_home\n" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "run.py", "--cfg", "job", "dp.clip=0.5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "clip: 0.5" in out.stdout
+
+
+def test_worker_dies_with_a_killed_run(tmp_path):
+    """Even a SIGKILLed run leaves no worker_binary (the kernel kills it with its parent)."""
+    before = worker_pids()
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), SMOKE, "rounds=200", f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 300
+        while not (out / "metrics.csv").exists() and time.time() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.5)
+        started = worker_pids() - before
+        assert started, "the run should have started a worker"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(
+        [psutil.Process(p) for p in started if psutil.pid_exists(p)], timeout=15
+    )
+    assert not alive, f"worker outlived its killed parent: {alive}"
+    proc.stdout.read()  # returns (EOF) only because no worker still holds the pipe
