@@ -1,0 +1,70 @@
+"""Recompute a run's epsilon from its summary.json with dp-accounting alone.
+
+Usage: python scripts/recompute_epsilon.py RUN_DIR [RUN_DIR ...]
+
+Rebuilds the per-round DP event recorded in ``dp_event_per_round`` using only
+dp-accounting, composes it over the completed rounds with the recorded
+accountant settings and prints it beside the epsilon the run reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import dp_accounting
+from dp_accounting.rdp import RdpAccountant
+
+RELATIONS = {
+    "replace_one": dp_accounting.NeighboringRelation.REPLACE_ONE,
+    "add_or_remove_one": dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+}
+
+
+def rebuild_event(data: dict) -> dp_accounting.DpEvent:
+    fields = {
+        k: rebuild_event(v) if isinstance(v, dict) else v for k, v in data.items() if k != "type"
+    }
+    return getattr(dp_accounting, data["type"])(**fields)
+
+
+def recompute(summary: dict) -> float:
+    if summary["accountant"] != "rdp":
+        raise SystemExit(f"unsupported accountant {summary['accountant']!r}")
+    accountant = RdpAccountant(
+        orders=summary["orders"], neighboring_relation=RELATIONS[summary["neighboring_relation"]]
+    )
+    accountant.compose(rebuild_event(summary["dp_event_per_round"]), summary["rounds"])
+    eps = accountant.get_epsilon(summary["delta"])
+    return math.inf if eps is None else eps
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__.strip().splitlines()[2], file=sys.stderr)
+        return 2
+    worst = 0.0
+    for run_dir in argv:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        mine, theirs = recompute(summary), summary["epsilon"]
+        same = mine == theirs or abs(mine - theirs) <= 1e-9 * max(1.0, abs(mine))
+        worst = max(worst, 0.0 if same else 1.0)
+        print(
+            json.dumps(
+                {
+                    "run": run_dir,
+                    "rounds": summary["rounds"],
+                    "delta": summary["delta"],
+                    "epsilon_reported": theirs,
+                    "epsilon_recomputed": mine,
+                    "match": same,
+                }
+            )
+        )
+    return int(worst)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
