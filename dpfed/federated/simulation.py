@@ -87,7 +87,7 @@ class Simulation:
         }
 
     # ------------------------------------------------------------------ pieces
-    def _client_datasets(self, client_ids, round_num):
+    def cohort_datasets(self, client_ids, round_num):
         return [
             self.strategy.client_dataset(
                 self.dataset.train.create_tf_dataset_for_client(cid),
@@ -126,6 +126,31 @@ class Simulation:
         return every > 0 and (round_num % every == 0 or round_num == self.rounds)
 
     # ------------------------------------------------------------------ loop
+    def run_round(self, state, round_num: int):
+        """Trains one round, accounts it, evaluates if due; returns (state, metrics row)."""
+        start = time.perf_counter()
+        cohort = self.sampler.sample(round_num)
+        result = self.process.next(state, self.cohort_datasets(cohort, round_num))
+        train = result.metrics["client_work"]["train"]
+        seconds = time.perf_counter() - start
+        row = {
+            "round": round_num,
+            "clients": len(cohort),
+            "epsilon": self.ledger.record(self.round_event),
+            "delta": self.ledger.delta,
+            "train/loss": float(train["loss"]),
+            f"train/{self.metric}": float(train[self.metric]),
+            "train/examples": int(train["num_examples"]),
+            "eval/loss": None,
+            f"eval/{self.metric}": None,
+            "round_seconds": seconds,
+            "bytes_down": self._bytes_per_client[0] * len(cohort),
+            "bytes_up": self._bytes_per_client[1] * len(cohort),
+        }
+        if self._due_for_eval(round_num):
+            row.update(self.evaluate(result.state))
+        return result.state, row
+
     def run(self, writer, extra_summary: dict | None = None) -> dict:
         """Runs all rounds, writing a metrics row and the summary after each one."""
         summary = {
@@ -137,59 +162,38 @@ class Simulation:
             **self.privacy_record(),
             **self.strategy.describe(),
             **(extra_summary or {}),
+            "total_bytes_down": 0,
+            "total_bytes_up": 0,
+            "train_seconds": 0.0,
         }
         log.info("privacy: %s", self.describe_privacy())
         state = self.process.initialize()
-        down_per_client, up_per_client = self._model_bytes(state)
-        totals = {"bytes_down": 0, "bytes_up": 0, "seconds": 0.0}
-        bar = tqdm(
-            range(1, self.rounds + 1),
-            desc="rounds",
-            unit="round",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        for round_num in bar:
-            start = time.perf_counter()
-            cohort = self.sampler.sample(round_num)
-            result = self.process.next(state, self._client_datasets(cohort, round_num))
-            state = result.state
-            train = result.metrics["client_work"]["train"]
-            seconds = time.perf_counter() - start
-            epsilon = self.ledger.record(self.round_event)
-            row = {
-                "round": round_num,
-                "clients": len(cohort),
-                "epsilon": epsilon,
-                "delta": self.ledger.delta,
-                "train/loss": float(train["loss"]),
-                f"train/{self.metric}": float(train[self.metric]),
-                "train/examples": int(train["num_examples"]),
-                "eval/loss": None,
-                f"eval/{self.metric}": None,
-                "round_seconds": seconds,
-                "bytes_down": down_per_client * len(cohort),
-                "bytes_up": up_per_client * len(cohort),
-            }
-            if self._due_for_eval(round_num):
-                row.update(self.evaluate(state))
-            writer.write_round(row)
-            totals["bytes_down"] += row["bytes_down"]
-            totals["bytes_up"] += row["bytes_up"]
-            totals["seconds"] += seconds
-            summary.update(
-                rounds=round_num,
-                epsilon=epsilon,
-                **{k: v for k, v in row.items() if "/" in k and v is not None},
-                total_bytes_down=totals["bytes_down"],
-                total_bytes_up=totals["bytes_up"],
-                train_seconds=totals["seconds"],
-            )
+        self._bytes_per_client = self._model_bytes(state)
+        bar = tqdm(range(1, self.rounds + 1), desc="rounds", unit="round",
+                   disable=not self.progress, dynamic_ncols=True)  # fmt: skip
+        try:
+            for round_num in bar:
+                state, row = self.run_round(state, round_num)
+                writer.write_round(row)
+                summary.update(
+                    {k: v for k, v in row.items() if "/" in k and v is not None},
+                    rounds=round_num,
+                    epsilon=row["epsilon"],
+                    total_bytes_down=summary["total_bytes_down"] + row["bytes_down"],
+                    total_bytes_up=summary["total_bytes_up"] + row["bytes_up"],
+                    train_seconds=summary["train_seconds"] + row["round_seconds"],
+                )
+                writer.write_summary(summary)
+                bar.set_postfix(eps=f"{row['epsilon']:.3g}", loss=f"{row['train/loss']:.4f}")
+        except BaseException as err:  # keep what finished; say why the run ended early
+            summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            summary["error"] = f"{type(err).__name__}: {err}"
+            raise
+        else:
+            summary["status"] = "completed"
+        finally:
             writer.write_summary(summary)
-            bar.set_postfix(eps=f"{epsilon:.3g}", loss=f"{row['train/loss']:.4f}")
-        summary["status"] = "completed"
-        writer.write_summary(summary)
-        writer.close()
+            writer.close()
         return summary
 
     def describe_privacy(self) -> str:

@@ -1,7 +1,7 @@
 """Privacy accounting with dp-accounting, composed round by round.
 
-A `PrivacyLedger` composes the DP event of every round that actually ran into
-one dp-accounting accountant and reports epsilon at the configured delta. The
+A `PrivacyLedger` composes the DP event of every round that actually ran, with
+dp-accounting's RDP accountant, and reports epsilon at the configured delta. The
 neighbouring relation comes from the client sampler (fixed-size cohorts need
 replace-one adjacency), so a sampler and an accountant that disagree cannot be
 put together.
@@ -13,7 +13,8 @@ import math
 
 import attr
 import dp_accounting
-from dp_accounting.rdp import RdpAccountant
+import numpy as np
+from dp_accounting.rdp import RdpAccountant, compute_epsilon
 
 from dpfed.errors import check
 
@@ -66,31 +67,42 @@ class PrivacyLedger:
             )
         self.kind, self.delta, self.orders = accountant, delta, orders
         self.neighboring_relation = neighboring_relation
-        self._accountant = self._new()
+        self._rdp_of_event: dict[dp_accounting.DpEvent, np.ndarray] = {}
+        self._rdp = None  # RDP of all recorded rounds, one value per order
         self.rounds = 0
 
     def _new(self) -> RdpAccountant:
         return RdpAccountant(orders=self.orders, neighboring_relation=self.neighboring_relation)
 
-    def _epsilon(self, accountant) -> float:
-        eps = accountant.get_epsilon(self.delta)
+    def _event_rdp(self, event: dp_accounting.DpEvent) -> np.ndarray:
+        # A round's RDP is computed once by dp-accounting and then added up per
+        # round, exactly as RdpAccountant.compose does, so per-round epsilon
+        # stays cheap for long runs.
+        if event not in self._rdp_of_event:
+            accountant = self._new()
+            accountant.compose(event)
+            self._rdp_of_event[event] = accountant.rdp
+        return self._rdp_of_event[event]
+
+    def _epsilon(self, rdp: np.ndarray) -> float:
+        orders = self._new().orders
+        eps = compute_epsilon(orders, rdp, self.delta)[0]
         return math.inf if eps is None or math.isnan(eps) else float(eps)
 
     def planned_epsilon(self, event: dp_accounting.DpEvent, rounds: int) -> float:
         """Epsilon after ``rounds`` rounds of ``event``, computed before training."""
-        planned = self._new()
-        planned.compose(event, rounds)
-        return self._epsilon(planned)
+        return self._epsilon(rounds * self._event_rdp(event))
 
     def record(self, event: dp_accounting.DpEvent) -> float:
         """Composes one completed round's event; returns epsilon so far."""
-        self._accountant.compose(event)
+        rdp = self._event_rdp(event)
+        self._rdp = rdp.copy() if self._rdp is None else self._rdp + rdp
         self.rounds += 1
         return self.epsilon
 
     @property
     def epsilon(self) -> float:
-        return self._epsilon(self._accountant) if self.rounds else 0.0
+        return self._epsilon(self._rdp) if self.rounds else 0.0
 
     def describe(self) -> dict:
         """Everything an independent recomputation needs besides the event."""
