@@ -20,18 +20,17 @@ logging.getLogger("absl").setLevel(logging.WARNING)  # TFF logs every model buil
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
-    from dpfed.build import build_simulation, provenance  # heavy: TF and TFF
+    from dpfed.build import build_simulation, build_writer, provenance  # heavy: TF and TFF
     from dpfed.federated.runtime import tff_runtime
-    from dpfed.io.run_writer import RunWriter
 
     hydra_cfg = HydraConfig.get()
     with tff_runtime():
         try:
             simulation = build_simulation(cfg)
         except ConfigError as err:
-            log.error("invalid configuration: %s", err)
+            print(f"dpfed: invalid configuration: {err}", file=sys.stderr)
             sys.exit(2)
-        writer = RunWriter(hydra_cfg.runtime.output_dir, simulation.columns)
+        writer = build_writer(cfg, hydra_cfg.runtime.output_dir, simulation)
         summary = simulation.run(writer, provenance(cfg, dict(hydra_cfg.runtime.choices)))
     log.info("done: %s", {k: summary[k] for k in ("rounds", "epsilon", "delta")})
     return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Iterator
 from importlib import metadata
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpfed.errors import ConfigError
 from dpfed.federated.simulation import Simulation
+from dpfed.io.run_writer import RunWriter
 
 DEVICES = ("auto", "cpu", "gpu")
 PACKAGES = (
@@ -54,9 +56,12 @@ def configure_device(device: str) -> None:
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
         raise ConfigError("sim.device", device, "cpu or auto: TensorFlow sees no GPU here")
-    if device == "cpu" and gpus:
-        with contextlib.suppress(RuntimeError):  # already initialised in this process
-            tf.config.set_visible_devices([], "GPU")
+    if device == "cpu":
+        # TFF runs client work in its worker process, which inherits the environment.
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+        if gpus:
+            with contextlib.suppress(RuntimeError):  # already initialised in this process
+                tf.config.set_visible_devices([], "GPU")
 
 
 def build_simulation(cfg: DictConfig) -> Simulation:
@@ -95,8 +100,13 @@ def build_simulation(cfg: DictConfig) -> Simulation:
         process,
         rounds=cfg.rounds,
         seed=cfg.seed,
-        progress=cfg.sim.progress,
+        progress=cfg.logger.progress,
     )
+
+
+def build_writer(cfg: DictConfig, output_dir: str, simulation: Simulation) -> RunWriter:
+    """The run's sinks: metrics.csv and summary.json, plus TensorBoard if configured."""
+    return RunWriter(output_dir, simulation.columns, tensorboard=cfg.logger.tensorboard)
 
 
 def provenance(cfg: DictConfig, choices: dict | None = None) -> dict:

@@ -185,21 +185,34 @@ class FedAvgConfig:
 # --------------------------------------------------------------------------- sim
 @dataclass
 class SimConfig:
-    """Where and how the simulation runs.
+    """Where the simulation runs.
 
     Attributes:
         device: ``cpu``, ``gpu`` or ``auto`` (a GPU when TensorFlow sees one).
-        progress: show a progress bar over rounds.
     """
 
     device: str = "auto"
+
+
+# --------------------------------------------------------------------------- logger
+@dataclass
+class LoggerConfig:
+    """What a run reports besides metrics.csv and summary.json.
+
+    Attributes:
+        progress: show a progress bar over rounds (round, epsilon, loss).
+        tensorboard: also write every metrics.csv column as TensorBoard scalars
+            to ``<run dir>/tensorboard``.
+    """
+
     progress: bool = True
+    tensorboard: bool = True
 
 
 # --------------------------------------------------------------------------- run
 @dataclass
 class RunConfig:
-    """Top-level run settings; the four component groups plus ``sim``.
+    """Top-level run settings; the four component groups plus ``sim`` and ``logger``.
 
     Attributes:
         seed: seeds data generation, model initialisation and client sampling.
@@ -213,6 +226,7 @@ class RunConfig:
     dp: Any = MISSING
     strategy: Any = MISSING
     sim: SimConfig = field(default_factory=SimConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -222,6 +236,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "strategy": {"fedavg": FedAvgConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
     "sim": {"local": SimConfig},
+    "logger": {"default": LoggerConfig},
 }
 
 

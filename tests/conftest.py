@@ -70,7 +70,7 @@ def run_cli(tmp_path):
             *(["-m"] if multirun else []),
             *overrides,
             f"{key}={out}",
-            "sim.progress=false",
+            "logger.progress=false",
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.run(

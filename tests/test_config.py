@@ -11,12 +11,12 @@ from tests.conftest import CONF, compose_config
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    for group in ("dataset", "model", "dp", "strategy", "sim", "debug", "experiment")
+    for group in ("dataset", "model", "dp", "strategy", "sim", "logger", "debug", "experiment")
 }
 
 
 def test_every_group_has_options():
-    for group in ("dataset", "model", "dp", "strategy", "sim"):
+    for group in ("dataset", "model", "dp", "strategy", "sim", "logger"):
         assert GROUP_OPTIONS[group], group
 
 
@@ -33,7 +33,7 @@ def test_every_option_composes(group, option):
 
 
 def test_every_yaml_option_has_a_schema():
-    for group in ("dataset", "model", "dp", "strategy", "sim", "optimizer"):
+    for group in ("dataset", "model", "dp", "strategy", "sim", "logger", "optimizer"):
         yaml_options = {p.stem for p in (CONF / group).glob("*.yaml")}
         for option in yaml_options:
             text = (CONF / group / f"{option}.yaml").read_text()

@@ -25,7 +25,9 @@ def independent_epsilon(summary: dict) -> float:
     assert summary["neighboring_relation"] == "replace_one"
     assert summary["accountant"] == "rdp" and summary["orders"] is None
     # replace-one: one user moves the clipped sum by up to 2 * clip
+    assert summary["sensitivity"] == pytest.approx(2 * summary["clip"])
     sigma = summary["noise_multiplier"] * summary["clip"] / (2 * summary["clip"])
+    assert summary["accounted_noise_multiplier"] == pytest.approx(sigma)
     event = dp_accounting.SampledWithoutReplacementDpEvent(
         summary["num_clients"], summary["clients_per_round"], dp_accounting.GaussianDpEvent(sigma)
     )
@@ -48,6 +50,8 @@ def check_dp_run(result, job=None, rounds=2):
     assert (metrics["clients"] == summary["clients_per_round"]).all()
     assert (metrics["bytes_up"] > 0).all() and (metrics["bytes_down"] >= metrics["bytes_up"]).all()
     assert metrics["eval/loss"].notna().any()
+    run_dir = result.dir / job if job else result.dir
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     return summary, metrics
 
 

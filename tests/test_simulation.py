@@ -29,7 +29,7 @@ def one_round_update(*overrides):
     cohort = sim.sampler.sample(1)
     state = sim.process.next(state, sim.cohort_datasets(cohort, 1)).state
     after = sim.process.get_model_weights(state).trainable
-    delta = np.concatenate([np.ravel(a - b) for a, b in zip(after, before)])
+    delta = np.concatenate([np.ravel(a - b) for a, b in zip(after, before, strict=True)])
     return delta, delta.size, len(cohort)
 
 

@@ -80,7 +80,7 @@ class Simulation:
     def privacy_record(self) -> dict:
         """What an independent dp-accounting computation needs to recompute epsilon."""
         return {
-            **self.mechanism.describe(),
+            **self.mechanism.describe(self.sampler),
             **self.sampler.describe(),
             **self.ledger.describe(),
             "dp_event_per_round": event_to_dict(self.round_event),

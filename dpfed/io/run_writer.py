@@ -24,13 +24,19 @@ class RunWriter:
     Args:
         output_dir: the run's directory (Hydra's output dir).
         columns: metrics.csv header, in order.
+        tensorboard: also write each numeric column as a TensorBoard scalar
+            (step = round) to ``output_dir/tensorboard``.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, columns: list[str]):
+    def __init__(
+        self, output_dir: str | os.PathLike, columns: list[str], tensorboard: bool = False
+    ):
         self.dir = Path(output_dir)
         self.columns = columns
+        self.tensorboard = tensorboard
         self._file = None
         self._csv = None
+        self._tb = None
 
     @property
     def metrics_path(self) -> Path:
@@ -48,6 +54,19 @@ class RunWriter:
             self._csv.writeheader()
         self._csv.writerow({k: ("" if v is None else v) for k, v in row.items()})
         self._file.flush()
+        if self.tensorboard:
+            self._write_scalars(row)
+
+    def _write_scalars(self, row: dict) -> None:
+        import tensorflow as tf
+
+        if self._tb is None:
+            self._tb = tf.summary.create_file_writer(str(self.dir / "tensorboard"))
+        with self._tb.as_default(step=int(row["round"])):
+            for key, value in row.items():
+                if key != "round" and value is not None and math.isfinite(value):
+                    tf.summary.scalar(key, value)
+        self._tb.flush()
 
     def write_summary(self, summary: dict) -> None:
         """Writes summary.json (epsilon may be ``Infinity``, which Python's json reads)."""
@@ -63,3 +82,6 @@ class RunWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

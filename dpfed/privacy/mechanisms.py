@@ -34,7 +34,7 @@ class NoPrivacy:
     def round_event(self, sampler) -> dp_accounting.DpEvent:
         return dp_accounting.NonPrivateDpEvent()
 
-    def describe(self) -> dict:
+    def describe(self, sampler) -> dict:
         return {"mechanism": self.name, "noise_multiplier": 0.0, "clip": math.inf}
 
 
@@ -96,9 +96,13 @@ class GaussianMechanism:
         gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier * self.clip / sensitivity)
         return sampler.subsampled(gaussian)
 
-    def describe(self) -> dict:
+    def describe(self, sampler) -> dict:
+        """Settings, plus the sensitivity and noise multiplier the accountant sees."""
+        sensitivity = self.sensitivity(sampler.neighboring_relation)
         return {
             "mechanism": self.name,
             "noise_multiplier": self.noise_multiplier,
             "clip": self.clip,
+            "sensitivity": sensitivity,
+            "accounted_noise_multiplier": self.noise_multiplier * self.clip / sensitivity,
         }
