@@ -38,7 +38,7 @@ def recompute(summary: dict) -> float:
     )
     accountant.compose(rebuild_event(summary["dp_event_per_round"]), summary["rounds"])
     eps = accountant.get_epsilon(summary["delta"])
-    return math.inf if eps is None else eps
+    return math.inf if eps is None else float(eps)
 
 
 def main(argv: list[str]) -> int:
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     for run_dir in argv:
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
         mine, theirs = recompute(summary), summary["epsilon"]
-        same = mine == theirs or abs(mine - theirs) <= 1e-9 * max(1.0, abs(mine))
+        same = bool(mine == theirs or abs(mine - theirs) <= 1e-9 * max(1.0, abs(mine)))
         worst = max(worst, 0.0 if same else 1.0)
         print(
             json.dumps(

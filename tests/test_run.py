@@ -74,6 +74,15 @@ def test_two_job_multirun_noisier_job_has_smaller_epsilon(run_cli):
     low, high = (check_dp_run(result, job)[0] for job in ("0", "1"))
     assert (low["noise_multiplier"], high["noise_multiplier"]) == (0.8, 1.6)
     assert high["epsilon"] < low["epsilon"]
+    recompute = [sys.executable, str(ROOT / "scripts" / "recompute_epsilon.py")]
+    script = subprocess.run(
+        [*recompute, str(result.dir / "0"), str(result.dir / "1")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert script.returncode == 0, script.stdout + script.stderr
+    assert script.stdout.count('"match": true') == 2
 
 
 def test_dp_none_reports_infinite_epsilon_and_weighted_fedavg_runs(run_cli):
@@ -149,3 +158,22 @@ def test_worker_dies_with_a_killed_run(tmp_path):
     )
     assert not alive, f"worker outlived its killed parent: {alive}"
     proc.stdout.read()  # returns (EOF) only because no worker still holds the pipe
+
+
+@pytest.mark.slow
+def test_default_experiment_learns_under_dp(run_cli):
+    """The default run (DP on, 20 rounds) beats the majority class on held-out client data."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    result = run_cli()
+    assert result.returncode == 0, result.output[-3000:]
+    summary, metrics = check_dp_run(result, rounds=20)
+    cfg = compose_config()
+    data = instantiate(cfg.dataset)
+    rng = np.random.default_rng([cfg.seed, 2])  # the evaluation cohort Simulation draws
+    ids = rng.choice(data.num_clients, size=cfg.strategy.eval_clients, replace=False)
+    labels = np.concatenate([data.eval.arrays(i)[1] for i in ids])
+    majority = max(labels.mean(), 1 - labels.mean())
+    assert metrics["eval/accuracy"].iloc[-1] > majority + 0.1

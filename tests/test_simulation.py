@@ -52,3 +52,11 @@ def test_noise_std_is_noise_multiplier_times_clip_over_cohort(runtime):
     assert expected_noise_norm > 10 * signal_bound  # the noise dominates what we measure
     assert np.linalg.norm(delta) == pytest.approx(expected_noise_norm, rel=0.15)
     assert np.std(delta) == pytest.approx(z * clip / cohort, rel=0.15)
+
+
+def test_same_seed_same_model_without_noise(runtime):
+    first, _, _ = one_round_update("dp=none")
+    again, _, _ = one_round_update("dp=none")
+    other, _, _ = one_round_update("dp=none", "seed=1")
+    np.testing.assert_allclose(first, again, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(first, other)
