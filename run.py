@@ -24,13 +24,13 @@ def main(cfg: DictConfig) -> dict:
     from dpfed.federated.runtime import tff_runtime
 
     hydra_cfg = HydraConfig.get()
+    try:
+        simulation = build_simulation(cfg)  # validates everything before any training
+    except ConfigError as err:
+        print(f"dpfed: invalid configuration: {err}", file=sys.stderr)
+        sys.exit(2)
+    writer = build_writer(cfg, hydra_cfg.runtime.output_dir, simulation)
     with tff_runtime():
-        try:
-            simulation = build_simulation(cfg)
-        except ConfigError as err:
-            print(f"dpfed: invalid configuration: {err}", file=sys.stderr)
-            sys.exit(2)
-        writer = build_writer(cfg, hydra_cfg.runtime.output_dir, simulation)
         summary = simulation.run(writer, provenance(cfg, dict(hydra_cfg.runtime.choices)))
     log.info("done: %s", {k: summary[k] for k in ("rounds", "epsilon", "delta")})
     return summary

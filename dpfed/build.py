@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dpfed.errors import ConfigError
+from dpfed.errors import ConfigError, check
 from dpfed.federated.simulation import Simulation
 from dpfed.io.run_writer import RunWriter
 
@@ -76,6 +76,8 @@ def build_simulation(cfg: DictConfig) -> Simulation:
     Raises:
         ConfigError: a setting is out of range; the message names its key.
     """
+    check(cfg.rounds >= 1, "rounds", cfg.rounds, ">= 1")
+    check(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
     configure_device(cfg.sim.device)
     tf.keras.backend.clear_session()  # each job of a sweep starts from a clean TF state
     tf.keras.utils.set_random_seed(cfg.seed)
@@ -86,10 +88,12 @@ def build_simulation(cfg: DictConfig) -> Simulation:
     strategy = _build("strategy", cfg.strategy)
     with config_group("strategy"):
         sampler = strategy.sampler(dataset.num_clients, cfg.seed)
-        aggregator = mechanism.aggregator(strategy.clients_per_round)
-        process = strategy.learning_process(model, dataset.element_spec, aggregator)
     with config_group("dp"):
         ledger = mechanism.ledger(sampler)
+        mechanism.prepare(sampler, ledger, cfg.rounds)  # e.g. calibrate noise to a target epsilon
+        aggregator = mechanism.aggregator(strategy.clients_per_round)
+    with config_group("strategy"):
+        process = strategy.learning_process(model, dataset.element_spec, aggregator)
     return Simulation(
         dataset,
         model,

@@ -111,23 +111,62 @@ class NoPrivacyConfig:
 
 
 @dataclass
-class GaussianConfig:
-    """User-level DP-FedAvg (McMahan et al. 2018) with TFF's fixed-clip Gaussian aggregator.
+class NoisyMechanismConfig:
+    """Settings of every noise-adding mechanism: noise, accounting, calibration, budget.
 
     Attributes:
-        noise_multiplier: noise std on the sum of clipped updates divided by ``clip``.
-        clip: L2 bound on each client's model update.
+        noise_multiplier: noise std on the sum of clipped updates divided by the clip.
         delta: target delta of the reported (epsilon, delta).
-        accountant: privacy accountant; ``rdp`` (dp-accounting's RdpAccountant).
+        accountant: ``rdp`` (dp-accounting's RdpAccountant) or ``pld``.
         orders: RDP orders; ``null`` uses dp-accounting's defaults.
+        conversion: RDP to (epsilon, delta): ``improved`` (dp-accounting's
+            default) or ``classic`` (Mironov 2017, as in 2016-2019 papers).
+        pld_discretization: PLD value discretization interval.
+        target_epsilon: solve for the noise multiplier that reaches this epsilon
+            after ``rounds`` (overrides ``noise_multiplier``).
+        max_epsilon: stop before the first round that would exceed this epsilon.
     """
 
-    _target_: str = "dpfed.privacy.mechanisms.GaussianMechanism"
+    _target_: str = MISSING
     noise_multiplier: float = 1.0
-    clip: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
     orders: list[float] | None = None
+    conversion: str = "improved"
+    pld_discretization: float = 1e-4
+    target_epsilon: float | None = None
+    max_epsilon: float | None = None
+
+
+@dataclass
+class GaussianConfig(NoisyMechanismConfig):
+    """User-level DP-FedAvg (McMahan et al. 2018) with TFF's fixed-clip Gaussian aggregator.
+
+    Attributes:
+        clip: L2 bound on each client's model update.
+    """
+
+    _target_: str = "dpfed.privacy.mechanisms.GaussianMechanism"
+    clip: float = 1.0
+
+
+@dataclass
+class AdaptiveConfig(NoisyMechanismConfig):
+    """DP-FedAvg with adaptive clipping (Andrew et al. 2021) via TFF's gaussian_adaptive.
+
+    Attributes:
+        initial_clip: clip of the first round.
+        target_quantile: share of client updates meant to stay unclipped.
+        clip_learning_rate: step size of the geometric clip update.
+        clipped_count_stddev: noise std of the clipped-count estimate; null
+            takes TFF's default 0.05 * clients_per_round.
+    """
+
+    _target_: str = "dpfed.privacy.mechanisms.AdaptiveGaussianMechanism"
+    initial_clip: float = 0.1
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    clipped_count_stddev: float | None = None
 
 
 # --------------------------------------------------------------------------- strategy
@@ -152,34 +191,78 @@ class AdamConfig:
 
 
 @dataclass
-class FedAvgConfig:
-    """Federated averaging through ``tff.learning.algorithms`` (McMahan et al. 2017).
+class YogiConfig:
+    """TFF's Yogi (``tff.learning.optimizers.build_yogi``; Zaheer et al. 2018)."""
+
+    _target_: str = "tensorflow_federated.learning.optimizers.build_yogi"
+    learning_rate: float = 0.01
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-3
+    initial_preconditioner_value: float = 1e-6
+
+
+@dataclass
+class StrategyConfig:
+    """Settings every federation strategy has.
 
     Attributes:
         weighted: weight client updates by their number of examples; DP
             aggregators need ``false`` (each client counts once).
-        clients_per_round: cohort size, drawn uniformly without replacement.
-        sampling: how cohorts are drawn; ``fixed`` (TFF's fixed-size sampling).
-        local_epochs: passes over its data each client makes per round.
+        clients_per_round: cohort size (expected size for ``poisson``).
+        sampling: how cohorts are drawn: ``fixed`` (TFF's uniform fixed-size
+            sampling without replacement), ``poisson`` (each client joins with
+            probability clients_per_round / num_clients) or ``shuffle``
+            (shuffled epochs, every client once per epoch, no amplification).
         batch_size: client batch size.
         eval_every: evaluate on held-out client data every k rounds (and after
             the last round); 0 disables evaluation.
         eval_clients: clients whose held-out split is evaluated (a fixed,
             seeded set); -1 evaluates all clients.
-        client_optimizer: optimizer of local training.
-        server_optimizer: optimizer applying the averaged update on the server.
+        server_optimizer: optimizer applying the aggregated update on the server.
     """
 
-    _target_: str = "dpfed.federated.strategy.FedAvg"
+    _target_: str = MISSING
     weighted: bool = False
     clients_per_round: int = 50
     sampling: str = "fixed"
-    local_epochs: int = 1
     batch_size: int = 16
     eval_every: int = 5
     eval_clients: int = 200
-    client_optimizer: Any = MISSING
     server_optimizer: Any = MISSING
+
+
+@dataclass
+class FedAvgConfig(StrategyConfig):
+    """Federated averaging through ``tff.learning.algorithms`` (McMahan et al. 2017).
+
+    Attributes:
+        local_epochs: passes over its data each client makes per round.
+        client_optimizer: optimizer of local training.
+    """
+
+    _target_: str = "dpfed.federated.strategy.FedAvg"
+    local_epochs: int = 1
+    client_optimizer: Any = MISSING
+
+
+@dataclass
+class FedProxConfig(FedAvgConfig):
+    """FedProx (Li et al. 2020).
+
+    Attributes:
+        proximal_strength: weight mu of the proximal term, >= 0.
+    """
+
+    _target_: str = "dpfed.federated.strategy.FedProx"
+    proximal_strength: float = 0.01
+
+
+@dataclass
+class FedSGDConfig(StrategyConfig):
+    """Federated SGD: one gradient per client per round."""
+
+    _target_: str = "dpfed.federated.strategy.FedSGD"
 
 
 # --------------------------------------------------------------------------- sim
@@ -232,9 +315,9 @@ class RunConfig:
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"smart_home": SmartHomeConfig, "health": HealthConfig, "finance": FinanceConfig},
     "model": {"gru": GRUConfig},
-    "dp": {"none": NoPrivacyConfig, "gaussian": GaussianConfig},
-    "strategy": {"fedavg": FedAvgConfig},
-    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig},
+    "dp": {"none": NoPrivacyConfig, "gaussian": GaussianConfig, "adaptive": AdaptiveConfig},
+    "strategy": {"fedavg": FedAvgConfig, "fedprox": FedProxConfig, "fedsgd": FedSGDConfig},
+    "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "yogi": YogiConfig},
     "sim": {"local": SimConfig},
     "logger": {"default": LoggerConfig},
 }

@@ -2,9 +2,9 @@
 
 Usage: python scripts/recompute_epsilon.py RUN_DIR [RUN_DIR ...]
 
-Rebuilds the per-round DP event recorded in ``dp_event_per_round`` using only
-dp-accounting, composes it over the completed rounds with the recorded
-accountant settings and prints it beside the epsilon the run reported.
+Rebuilds the DP events recorded in ``dp_events`` (each with how many rounds it
+occurred in) using only dp-accounting, composes them with the recorded
+accountant settings and prints the result beside the epsilon the run reported.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import dp_accounting
+from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 RELATIONS = {
@@ -31,14 +32,21 @@ def rebuild_event(data: dict) -> dp_accounting.DpEvent:
 
 
 def recompute(summary: dict) -> float:
-    if summary["accountant"] != "rdp":
-        raise SystemExit(f"unsupported accountant {summary['accountant']!r}")
-    accountant = RdpAccountant(
-        orders=summary["orders"], neighboring_relation=RELATIONS[summary["neighboring_relation"]]
-    )
-    accountant.compose(rebuild_event(summary["dp_event_per_round"]), summary["rounds"])
-    eps = accountant.get_epsilon(summary["delta"])
-    return math.inf if eps is None else float(eps)
+    relation = RELATIONS[summary["neighboring_relation"]]
+    if summary["accountant"] == "pld":
+        accountant = PLDAccountant(relation, summary["pld_discretization"])
+    else:
+        accountant = RdpAccountant(orders=summary["orders"], neighboring_relation=relation)
+    for item in summary["dp_events"]:
+        accountant.compose(rebuild_event(item["event"]), item["count"])
+    if summary["accountant"] == "rdp" and summary["conversion"] == "classic":
+        log_term = math.log(1 / summary["delta"])
+        eps = min(
+            r + log_term / (o - 1) for o, r in zip(accountant.orders, accountant.rdp, strict=True)
+        )
+    else:
+        eps = accountant.get_epsilon(summary["delta"])
+    return math.inf if eps is None or math.isnan(eps) else float(eps)
 
 
 def main(argv: list[str]) -> int:

@@ -95,22 +95,30 @@ def test_dp_none_reports_infinite_epsilon_and_weighted_fedavg_runs(run_cli):
 
 
 @pytest.mark.parametrize(
-    "override,key",
+    "override,message",
     [
-        ("dp.noise_multiplier=-1", "dp.noise_multiplier"),
-        ("dp.clip=0", "dp.clip"),
-        ("dp.delta=1.5", "dp.delta"),
-        ("strategy.clients_per_round=41", "strategy.clients_per_round"),
-        ("rounds=0", "rounds"),
-        ("dataset=imaginary", "dataset"),
+        ("dp.noise_multiplier=-1", "dp.noise_multiplier=-1.0 is not allowed: dp.noise_multiplier "
+         "must be a finite number >= 0"),
+        ("dp.clip=0", "dp.clip=0.0 is not allowed: dp.clip must be a finite number > 0"),
+        ("dp.delta=1.5", "dp.delta=1.5 is not allowed: dp.delta must be in (0, 1)"),
+        ("strategy.clients_per_round=41", "strategy.clients_per_round=41 is not allowed: "
+         "strategy.clients_per_round must be in [1, 40] (the dataset has 40 clients)"),
+        ("rounds=0", "rounds=0 is not allowed: rounds must be >= 1"),
     ],
-)
-def test_bad_input_fails_cleanly_before_training(run_cli, override, key):
+)  # fmt: skip
+def test_bad_input_fails_cleanly_before_training(run_cli, override, message):
     result = run_cli(SMOKE, override)
-    assert result.returncode != 0
-    assert key in result.output
+    assert result.returncode == 2
+    assert message in result.stderr
     assert "Traceback" not in result.output
-    assert not list(result.dir.glob("**/metrics.csv")) if result.dir.exists() else True
+    assert not list(result.dir.glob("**/metrics.csv"))
+
+
+def test_unknown_dataset_fails_at_compose_time_listing_the_options(run_cli):
+    result = run_cli(SMOKE, "dataset=imaginary")
+    assert result.returncode != 0
+    assert "dataset/imaginary" in result.stderr and "smart_home" in result.stderr
+    assert not result.dir.exists() or not list(result.dir.glob("**/metrics.csv"))
 
 
 def test_dp_aggregator_with_weighted_fedavg_is_rejected(run_cli):

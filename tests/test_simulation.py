@@ -60,3 +60,86 @@ def test_same_seed_same_model_without_noise(runtime):
     other, _, _ = one_round_update("dp=none", "seed=1")
     np.testing.assert_allclose(first, again, rtol=1e-5, atol=1e-7)
     assert not np.allclose(first, other)
+
+
+def run_in_process(tmp_path, *overrides):
+    import pandas as pd
+
+    from dpfed.io.run_writer import RunWriter
+
+    sim = build_simulation(compose_config("debug=smoke", *overrides))
+    summary = sim.run(RunWriter(tmp_path, sim.columns))
+    metrics = pd.read_csv(tmp_path / "metrics.csv") if (tmp_path / "metrics.csv").exists() else None
+    return sim, summary, metrics
+
+
+def test_poisson_cohorts_vary_and_are_accounted_as_poisson(runtime, tmp_path):
+    sim, summary, metrics = run_in_process(
+        tmp_path, "strategy.sampling=poisson", "rounds=6", "strategy.eval_every=0"
+    )
+    assert (
+        summary["sampling"] == "poisson" and summary["neighboring_relation"] == "add_or_remove_one"
+    )
+    assert metrics["clients"].nunique() > 1
+    assert summary["dp_events"][0]["event"]["type"] == "PoissonSampledDpEvent"
+    assert summary["dp_events"][0]["count"] == 6
+
+
+def test_target_epsilon_ends_within_two_percent_below(runtime, tmp_path):
+    sim, summary, metrics = run_in_process(tmp_path, "dp.target_epsilon=2", "rounds=3")
+    assert 2 * 0.98 <= summary["epsilon"] <= 2
+    assert summary["epsilon_planned"] == pytest.approx(summary["epsilon"], rel=1e-9)
+    assert summary["noise_multiplier"] != 1.0 and summary["target_epsilon"] == 2
+
+
+def test_max_epsilon_stops_before_the_round_that_would_exceed_it(runtime, tmp_path):
+    probe = build_simulation(compose_config("debug=smoke", "rounds=2"))
+    budget = probe.epsilon_planned * 1.0001  # room for exactly two rounds
+    sim, summary, metrics = run_in_process(tmp_path, f"dp.max_epsilon={budget}", "rounds=5")
+    assert summary["status"] == "stopped" and summary["rounds"] == 2
+    assert "round 3" in summary["stop_reason"]
+    assert len(metrics) == 2 and metrics["epsilon"].max() <= budget
+
+
+@pytest.mark.parametrize(
+    "overrides,metric",
+    [
+        (("dataset=health", "dataset.labels=every_step"), "accuracy"),
+        (("dataset=finance", "dataset.target=return"), "mae"),
+    ],
+)
+def test_per_step_labels_and_regression_train_through_tff(runtime, tmp_path, overrides, metric):
+    sim, summary, metrics = run_in_process(tmp_path, *overrides)
+    assert summary["status"] == "completed" and len(metrics) == 2
+    assert metrics[f"train/{metric}"].notna().all() and metrics[f"eval/{metric}"].notna().all()
+    assert np.isfinite(metrics["train/loss"]).all()
+
+
+@pytest.mark.parametrize("strategy", ["fedprox", "fedadam", "fedyogi", "fedsgd"])
+def test_every_strategy_trains_with_user_level_dp(runtime, tmp_path, strategy):
+    sim, summary, metrics = run_in_process(tmp_path, f"strategy={strategy}")
+    assert summary["status"] == "completed" and summary["strategy"] == sim.strategy.name
+    assert np.isfinite(metrics["train/loss"]).all() and np.isfinite(metrics["epsilon"]).all()
+
+
+def test_fedprox_without_proximal_term_is_fedavg(runtime):
+    fedavg, _, _ = one_round_update("dp=none")
+    fedprox, _, _ = one_round_update("dp=none", "strategy=fedprox", "strategy.proximal_strength=0")
+    np.testing.assert_allclose(fedprox, fedavg, rtol=1e-5, atol=1e-7)
+
+
+def test_adaptive_clip_is_logged_moves_and_is_accounted_like_gaussian(runtime, tmp_path):
+    sim, summary, metrics = run_in_process(
+        tmp_path, "dp=adaptive", "dp.clipped_count_stddev=2.0", "rounds=3", "dp.initial_clip=0.01"
+    )
+    clips = metrics["dp/clip"].to_numpy()
+    assert np.isfinite(clips).all() and clips[-1] != clips[0]
+    gaussian = build_simulation(compose_config("debug=smoke", "rounds=3"))
+    assert summary["epsilon"] == pytest.approx(gaussian.epsilon_planned, rel=1e-12)
+
+
+def test_adaptive_rejects_a_count_noise_tff_cannot_split(runtime):
+    from dpfed.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dp.clipped_count_stddev"):
+        build_simulation(compose_config("debug=smoke", "dp=adaptive"))  # 0.05 * 5 <= 1 / 2

@@ -205,7 +205,7 @@ class Health(SyntheticDataset):
         steps = self.seq_len
         t = np.arange(steps)
         sick = rng.random(n) < p["prevalence"]
-        onset = rng.uniform(0.3, 0.95, size=n) * steps
+        onset = rng.uniform(0.3, 0.95, size=n) * (steps - 1)
         severity = rng.uniform(0.6, 1.6, size=n)
         progress = (
             sick[:, None] * np.maximum(0.0, t - onset[:, None]) / steps * 2.5 * severity[:, None]
@@ -224,9 +224,7 @@ class Health(SyntheticDataset):
         temp = (0.5 * progress + ar_noise(0.35)) / 0.5
         lactate = (0.6 * progress + ar_noise(0.6)) / 0.8
         x = self._pad_features(rng, [hr, rr, spo2, sbp, temp, lactate])
-        y = sick[:, None] & (t[None, :] >= onset[:, None])
-        y[:, -1] = sick
-        return x, y
+        return x, sick[:, None] & (t[None, :] >= onset[:, None])
 
 
 class Finance(SyntheticDataset):

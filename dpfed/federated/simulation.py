@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from dpfed.errors import check
 from dpfed.privacy.accounting import event_to_dict
 
 log = logging.getLogger(__name__)
@@ -26,7 +24,7 @@ class Simulation:
         sampler: the strategy's client sampler.
         ledger: the privacy ledger matching ``sampler``.
         process: the TFF learning process.
-        rounds: rounds to run, >= 1.
+        rounds: rounds to run (validated by `dpfed.build`).
         seed: run seed (client shuffling, evaluation cohort).
         progress: show a progress bar.
     """
@@ -44,7 +42,6 @@ class Simulation:
         seed: int,
         progress: bool = True,
     ):
-        check(rounds >= 1, "rounds", rounds, ">= 1")
         self.dataset, self.model, self.mechanism, self.strategy = (
             dataset,
             model,
@@ -53,8 +50,9 @@ class Simulation:
         )
         self.sampler, self.ledger, self.process = sampler, ledger, process
         self.rounds, self.seed, self.progress = rounds, seed, progress
-        self.round_event = mechanism.round_event(sampler)
-        self.epsilon_planned = ledger.planned_epsilon(self.round_event, rounds)
+        self.epsilon_planned = ledger.planned_epsilon(
+            mechanism.round_event(sampler, r) for r in range(1, rounds + 1)
+        )
         self.metric = model.metrics()[0].name
         self._eval_model = None
 
@@ -75,6 +73,7 @@ class Simulation:
             "round_seconds",
             "bytes_down",
             "bytes_up",
+            *self.mechanism.metric_columns,
         ]
 
     def privacy_record(self) -> dict:
@@ -83,7 +82,7 @@ class Simulation:
             **self.mechanism.describe(self.sampler),
             **self.sampler.describe(),
             **self.ledger.describe(),
-            "dp_event_per_round": event_to_dict(self.round_event),
+            "dp_events": self.ledger.events(),
         }
 
     # ------------------------------------------------------------------ pieces
@@ -126,30 +125,49 @@ class Simulation:
         return every > 0 and (round_num % every == 0 or round_num == self.rounds)
 
     # ------------------------------------------------------------------ loop
-    def run_round(self, state, round_num: int):
-        """Trains one round, accounts it, evaluates if due; returns (state, metrics row)."""
+    def run_round(self, state, round_num: int, cohort: list[str], event):
+        """Trains one round on ``cohort``, accounts ``event``, evaluates if due.
+
+        Returns:
+            (new state, metrics row).
+        """
         start = time.perf_counter()
-        cohort = self.sampler.sample(round_num)
-        result = self.process.next(state, self.cohort_datasets(cohort, round_num))
-        train = result.metrics["client_work"]["train"]
+        train, mechanism_metrics = None, {}
+        if cohort:  # a Poisson cohort can be empty: no update, but the round is accounted
+            result = self.process.next(state, self.cohort_datasets(cohort, round_num))
+            state, train = result.state, result.metrics["client_work"]["train"]
+            mechanism_metrics = self.mechanism.round_metrics(result.metrics["aggregator"])
         seconds = time.perf_counter() - start
         row = {
             "round": round_num,
             "clients": len(cohort),
-            "epsilon": self.ledger.record(self.round_event),
+            "epsilon": self.ledger.record(event),
             "delta": self.ledger.delta,
-            "train/loss": float(train["loss"]),
-            f"train/{self.metric}": float(train[self.metric]),
-            "train/examples": int(train["num_examples"]),
+            "train/loss": float(train["loss"]) if train else None,
+            f"train/{self.metric}": float(train[self.metric]) if train else None,
+            "train/examples": int(train["num_examples"]) if train else 0,
             "eval/loss": None,
             f"eval/{self.metric}": None,
             "round_seconds": seconds,
             "bytes_down": self._bytes_per_client[0] * len(cohort),
             "bytes_up": self._bytes_per_client[1] * len(cohort),
+            **dict.fromkeys(self.mechanism.metric_columns),
+            **mechanism_metrics,
         }
         if self._due_for_eval(round_num):
-            row.update(self.evaluate(result.state))
-        return result.state, row
+            row.update(self.evaluate(state))
+        return state, row
+
+    def over_budget(self, event) -> str | None:
+        """Why the round with ``event`` must not run under ``dp.max_epsilon``, if it must not."""
+        budget = getattr(self.mechanism, "max_epsilon", None)
+        if budget is None:
+            return None
+        after = self.ledger.peek(event)
+        if after <= budget:
+            return None
+        return (f"round {self.ledger.rounds + 1} would raise epsilon to {after:.6g}, "
+                f"above dp.max_epsilon={budget:g}")  # fmt: skip
 
     def run(self, writer, extra_summary: dict | None = None) -> dict:
         """Runs all rounds, writing a metrics row and the summary after each one."""
@@ -157,7 +175,7 @@ class Simulation:
             "status": "running",
             "rounds": 0,
             "rounds_planned": self.rounds,
-            "epsilon": self.ledger.epsilon,
+            "epsilon": None,  # set once a round has been accounted
             "epsilon_planned": self.epsilon_planned,
             **self.privacy_record(),
             **self.strategy.describe(),
@@ -173,24 +191,33 @@ class Simulation:
                    disable=not self.progress, dynamic_ncols=True)  # fmt: skip
         try:
             for round_num in bar:
-                state, row = self.run_round(state, round_num)
+                event = self.mechanism.round_event(self.sampler, round_num)
+                if reason := self.over_budget(event):
+                    summary.update(status="stopped", stop_reason=reason)
+                    log.warning("stopping: %s", reason)
+                    break
+                cohort = self.sampler.sample(round_num)
+                state, row = self.run_round(state, round_num, cohort, event)
                 writer.write_round(row)
                 summary.update(
                     {k: v for k, v in row.items() if "/" in k and v is not None},
                     rounds=round_num,
                     epsilon=row["epsilon"],
+                    dp_events=self.ledger.events(),
                     total_bytes_down=summary["total_bytes_down"] + row["bytes_down"],
                     total_bytes_up=summary["total_bytes_up"] + row["bytes_up"],
                     train_seconds=summary["train_seconds"] + row["round_seconds"],
                 )
                 writer.write_summary(summary)
-                bar.set_postfix(eps=f"{row['epsilon']:.3g}", loss=f"{row['train/loss']:.4f}")
+                loss = row["train/loss"]
+                bar.set_postfix(eps=f"{row['epsilon']:.3g}", loss=f"{loss:.4f}" if loss else "-")
         except BaseException as err:  # keep what finished; say why the run ended early
             summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
             summary["error"] = f"{type(err).__name__}: {err}"
             raise
         else:
-            summary["status"] = "completed"
+            if summary["status"] == "running":
+                summary["status"] = "completed"
         finally:
             writer.write_summary(summary)
             writer.close()
@@ -198,13 +225,15 @@ class Simulation:
 
     def describe_privacy(self) -> str:
         """One line on what is accounted and how, for the log."""
-        if math.isinf(self.epsilon_planned) and self.mechanism.name == "none":
+        if self.mechanism.name == "none":
             return "none (dp=none): epsilon is infinite"
+        calibrated = getattr(self.mechanism, "target_epsilon", None)
+        note = (f"noise multiplier {self.mechanism.noise_multiplier:.6g} calibrated to "
+                f"target epsilon {calibrated:g}; " if calibrated else "")  # fmt: skip
         return (
-            f"{self.mechanism.name} mechanism, {self.sampler.name} sampling "
-            f"({self.sampler.describe()}), {self.ledger.kind} accountant, "
-            f"{self.ledger.describe()['neighboring_relation']} adjacency; "
-            f"per-round DP event {event_to_dict(self.round_event)}; planned epsilon "
-            f"after {self.rounds} rounds: {self.epsilon_planned:.4g} at delta "
-            f"{self.ledger.delta:g}"
+            f"{note}{self.mechanism.name} mechanism, {self.sampler.describe()}, "
+            f"{self.ledger.kind} accountant, "
+            f"{self.ledger.describe()['neighboring_relation']} adjacency; round 1's DP event "
+            f"{event_to_dict(self.mechanism.round_event(self.sampler, 1))}; planned epsilon "
+            f"after {self.rounds} rounds: {self.epsilon_planned:.4g} at delta {self.ledger.delta:g}"
         )

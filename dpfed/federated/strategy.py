@@ -9,48 +9,32 @@ from dpfed.federated.runtime import tff
 from dpfed.federated.sampling import SAMPLERS
 
 
-class FedAvg:
-    """Federated averaging (McMahan et al., AISTATS 2017) via TFF's learning API.
+class FederatedStrategy:
+    """What every TFF-backed strategy shares: cohorts, evaluation, client data, model_fn.
 
-    Args are documented on `dpfed.config.FedAvgConfig`; the optimizers arrive
-    already built as ``tff.learning.optimizers.Optimizer`` objects.
+    Subclasses implement `_build(model_fn, aggregator)`. Args are documented on
+    `dpfed.config.FedAvgConfig`; optimizers arrive built as TFF optimizers.
     """
 
-    def __init__(
-        self,
-        weighted: bool,
-        clients_per_round: int,
-        sampling: str,
-        local_epochs: int,
-        batch_size: int,
-        eval_every: int,
-        eval_clients: int,
-        client_optimizer,
-        server_optimizer,
-    ):
-        check(clients_per_round >= 1, "clients_per_round", clients_per_round, ">= 1")
+    name = "strategy"
+    local_epochs = 1
+
+    def __init__(self, weighted: bool, clients_per_round: int, sampling: str, batch_size: int,
+                 eval_every: int, eval_clients: int, server_optimizer):  # fmt: skip
         check(sampling in SAMPLERS, "sampling", sampling, f"one of {', '.join(SAMPLERS)}")
-        check(local_epochs >= 1, "local_epochs", local_epochs, ">= 1")
         check(batch_size >= 1, "batch_size", batch_size, ">= 1")
         check(eval_every >= 0, "eval_every", eval_every, ">= 0 (0 disables evaluation)")
-        check(
-            eval_clients == -1 or eval_clients >= 1,
-            "eval_clients",
-            eval_clients,
-            "-1 (all clients) or >= 1",
-        )
+        check(eval_clients == -1 or eval_clients >= 1, "eval_clients", eval_clients,
+              "-1 (all clients) or >= 1")  # fmt: skip
         self.weighted, self.clients_per_round, self.sampling = weighted, clients_per_round, sampling
-        self.local_epochs, self.batch_size = local_epochs, batch_size
-        self.eval_every, self.eval_clients = eval_every, eval_clients
-        self.client_optimizer, self.server_optimizer = client_optimizer, server_optimizer
+        self.batch_size, self.eval_every, self.eval_clients = batch_size, eval_every, eval_clients
+        self.server_optimizer = server_optimizer
 
     def sampler(self, population: int, seed: int):
         return SAMPLERS[self.sampling](population, self.clients_per_round, seed)
 
-    def learning_process(
-        self, model, element_spec, aggregator
-    ) -> tff.learning.templates.LearningProcess:
-        """Builds TFF's FedAvg process for ``model`` with ``aggregator`` (None: default mean)."""
+    def learning_process(self, model, element_spec, aggregator):
+        """Builds the TFF learning process for ``model`` with ``aggregator`` (None: default)."""
         x_spec, y_spec = element_spec
         input_spec = (
             tf.TensorSpec([None, *x_spec.shape], x_spec.dtype),
@@ -59,27 +43,18 @@ class FedAvg:
 
         def model_fn():
             return tff.learning.models.from_keras_model(
-                model.keras_model(),
-                loss=model.loss(),
-                input_spec=input_spec,
+                model.keras_model(), loss=model.loss(), input_spec=input_spec,
                 metrics=model.metrics(),
-            )
+            )  # fmt: skip
 
-        unweighted_only = isinstance(aggregator, tff.aggregators.UnweightedAggregationFactory)
-        if self.weighted and unweighted_only:
-            raise ConfigError(
-                "weighted",
-                self.weighted,
-                "false with this dp mechanism (its aggregator weighs every "
-                "client equally, as user-level DP requires)",
-            )
-        if self.weighted:
-            return tff.learning.algorithms.build_weighted_fed_avg(
-                model_fn, self.client_optimizer, self.server_optimizer, model_aggregator=aggregator
-            )
-        return tff.learning.algorithms.build_unweighted_fed_avg(
-            model_fn, self.client_optimizer, self.server_optimizer, model_aggregator=aggregator
-        )
+        if self.weighted and isinstance(aggregator, tff.aggregators.UnweightedAggregationFactory):
+            raise ConfigError("weighted", self.weighted,
+                              "false with this dp mechanism (its aggregator weighs every "
+                              "client equally, as user-level DP requires)")  # fmt: skip
+        return self._build(model_fn, aggregator)
+
+    def _build(self, model_fn, aggregator):
+        raise NotImplementedError
 
     def client_dataset(self, dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:
         """Shuffles, repeats for the local epochs and batches one client's data."""
@@ -90,9 +65,68 @@ class FedAvg:
         )
 
     def describe(self) -> dict:
-        return {
-            "strategy": "fedavg",
-            "weighted": self.weighted,
-            "local_epochs": self.local_epochs,
-            "batch_size": self.batch_size,
-        }
+        return {"strategy": self.name, "weighted": self.weighted,
+                "local_epochs": self.local_epochs, "batch_size": self.batch_size}  # fmt: skip
+
+
+class FedAvg(FederatedStrategy):
+    """Federated averaging (McMahan et al., AISTATS 2017); with an adaptive server
+    optimizer (``strategy=fedadam|fedyogi``) it is FedOpt (Reddi et al., ICLR 2021)."""
+
+    name = "fedavg"
+
+    def __init__(self, client_optimizer, local_epochs: int, **kwargs):
+        check(local_epochs >= 1, "local_epochs", local_epochs, ">= 1")
+        super().__init__(**kwargs)
+        self.client_optimizer, self.local_epochs = client_optimizer, local_epochs
+
+    def _build(self, model_fn, aggregator):
+        if self.weighted:
+            return tff.learning.algorithms.build_weighted_fed_avg(
+                model_fn, self.client_optimizer, self.server_optimizer, model_aggregator=aggregator
+            )
+        return tff.learning.algorithms.build_unweighted_fed_avg(
+            model_fn, self.client_optimizer, self.server_optimizer, model_aggregator=aggregator
+        )
+
+
+class FedProx(FedAvg):
+    """FedProx (Li et al., MLSys 2020): FedAvg with a proximal term mu/2 ||w - w_server||^2.
+
+    Args:
+        proximal_strength: mu, >= 0 (0 is FedAvg).
+    """
+
+    name = "fedprox"
+
+    def __init__(self, proximal_strength: float, **kwargs):
+        check(proximal_strength >= 0, "proximal_strength", proximal_strength, ">= 0")
+        super().__init__(**kwargs)
+        self.proximal_strength = proximal_strength
+
+    def _build(self, model_fn, aggregator):
+        build = (tff.learning.algorithms.build_weighted_fed_prox if self.weighted
+                 else tff.learning.algorithms.build_unweighted_fed_prox)  # fmt: skip
+        return build(model_fn, self.proximal_strength, self.client_optimizer,
+                     self.server_optimizer, model_aggregator=aggregator)  # fmt: skip
+
+    def describe(self) -> dict:
+        return {**super().describe(), "proximal_strength": self.proximal_strength}
+
+
+class FedSGD(FederatedStrategy):
+    """Federated SGD (McMahan et al. 2017): each client sends the gradient of its data.
+
+    Clients sum their batches' gradients in one pass and send the mean; the
+    server applies the aggregate with ``server_optimizer``. With a DP mechanism
+    each client's gradient is clipped and clients count equally.
+    """
+
+    name = "fedsgd"
+
+    def _build(self, model_fn, aggregator):
+        if aggregator is not None and not self.weighted:
+            aggregator = tff.aggregators.as_weighted_aggregator(aggregator)
+        return tff.learning.algorithms.build_fed_sgd(
+            model_fn, self.server_optimizer, model_aggregator=aggregator
+        )

@@ -1,24 +1,28 @@
 """Privacy accounting with dp-accounting, composed round by round.
 
-A `PrivacyLedger` composes the DP event of every round that actually ran, with
-dp-accounting's RDP accountant, and reports epsilon at the configured delta. The
-neighbouring relation comes from the client sampler (fixed-size cohorts need
-replace-one adjacency), so a sampler and an accountant that disagree cannot be
-put together.
+A `PrivacyLedger` counts the DP event of every round that actually ran and
+reports epsilon at the configured delta with dp-accounting's RDP or PLD
+accountant. The neighbouring relation comes from the client sampler (fixed-size
+cohorts need replace-one adjacency, Poisson cohorts add/remove), so a sampler
+and an accountant that disagree cannot be put together.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Iterable
 
 import attr
 import dp_accounting
 import numpy as np
+from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant, compute_epsilon
 
 from dpfed.errors import check
 
-ACCOUNTANTS = ("rdp",)
+ACCOUNTANTS = ("rdp", "pld")
+CONVERSIONS = ("improved", "classic")
 
 RELATION_NAMES = {
     dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE: "add_or_remove_one",
@@ -42,21 +46,53 @@ def event_from_dict(data: dict) -> dp_accounting.DpEvent:
     return getattr(dp_accounting, data["type"])(**fields)
 
 
+def classic_rdp_to_epsilon(orders, rdp, delta: float) -> float:
+    """Mironov (2017), Prop. 3: eps = min over orders of rdp + log(1/delta) / (order - 1).
+
+    The conversion the 2016-2019 papers and TF Privacy's tutorials used; looser
+    than dp-accounting's default (Balle et al. 2020), kept so published
+    epsilons can be reproduced.
+    """
+    orders, rdp = np.asarray(orders, dtype=float), np.asarray(rdp, dtype=float)
+    with np.errstate(invalid="ignore"):
+        eps = rdp + math.log(1 / delta) / (orders - 1)
+    eps = eps[np.isfinite(eps)]
+    return float(eps.min()) if eps.size else math.inf
+
+
 class PrivacyLedger:
-    """Composes one DP event per completed round and reports (epsilon, delta).
+    """Counts one DP event per completed round and reports (epsilon, delta).
 
     Args:
-        accountant: ``rdp``.
+        accountant: ``rdp`` or ``pld``.
         delta: target delta, in (0, 1).
         neighboring_relation: dp-accounting relation the sampler requires.
         orders: RDP orders; None uses dp-accounting's defaults.
+        conversion: RDP to (epsilon, delta) conversion, ``improved`` (dp-accounting's)
+            or ``classic`` (Mironov 2017).
+        pld_discretization: value discretization interval of the PLD accountant
+            (its estimates stay pessimistic; smaller is tighter and slower).
     """
 
-    def __init__(self, accountant: str, delta: float, neighboring_relation, orders=None):
+    def __init__(
+        self,
+        accountant: str = "rdp",
+        delta: float = 1e-5,
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+        orders=None,
+        conversion: str = "improved",
+        pld_discretization: float = 1e-4,
+    ):
         check(
             accountant in ACCOUNTANTS, "accountant", accountant, f"one of {', '.join(ACCOUNTANTS)}"
         )
         check(0 < delta < 1, "delta", delta, "in (0, 1)")
+        check(
+            conversion in CONVERSIONS, "conversion", conversion, f"one of {', '.join(CONVERSIONS)}"
+        )
+        check(
+            0 < pld_discretization <= 0.1, "pld_discretization", pld_discretization, "in (0, 0.1]"
+        )
         if orders is not None:
             orders = [float(o) for o in orders]
             check(
@@ -65,50 +101,82 @@ class PrivacyLedger:
                 orders,
                 "null or a non-empty list of numbers > 1",
             )
-        self.kind, self.delta, self.orders = accountant, delta, orders
+        self.kind, self.delta, self.orders, self.conversion = accountant, delta, orders, conversion
+        self.pld_discretization = pld_discretization
         self.neighboring_relation = neighboring_relation
+        self.counts: Counter[dp_accounting.DpEvent] = Counter()
         self._rdp_of_event: dict[dp_accounting.DpEvent, np.ndarray] = {}
-        self._rdp = None  # RDP of all recorded rounds, one value per order
-        self.rounds = 0
 
-    def _new(self) -> RdpAccountant:
+    @property
+    def rounds(self) -> int:
+        return sum(self.counts.values())
+
+    def _rdp_accountant(self) -> RdpAccountant:
         return RdpAccountant(orders=self.orders, neighboring_relation=self.neighboring_relation)
+
+    def supports(self, event: dp_accounting.DpEvent) -> bool:
+        """Whether this accountant can compose ``event`` under the sampler's relation."""
+        if self.kind == "rdp":
+            return self._rdp_accountant().supports(event)
+        return PLDAccountant(self.neighboring_relation).supports(event)
 
     def _event_rdp(self, event: dp_accounting.DpEvent) -> np.ndarray:
         # A round's RDP is computed once by dp-accounting and then added up per
         # round, exactly as RdpAccountant.compose does, so per-round epsilon
         # stays cheap for long runs.
         if event not in self._rdp_of_event:
-            accountant = self._new()
+            accountant = self._rdp_accountant()
             accountant.compose(event)
             self._rdp_of_event[event] = accountant.rdp
         return self._rdp_of_event[event]
 
-    def _epsilon(self, rdp: np.ndarray) -> float:
-        orders = self._new().orders
-        eps = compute_epsilon(orders, rdp, self.delta)[0]
+    def epsilon_of(self, counts: Counter) -> float:
+        """Epsilon at ``delta`` of a multiset of events."""
+        counts = {e: c for e, c in counts.items() if c > 0}
+        if not counts:
+            return 0.0
+        if self.kind == "pld":
+            accountant = PLDAccountant(self.neighboring_relation, self.pld_discretization)
+            for event, count in counts.items():
+                accountant.compose(event, count)
+            eps = accountant.get_epsilon(self.delta)
+        else:
+            rdp = sum(count * self._event_rdp(event) for event, count in counts.items())
+            orders = self._rdp_accountant().orders
+            if self.conversion == "classic":
+                eps = classic_rdp_to_epsilon(orders, rdp, self.delta)
+            else:
+                eps = compute_epsilon(orders, rdp, self.delta)[0]
         return math.inf if eps is None or math.isnan(eps) else float(eps)
 
-    def planned_epsilon(self, event: dp_accounting.DpEvent, rounds: int) -> float:
-        """Epsilon after ``rounds`` rounds of ``event``, computed before training."""
-        return self._epsilon(rounds * self._event_rdp(event))
+    def planned_epsilon(self, events: Iterable[dp_accounting.DpEvent]) -> float:
+        """Epsilon after the given sequence of round events, computed before training."""
+        return self.epsilon_of(Counter(events))
+
+    def peek(self, event: dp_accounting.DpEvent) -> float:
+        """Epsilon if ``event`` were recorded next (for budgets)."""
+        return self.epsilon_of(self.counts + Counter([event]))
 
     def record(self, event: dp_accounting.DpEvent) -> float:
         """Composes one completed round's event; returns epsilon so far."""
-        rdp = self._event_rdp(event)
-        self._rdp = rdp.copy() if self._rdp is None else self._rdp + rdp
-        self.rounds += 1
+        self.counts[event] += 1
         return self.epsilon
 
     @property
     def epsilon(self) -> float:
-        return self._epsilon(self._rdp) if self.rounds else 0.0
+        return self.epsilon_of(self.counts)
+
+    def events(self) -> list[dict]:
+        """The composed events and how often each occurred, JSON-ready."""
+        return [{"event": event_to_dict(e), "count": c} for e, c in self.counts.items()]
 
     def describe(self) -> dict:
-        """Everything an independent recomputation needs besides the event."""
+        """Everything an independent recomputation needs besides the events."""
         return {
             "accountant": self.kind,
             "delta": self.delta,
             "orders": self.orders,
+            "conversion": self.conversion if self.kind == "rdp" else None,
+            "pld_discretization": self.pld_discretization if self.kind == "pld" else None,
             "neighboring_relation": RELATION_NAMES[self.neighboring_relation],
         }

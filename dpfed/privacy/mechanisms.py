@@ -6,9 +6,9 @@ import math
 
 import dp_accounting
 
-from dpfed.errors import check
-from dpfed.federated.runtime import tff
+from dpfed.errors import ConfigError, check
 from dpfed.privacy.accounting import PrivacyLedger
+from dpfed.privacy.calibration import calibrate_noise_multiplier
 
 
 class NoPrivacy:
@@ -20,19 +20,26 @@ class NoPrivacy:
     """
 
     name = "none"
+    max_epsilon = None
+    metric_columns = ()
 
     def __init__(self, delta: float = 1e-5, accountant: str = "rdp"):
-        check(0 < delta < 1, "delta", delta, "in (0, 1)")
         self.delta, self.accountant = delta, accountant
 
     def aggregator(self, clients_per_round: int):
-        return None  # the learning algorithm's default (weighted) mean
+        return None  # the learning algorithm's default mean
 
     def ledger(self, sampler) -> PrivacyLedger:
         return PrivacyLedger(self.accountant, self.delta, sampler.neighboring_relation)
 
-    def round_event(self, sampler) -> dp_accounting.DpEvent:
+    def prepare(self, sampler, ledger, rounds: int) -> None:
+        """Nothing to calibrate."""
+
+    def round_event(self, sampler, round_num: int) -> dp_accounting.DpEvent:
         return dp_accounting.NonPrivateDpEvent()
+
+    def round_metrics(self, aggregator_metrics) -> dict:
+        return {}
 
     def describe(self, sampler) -> dict:
         return {"mechanism": self.name, "noise_multiplier": 0.0, "clip": math.inf}
@@ -43,21 +50,29 @@ class GaussianMechanism:
 
     Each client's update is clipped to L2 norm ``clip``; Gaussian noise of std
     ``noise_multiplier * clip`` is added to the sum, which is then divided by
-    the cohort size, by TFF's ``DifferentiallyPrivateFactory.gaussian_fixed``.
+    the (expected) cohort size, by TFF's ``DifferentiallyPrivateFactory.gaussian_fixed``.
 
-    Under replace-one adjacency (what fixed-size cohorts require) one user can
+    Under replace-one adjacency (fixed-size and shuffled cohorts) one user can
     move the clipped sum by up to ``2 * clip``, so the accountant sees the noise
-    multiplier ``noise_multiplier / 2``; under add/remove it is ``clip``.
+    multiplier ``noise_multiplier / 2``; under add/remove (Poisson) it is ``clip``.
 
     Args:
         noise_multiplier: noise std divided by ``clip``; >= 0 (0 means no privacy).
+            Ignored when ``target_epsilon`` is set.
         clip: L2 clipping norm of client updates; > 0.
         delta: target delta, in (0, 1).
-        accountant: ``rdp``.
+        accountant: ``rdp`` or ``pld``.
         orders: RDP orders, None for dp-accounting's defaults.
+        conversion: RDP conversion, ``improved`` or ``classic``.
+        pld_discretization: PLD value discretization interval.
+        target_epsilon: if set, the noise multiplier is solved for so that the
+            planned epsilon after all rounds is at most this (and within 0.5%).
+        max_epsilon: if set, training stops before the first round that would
+            take epsilon above it.
     """
 
     name = "gaussian"
+    metric_columns = ()
 
     def __init__(
         self,
@@ -66,14 +81,26 @@ class GaussianMechanism:
         delta: float = 1e-5,
         accountant: str = "rdp",
         orders=None,
+        conversion: str = "improved",
+        pld_discretization: float = 1e-4,
+        target_epsilon: float | None = None,
+        max_epsilon: float | None = None,
     ):
-        check(noise_multiplier >= 0, "noise_multiplier", noise_multiplier, ">= 0")
+        check(0 <= noise_multiplier < math.inf, "noise_multiplier", noise_multiplier,
+              "a finite number >= 0")  # fmt: skip
         check(clip > 0 and math.isfinite(clip), "clip", clip, "a finite number > 0")
-        check(0 < delta < 1, "delta", delta, "in (0, 1)")
+        check(target_epsilon is None or target_epsilon > 0, "target_epsilon", target_epsilon,
+              "null or > 0")  # fmt: skip
+        check(max_epsilon is None or max_epsilon > 0, "max_epsilon", max_epsilon, "null or > 0")
         self.noise_multiplier, self.clip, self.delta = noise_multiplier, clip, delta
-        self.accountant, self.orders = accountant, orders
+        self.accountant, self.orders, self.conversion = accountant, orders, conversion
+        self.pld_discretization = pld_discretization
+        self.target_epsilon, self.max_epsilon = target_epsilon, max_epsilon
+        self.calibrated_epsilon = None
 
     def aggregator(self, clients_per_round: int):
+        from dpfed.federated.runtime import tff
+
         return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
             noise_multiplier=self.noise_multiplier,
             clients_per_round=clients_per_round,
@@ -81,7 +108,38 @@ class GaussianMechanism:
         )
 
     def ledger(self, sampler) -> PrivacyLedger:
-        return PrivacyLedger(self.accountant, self.delta, sampler.neighboring_relation, self.orders)
+        ledger = PrivacyLedger(
+            self.accountant,
+            self.delta,
+            sampler.neighboring_relation,
+            self.orders,
+            self.conversion,
+            self.pld_discretization,
+        )
+        if not ledger.supports(self.round_event(sampler, 1, noise_multiplier=1.0)):
+            raise ConfigError(
+                "accountant",
+                self.accountant,
+                f"one that supports {sampler.name} sampling (dp-accounting's "
+                f"{self.accountant.upper()} accountant cannot compose it; use rdp)",
+            )
+        return ledger
+
+    def prepare(self, sampler, ledger: PrivacyLedger, rounds: int) -> None:
+        """Solves for the noise multiplier when ``target_epsilon`` is set (before training)."""
+        if self.target_epsilon is None:
+            return
+
+        def events_for(z):
+            return (self.round_event(sampler, r, noise_multiplier=z) for r in range(1, rounds + 1))
+
+        self.noise_multiplier, self.calibrated_epsilon = calibrate_noise_multiplier(
+            events_for, ledger, self.target_epsilon
+        )
+
+    def round_metrics(self, aggregator_metrics) -> dict:
+        """Per-round values of the mechanism worth a metrics.csv column (none here)."""
+        return {}
 
     def sensitivity(self, neighboring_relation) -> float:
         """L2 sensitivity of the clipped sum under the given adjacency."""
@@ -89,12 +147,14 @@ class GaussianMechanism:
             return 2 * self.clip
         return self.clip
 
-    def round_event(self, sampler) -> dp_accounting.DpEvent:
-        if self.noise_multiplier == 0:
+    def round_event(self, sampler, round_num: int, noise_multiplier: float | None = None):
+        """The DP event of round ``round_num`` given how ``sampler`` draws cohorts."""
+        z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
+        if z == 0:
             return dp_accounting.NonPrivateDpEvent()  # clipping alone gives no DP
         sensitivity = self.sensitivity(sampler.neighboring_relation)
-        gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier * self.clip / sensitivity)
-        return sampler.subsampled(gaussian)
+        gaussian = dp_accounting.GaussianDpEvent(z * self.clip / sensitivity)
+        return sampler.round_event(round_num, gaussian)
 
     def describe(self, sampler) -> dict:
         """Settings, plus the sensitivity and noise multiplier the accountant sees."""
@@ -105,4 +165,72 @@ class GaussianMechanism:
             "clip": self.clip,
             "sensitivity": sensitivity,
             "accounted_noise_multiplier": self.noise_multiplier * self.clip / sensitivity,
+            "target_epsilon": self.target_epsilon,
+            "max_epsilon": self.max_epsilon,
         }
+
+
+class AdaptiveGaussianMechanism(GaussianMechanism):
+    """DP-FedAvg with adaptive clipping to a quantile of update norms (Andrew et al., NeurIPS 2021).
+
+    TFF's ``DifferentiallyPrivateFactory.gaussian_adaptive`` privately
+    estimates, each round, which share of clients' update norms fall below the
+    current clip (a count with Gaussian noise of std ``clipped_count_stddev``)
+    and moves the clip geometrically towards ``target_quantile``. Here
+    ``noise_multiplier`` is the *effective* multiplier of the two releases
+    together: TFF splits it so that ``z^-2 = z_value^-2 + (2 * count_std)^-2``,
+    which is what the accountant composes (the quantile estimate's privacy cost
+    is included). The clip in use is logged per round as ``dp/clip``.
+
+    Args:
+        initial_clip: the clip of the first round, > 0.
+        target_quantile: share of updates meant to be unclipped, in (0, 1).
+        clip_learning_rate: step size of the geometric clip update, > 0.
+        clipped_count_stddev: noise std on the clipped count; null takes TFF's
+            default ``0.05 * clients_per_round``. Must exceed noise_multiplier / 2.
+        **kwargs: as for `GaussianMechanism` (``clip`` excluded).
+    """
+
+    name = "adaptive"
+    metric_columns = ("dp/clip",)
+
+    def __init__(self, noise_multiplier: float, initial_clip: float, target_quantile: float,
+                 clip_learning_rate: float, clipped_count_stddev: float | None = None,
+                 **kwargs):  # fmt: skip
+        check(initial_clip > 0 and math.isfinite(initial_clip), "initial_clip", initial_clip,
+              "a finite number > 0")  # fmt: skip
+        check(0 < target_quantile < 1, "target_quantile", target_quantile, "in (0, 1)")
+        check(clip_learning_rate > 0, "clip_learning_rate", clip_learning_rate, "> 0")
+        check(clipped_count_stddev is None or clipped_count_stddev > 0, "clipped_count_stddev",
+              clipped_count_stddev, "null or > 0")  # fmt: skip
+        super().__init__(noise_multiplier, clip=initial_clip, **kwargs)
+        self.target_quantile, self.clip_learning_rate = target_quantile, clip_learning_rate
+        self.clipped_count_stddev = clipped_count_stddev
+
+    def aggregator(self, clients_per_round: int):
+        from dpfed.federated.runtime import tff
+
+        count_std = self.clipped_count_stddev or 0.05 * clients_per_round
+        if self.noise_multiplier > 0 and count_std <= self.noise_multiplier / 2:
+            raise ConfigError("clipped_count_stddev", count_std,
+                              f"> noise_multiplier / 2 = {self.noise_multiplier / 2:g} (TFF's "
+                              "default is 0.05 * clients_per_round; set it explicitly or use "
+                              "larger cohorts)")  # fmt: skip
+        return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+            noise_multiplier=self.noise_multiplier,
+            clients_per_round=clients_per_round,
+            initial_l2_norm_clip=self.clip,
+            target_unclipped_quantile=self.target_quantile,
+            learning_rate=self.clip_learning_rate,
+            clipped_count_stddev=count_std,
+        )
+
+    def round_metrics(self, aggregator_metrics) -> dict:
+        """The clip the round used, from TFF's DP query metrics."""
+        return {"dp/clip": float(aggregator_metrics["dp_query_metrics"]["clip"])}
+
+    def describe(self, sampler) -> dict:
+        return {**super().describe(sampler), "clip": None, "initial_clip": self.clip,
+                "target_quantile": self.target_quantile,
+                "clip_learning_rate": self.clip_learning_rate,
+                "clipped_count_stddev": self.clipped_count_stddev}  # fmt: skip

@@ -1,0 +1,65 @@
+"""Solve for the noise multiplier that reaches a target epsilon, with the training accountant."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import dp_accounting
+
+from dpfed.errors import ConfigError
+from dpfed.privacy.accounting import PrivacyLedger
+
+MAX_NOISE_MULTIPLIER = 1e4
+
+
+def calibrate_noise_multiplier(
+    events_for: Callable[[float], Iterable[dp_accounting.DpEvent]],
+    ledger: PrivacyLedger,
+    target_epsilon: float,
+    rel_tol: float = 0.005,
+) -> tuple[float, float]:
+    """Smallest noise multiplier (to ``rel_tol``) whose planned epsilon is <= the target.
+
+    Bisection in log space over ``ledger.planned_epsilon(events_for(z))``, the
+    same computation the run reports, so the calibrated run ends at most
+    ``target_epsilon`` and within ``rel_tol`` below it.
+
+    Args:
+        events_for: noise multiplier -> the DP events of every planned round.
+        ledger: the run's (empty) ledger.
+        target_epsilon: epsilon to reach at the ledger's delta, > 0.
+        rel_tol: how far below the target the result may land.
+
+    Returns:
+        (noise multiplier, planned epsilon with it).
+
+    Raises:
+        ConfigError: no noise multiplier up to 1e4 reaches the target.
+    """
+
+    def eps(z: float) -> float:
+        return ledger.planned_epsilon(events_for(z))
+
+    high = 1.0
+    while eps(high) > target_epsilon:
+        high *= 4
+        if high > MAX_NOISE_MULTIPLIER:
+            raise ConfigError(
+                "target_epsilon",
+                target_epsilon,
+                f"reachable: even noise_multiplier={MAX_NOISE_MULTIPLIER:g} gives epsilon "
+                f"{eps(MAX_NOISE_MULTIPLIER):.4g}",
+            )
+    low = high / 4
+    while eps(low) <= target_epsilon and low > 1e-3:
+        high, low = low, low / 4
+    eps_high = eps(high)
+    while eps_high < target_epsilon * (1 - rel_tol) and high / low > 1 + 1e-9:
+        mid = math.sqrt(low * high)
+        eps_mid = eps(mid)
+        if eps_mid <= target_epsilon:
+            high, eps_high = mid, eps_mid
+        else:
+            low = mid
+    return high, eps_high
