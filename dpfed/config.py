@@ -169,6 +169,32 @@ class AdaptiveConfig(NoisyMechanismConfig):
     clipped_count_stddev: float | None = None
 
 
+@dataclass
+class LaplaceLocalConfig(NoisyMechanismConfig):
+    """Local DP: each client clips its update in L1 and adds Laplace noise itself.
+
+    Attributes:
+        clip: L1 bound on each client's update.
+        accountant: ``pure`` (basic composition of pure epsilon-DP), ``rdp`` or ``pld``.
+    """
+
+    _target_: str = "dpfed.privacy.mechanisms.LaplaceLocalMechanism"
+    clip: float = 1.0
+    accountant: str = "pure"
+
+
+@dataclass
+class GaussianLocalConfig(NoisyMechanismConfig):
+    """Local DP: each client clips its update in L2 and adds Gaussian noise itself.
+
+    Attributes:
+        clip: L2 bound on each client's update.
+    """
+
+    _target_: str = "dpfed.privacy.mechanisms.GaussianLocalMechanism"
+    clip: float = 1.0
+
+
 # --------------------------------------------------------------------------- strategy
 @dataclass
 class SGDConfig:
@@ -315,7 +341,13 @@ class RunConfig:
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"smart_home": SmartHomeConfig, "health": HealthConfig, "finance": FinanceConfig},
     "model": {"gru": GRUConfig},
-    "dp": {"none": NoPrivacyConfig, "gaussian": GaussianConfig, "adaptive": AdaptiveConfig},
+    "dp": {
+        "none": NoPrivacyConfig,
+        "gaussian": GaussianConfig,
+        "adaptive": AdaptiveConfig,
+        "laplace_local": LaplaceLocalConfig,
+        "gaussian_local": GaussianLocalConfig,
+    },
     "strategy": {"fedavg": FedAvgConfig, "fedprox": FedProxConfig, "fedsgd": FedSGDConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "yogi": YogiConfig},
     "sim": {"local": SimConfig},

@@ -143,3 +143,26 @@ def test_adaptive_rejects_a_count_noise_tff_cannot_split(runtime):
 
     with pytest.raises(ConfigError, match="dp.clipped_count_stddev"):
         build_simulation(compose_config("debug=smoke", "dp=adaptive"))  # 0.05 * 5 <= 1 / 2
+
+
+@pytest.mark.parametrize("mechanism", ["laplace_local", "gaussian_local"])
+def test_local_dp_trains_and_reports_the_worst_clients_epsilon(runtime, tmp_path, mechanism):
+    sim, summary, metrics = run_in_process(tmp_path, f"dp={mechanism}", "rounds=3")
+    assert summary["status"] == "completed" and summary["local"] is True
+    assert np.isfinite(metrics["train/loss"]).all()
+    k = summary["max_participations"]
+    assert 1 <= k <= 3
+    if mechanism == "laplace_local":
+        assert summary["accountant"] == "pure"
+        assert summary["epsilon"] == pytest.approx(k * 2 / summary["noise_multiplier"])
+    assert summary["epsilon_planned"] >= summary["epsilon"]
+
+
+def test_local_noise_reaches_the_server_update(runtime):
+    quiet, _, _ = one_round_update("dp=gaussian_local", "dp.noise_multiplier=0.001", "dp.clip=1e-3")
+    loud, params, cohort = one_round_update(
+        "dp=gaussian_local", "dp.noise_multiplier=50", "dp.clip=1e-3"
+    )
+    # each client adds std 50 * 1e-3; the mean of `cohort` clients has std 0.05 / sqrt(cohort)
+    assert np.std(loud) == pytest.approx(0.05 / np.sqrt(cohort), rel=0.15)
+    assert np.linalg.norm(quiet) <= 1e-3 * (1 + 1e-3) + 0.001 * 1e-3 * np.sqrt(params)

@@ -60,6 +60,10 @@ class FixedSizeSampler:
             self.population, self.clients_per_round, event
         )
 
+    def participation_event(self, round_num: int, event):
+        """``event`` if one client may take part in round ``round_num`` again, else a no-op."""
+        return event
+
     def describe(self) -> dict:
         return {
             "sampling": self.name,
@@ -110,6 +114,9 @@ class PoissonSampler:
     def round_event(self, round_num: int, event: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
         return dp_accounting.PoissonSampledDpEvent(self.q, event)
 
+    def participation_event(self, round_num: int, event):
+        return event
+
     def describe(self) -> dict:
         return {
             "sampling": self.name,
@@ -159,6 +166,8 @@ class ShuffleSampler:
 
     def round_event(self, round_num: int, event: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
         return event if self._position(round_num)[1] == 0 else dp_accounting.NoOpDpEvent()
+
+    participation_event = round_event  # a client takes part at most once per epoch
 
     def describe(self) -> dict:
         return {

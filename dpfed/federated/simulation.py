@@ -191,12 +191,12 @@ class Simulation:
                    disable=not self.progress, dynamic_ncols=True)  # fmt: skip
         try:
             for round_num in bar:
-                event = self.mechanism.round_event(self.sampler, round_num)
+                cohort = self.sampler.sample(round_num)
+                event = self.mechanism.round_event(self.sampler, round_num, cohort)
                 if reason := self.over_budget(event):
                     summary.update(status="stopped", stop_reason=reason)
                     log.warning("stopping: %s", reason)
                     break
-                cohort = self.sampler.sample(round_num)
                 state, row = self.run_round(state, round_num, cohort, event)
                 writer.write_round(row)
                 summary.update(
@@ -204,6 +204,7 @@ class Simulation:
                     rounds=round_num,
                     epsilon=row["epsilon"],
                     dp_events=self.ledger.events(),
+                    **self.mechanism.describe(self.sampler),
                     total_bytes_down=summary["total_bytes_down"] + row["bytes_down"],
                     total_bytes_up=summary["total_bytes_up"] + row["bytes_up"],
                     train_seconds=summary["train_seconds"] + row["round_seconds"],

@@ -21,8 +21,12 @@ from dp_accounting.rdp import RdpAccountant, compute_epsilon
 
 from dpfed.errors import check
 
-ACCOUNTANTS = ("rdp", "pld")
+ACCOUNTANTS = ("rdp", "pld", "pure")
 CONVERSIONS = ("improved", "classic")
+
+# events the pure-DP accountant composes: Laplace releases (epsilon = 1 / noise multiplier)
+PURE_EVENTS = (dp_accounting.LaplaceDpEvent, dp_accounting.NoOpDpEvent,
+               dp_accounting.NonPrivateDpEvent)  # fmt: skip
 
 RELATION_NAMES = {
     dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE: "add_or_remove_one",
@@ -64,7 +68,8 @@ class PrivacyLedger:
     """Counts one DP event per completed round and reports (epsilon, delta).
 
     Args:
-        accountant: ``rdp`` or ``pld``.
+        accountant: ``rdp``, ``pld``, or ``pure`` (basic composition of pure
+            epsilon-DP Laplace releases; delta plays no part).
         delta: target delta, in (0, 1).
         neighboring_relation: dp-accounting relation the sampler requires.
         orders: RDP orders; None uses dp-accounting's defaults.
@@ -116,6 +121,8 @@ class PrivacyLedger:
 
     def supports(self, event: dp_accounting.DpEvent) -> bool:
         """Whether this accountant can compose ``event`` under the sampler's relation."""
+        if self.kind == "pure":
+            return isinstance(event, PURE_EVENTS)
         if self.kind == "rdp":
             return self._rdp_accountant().supports(event)
         return PLDAccountant(self.neighboring_relation).supports(event)
@@ -135,6 +142,11 @@ class PrivacyLedger:
         counts = {e: c for e, c in counts.items() if c > 0}
         if not counts:
             return 0.0
+        if self.kind == "pure":  # basic composition of pure epsilon-DP releases
+            if any(isinstance(e, dp_accounting.NonPrivateDpEvent) for e in counts):
+                return math.inf
+            return float(sum(c / e.noise_multiplier for e, c in counts.items()
+                             if isinstance(e, dp_accounting.LaplaceDpEvent)))  # fmt: skip
         if self.kind == "pld":
             accountant = PLDAccountant(self.neighboring_relation, self.pld_discretization)
             for event, count in counts.items():

@@ -35,7 +35,7 @@ class NoPrivacy:
     def prepare(self, sampler, ledger, rounds: int) -> None:
         """Nothing to calibrate."""
 
-    def round_event(self, sampler, round_num: int) -> dp_accounting.DpEvent:
+    def round_event(self, sampler, round_num: int, cohort=None) -> dp_accounting.DpEvent:
         return dp_accounting.NonPrivateDpEvent()
 
     def round_metrics(self, aggregator_metrics) -> dict:
@@ -147,8 +147,12 @@ class GaussianMechanism:
             return 2 * self.clip
         return self.clip
 
-    def round_event(self, sampler, round_num: int, noise_multiplier: float | None = None):
-        """The DP event of round ``round_num`` given how ``sampler`` draws cohorts."""
+    def round_event(self, sampler, round_num: int, cohort=None, noise_multiplier=None):
+        """The DP event of round ``round_num`` given how ``sampler`` draws cohorts.
+
+        Central mechanisms do not depend on who is in the cohort; ``cohort``
+        is for mechanisms accounted per client.
+        """
         z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
         if z == 0:
             return dp_accounting.NonPrivateDpEvent()  # clipping alone gives no DP
@@ -234,3 +238,85 @@ class AdaptiveGaussianMechanism(GaussianMechanism):
                 "target_quantile": self.target_quantile,
                 "clip_learning_rate": self.clip_learning_rate,
                 "clipped_count_stddev": self.clipped_count_stddev}  # fmt: skip
+
+
+class LocalMechanism(GaussianMechanism):
+    """Local DP (Warner 1965; Duchi et al. 2013): each client randomizes its own update.
+
+    A client clips its model update (L1 for Laplace, L2 for Gaussian) to
+    ``clip`` and adds noise of scale ``noise_multiplier * clip`` on the device;
+    the server averages what it receives. Any two updates of one client differ
+    by at most ``2 * clip``, so one participation is a Laplace (or Gaussian)
+    release with noise multiplier ``noise_multiplier / 2``. Epsilon is per
+    client, composed over the rounds that client took part in; ``epsilon`` in
+    metrics.csv is that of the client that took part most often so far (the
+    worst case), ``epsilon_planned`` assumes one client could be in every
+    round the sampler allows (once per epoch for ``shuffle``). Cohort sampling
+    is not credited (no amplification).
+    """
+
+    norm = noise = None
+
+    def __init__(self, noise_multiplier: float, clip: float, **kwargs):
+        super().__init__(noise_multiplier, clip, **kwargs)
+        self.participations: dict[str, int] = {}
+        self.max_participations = 0
+
+    def aggregator(self, clients_per_round: int):
+        import tensorflow_privacy as tfp
+
+        from dpfed.federated.runtime import tff
+        from dpfed.privacy.local import LocalRandomizerQuery
+
+        query = LocalRandomizerQuery(self.norm, self.clip, self.noise,
+                                     self.noise_multiplier * self.clip)  # fmt: skip
+        return tff.aggregators.DifferentiallyPrivateFactory(
+            tfp.NormalizedQuery(query, denominator=float(clients_per_round))
+        )
+
+    def sensitivity(self, neighboring_relation) -> float:
+        return 2 * self.clip  # any two updates of one client, in the clipping norm
+
+    def release(self, noise_multiplier: float) -> dp_accounting.DpEvent:
+        raise NotImplementedError
+
+    def round_event(self, sampler, round_num: int, cohort=None, noise_multiplier=None):
+        z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
+        one = (dp_accounting.NonPrivateDpEvent() if z == 0
+               else self.release(z * self.clip / self.sensitivity(None)))  # fmt: skip
+        if cohort is None:  # planning: the worst case the sampler allows
+            return sampler.participation_event(round_num, one)
+        for client in cohort:
+            self.participations[client] = self.participations.get(client, 0) + 1
+        most = max((self.participations[c] for c in cohort), default=0)
+        if most > self.max_participations:
+            self.max_participations = most
+            return one
+        return dp_accounting.NoOpDpEvent()
+
+    def describe(self, sampler) -> dict:
+        return {**super().describe(sampler), "local": True, "clip_norm": self.norm,
+                "max_participations": self.max_participations}  # fmt: skip
+
+
+class LaplaceLocalMechanism(LocalMechanism):
+    """Local DP with L1 clipping and Laplace noise: pure 2 / noise_multiplier per participation."""
+
+    name, norm, noise = "laplace_local", "l1", "laplace"
+
+    def __init__(self, noise_multiplier: float, clip: float, accountant: str = "pure", **kwargs):
+        check(noise_multiplier > 0, "noise_multiplier", noise_multiplier,
+              "> 0 (Laplace noise of scale noise_multiplier * clip)")  # fmt: skip
+        super().__init__(noise_multiplier, clip, accountant=accountant, **kwargs)
+
+    def release(self, noise_multiplier: float) -> dp_accounting.DpEvent:
+        return dp_accounting.LaplaceDpEvent(noise_multiplier)
+
+
+class GaussianLocalMechanism(LocalMechanism):
+    """Local DP with L2 clipping and Gaussian noise, (epsilon, delta) per client."""
+
+    name, norm, noise = "gaussian_local", "l2", "gaussian"
+
+    def release(self, noise_multiplier: float) -> dp_accounting.DpEvent:
+        return dp_accounting.GaussianDpEvent(noise_multiplier)
