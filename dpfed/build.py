@@ -91,7 +91,7 @@ def build_simulation(cfg: DictConfig) -> Simulation:
     with config_group("dp"):
         ledger = mechanism.ledger(sampler)
         mechanism.prepare(sampler, ledger, cfg.rounds)  # e.g. calibrate noise to a target epsilon
-        aggregator = mechanism.aggregator(strategy.clients_per_round)
+        aggregator = mechanism.aggregator(strategy.clients_per_round, model)
     with config_group("strategy"):
         process = strategy.learning_process(model, dataset.element_spec, aggregator)
     return Simulation(

@@ -195,6 +195,20 @@ class GaussianLocalConfig(NoisyMechanismConfig):
     clip: float = 1.0
 
 
+@dataclass
+class TreeConfig(NoisyMechanismConfig):
+    """DP-FTRL with tree aggregation and per-epoch restarts (Kairouz et al. 2021).
+
+    Needs ``strategy.sampling=shuffle``.
+
+    Attributes:
+        clip: L2 bound on each client's update.
+    """
+
+    _target_: str = "dpfed.privacy.mechanisms.TreeMechanism"
+    clip: float = 1.0
+
+
 # --------------------------------------------------------------------------- strategy
 @dataclass
 class SGDConfig:
@@ -347,6 +361,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "adaptive": AdaptiveConfig,
         "laplace_local": LaplaceLocalConfig,
         "gaussian_local": GaussianLocalConfig,
+        "tree": TreeConfig,
     },
     "strategy": {"fedavg": FedAvgConfig, "fedprox": FedProxConfig, "fedsgd": FedSGDConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "yogi": YogiConfig},

@@ -12,15 +12,17 @@ class ConfigError(ValueError):
         key: dotted config key, e.g. ``dp.noise_multiplier``.
         value: the offending value.
         allowed: human-readable allowed range, e.g. ``>= 0``.
+        absolute: the key is already a full Hydra key (a setting of another
+            group that this component constrains).
     """
 
-    def __init__(self, key: str, value, allowed: str):
-        self.key, self.value, self.allowed = key, value, allowed
+    def __init__(self, key: str, value, allowed: str, absolute: bool = False):
+        self.key, self.value, self.allowed, self.absolute = key, value, allowed, absolute
         super().__init__(f"{key}={value!r} is not allowed: {key} must be {allowed}")
 
     def under(self, prefix: str) -> "ConfigError":
-        """Returns the same error with ``prefix.`` in front of its key."""
-        if not prefix or self.key.startswith(prefix + "."):
+        """Returns the same error with ``prefix.`` in front of its key (unless it is absolute)."""
+        if not prefix or self.absolute or self.key.startswith(prefix + "."):
             return self
         return ConfigError(f"{prefix}.{self.key}", self.value, self.allowed)
 

@@ -80,3 +80,23 @@ def test_module_entry_point_prints_one_json_object():
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["epsilon"] > 0 and out["accountant"] == "rdp" and out["delta"] == 1e-5
+
+
+def test_tree_epsilon_is_tree_aggregation_rdp_per_restarted_epoch(capsys):
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    code, out, _ = cli(capsys, "epsilon", "--mechanism", "tree", "--sampling", "none",
+                       "--population", "60000", "--sample-size", "256", "--noise-multiplier", "4",
+                       "--steps", "2340")  # fmt: skip
+    reference = RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL
+    )
+    reference.compose(dp_accounting.SingleEpochTreeAggregationDpEvent(4.0, 234), 10)  # 10 epochs
+    assert code == 0 and out["epsilon"] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+
+
+def test_tree_with_poisson_sampling_is_rejected(capsys):
+    code, _, err = cli(capsys, "epsilon", "--mechanism", "tree", "--sampling", "poisson", "--q", "0.1",
+                       "--noise-multiplier", "4", "--steps", "10")  # fmt: skip
+    assert code == 2 and err.startswith("error: --sampling=")

@@ -166,3 +166,28 @@ def test_local_noise_reaches_the_server_update(runtime):
     # each client adds std 50 * 1e-3; the mean of `cohort` clients has std 0.05 / sqrt(cohort)
     assert np.std(loud) == pytest.approx(0.05 / np.sqrt(cohort), rel=0.15)
     assert np.linalg.norm(quiet) <= 1e-3 * (1 + 1e-3) + 0.001 * 1e-3 * np.sqrt(params)
+
+
+def test_dp_ftrl_tree_runs_on_shuffled_epochs_with_tree_rdp(runtime, tmp_path):
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    sim, summary, metrics = run_in_process(
+        tmp_path, "dp=tree", "strategy.sampling=shuffle", "rounds=3", "dp.noise_multiplier=2"
+    )
+    assert summary["status"] == "completed" and np.isfinite(metrics["train/loss"]).all()
+    assert summary["neighboring_relation"] == "replace_special" and summary["restart_period"] == 8
+    reference = RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL
+    )
+    reference.compose(dp_accounting.SingleEpochTreeAggregationDpEvent(2.0, [8]))  # 40 // 5 rounds
+    assert summary["epsilon"] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    assert (metrics["epsilon"] == summary["epsilon"]).all()  # one tree, counted when it starts
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
+def test_dp_ftrl_with_sampling_is_rejected(runtime, sampling):
+    from dpfed.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="strategy.sampling"):
+        build_simulation(compose_config("debug=smoke", "dp=tree", f"strategy.sampling={sampling}"))

@@ -76,6 +76,10 @@ class GRUModel:
             out = tf.keras.layers.Lambda(lambda t: tf.squeeze(t, -1), name="squeeze")(out)
         return tf.keras.Model(inputs, out, name="gru_stack")
 
+    def trainable_weight_specs(self) -> list[tf.TensorSpec]:
+        """Specs of the trainable weights, in the order TFF aggregates model updates."""
+        return [tf.TensorSpec(v.shape, v.dtype) for v in self.keras_model().trainable_variables]
+
     def loss(self) -> tf.keras.losses.Loss:
         if self.task == "regression":
             return tf.keras.losses.MeanSquaredError()

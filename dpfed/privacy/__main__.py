@@ -16,12 +16,17 @@ import sys
 import dp_accounting
 
 from dpfed.errors import ConfigError, check
-from dpfed.federated.sampling import FixedSizeSampler, FullParticipation, PoissonSampler
+from dpfed.federated.sampling import (
+    FixedSizeSampler,
+    FullParticipation,
+    PoissonSampler,
+    ShuffleSampler,
+)
 from dpfed.privacy.accounting import ACCOUNTANTS, CONVERSIONS, PrivacyLedger, event_to_dict
 from dpfed.privacy.calibration import calibrate_noise_multiplier
-from dpfed.privacy.mechanisms import GaussianMechanism
+from dpfed.privacy.mechanisms import GaussianMechanism, TreeMechanism
 
-MECHANISMS = ("gaussian", "laplace")
+MECHANISMS = ("gaussian", "tree", "laplace")
 SAMPLINGS = ("poisson", "fixed", "none")
 
 
@@ -56,6 +61,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def make_sampler(args):
+    if args.mechanism == "tree":  # DP-FTRL: no sampling; a tree per pass over the population
+        check(args.sampling == "none", "--sampling", args.sampling,
+              "none with --mechanism tree (DP-FTRL credits no sampling amplification)")  # fmt: skip
+        check(args.population is not None and args.sample_size is not None, "--population",
+              args.population, "given, with --sample-size, for --mechanism tree (the tree "
+              "restarts every population // sample-size steps)")  # fmt: skip
+        return ShuffleSampler(args.population, args.sample_size, seed=0)
     if args.sampling == "fixed":
         check(args.population is not None and args.sample_size is not None, "--population",
               args.population, "given, with --sample-size, for --sampling fixed")  # fmt: skip
@@ -87,13 +99,18 @@ def compute(args) -> dict:
     check(args.steps >= 1, "--steps", args.steps, ">= 1")
     check(0 < args.delta < 1, "--delta", args.delta, "in (0, 1)")
     sampler = make_sampler(args)
-    ledger = PrivacyLedger(args.accountant, args.delta, sampler.neighboring_relation,
-                           args.orders, args.conversion)  # fmt: skip
-    if args.mechanism == "gaussian":
-        mech = GaussianMechanism(args.noise_multiplier or 1.0, clip=1.0, delta=args.delta)
-    else:
+    if args.mechanism == "laplace":
         mech = LaplaceRelease(args.noise_multiplier or 1.0)
-    if not ledger.supports(mech.round_event(sampler, 1)):
+    else:
+        cls = TreeMechanism if args.mechanism == "tree" else GaussianMechanism
+        settings = dict(accountant=args.accountant, orders=args.orders, conversion=args.conversion)
+        mech = cls(args.noise_multiplier or 1.0, clip=1.0, delta=args.delta, **settings)
+    if hasattr(mech, "ledger"):
+        ledger = mech.ledger(sampler)  # the training code path: checks the pairing too
+    else:
+        ledger = PrivacyLedger(args.accountant, args.delta, sampler.neighboring_relation,
+                               args.orders, args.conversion)  # fmt: skip
+    if not ledger.supports(mech.round_event(sampler, 1, noise_multiplier=1.0)):
         allowed = f"one that supports {args.mechanism} with {args.sampling} sampling"
         raise ConfigError("--accountant", args.accountant, allowed)
 

@@ -31,6 +31,7 @@ PURE_EVENTS = (dp_accounting.LaplaceDpEvent, dp_accounting.NoOpDpEvent,
 RELATION_NAMES = {
     dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE: "add_or_remove_one",
     dp_accounting.NeighboringRelation.REPLACE_ONE: "replace_one",
+    dp_accounting.NeighboringRelation.REPLACE_SPECIAL: "replace_special",
 }
 
 

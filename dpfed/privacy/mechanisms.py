@@ -10,6 +10,8 @@ from dpfed.errors import ConfigError, check
 from dpfed.privacy.accounting import PrivacyLedger
 from dpfed.privacy.calibration import calibrate_noise_multiplier
 
+REPLACE_SPECIAL = dp_accounting.NeighboringRelation.REPLACE_SPECIAL
+
 
 class NoPrivacy:
     """Non-private baseline: TFF's default mean; every round is a non-private event.
@@ -26,7 +28,7 @@ class NoPrivacy:
     def __init__(self, delta: float = 1e-5, accountant: str = "rdp"):
         self.delta, self.accountant = delta, accountant
 
-    def aggregator(self, clients_per_round: int):
+    def aggregator(self, clients_per_round: int, model=None):
         return None  # the learning algorithm's default mean
 
     def ledger(self, sampler) -> PrivacyLedger:
@@ -98,7 +100,7 @@ class GaussianMechanism:
         self.target_epsilon, self.max_epsilon = target_epsilon, max_epsilon
         self.calibrated_epsilon = None
 
-    def aggregator(self, clients_per_round: int):
+    def aggregator(self, clients_per_round: int, model=None):
         from dpfed.federated.runtime import tff
 
         return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
@@ -211,7 +213,7 @@ class AdaptiveGaussianMechanism(GaussianMechanism):
         self.target_quantile, self.clip_learning_rate = target_quantile, clip_learning_rate
         self.clipped_count_stddev = clipped_count_stddev
 
-    def aggregator(self, clients_per_round: int):
+    def aggregator(self, clients_per_round: int, model=None):
         from dpfed.federated.runtime import tff
 
         count_std = self.clipped_count_stddev or 0.05 * clients_per_round
@@ -262,7 +264,7 @@ class LocalMechanism(GaussianMechanism):
         self.participations: dict[str, int] = {}
         self.max_participations = 0
 
-    def aggregator(self, clients_per_round: int):
+    def aggregator(self, clients_per_round: int, model=None):
         import tensorflow_privacy as tfp
 
         from dpfed.federated.runtime import tff
@@ -320,3 +322,59 @@ class GaussianLocalMechanism(LocalMechanism):
 
     def release(self, noise_multiplier: float) -> dp_accounting.DpEvent:
         return dp_accounting.GaussianDpEvent(noise_multiplier)
+
+
+class TreeMechanism(GaussianMechanism):
+    """DP-FTRL (Kairouz et al., ICML 2021): tree-aggregated noise, restarted every epoch.
+
+    Clients' updates are clipped to ``clip``; TF Privacy's ``TreeResidualSumQuery``
+    adds Gaussian noise of std ``noise_multiplier * clip`` at every node of a
+    binary tree over the rounds, so each round's aggregate is the difference of
+    two noised prefix sums; the tree restarts every epoch. No sampling
+    amplification is needed or credited: cohorts come from shuffled epochs
+    (``strategy.sampling=shuffle``), each client at most once per tree, and an
+    epoch is accounted as one ``SingleEpochTreeAggregationDpEvent`` with
+    dp-accounting's tree-aggregation RDP (replace-with-special adjacency,
+    sensitivity ``clip``), counted in full when it starts.
+    """
+
+    name = "tree"
+
+    def ledger(self, sampler) -> PrivacyLedger:
+        if sampler.name != "shuffle":
+            raise ConfigError("strategy.sampling", sampler.name,
+                              "shuffle with dp=tree (DP-FTRL accounts each client once per "
+                              "restarted tree, without sampling amplification)",
+                              absolute=True)  # fmt: skip
+        self.restart_period = sampler.rounds_per_epoch
+        return PrivacyLedger(self.accountant, self.delta, REPLACE_SPECIAL, self.orders,
+                             self.conversion, self.pld_discretization)  # fmt: skip
+
+    def sensitivity(self, neighboring_relation) -> float:
+        return self.clip  # replacing a client's update by the special (zero) record
+
+    def round_event(self, sampler, round_num: int, cohort=None, noise_multiplier=None):
+        z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
+        if z == 0:
+            return dp_accounting.NonPrivateDpEvent()
+        tree = dp_accounting.SingleEpochTreeAggregationDpEvent(z, sampler.rounds_per_epoch)
+        return sampler.round_event(round_num, tree)
+
+    def aggregator(self, clients_per_round: int, model=None):
+        import tensorflow_privacy as tfp
+        from tensorflow_privacy.privacy.dp_query.restart_query import (
+            PeriodicRoundRestartIndicator,
+        )
+
+        from dpfed.federated.runtime import tff
+
+        tree = tfp.TreeResidualSumQuery.build_l2_gaussian_query(
+            self.clip, self.noise_multiplier, model.trainable_weight_specs()
+        )
+        restarted = tfp.RestartQuery(tree, PeriodicRoundRestartIndicator(self.restart_period))
+        return tff.aggregators.DifferentiallyPrivateFactory(
+            tfp.NormalizedQuery(restarted, denominator=float(clients_per_round))
+        )
+
+    def describe(self, sampler) -> dict:
+        return {**super().describe(sampler), "restart_period": sampler.rounds_per_epoch}
