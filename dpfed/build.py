@@ -92,8 +92,9 @@ def build_simulation(cfg: DictConfig) -> Simulation:
         ledger = mechanism.ledger(sampler)
         mechanism.prepare(sampler, ledger, cfg.rounds)  # e.g. calibrate noise to a target epsilon
         aggregator = mechanism.aggregator(strategy.clients_per_round, model)
+        model_fn = mechanism.model_fn(model, strategy)  # what clients train (e.g. DP-SGD)
     with config_group("strategy"):
-        process = strategy.learning_process(model, dataset.element_spec, aggregator)
+        process = strategy.learning_process(model_fn, aggregator)
     return Simulation(
         dataset,
         model,

@@ -209,6 +209,22 @@ class TreeConfig(NoisyMechanismConfig):
     clip: float = 1.0
 
 
+@dataclass
+class DPSGDConfig(NoisyMechanismConfig):
+    """Example-level DP-SGD inside clients, optionally with user-level DP-FedAvg.
+
+    Attributes:
+        clip: per-example L2 clipping norm.
+        user_noise_multiplier: user-level noise multiplier (0: no user-level DP).
+        user_clip: user-level clip of client updates.
+    """
+
+    _target_: str = "dpfed.privacy.mechanisms.DPSGDMechanism"
+    clip: float = 1.0
+    user_noise_multiplier: float = 0.0
+    user_clip: float = 1.0
+
+
 # --------------------------------------------------------------------------- strategy
 @dataclass
 class SGDConfig:
@@ -362,6 +378,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "laplace_local": LaplaceLocalConfig,
         "gaussian_local": GaussianLocalConfig,
         "tree": TreeConfig,
+        "dpsgd": DPSGDConfig,
     },
     "strategy": {"fedavg": FedAvgConfig, "fedprox": FedProxConfig, "fedsgd": FedSGDConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "yogi": YogiConfig},

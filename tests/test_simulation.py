@@ -191,3 +191,27 @@ def test_dp_ftrl_with_sampling_is_rejected(runtime, sampling):
 
     with pytest.raises(ConfigError, match="strategy.sampling"):
         build_simulation(compose_config("debug=smoke", "dp=tree", f"strategy.sampling={sampling}"))
+
+
+def test_dpsgd_in_clients_reports_record_level_epsilon(runtime, tmp_path):
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    sim, summary, metrics = run_in_process(
+        tmp_path, "dp=dpsgd", "rounds=3", "strategy.local_epochs=2"
+    )
+    assert summary["status"] == "completed" and np.isfinite(metrics["train/loss"]).all()
+    assert np.isinf(metrics["epsilon"]).all()  # no user-level protection without user noise
+    k = summary["max_participations"]
+    reference = RdpAccountant()
+    reference.compose(dp_accounting.GaussianDpEvent(1.0), 2 * k)  # local epochs x participations
+    assert metrics["epsilon_record"].iloc[-1] == pytest.approx(
+        reference.get_epsilon(1e-5), rel=1e-9
+    )
+
+
+def test_dpsgd_combined_with_user_level_dp_logs_both_epsilons(runtime, tmp_path):
+    sim, summary, metrics = run_in_process(tmp_path, "dp=dpsgd", "dp.user_noise_multiplier=1.0")
+    gaussian = build_simulation(compose_config("debug=smoke"))
+    assert summary["epsilon"] == pytest.approx(gaussian.epsilon_planned, rel=1e-12)
+    assert summary["user_level"] == "gaussian" and np.isfinite(summary["epsilon_record"])

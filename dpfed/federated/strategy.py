@@ -33,20 +33,8 @@ class FederatedStrategy:
     def sampler(self, population: int, seed: int):
         return SAMPLERS[self.sampling](population, self.clients_per_round, seed)
 
-    def learning_process(self, model, element_spec, aggregator):
-        """Builds the TFF learning process for ``model`` with ``aggregator`` (None: default)."""
-        x_spec, y_spec = element_spec
-        input_spec = (
-            tf.TensorSpec([None, *x_spec.shape], x_spec.dtype),
-            tf.TensorSpec([None, *y_spec.shape], y_spec.dtype),
-        )
-
-        def model_fn():
-            return tff.learning.models.from_keras_model(
-                model.keras_model(), loss=model.loss(), input_spec=input_spec,
-                metrics=model.metrics(),
-            )  # fmt: skip
-
+    def learning_process(self, model_fn, aggregator):
+        """Builds the TFF learning process for ``model_fn`` with ``aggregator`` (None: default)."""
         if self.weighted and isinstance(aggregator, tff.aggregators.UnweightedAggregationFactory):
             raise ConfigError("weighted", self.weighted,
                               "false with this dp mechanism (its aggregator weighs every "

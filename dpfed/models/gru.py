@@ -57,17 +57,30 @@ class GRUModel:
             check(self.head_units == 1, "head_units", self.head_units, "1 (or null) for regression")
         self.seq_len, self.num_features = dataset.seq_len, dataset.num_features
         self.task = dataset.task
+        x_spec, y_spec = dataset.element_spec
+        self.input_spec = (
+            tf.TensorSpec([None, *x_spec.shape], x_spec.dtype),
+            tf.TensorSpec([None, *y_spec.shape], y_spec.dtype),
+        )
         self.width = self.head_units or dataset.num_classes
         return self
 
-    def keras_model(self) -> tf.keras.Model:
-        """Returns a new, freshly initialised Keras model."""
+    def keras_model(self, unroll: bool = False) -> tf.keras.Model:
+        """Returns a new, freshly initialised Keras model.
+
+        Args:
+            unroll: unroll the GRUs over time (what vectorized per-example
+                gradients need; same weights and outputs).
+        """
         inputs = tf.keras.Input((self.seq_len, self.num_features), name="sequence")
         x = inputs
         for i, u in enumerate(self.units):
             last_layer = i == len(self.units) - 1
             x = tf.keras.layers.GRU(
-                u, return_sequences=not last_layer or self.outputs == "every_step", name=f"gru_{i}"
+                u,
+                return_sequences=not last_layer or self.outputs == "every_step",
+                unroll=unroll,
+                name=f"gru_{i}",
             )(x)
             if self.dropout:
                 x = tf.keras.layers.Dropout(self.dropout)(x)
@@ -80,10 +93,20 @@ class GRUModel:
         """Specs of the trainable weights, in the order TFF aggregates model updates."""
         return [tf.TensorSpec(v.shape, v.dtype) for v in self.keras_model().trainable_variables]
 
-    def loss(self) -> tf.keras.losses.Loss:
+    def loss(self, reduction: str = "auto") -> tf.keras.losses.Loss:
+        """The training loss; ``reduction="none"`` gives one value per example (and step)."""
         if self.task == "regression":
-            return tf.keras.losses.MeanSquaredError()
-        return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            return tf.keras.losses.MeanSquaredError(reduction=reduction)
+        return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+
+    def tff_model(self, keras_model: tf.keras.Model | None = None):
+        """A TFF VariableModel around ``keras_model`` (a fresh one by default)."""
+        from dpfed.federated.runtime import tff
+
+        return tff.learning.models.from_keras_model(
+            keras_model or self.keras_model(), loss=self.loss(), input_spec=self.input_spec,
+            metrics=self.metrics(),
+        )  # fmt: skip
 
     def metrics(self) -> list[tf.keras.metrics.Metric]:
         if self.task == "regression":

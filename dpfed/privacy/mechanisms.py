@@ -34,10 +34,14 @@ class NoPrivacy:
     def ledger(self, sampler) -> PrivacyLedger:
         return PrivacyLedger(self.accountant, self.delta, sampler.neighboring_relation)
 
+    def model_fn(self, model, strategy):
+        """The TFF model clients train: the plain one."""
+        return model.tff_model
+
     def prepare(self, sampler, ledger, rounds: int) -> None:
         """Nothing to calibrate."""
 
-    def round_event(self, sampler, round_num: int, cohort=None) -> dp_accounting.DpEvent:
+    def round_event(self, sampler, round_num: int, cohort=None, noise_multiplier=None):
         return dp_accounting.NonPrivateDpEvent()
 
     def round_metrics(self, aggregator_metrics) -> dict:
@@ -142,6 +146,10 @@ class GaussianMechanism:
     def round_metrics(self, aggregator_metrics) -> dict:
         """Per-round values of the mechanism worth a metrics.csv column (none here)."""
         return {}
+
+    def model_fn(self, model, strategy):
+        """The TFF model clients train: the plain one (user-level DP acts on the aggregate)."""
+        return model.tff_model
 
     def sensitivity(self, neighboring_relation) -> float:
         """L2 sensitivity of the clipped sum under the given adjacency."""
@@ -378,3 +386,109 @@ class TreeMechanism(GaussianMechanism):
 
     def describe(self, sampler) -> dict:
         return {**super().describe(sampler), "restart_period": sampler.rounds_per_epoch}
+
+
+class DPSGDMechanism:
+    """Example-level DP-SGD inside every client (Abadi et al., CCS 2016), optionally with
+    user-level DP-FedAvg on top.
+
+    Local training clips each example's gradient to ``clip`` and adds Gaussian
+    noise of std ``noise_multiplier * clip`` to every batch's sum (see
+    `dpfed.privacy.dpsgd`). Record-level privacy is for the records of one
+    client under add/remove adjacency: a record is in one batch per local epoch
+    (shuffled batches; no subsampling amplification is credited), so each
+    participation of its client composes ``local_epochs`` Gaussian releases, and
+    ``epsilon_record`` is that of the client that took part most often so far.
+    ``epsilon`` is user-level: infinite unless ``user_noise_multiplier > 0``,
+    which adds TFF's fixed-clip Gaussian aggregator (clip ``user_clip``)
+    accounted exactly as ``dp=gaussian``.
+
+    Args:
+        noise_multiplier: example-level noise std / clip, > 0.
+        clip: per-example L2 clipping norm, > 0.
+        user_noise_multiplier: user-level noise multiplier; 0 turns user-level DP off.
+        user_clip: user-level clip of client updates.
+        delta, accountant, orders, conversion, pld_discretization, max_epsilon:
+            as for `GaussianMechanism`; both epsilons use the same accountant
+            settings, and ``max_epsilon`` bounds the user-level epsilon.
+    """
+
+    name = "dpsgd"
+    metric_columns = ("epsilon_record",)
+
+    def __init__(self, noise_multiplier: float, clip: float, delta: float = 1e-5,
+                 accountant: str = "rdp", orders=None, conversion: str = "improved",
+                 pld_discretization: float = 1e-4, user_noise_multiplier: float = 0.0,
+                 user_clip: float = 1.0, target_epsilon=None, max_epsilon=None):  # fmt: skip
+        check(0 < noise_multiplier < math.inf, "noise_multiplier", noise_multiplier,
+              "a finite number > 0")  # fmt: skip
+        check(clip > 0 and math.isfinite(clip), "clip", clip, "a finite number > 0")
+        check(target_epsilon is None, "target_epsilon", target_epsilon,
+              "null with dp=dpsgd (not calibrated yet)")  # fmt: skip
+        self.noise_multiplier, self.clip = noise_multiplier, clip
+        settings = dict(delta=delta, accountant=accountant, orders=orders, conversion=conversion,
+                        pld_discretization=pld_discretization)  # fmt: skip
+        self.user = (GaussianMechanism(user_noise_multiplier, user_clip, max_epsilon=max_epsilon,
+                                       **settings)
+                     if user_noise_multiplier > 0 else NoPrivacy(delta, accountant))  # fmt: skip
+        self.max_epsilon = max_epsilon if user_noise_multiplier > 0 else None
+        self.record_ledger = PrivacyLedger(
+            accountant, delta, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, orders,
+            conversion, pld_discretization,
+        )  # fmt: skip
+        self.participations: dict[str, int] = {}
+        self.max_participations = 0
+        self.local_epochs = 1
+
+    def aggregator(self, clients_per_round: int, model=None):
+        return self.user.aggregator(clients_per_round, model)
+
+    def ledger(self, sampler) -> PrivacyLedger:
+        return self.user.ledger(sampler)
+
+    def prepare(self, sampler, ledger, rounds: int) -> None:
+        self.user.prepare(sampler, ledger, rounds)
+
+    def model_fn(self, model, strategy):
+        """Clients train with DP-SGD: unrolled GRUs, per-example clipping and noise."""
+        from dpfed.privacy.dpsgd import DPSGDModel
+
+        self.local_epochs = strategy.local_epochs
+        if not hasattr(strategy, "client_optimizer"):
+            raise ConfigError("strategy", strategy.name, "one with local training (not fedsgd) "
+                              "for dp=dpsgd", absolute=True)  # fmt: skip
+
+        def model_fn():
+            keras = model.keras_model(unroll=True)
+            return DPSGDModel(model.tff_model(keras), keras, model.loss("none"), self.clip,
+                              self.noise_multiplier, strategy.batch_size)  # fmt: skip
+
+        return model_fn
+
+    def participation_release(self) -> dp_accounting.DpEvent:
+        """One client participation, for one of its records: a Gaussian release per local epoch."""
+        return dp_accounting.SelfComposedDpEvent(
+            dp_accounting.GaussianDpEvent(self.noise_multiplier), self.local_epochs
+        )
+
+    def round_event(self, sampler, round_num: int, cohort=None, noise_multiplier=None):
+        if cohort is not None:
+            for client in cohort:
+                self.participations[client] = self.participations.get(client, 0) + 1
+            most = max((self.participations[c] for c in cohort), default=0)
+            if most > self.max_participations:
+                self.max_participations = most
+                self.record_ledger.record(self.participation_release())
+        return self.user.round_event(sampler, round_num, cohort, noise_multiplier)
+
+    def round_metrics(self, aggregator_metrics) -> dict:
+        return {"epsilon_record": self.record_ledger.epsilon}
+
+    def describe(self, sampler) -> dict:
+        user = self.user.describe(sampler)
+        return {**user, "mechanism": self.name, "user_level": user["mechanism"],
+                "example_noise_multiplier": self.noise_multiplier, "example_clip": self.clip,
+                "epsilon_record": self.record_ledger.epsilon,
+                "record_dp_events": self.record_ledger.events(),
+                "max_participations": self.max_participations,
+                "local_epochs": self.local_epochs}  # fmt: skip
