@@ -225,6 +225,28 @@ class DPSGDConfig(NoisyMechanismConfig):
     user_clip: float = 1.0
 
 
+@dataclass
+class InputNoiseConfig:
+    """Input perturbation baseline: clip every feature value and add noise once per record.
+
+    Attributes:
+        noise: ``laplace`` or ``gaussian``.
+        noise_multiplier: noise scale / per-record sensitivity.
+        bound: clipping bound of every feature value.
+        delta: delta for Gaussian noise.
+        accountant: ``pure`` (Laplace), ``rdp`` or ``pld``.
+        seed: seed of the noise draw.
+    """
+
+    _target_: str = "dpfed.privacy.mechanisms.InputNoiseMechanism"
+    noise: str = "laplace"
+    noise_multiplier: float = 1.0
+    bound: float = 3.0
+    delta: float = 1e-5
+    accountant: str = "pure"
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
 # --------------------------------------------------------------------------- strategy
 @dataclass
 class SGDConfig:
@@ -379,6 +401,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "gaussian_local": GaussianLocalConfig,
         "tree": TreeConfig,
         "dpsgd": DPSGDConfig,
+        "input_noise": InputNoiseConfig,
     },
     "strategy": {"fedavg": FedAvgConfig, "fedprox": FedProxConfig, "fedsgd": FedSGDConfig},
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "yogi": YogiConfig},

@@ -215,3 +215,9 @@ def test_dpsgd_combined_with_user_level_dp_logs_both_epsilons(runtime, tmp_path)
     gaussian = build_simulation(compose_config("debug=smoke"))
     assert summary["epsilon"] == pytest.approx(gaussian.epsilon_planned, rel=1e-12)
     assert summary["user_level"] == "gaussian" and np.isfinite(summary["epsilon_record"])
+
+
+def test_input_noise_trains_on_noisy_features_with_constant_epsilon(runtime, tmp_path):
+    sim, summary, metrics = run_in_process(tmp_path, "dp=input_noise", "dp.noise_multiplier=0.5")
+    assert summary["status"] == "completed" and np.isfinite(metrics["train/loss"]).all()
+    np.testing.assert_allclose(metrics["epsilon"], 2.0)
