@@ -89,14 +89,14 @@ def build_simulation(cfg: DictConfig) -> Simulation:
         dataset = mechanism.wrap_dataset(dataset)
     strategy = _build("strategy", cfg.strategy)
     with config_group("strategy"):
-        sampler = strategy.sampler(dataset.num_clients, cfg.seed)
+        sampler = strategy.sampler(dataset.num_clients, cfg.seed, dataset.train)
     with config_group("dp"):
         ledger = mechanism.ledger(sampler)
         mechanism.prepare(sampler, ledger, cfg.rounds)  # e.g. calibrate noise to a target epsilon
         aggregator = mechanism.aggregator(strategy.clients_per_round, model)
         model_fn = mechanism.model_fn(model, strategy)  # what clients train (e.g. DP-SGD)
     with config_group("strategy"):
-        process = strategy.learning_process(model_fn, aggregator)
+        process = strategy.build_process(model, mechanism, model_fn, aggregator, cfg.seed)
     return Simulation(
         dataset,
         model,

@@ -343,6 +343,29 @@ class FedSGDConfig(StrategyConfig):
     _target_: str = "dpfed.federated.strategy.FedSGD"
 
 
+@dataclass
+class CentralizedConfig:
+    """Pool every client's training data and train one model (Keras SGD).
+
+    Attributes:
+        clients_per_round: pool the data of this many (seeded, random) clients;
+            null pools every client.
+        batch_size: batch size; the expected size of DP-SGD's Poisson batches.
+        learning_rate: SGD learning rate.
+        momentum: SGD momentum.
+        eval_every: evaluate every k epochs (rounds); 0 disables evaluation.
+        eval_clients: clients whose held-out split is evaluated; -1 for all.
+    """
+
+    _target_: str = "dpfed.federated.centralized.Centralized"
+    clients_per_round: int | None = None
+    batch_size: int = 16
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    eval_every: int = 1
+    eval_clients: int = 200
+
+
 # --------------------------------------------------------------------------- sim
 @dataclass
 class SimConfig:
@@ -403,7 +426,12 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "dpsgd": DPSGDConfig,
         "input_noise": InputNoiseConfig,
     },
-    "strategy": {"fedavg": FedAvgConfig, "fedprox": FedProxConfig, "fedsgd": FedSGDConfig},
+    "strategy": {
+        "fedavg": FedAvgConfig,
+        "fedprox": FedProxConfig,
+        "fedsgd": FedSGDConfig,
+        "centralized": CentralizedConfig,
+    },
     "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "yogi": YogiConfig},
     "sim": {"local": SimConfig},
     "logger": {"default": LoggerConfig},

@@ -221,3 +221,55 @@ def test_input_noise_trains_on_noisy_features_with_constant_epsilon(runtime, tmp
     sim, summary, metrics = run_in_process(tmp_path, "dp=input_noise", "dp.noise_multiplier=0.5")
     assert summary["status"] == "completed" and np.isfinite(metrics["train/loss"]).all()
     np.testing.assert_allclose(metrics["epsilon"], 2.0)
+
+
+def test_centralized_trains_on_pooled_data_without_privacy(runtime, tmp_path):
+    sim, summary, metrics = run_in_process(tmp_path, "strategy=centralized", "dp=none", "rounds=2")
+    assert summary["num_clients"] == 5  # debug=smoke pools clients_per_round=5 clients
+    assert summary["status"] == "completed"
+    assert (metrics["train/examples"] == summary["num_records"]).all()
+    assert np.isinf(metrics["epsilon"]).all() and np.isfinite(metrics["eval/accuracy"]).all()
+
+
+def test_centralized_dpsgd_is_accounted_as_poisson_sampled_steps(runtime, tmp_path):
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    sim, summary, metrics = run_in_process(
+        tmp_path, "strategy=centralized", "dp=dpsgd", "rounds=2", "strategy.batch_size=8"
+    )
+    n = summary["num_records"]
+    reference = RdpAccountant()
+    steps = -(-2 * n // 8)  # ceil(epochs * n / batch)
+    reference.compose(
+        dp_accounting.PoissonSampledDpEvent(8 / n, dp_accounting.GaussianDpEvent(1.0)), steps
+    )
+    assert summary["epsilon"] == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    np.testing.assert_allclose(metrics["epsilon_record"], metrics["epsilon"])
+
+
+def test_centralized_reproduces_tf_privacy_compute_dp_sgd_privacy(runtime):
+    from tensorflow_privacy.privacy.analysis.compute_dp_sgd_privacy_lib import (
+        compute_dp_sgd_privacy,
+    )
+
+    # textbook: n = 60000 (1000 clients x 60 training records), batch 128, noise 1.0, 10 epochs
+    cfg = compose_config(
+        "strategy=centralized", "dp=dpsgd", "rounds=10", "strategy.batch_size=128",
+        "dataset.num_clients=1000", "dataset.examples_mean=75", "dataset.examples_spread=0",
+        "dataset.seq_len=4", "dp.orders=[" + ",".join(
+            [str(1 + x / 10.0) for x in range(1, 100)] + [str(o) for o in range(11, 64)] + ["128", "256", "512"]) + "]",
+    )  # fmt: skip
+    sim = build_simulation(cfg)
+    assert sim.sampler.num_records == 60000
+    expected, _ = compute_dp_sgd_privacy(
+        n=60000, batch_size=128, noise_multiplier=1.0, epochs=10, delta=1e-5
+    )
+    assert sim.epsilon_planned == pytest.approx(expected, rel=1e-6)
+
+
+def test_centralized_rejects_user_level_mechanisms(runtime):
+    from dpfed.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dp=.gaussian|dp='gaussian'"):
+        build_simulation(compose_config("debug=smoke", "strategy=centralized", "dp=gaussian"))

@@ -87,13 +87,8 @@ class Simulation:
 
     # ------------------------------------------------------------------ pieces
     def cohort_datasets(self, client_ids, round_num):
-        return [
-            self.strategy.client_dataset(
-                self.dataset.train.create_tf_dataset_for_client(cid),
-                seed=self.seed * 1_000_003 + round_num * 7919 + int(cid),
-            )
-            for cid in client_ids
-        ]
+        """What the strategy trains on in round ``round_num`` (per-client datasets for TFF)."""
+        return self.strategy.cohort_data(self.dataset.train, client_ids, round_num, self.seed)
 
     def _eval_arrays(self):
         n = self.dataset.num_clients

@@ -30,8 +30,12 @@ class FederatedStrategy:
         self.batch_size, self.eval_every, self.eval_clients = batch_size, eval_every, eval_clients
         self.server_optimizer = server_optimizer
 
-    def sampler(self, population: int, seed: int):
+    def sampler(self, population: int, seed: int, client_data=None):
         return SAMPLERS[self.sampling](population, self.clients_per_round, seed)
+
+    def build_process(self, model, mechanism, model_fn, aggregator, seed: int):
+        """The TFF learning process (``model`` and ``mechanism`` are for other strategies)."""
+        return self.learning_process(model_fn, aggregator)
 
     def learning_process(self, model_fn, aggregator):
         """Builds the TFF learning process for ``model_fn`` with ``aggregator`` (None: default)."""
@@ -43,6 +47,14 @@ class FederatedStrategy:
 
     def _build(self, model_fn, aggregator):
         raise NotImplementedError
+
+    def cohort_data(self, client_data, client_ids, round_num: int, seed: int):
+        """One shuffled, batched tf.data.Dataset per client of the cohort."""
+        return [
+            self.client_dataset(client_data.create_tf_dataset_for_client(cid),
+                                seed=seed * 1_000_003 + round_num * 7919 + int(cid))
+            for cid in client_ids
+        ]  # fmt: skip
 
     def client_dataset(self, dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:
         """Shuffles, repeats for the local epochs and batches one client's data."""

@@ -25,6 +25,7 @@ class NoPrivacy:
     name = "none"
     max_epsilon = None
     metric_columns = ()
+    example_dp = None  # (clip, noise_multiplier) of example-level DP-SGD, if any
 
     def __init__(self, delta: float = 1e-5, accountant: str = "rdp"):
         self.delta, self.accountant = delta, accountant
@@ -80,6 +81,7 @@ class GaussianMechanism:
 
     name = "gaussian"
     metric_columns = ()
+    example_dp = None
 
     def __init__(
         self,
@@ -429,6 +431,8 @@ class DPSGDMechanism:
         self.noise_multiplier, self.clip = noise_multiplier, clip
         settings = dict(delta=delta, accountant=accountant, orders=orders, conversion=conversion,
                         pld_discretization=pld_discretization)  # fmt: skip
+        self.settings = settings
+        self.example_dp = (clip, noise_multiplier)
         self.user = (GaussianMechanism(user_noise_multiplier, user_clip, max_epsilon=max_epsilon,
                                        **settings)
                      if user_noise_multiplier > 0 else NoPrivacy(delta, accountant))  # fmt: skip
@@ -445,6 +449,12 @@ class DPSGDMechanism:
         return self.user.aggregator(clients_per_round, model)
 
     def ledger(self, sampler) -> PrivacyLedger:
+        if sampler.name == "poisson_records":  # centralized: records are the unit of privacy
+            check(isinstance(self.user, NoPrivacy), "user_noise_multiplier", "> 0",
+                  "0 with strategy=centralized (no users to protect separately)")  # fmt: skip
+            s = self.settings
+            return PrivacyLedger(s["accountant"], s["delta"], sampler.neighboring_relation,
+                                 s["orders"], s["conversion"], s["pld_discretization"])  # fmt: skip
         return self.user.ledger(sampler)
 
     def prepare(self, sampler, ledger, rounds: int) -> None:
@@ -455,6 +465,8 @@ class DPSGDMechanism:
         from dpfed.privacy.dpsgd import DPSGDModel
 
         self.local_epochs = strategy.local_epochs
+        if strategy.name == "centralized":
+            return None  # it trains with `example_dp` directly
         if not hasattr(strategy, "client_optimizer"):
             raise ConfigError("strategy", strategy.name, "one with local training (not fedsgd) "
                               "for dp=dpsgd", absolute=True)  # fmt: skip
@@ -473,6 +485,12 @@ class DPSGDMechanism:
         )
 
     def round_event(self, sampler, round_num: int, cohort=None, noise_multiplier=None):
+        if sampler.name == "poisson_records":  # centralized DP-SGD on Poisson batches
+            z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
+            event = sampler.round_event(round_num, dp_accounting.GaussianDpEvent(z))
+            if cohort is not None:
+                self.record_ledger.record(event)
+            return event
         if cohort is not None:
             for client in cohort:
                 self.participations[client] = self.participations.get(client, 0) + 1
@@ -518,6 +536,7 @@ class InputNoiseMechanism:
 
     name = "input_noise"
     metric_columns = ()
+    example_dp = None
     max_epsilon = None
     NOISES = ("laplace", "gaussian")
 
