@@ -95,6 +95,8 @@ def build_simulation(cfg: DictConfig) -> Simulation:
         mechanism.prepare(sampler, ledger, cfg.rounds)  # e.g. calibrate noise to a target epsilon
         aggregator = mechanism.aggregator(strategy.clients_per_round, model)
         model_fn = mechanism.model_fn(model, strategy)  # what clients train (e.g. DP-SGD)
+    # The initial model must depend on the seed only, not on what was built before it.
+    tf.keras.utils.set_random_seed(cfg.seed)
     with config_group("strategy"):
         process = strategy.build_process(model, mechanism, model_fn, aggregator, cfg.seed)
     return Simulation(

@@ -273,3 +273,26 @@ def test_centralized_rejects_user_level_mechanisms(runtime):
 
     with pytest.raises(ConfigError, match="dp=.gaussian|dp='gaussian'"):
         build_simulation(compose_config("debug=smoke", "strategy=centralized", "dp=gaussian"))
+
+
+@pytest.mark.parametrize(
+    "private,reference",
+    [
+        (("dp.noise_multiplier=0", "dp.clip=inf"), ("dp=none",)),
+        (("dp=gaussian_local", "dp.noise_multiplier=0", "dp.clip=inf"), ("dp=none",)),
+        (("dp=laplace_local", "dp.noise_multiplier=0", "dp.clip=inf", "dp.accountant=rdp"), ("dp=none",)),
+        (("dp=adaptive", "dp.noise_multiplier=0", "dp.initial_clip=inf"), ("dp=none",)),
+        (("dp=tree", "dp.noise_multiplier=0", "dp.clip=inf", "strategy.sampling=shuffle"),
+         ("dp=none", "strategy.sampling=shuffle")),
+        (("dp=dpsgd", "dp.noise_multiplier=0", "dp.clip=inf", "strategy.batch_size=1"),
+         ("dp=none", "strategy.batch_size=1")),
+        (("strategy=fedprox", "dp.noise_multiplier=0", "dp.clip=inf"), ("strategy=fedprox", "dp=none")),
+        (("strategy=fedsgd", "dp.noise_multiplier=0", "dp.clip=inf"), ("strategy=fedsgd", "dp=none")),
+    ],
+)  # fmt: skip
+def test_without_noise_or_clipping_every_dp_mechanism_is_its_non_private_counterpart(
+    runtime, private, reference
+):
+    got, _, _ = one_round_update(*private)
+    want, _, _ = one_round_update(*reference)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

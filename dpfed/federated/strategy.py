@@ -125,8 +125,9 @@ class FedSGD(FederatedStrategy):
     name = "fedsgd"
 
     def _build(self, model_fn, aggregator):
-        if aggregator is not None and not self.weighted:
-            aggregator = tff.aggregators.as_weighted_aggregator(aggregator)
+        if not self.weighted:  # every client's gradient counts once, as with DP
+            unweighted = aggregator or tff.aggregators.UnweightedMeanFactory()
+            aggregator = tff.aggregators.as_weighted_aggregator(unweighted)
         return tff.learning.algorithms.build_fed_sgd(
             model_fn, self.server_optimizer, model_aggregator=aggregator
         )

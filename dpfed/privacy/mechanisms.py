@@ -12,6 +12,18 @@ from dpfed.privacy.accounting import PrivacyLedger
 from dpfed.privacy.calibration import calibrate_noise_multiplier
 
 REPLACE_SPECIAL = dp_accounting.NeighboringRelation.REPLACE_SPECIAL
+NO_CLIP = 1e30  # what clip=inf becomes in TF ops (inf / inf is NaN there; this scales by 1)
+
+
+def finite_clip(clip: float) -> float:
+    """``clip`` for TensorFlow: inf (no clipping, allowed only without noise) becomes NO_CLIP."""
+    return NO_CLIP if math.isinf(clip) else clip
+
+
+def check_clip(clip: float, noise_multiplier: float, key: str = "clip") -> None:
+    """A clip is a number > 0; inf (no clipping) only with noise_multiplier=0."""
+    check(clip > 0 and (math.isfinite(clip) or noise_multiplier == 0), key, clip,
+          "a finite number > 0 (inf only with noise_multiplier=0)")  # fmt: skip
 
 
 class NoPrivacy:
@@ -97,7 +109,7 @@ class GaussianMechanism:
     ):
         check(0 <= noise_multiplier < math.inf, "noise_multiplier", noise_multiplier,
               "a finite number >= 0")  # fmt: skip
-        check(clip > 0 and math.isfinite(clip), "clip", clip, "a finite number > 0")
+        check_clip(clip, noise_multiplier)
         check(target_epsilon is None or target_epsilon > 0, "target_epsilon", target_epsilon,
               "null or > 0")  # fmt: skip
         check(max_epsilon is None or max_epsilon > 0, "max_epsilon", max_epsilon, "null or > 0")
@@ -113,7 +125,7 @@ class GaussianMechanism:
         return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
             noise_multiplier=self.noise_multiplier,
             clients_per_round=clients_per_round,
-            clip=self.clip,
+            clip=finite_clip(self.clip),
         )
 
     def ledger(self, sampler) -> PrivacyLedger:
@@ -181,7 +193,7 @@ class GaussianMechanism:
             "noise_multiplier": self.noise_multiplier,
             "clip": self.clip,
             "sensitivity": sensitivity,
-            "accounted_noise_multiplier": self.noise_multiplier * self.clip / sensitivity,
+            "accounted_noise_multiplier": self.noise_multiplier / (sensitivity / self.clip),
             "target_epsilon": self.target_epsilon,
             "max_epsilon": self.max_epsilon,
         }
@@ -214,8 +226,7 @@ class AdaptiveGaussianMechanism(GaussianMechanism):
     def __init__(self, noise_multiplier: float, initial_clip: float, target_quantile: float,
                  clip_learning_rate: float, clipped_count_stddev: float | None = None,
                  **kwargs):  # fmt: skip
-        check(initial_clip > 0 and math.isfinite(initial_clip), "initial_clip", initial_clip,
-              "a finite number > 0")  # fmt: skip
+        check_clip(initial_clip, noise_multiplier, "initial_clip")
         check(0 < target_quantile < 1, "target_quantile", target_quantile, "in (0, 1)")
         check(clip_learning_rate > 0, "clip_learning_rate", clip_learning_rate, "> 0")
         check(clipped_count_stddev is None or clipped_count_stddev > 0, "clipped_count_stddev",
@@ -236,7 +247,7 @@ class AdaptiveGaussianMechanism(GaussianMechanism):
         return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
             noise_multiplier=self.noise_multiplier,
             clients_per_round=clients_per_round,
-            initial_l2_norm_clip=self.clip,
+            initial_l2_norm_clip=finite_clip(self.clip),
             target_unclipped_quantile=self.target_quantile,
             learning_rate=self.clip_learning_rate,
             clipped_count_stddev=count_std,
@@ -281,8 +292,8 @@ class LocalMechanism(GaussianMechanism):
         from dpfed.federated.runtime import tff
         from dpfed.privacy.local import LocalRandomizerQuery
 
-        query = LocalRandomizerQuery(self.norm, self.clip, self.noise,
-                                     self.noise_multiplier * self.clip)  # fmt: skip
+        scale = 0.0 if self.noise_multiplier == 0 else self.noise_multiplier * self.clip
+        query = LocalRandomizerQuery(self.norm, finite_clip(self.clip), self.noise, scale)
         return tff.aggregators.DifferentiallyPrivateFactory(
             tfp.NormalizedQuery(query, denominator=float(clients_per_round))
         )
@@ -318,8 +329,6 @@ class LaplaceLocalMechanism(LocalMechanism):
     name, norm, noise = "laplace_local", "l1", "laplace"
 
     def __init__(self, noise_multiplier: float, clip: float, accountant: str = "pure", **kwargs):
-        check(noise_multiplier > 0, "noise_multiplier", noise_multiplier,
-              "> 0 (Laplace noise of scale noise_multiplier * clip)")  # fmt: skip
         super().__init__(noise_multiplier, clip, accountant=accountant, **kwargs)
 
     def release(self, noise_multiplier: float) -> dp_accounting.DpEvent:
@@ -380,7 +389,7 @@ class TreeMechanism(GaussianMechanism):
         from dpfed.federated.runtime import tff
 
         tree = tfp.TreeResidualSumQuery.build_l2_gaussian_query(
-            self.clip, self.noise_multiplier, model.trainable_weight_specs()
+            finite_clip(self.clip), self.noise_multiplier, model.trainable_weight_specs()
         )
         restarted = tfp.RestartQuery(tree, PeriodicRoundRestartIndicator(self.restart_period))
         return tff.aggregators.DifferentiallyPrivateFactory(
@@ -423,16 +432,16 @@ class DPSGDMechanism:
                  accountant: str = "rdp", orders=None, conversion: str = "improved",
                  pld_discretization: float = 1e-4, user_noise_multiplier: float = 0.0,
                  user_clip: float = 1.0, target_epsilon=None, max_epsilon=None):  # fmt: skip
-        check(0 < noise_multiplier < math.inf, "noise_multiplier", noise_multiplier,
-              "a finite number > 0")  # fmt: skip
-        check(clip > 0 and math.isfinite(clip), "clip", clip, "a finite number > 0")
+        check(0 <= noise_multiplier < math.inf, "noise_multiplier", noise_multiplier,
+              "a finite number >= 0")  # fmt: skip
+        check_clip(clip, noise_multiplier)
         check(target_epsilon is None, "target_epsilon", target_epsilon,
               "null with dp=dpsgd (not calibrated yet)")  # fmt: skip
         self.noise_multiplier, self.clip = noise_multiplier, clip
         settings = dict(delta=delta, accountant=accountant, orders=orders, conversion=conversion,
                         pld_discretization=pld_discretization)  # fmt: skip
         self.settings = settings
-        self.example_dp = (clip, noise_multiplier)
+        self.example_dp = (finite_clip(clip), noise_multiplier)
         self.user = (GaussianMechanism(user_noise_multiplier, user_clip, max_epsilon=max_epsilon,
                                        **settings)
                      if user_noise_multiplier > 0 else NoPrivacy(delta, accountant))  # fmt: skip
@@ -473,13 +482,16 @@ class DPSGDMechanism:
 
         def model_fn():
             keras = model.keras_model(unroll=True)
-            return DPSGDModel(model.tff_model(keras), keras, model.loss("none"), self.clip,
-                              self.noise_multiplier, strategy.batch_size)  # fmt: skip
+            clip, z = self.example_dp
+            return DPSGDModel(model.tff_model(keras), keras, model.loss("none"), clip, z,
+                              strategy.batch_size)  # fmt: skip
 
         return model_fn
 
     def participation_release(self) -> dp_accounting.DpEvent:
         """One client participation, for one of its records: a Gaussian release per local epoch."""
+        if self.noise_multiplier == 0:
+            return dp_accounting.NonPrivateDpEvent()
         return dp_accounting.SelfComposedDpEvent(
             dp_accounting.GaussianDpEvent(self.noise_multiplier), self.local_epochs
         )
@@ -487,7 +499,8 @@ class DPSGDMechanism:
     def round_event(self, sampler, round_num: int, cohort=None, noise_multiplier=None):
         if sampler.name == "poisson_records":  # centralized DP-SGD on Poisson batches
             z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
-            event = sampler.round_event(round_num, dp_accounting.GaussianDpEvent(z))
+            event = (sampler.round_event(round_num, dp_accounting.GaussianDpEvent(z)) if z
+                     else dp_accounting.NonPrivateDpEvent())  # fmt: skip
             if cohort is not None:
                 self.record_ledger.record(event)
             return event
