@@ -175,11 +175,13 @@ class LaplaceLocalConfig(NoisyMechanismConfig):
 
     Attributes:
         clip: L1 bound on each client's update.
+        norm: the clipping norm; must be ``l1`` (Laplace noise is calibrated to L1).
         accountant: ``pure`` (basic composition of pure epsilon-DP), ``rdp`` or ``pld``.
     """
 
     _target_: str = "dpfed.privacy.mechanisms.LaplaceLocalMechanism"
     clip: float = 1.0
+    norm: str = "l1"
     accountant: str = "pure"
 
 
@@ -189,10 +191,12 @@ class GaussianLocalConfig(NoisyMechanismConfig):
 
     Attributes:
         clip: L2 bound on each client's update.
+        norm: the clipping norm; must be ``l2``.
     """
 
     _target_: str = "dpfed.privacy.mechanisms.GaussianLocalMechanism"
     clip: float = 1.0
+    norm: str = "l2"
 
 
 @dataclass

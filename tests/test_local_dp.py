@@ -68,3 +68,10 @@ def test_gaussian_local_epsilon_matches_dp_accounting_per_participation():
     reference.compose(dp_accounting.GaussianDpEvent(3.0), 2)  # 2 epochs, sensitivity 2 * clip
     assert mech.max_participations == 2
     assert eps == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+
+
+def test_laplace_with_an_l2_clip_is_rejected():
+    from dpfed.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="norm"):
+        LaplaceLocalMechanism(noise_multiplier=1.0, clip=1.0, norm="l2")

@@ -268,11 +268,22 @@ def test_centralized_reproduces_tf_privacy_compute_dp_sgd_privacy(runtime):
     assert sim.epsilon_planned == pytest.approx(expected, rel=1e-6)
 
 
-def test_centralized_rejects_user_level_mechanisms(runtime):
+@pytest.mark.parametrize(
+    "overrides",
+    [("dp=adaptive", "dp.clipped_count_stddev=2"), ("dp=laplace_local",), ("dp=input_noise",)],
+)
+def test_centralized_rejects_client_level_mechanisms(runtime, overrides):
     from dpfed.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="dp=.gaussian|dp='gaussian'"):
-        build_simulation(compose_config("debug=smoke", "strategy=centralized", "dp=gaussian"))
+    with pytest.raises(ConfigError, match=r"^dp[.=]"):  # rejected, naming a dp setting
+        build_simulation(compose_config("debug=smoke", "strategy=centralized", *overrides))
+
+
+def test_centralized_with_gaussian_is_dpsgd_on_the_pooled_records(runtime):
+    gaussian = build_simulation(compose_config("debug=smoke", "strategy=centralized"))
+    dpsgd = build_simulation(compose_config("debug=smoke", "strategy=centralized", "dp=dpsgd"))
+    assert gaussian.process.dpsgd == dpsgd.process.dpsgd == (1.0, 1.0)
+    assert gaussian.epsilon_planned == pytest.approx(dpsgd.epsilon_planned, rel=1e-12)
 
 
 @pytest.mark.parametrize(

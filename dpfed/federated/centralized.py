@@ -1,4 +1,6 @@
 """Centralized training on every client's pooled data: the no-federation reference point.
+With ``dp=gaussian`` or ``dp=dpsgd`` the records are the unit of privacy: DP-SGD
+with that mechanism's noise multiplier and clip.
 
 `Centralized` plugs into the same round loop as the federated strategies: a
 round is one epoch over the pooled training records, the "cohort" is every
@@ -173,9 +175,10 @@ class Centralized:
 
     def build_process(self, model, mechanism, model_fn, aggregator, seed: int):
         """A `CentralizedProcess`; only ``dp=none`` and ``dp=dpsgd`` apply to pooled data."""
-        if aggregator is not None or mechanism.name not in ("none", "dpsgd"):
-            raise ConfigError("dp", mechanism.name, "none or dpsgd with strategy=centralized "
-                              "(no clients, so no user-level or local mechanism)",
+        if mechanism.name != "none" and mechanism.example_dp is None:
+            raise ConfigError("dp", mechanism.name, "none, gaussian or dpsgd with "
+                              "strategy=centralized (both mean DP-SGD on the pooled records; "
+                              "there are no clients for user-level or local mechanisms)",
                               absolute=True)  # fmt: skip
         optimizer = {"learning_rate": self.learning_rate, "momentum": self.momentum}
         return CentralizedProcess(model, self._x, self._y, self._sampler, optimizer,

@@ -9,6 +9,7 @@ and an accountant that disagree cannot be put together.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from collections.abc import Iterable
@@ -112,6 +113,15 @@ class PrivacyLedger:
         self.neighboring_relation = neighboring_relation
         self.counts: Counter[dp_accounting.DpEvent] = Counter()
         self._rdp_of_event: dict[dp_accounting.DpEvent, np.ndarray] = {}
+        # PLD composes round by round into one accountant (RDP adds cached vectors instead)
+        self._pld = self._pld_accountant() if accountant == "pld" else None
+
+    def _pld_accountant(self) -> PLDAccountant:
+        return PLDAccountant(self.neighboring_relation, self.pld_discretization)
+
+    def _pld_epsilon(self, accountant: PLDAccountant) -> float:
+        eps = accountant.get_epsilon(self.delta)
+        return math.inf if eps is None or math.isnan(eps) else float(eps)
 
     @property
     def rounds(self) -> int:
@@ -149,10 +159,10 @@ class PrivacyLedger:
             return float(sum(c / e.noise_multiplier for e, c in counts.items()
                              if isinstance(e, dp_accounting.LaplaceDpEvent)))  # fmt: skip
         if self.kind == "pld":
-            accountant = PLDAccountant(self.neighboring_relation, self.pld_discretization)
+            accountant = self._pld_accountant()
             for event, count in counts.items():
                 accountant.compose(event, count)
-            eps = accountant.get_epsilon(self.delta)
+            return self._pld_epsilon(accountant)
         else:
             rdp = sum(count * self._event_rdp(event) for event, count in counts.items())
             orders = self._rdp_accountant().orders
@@ -168,15 +178,23 @@ class PrivacyLedger:
 
     def peek(self, event: dp_accounting.DpEvent) -> float:
         """Epsilon if ``event`` were recorded next (for budgets)."""
+        if self._pld is not None:
+            trial = copy.deepcopy(self._pld)
+            trial.compose(event)
+            return self._pld_epsilon(trial)
         return self.epsilon_of(self.counts + Counter([event]))
 
     def record(self, event: dp_accounting.DpEvent) -> float:
         """Composes one completed round's event; returns epsilon so far."""
         self.counts[event] += 1
+        if self._pld is not None:
+            self._pld.compose(event)
         return self.epsilon
 
     @property
     def epsilon(self) -> float:
+        if self._pld is not None:
+            return self._pld_epsilon(self._pld) if self.rounds else 0.0
         return self.epsilon_of(self.counts)
 
     def events(self) -> list[dict]:

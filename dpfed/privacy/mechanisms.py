@@ -93,7 +93,13 @@ class GaussianMechanism:
 
     name = "gaussian"
     metric_columns = ()
-    example_dp = None
+
+    @property
+    def example_dp(self):
+        """Under ``strategy=centralized`` (records are the unit): DP-SGD, this noise and clip."""
+        if type(self) is not GaussianMechanism:  # adaptive, tree, local: federated only
+            return None
+        return (finite_clip(self.clip), self.noise_multiplier)
 
     def __init__(
         self,
@@ -328,7 +334,10 @@ class LaplaceLocalMechanism(LocalMechanism):
 
     name, norm, noise = "laplace_local", "l1", "laplace"
 
-    def __init__(self, noise_multiplier: float, clip: float, accountant: str = "pure", **kwargs):
+    def __init__(self, noise_multiplier: float, clip: float, accountant: str = "pure",
+                 norm: str = "l1", **kwargs):  # fmt: skip
+        check(norm == "l1", "norm", norm, "l1 for Laplace noise (it is calibrated to the L1 "
+              "sensitivity, which an L2 clip does not bound)")  # fmt: skip
         super().__init__(noise_multiplier, clip, accountant=accountant, **kwargs)
 
     def release(self, noise_multiplier: float) -> dp_accounting.DpEvent:
@@ -339,6 +348,11 @@ class GaussianLocalMechanism(LocalMechanism):
     """Local DP with L2 clipping and Gaussian noise, (epsilon, delta) per client."""
 
     name, norm, noise = "gaussian_local", "l2", "gaussian"
+
+    def __init__(self, noise_multiplier: float, clip: float, norm: str = "l2", **kwargs):
+        check(norm == "l2", "norm", norm, "l2 for Gaussian noise (its accounting uses the L2 "
+              "sensitivity)")  # fmt: skip
+        super().__init__(noise_multiplier, clip, **kwargs)
 
     def release(self, noise_multiplier: float) -> dp_accounting.DpEvent:
         return dp_accounting.GaussianDpEvent(noise_multiplier)
