@@ -154,6 +154,9 @@ def test_local_dp_trains_and_reports_the_worst_clients_epsilon(runtime, tmp_path
     assert 1 <= k <= 3
     if mechanism == "laplace_local":
         assert summary["accountant"] == "pure"
+        assert summary["epsilon_per_participation"] == pytest.approx(
+            2 / summary["noise_multiplier"]
+        )
         assert summary["epsilon"] == pytest.approx(k * 2 / summary["noise_multiplier"])
     assert summary["epsilon_planned"] >= summary["epsilon"]
 

@@ -325,7 +325,12 @@ class LocalMechanism(GaussianMechanism):
         return dp_accounting.NoOpDpEvent()
 
     def describe(self, sampler) -> dict:
+        one = (dp_accounting.NonPrivateDpEvent() if self.noise_multiplier == 0
+               else self.release(self.noise_multiplier / 2))  # fmt: skip
+        ledger = PrivacyLedger(self.accountant, self.delta, sampler.neighboring_relation,
+                               self.orders, self.conversion, self.pld_discretization)  # fmt: skip
         return {**super().describe(sampler), "local": True, "clip_norm": self.norm,
+                "epsilon_per_participation": ledger.planned_epsilon([one]),
                 "max_participations": self.max_participations}  # fmt: skip
 
 
