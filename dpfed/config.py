@@ -363,9 +363,9 @@ class CentralizedConfig:
 
     _target_: str = "dpfed.federated.centralized.Centralized"
     clients_per_round: int | None = None
-    batch_size: int = 16
-    learning_rate: float = 0.05
-    momentum: float = 0.9
+    batch_size: int = 256
+    learning_rate: float = 0.2
+    momentum: float = 0.0
     eval_every: int = 1
     eval_clients: int = 200
 

@@ -74,7 +74,9 @@ class CentralizedProcess:
         self.optimizer = tf.keras.optimizers.SGD(**self.optimizer_config)
         self.loss = self.model.loss("none")
         self.metric = self.model.metrics()[0]
-        self._step = tf.function(self._train_step)
+        self._step = tf.function(
+            self._train_step, reduce_retracing=True
+        )  # Poisson batch sizes vary
         return self._weights()
 
     def _weights(self):
