@@ -16,7 +16,43 @@ REPLACE_ONE = dp_accounting.NeighboringRelation.REPLACE_ONE
 ADD_OR_REMOVE_ONE = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 
 
-class FixedSizeSampler:
+class CohortSampler:
+    """What every client sampler shares: a population, a cohort size, a seed.
+
+    Subclasses set ``name`` and ``neighboring_relation`` and implement
+    ``sample``, ``round_event`` (the DP event of a mechanism's ``event`` run on
+    one round's cohort) and ``participation_event`` (``event`` if one client
+    may take part in that round again, else a no-op).
+
+    Args:
+        population: number of clients to draw from.
+        clients_per_round: cohort size (expected size for Poisson), in [1, population].
+        seed: sampling seed.
+    """
+
+    name = "cohort"
+
+    def __init__(self, population: int, clients_per_round: int, seed: int):
+        check(
+            1 <= clients_per_round <= population,
+            "clients_per_round",
+            clients_per_round,
+            f"in [1, {population}] (the dataset has {population} clients)",
+        )
+        self.population, self.clients_per_round, self.seed = population, clients_per_round, seed
+
+    def participation_event(self, round_num: int, event):
+        return event
+
+    def describe(self) -> dict:
+        return {
+            "sampling": self.name,
+            "num_clients": self.population,
+            "clients_per_round": self.clients_per_round,
+        }
+
+
+class FixedSizeSampler(CohortSampler):
     """Uniform fixed-size cohorts without replacement, independently each round.
 
     This is TFF's ``build_uniform_sampling_fn(replace=False)``. The population
@@ -33,16 +69,7 @@ class FixedSizeSampler:
 
     name = "fixed"
     neighboring_relation = REPLACE_ONE
-
-    def __init__(self, population: int, clients_per_round: int, seed: int):
-        check(
-            1 <= clients_per_round <= population,
-            "clients_per_round",
-            clients_per_round,
-            f"in [1, {population}] (the dataset has {population} clients)",
-        )
-        self.population, self.clients_per_round, self.seed = population, clients_per_round, seed
-        self._sample = None
+    _sample = None
 
     def sample(self, round_num: int) -> list[str]:
         """Returns the ids of the clients taking part in round ``round_num``."""
@@ -60,19 +87,8 @@ class FixedSizeSampler:
             self.population, self.clients_per_round, event
         )
 
-    def participation_event(self, round_num: int, event):
-        """``event`` if one client may take part in round ``round_num`` again, else a no-op."""
-        return event
 
-    def describe(self) -> dict:
-        return {
-            "sampling": self.name,
-            "num_clients": self.population,
-            "clients_per_round": self.clients_per_round,
-        }
-
-
-class PoissonSampler:
+class PoissonSampler(CohortSampler):
     """Poisson cohorts: every client joins each round independently with probability q.
 
     ``q = clients_per_round / population``, so ``clients_per_round`` is the
@@ -90,13 +106,7 @@ class PoissonSampler:
     neighboring_relation = ADD_OR_REMOVE_ONE
 
     def __init__(self, population: int, clients_per_round: int, seed: int):
-        check(
-            1 <= clients_per_round <= population,
-            "clients_per_round",
-            clients_per_round,
-            f"in [1, {population}] (the expected cohort; the dataset has {population} clients)",
-        )
-        self.population, self.clients_per_round, self.seed = population, clients_per_round, seed
+        super().__init__(population, clients_per_round, seed)
         self.q = clients_per_round / population
 
     @classmethod
@@ -114,19 +124,11 @@ class PoissonSampler:
     def round_event(self, round_num: int, event: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
         return dp_accounting.PoissonSampledDpEvent(self.q, event)
 
-    def participation_event(self, round_num: int, event):
-        return event
-
     def describe(self) -> dict:
-        return {
-            "sampling": self.name,
-            "num_clients": self.population,
-            "clients_per_round": self.clients_per_round,
-            "sampling_probability": self.q,
-        }
+        return {**super().describe(), "sampling_probability": self.q}
 
 
-class ShuffleSampler:
+class ShuffleSampler(CohortSampler):
     """Shuffled epochs without sampling: each epoch, a fresh permutation is cut into cohorts.
 
     An epoch has ``population // clients_per_round`` rounds; the clients left
@@ -146,13 +148,7 @@ class ShuffleSampler:
     neighboring_relation = REPLACE_ONE
 
     def __init__(self, population: int, clients_per_round: int, seed: int):
-        check(
-            1 <= clients_per_round <= population,
-            "clients_per_round",
-            clients_per_round,
-            f"in [1, {population}] (the dataset has {population} clients)",
-        )
-        self.population, self.clients_per_round, self.seed = population, clients_per_round, seed
+        super().__init__(population, clients_per_round, seed)
         self.rounds_per_epoch = population // clients_per_round
 
     def _position(self, round_num: int) -> tuple[int, int]:
@@ -170,12 +166,7 @@ class ShuffleSampler:
     participation_event = round_event  # a client takes part at most once per epoch
 
     def describe(self) -> dict:
-        return {
-            "sampling": self.name,
-            "num_clients": self.population,
-            "clients_per_round": self.clients_per_round,
-            "rounds_per_epoch": self.rounds_per_epoch,
-        }
+        return {**super().describe(), "rounds_per_epoch": self.rounds_per_epoch}
 
 
 class FullParticipation:
