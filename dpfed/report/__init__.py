@@ -1,0 +1,1 @@
+"""Results trees -> tables and plots, from summary.json and metrics.csv, never by re-training."""
