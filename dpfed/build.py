@@ -85,8 +85,7 @@ def build_simulation(cfg: DictConfig) -> Simulation:
     with config_group("model"):
         model = instantiate(cfg.model).bind(dataset)
     mechanism = _build("dp", cfg.dp)
-    if hasattr(mechanism, "wrap_dataset"):  # mechanisms that perturb the data itself
-        dataset = mechanism.wrap_dataset(dataset)
+    dataset = mechanism.wrap_dataset(dataset)  # input perturbation alters the training data
     strategy = _build("strategy", cfg.strategy)
     with config_group("strategy"):
         sampler = strategy.sampler(dataset.num_clients, cfg.seed, dataset.train)

@@ -74,9 +74,9 @@ class CentralizedProcess:
         self.optimizer = tf.keras.optimizers.SGD(**self.optimizer_config)
         self.loss = self.model.loss("none")
         self.metric = self.model.metrics()[0]
-        self._step = tf.function(
-            self._train_step, reduce_retracing=True
-        )  # Poisson batch sizes vary
+        # reduce_retracing: Poisson batch sizes vary from step to step
+        self._step = tf.function(self._train_step, reduce_retracing=True)
+        self._round = 0
         return self._weights()
 
     def _weights(self):
@@ -119,13 +119,13 @@ class CentralizedProcess:
     def next(self, state, data=None):
         self.metric.reset_state()
         total, count = 0.0, 0
-        for idx in self._batches(state_round := getattr(self, "_round", 0) + 1):
+        self._round += 1
+        for idx in self._batches(self._round):
             if len(idx) == 0:
                 continue  # an empty Poisson batch: nothing to train on; still accounted
             loss, predictions = self._step(tf.constant(self.x[idx]), tf.constant(self.y[idx]))
             self.metric.update_state(self.y[idx], predictions)
             total, count = total + float(loss) * len(idx), count + len(idx)
-        self._round = state_round
         train = {"loss": total / max(count, 1), self.metric.name: float(self.metric.result()),
                  "num_examples": count}  # fmt: skip
         metrics = {"client_work": {"train": train}, "aggregator": {}}

@@ -155,7 +155,7 @@ class Simulation:
 
     def over_budget(self, event) -> str | None:
         """Why the round with ``event`` must not run under ``dp.max_epsilon``, if it must not."""
-        budget = getattr(self.mechanism, "max_epsilon", None)
+        budget = self.mechanism.max_epsilon
         if budget is None:
             return None
         after = self.ledger.peek(event)

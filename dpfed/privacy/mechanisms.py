@@ -42,6 +42,10 @@ class NoPrivacy:
     def __init__(self, delta: float = 1e-5, accountant: str = "rdp"):
         self.delta, self.accountant = delta, accountant
 
+    def wrap_dataset(self, dataset):
+        """The data clients train on: unchanged (only input perturbation alters it)."""
+        return dataset
+
     def aggregator(self, clients_per_round: int, model=None):
         return None  # the learning algorithm's default mean
 
@@ -124,6 +128,10 @@ class GaussianMechanism:
         self.pld_discretization = pld_discretization
         self.target_epsilon, self.max_epsilon = target_epsilon, max_epsilon
         self.calibrated_epsilon = None
+
+    def wrap_dataset(self, dataset):
+        """The data clients train on: unchanged (only input perturbation alters it)."""
+        return dataset
 
     def aggregator(self, clients_per_round: int, model=None):
         from dpfed.federated.runtime import tff
@@ -472,6 +480,10 @@ class DPSGDMechanism:
         self.participations: dict[str, int] = {}
         self.max_participations = 0
         self.local_epochs = 1
+
+    def wrap_dataset(self, dataset):
+        """The data clients train on: unchanged (only input perturbation alters it)."""
+        return dataset
 
     def aggregator(self, clients_per_round: int, model=None):
         return self.user.aggregator(clients_per_round, model)
