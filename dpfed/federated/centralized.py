@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from dpfed.errors import ConfigError, check
 from dpfed.federated.runtime import tff
+from dpfed.privacy.ghost import GhostClipper
 
 
 class RecordPoissonSampler:
@@ -70,9 +71,10 @@ class CentralizedProcess:
         self.optimizer_config, self.dpsgd, self.seed = optimizer, dpsgd, seed
 
     def initialize(self):
-        self.keras = self.model.keras_model(unroll=self.dpsgd is not None)
+        self.keras = self.model.keras_model()
         self.optimizer = tf.keras.optimizers.SGD(**self.optimizer_config)
         self.loss = self.model.loss("none")
+        self._clipper = None if self.dpsgd is None else GhostClipper(self.keras, self.loss)
         self.metric = self.model.metrics()[0]
         # reduce_retracing: Poisson batch sizes vary from step to step
         self._step = tf.function(self._train_step, reduce_retracing=True)
@@ -94,14 +96,13 @@ class CentralizedProcess:
                 predictions = self.keras(x, training=True)
                 loss = tf.reduce_mean(self.loss(y, predictions))
             grads = tape.gradient(loss, self.keras.trainable_variables)
-        else:
-            from dpfed.privacy.dpsgd import noisy_clipped_mean_gradient
-
+        else:  # DP-SGD; the ghost clipper's forward pass also gives the loss and predictions
             clip, z = self.dpsgd
-            grads = noisy_clipped_mean_gradient(self.keras, self.loss, x, y, clip, z * clip,
-                                                float(self.sampler.batch_size))  # fmt: skip
-            predictions = self.keras(x, training=False)
-            loss = tf.reduce_mean(self.loss(y, predictions))
+            summed, _, losses, predictions = self._clipper(x, y, clip)
+            expected = float(self.sampler.batch_size)
+            grads = [(s + tf.random.normal(tf.shape(s), stddev=z * clip)) / expected
+                     for s in summed]  # fmt: skip
+            loss = tf.reduce_mean(losses)
         self.optimizer.apply_gradients(zip(grads, self.keras.trainable_variables, strict=True))
         return loss, predictions
 

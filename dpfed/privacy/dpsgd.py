@@ -1,11 +1,14 @@
 """Example-level DP-SGD inside TFF clients (Abadi et al., CCS 2016).
 
-Per-example gradients come from ``tf.vectorized_map`` over the batch (the GRUs
-are unrolled so that TensorFlow can vectorize them), each is clipped to L2 norm
-``clip``, and Gaussian noise of std ``noise_multiplier * clip`` is added to
-their sum, divided by the configured batch size. The result reaches TFF's
-unchanged client loop through a surrogate loss whose gradient is exactly that
-noisy clipped mean, so every strategy and aggregator works with it.
+Each example's gradient is clipped to L2 norm ``clip`` and Gaussian noise of
+std ``noise_multiplier * clip`` is added to their sum, divided by the
+configured batch size. The clipped sum comes from `dpfed.privacy.ghost` (one
+forward and one backward pass, no per-example gradients); the reference path,
+``method="vectorized"``, materialises per-example gradients with
+``tf.vectorized_map`` over unrolled GRUs and is what the fast path is tested
+against. The result reaches TFF's unchanged client loop through a surrogate
+loss whose gradient is exactly that noisy clipped mean, so every strategy and
+aggregator works with it.
 """
 
 from __future__ import annotations
@@ -13,29 +16,65 @@ from __future__ import annotations
 import tensorflow as tf
 
 from dpfed.federated.runtime import tff
+from dpfed.privacy.ghost import GhostClipper, per_example_loss
 
 
-def per_example_gradients(keras_model, per_example_loss, x, y):
-    """Gradients of each example's loss, stacked on a leading batch axis, one per variable."""
+def per_example_gradients(keras_model, example_loss, x, y):
+    """Gradients of each example's loss, stacked on a leading batch axis, one per variable.
+
+    Args:
+        example_loss: ``(y, predictions) -> [batch]`` (`dpfed.privacy.ghost.per_example_loss`).
+    """
     variables = keras_model.trainable_variables
 
     def one(example):
         xi, yi = example
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(per_example_loss(yi[None], keras_model(xi[None], training=True)))
+            loss = example_loss(yi[None], keras_model(xi[None], training=True))[0]
         return tape.gradient(loss, variables)
 
     return tf.vectorized_map(one, (x, y))
 
 
-def noisy_clipped_mean_gradient(keras_model, per_example_loss, x, y, clip, noise_std, batch_size):
-    """DP-SGD gradient: (sum of per-example gradients clipped to ``clip`` + noise) / batch_size."""
-    grads = per_example_gradients(keras_model, per_example_loss, x, y)
+METHODS = ("ghost", "vectorized")
+
+
+def clipped_gradient_sum(keras_model, loss, x, y, clip, method: str = "ghost"):
+    """Sum over the batch of each example's gradient clipped to L2 norm ``clip``.
+
+    Args:
+        keras_model: the model (``method="vectorized"`` needs unrolled GRUs).
+        loss: its Keras loss with ``reduction="none"``.
+        x, y: one batch.
+        clip: the per-example L2 bound.
+        method: ``ghost`` (`dpfed.privacy.ghost.GhostClipper`; models it does
+            not cover fall back to ``vectorized``) or ``vectorized`` (the
+            reference: per-example gradients from ``tf.vectorized_map``).
+
+    Returns:
+        One tensor per trainable variable.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    if method == "ghost":
+        try:
+            clipper = GhostClipper(keras_model, loss)
+        except ValueError:
+            clipper = None
+        if clipper is not None:
+            return clipper(x, y, clip)[0]
+    grads = per_example_gradients(keras_model, per_example_loss(loss), x, y)
     squared = tf.add_n(
         [tf.reduce_sum(tf.reshape(g, [tf.shape(g)[0], -1]) ** 2, axis=1) for g in grads]
     )
     factor = tf.minimum(1.0, clip / tf.maximum(tf.sqrt(squared), 1e-12))
-    summed = [tf.tensordot(factor, g, axes=1) for g in grads]
+    return [tf.tensordot(factor, g, axes=1) for g in grads]
+
+
+def noisy_clipped_mean_gradient(keras_model, loss, x, y, clip, noise_std, batch_size,
+                                method: str = "ghost"):  # fmt: skip
+    """DP-SGD gradient: (sum of per-example gradients clipped to ``clip`` + noise) / batch_size."""
+    summed = clipped_gradient_sum(keras_model, loss, x, y, clip, method)
     return [(s + tf.random.normal(tf.shape(s), stddev=noise_std)) / batch_size for s in summed]
 
 
@@ -49,15 +88,15 @@ class DPSGDModel(tff.learning.models.VariableModel):
     Args:
         base: the TFF model built from ``keras_model``.
         keras_model: its Keras model (with unrolled GRUs).
-        per_example_loss: the loss with ``reduction="none"``.
+        loss: the loss with ``reduction="none"``.
         clip: per-example L2 clipping norm.
         noise_multiplier: noise std / clip.
         batch_size: the configured batch size (the DP-SGD denominator).
     """
 
-    def __init__(self, base, keras_model, per_example_loss, clip, noise_multiplier, batch_size):
+    def __init__(self, base, keras_model, loss, clip, noise_multiplier, batch_size):
         self._base, self._keras = base, keras_model
-        self._loss, self._clip = per_example_loss, clip
+        self._loss, self._clip = loss, clip
         self._noise_std, self._batch_size = noise_multiplier * clip, float(batch_size)
 
     trainable_variables = property(lambda self: self._base.trainable_variables)

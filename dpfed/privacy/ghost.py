@@ -1,0 +1,259 @@
+"""Per-example clipped gradient sums for GRU stacks without per-example gradients.
+
+DP-SGD (Abadi et al., CCS 2016) needs ``sum_i min(1, C / ||g_i||) g_i`` over the
+examples ``i`` of a batch. Materialising every ``g_i`` (microbatches, or
+``vectorized_map``) costs a batch of backward passes; for recurrent layers TF
+Privacy falls back to exactly that. Here one forward pass records, for every
+weight, the layer input ``a`` and the gradient ``d`` of the summed loss with
+respect to the layer's pre-activation output (both still per example). A
+weight used at every time step has the per-example gradient
+``g_i = sum_t a_{i,t}^T d_{i,t}``, whose squared norm is
+
+    ||g_i||^2 = sum_{t,s} (a_{i,t} . a_{i,s}) (d_{i,t} . d_{i,s})
+
+the "ghost norm" of Goodfellow (2015) and Li et al. (ICLR 2022) extended over
+time steps; it is computed from the two Gram matrices, or from the
+materialised ``[d_in, d_out]`` per-example gradient when that is cheaper
+(Bu et al., 2022, "mixed ghost clipping"). Since every weight gradient is
+linear in ``d``, the clipped sum is then the ordinary weight gradient with
+each example's ``d`` scaled by its clip factor: one backward pass to the
+activations, no second pass.
+
+Covered layers (what `dpfed.models.gru.GRUModel` builds): ``InputLayer``,
+``Embedding``, ``GRU`` (Keras defaults: ``reset_after=True``, tanh and
+sigmoid, gate order z, r, h), ``Dropout``, ``Dense`` (on the last step or on
+every step) and the regression ``squeeze``. Anything else raises.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def elementwise_loss(loss: tf.keras.losses.Loss):
+    """``(y, prediction) -> loss of every label element`` from a ``reduction="none"`` Keras loss.
+
+    Keras' mean squared error averages over the last axis, which for scalar
+    regression targets is the batch axis itself; giving it a trailing
+    singleton axis keeps one value per target.
+    """
+    if isinstance(loss, tf.keras.losses.MeanSquaredError):
+        return lambda y, p: loss(y[..., None], p[..., None])
+    return loss
+
+
+def per_example_loss(loss: tf.keras.losses.Loss):
+    """``(y, prediction) -> [batch]`` mean loss of each example (over its time steps)."""
+    elementwise = elementwise_loss(loss)
+
+    def fn(y, p):
+        values = elementwise(y, p)
+        return tf.reduce_mean(tf.reshape(values, [tf.shape(values)[0], -1]), axis=1)
+
+    return fn
+
+
+def _squared_weight_norms(a, d):
+    """Per-example ``||sum_t a_t^T d_t||^2`` for ``a [B,(T,)m]``, ``d [B,(T,)k]``."""
+    if a.shape.rank == 2:
+        return tf.reduce_sum(a * a, 1) * tf.reduce_sum(d * d, 1)
+    steps, m, k = a.shape[1], a.shape[2], d.shape[2]
+    if steps is not None and steps * steps * (m + k) < steps * m * k:  # Gram matrices are cheaper
+        gram_a = tf.einsum("btm,bsm->bts", a, a)
+        gram_d = tf.einsum("btk,bsk->bts", d, d)
+        return tf.reduce_sum(gram_a * gram_d, axis=[1, 2])
+    per_example = tf.einsum("btm,btk->bmk", a, d)
+    return tf.reduce_sum(per_example * per_example, axis=[1, 2])
+
+
+def _squared_bias_norms(d):
+    summed = d if d.shape.rank == 2 else tf.reduce_sum(d, axis=1)
+    return tf.reduce_sum(summed * summed, axis=1)
+
+
+def _weight_gradient(a, d):
+    return tf.einsum("btm,btk->mk", a, d) if a.shape.rank == 3 else tf.matmul(a, d, True)
+
+
+def _bias_gradient(d):
+    return tf.reduce_sum(tf.reshape(d, [-1, d.shape[-1]]), axis=0)
+
+
+def _scale(d, factors):
+    return d * tf.reshape(factors, [-1] + [1] * (d.shape.rank - 1))
+
+
+class _Linear:
+    """``out = a @ kernel + bias`` (the Dense head, a GRU's input projection)."""
+
+    def __init__(self, kernel, bias):
+        self.kernel, self.bias = kernel, bias
+
+    def norms(self, a, d):
+        squared = _squared_weight_norms(a, d)
+        return squared if self.bias is None else squared + _squared_bias_norms(d)
+
+    def gradients(self, a, d):
+        grads = {self.kernel.ref(): _weight_gradient(a, d)}
+        if self.bias is not None:
+            grads[self.bias.ref()] = _bias_gradient(d)
+        return grads
+
+
+class GhostClipper:
+    """Clipped per-example gradient sums of a Keras GRU stack, in one forward and one backward pass.
+
+    Args:
+        keras_model: a model from `dpfed.models.gru.GRUModel.keras_model` (any
+            ``unroll``; the weights are read, the layers are not called).
+        loss: the model's Keras loss with ``reduction="none"``.
+
+    Raises:
+        ValueError: the model has a layer this class does not cover.
+    """
+
+    def __init__(self, keras_model: tf.keras.Model, loss: tf.keras.losses.Loss):
+        self.model = keras_model
+        self.per_example_loss = per_example_loss(loss)
+        for layer in keras_model.layers:
+            self._check(layer)
+
+    @staticmethod
+    def _check(layer):
+        if isinstance(layer, tf.keras.layers.GRU):
+            cell = layer.cell
+            activations = (cell.activation, cell.recurrent_activation)
+            ok = (cell.reset_after and cell.use_bias
+                  and activations == (tf.keras.activations.tanh, tf.keras.activations.sigmoid)
+                  and not layer.go_backwards and not layer.stateful and not cell.dropout
+                  and not cell.recurrent_dropout)  # fmt: skip
+            if not ok:
+                raise ValueError(f"GhostClipper covers Keras' default GRU only, not {layer.name}")
+        elif isinstance(layer, tf.keras.layers.Dense):
+            if layer.activation is not tf.keras.activations.linear:
+                raise ValueError(f"GhostClipper covers linear Dense layers only, not {layer.name}")
+        elif not isinstance(
+            layer,
+            (tf.keras.layers.InputLayer, tf.keras.layers.Embedding, tf.keras.layers.Dropout,
+             tf.keras.layers.Lambda),
+        ):  # fmt: skip
+            raise ValueError(f"GhostClipper does not cover layer {layer.name} ({type(layer)})")
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, x, training: bool, tape: tf.GradientTape):
+        """Runs the model; returns predictions and the (op, input, output) records."""
+        records = []  # (handler, layer input, pre-activation output whose gradient we need)
+        h = x
+        for layer in self.model.layers:
+            if isinstance(layer, tf.keras.layers.InputLayer):
+                continue
+            if isinstance(layer, tf.keras.layers.Embedding):
+                tokens = tf.cast(h, tf.int32)
+                h = tf.gather(layer.embeddings, tokens)
+                tape.watch(h)
+                records.append((("embedding", layer), tokens, h))
+            elif isinstance(layer, tf.keras.layers.GRU):
+                h = self._gru(layer, h, tape, records)
+            elif isinstance(layer, tf.keras.layers.Dense):
+                pre = tf.matmul(h, layer.kernel) if h.shape.rank == 2 else tf.einsum(
+                    "btm,mk->btk", h, layer.kernel)  # fmt: skip
+                tape.watch(pre)
+                records.append((_Linear(layer.kernel, layer.bias if layer.use_bias else None),
+                                h, pre))  # fmt: skip
+                h = pre + layer.bias if layer.use_bias else pre
+            elif isinstance(layer, tf.keras.layers.Dropout):
+                if training and layer.rate > 0:
+                    h = tf.nn.dropout(h, rate=layer.rate)
+            else:  # the regression head's squeeze (checked in __init__)
+                h = layer(h)
+        return h, records
+
+    def _gru(self, layer, inputs, tape, records):
+        cell = layer.cell
+        units = cell.units
+        input_bias, recurrent_bias = tf.unstack(cell.bias)
+        projected = tf.einsum("btm,mk->btk", inputs, cell.kernel)
+        tape.watch(projected)
+        state = tf.zeros([tf.shape(inputs)[0], units], inputs.dtype)
+        previous, recurrent, outputs = [], [], []
+        # unstack, not projected[:, t]: a slice's gradient is a full-size tensor per step
+        for step in tf.unstack(projected, axis=1):
+            x_z, x_r, x_h = tf.split(step + input_bias, 3, axis=-1)
+            rec = tf.matmul(state, cell.recurrent_kernel)
+            tape.watch(rec)
+            r_z, r_r, r_h = tf.split(rec + recurrent_bias, 3, axis=-1)
+            z = tf.sigmoid(x_z + r_z)
+            r = tf.sigmoid(x_r + r_r)
+            candidate = tf.tanh(x_h + r * r_h)
+            previous.append(state)
+            recurrent.append(rec)
+            state = z * state + (1 - z) * candidate
+            outputs.append(state)
+        records.append((("gru", cell), (inputs, previous), (projected, recurrent)))
+        return tf.stack(outputs, axis=1) if layer.return_sequences else state
+
+    # ------------------------------------------------------------------ gradients
+    def __call__(self, x, y, clip: float, training: bool = True):
+        """The per-example clipped gradient sum and what it was computed from.
+
+        Args:
+            x, y: one batch.
+            clip: L2 bound of each example's gradient (over all trainable weights).
+            training: apply dropout.
+
+        Returns:
+            ``(clipped_sum, norms, losses, predictions)``: the sum over examples
+            of each gradient scaled by ``min(1, clip / norm)``, aligned with
+            ``keras_model.trainable_variables``; the per-example gradient norms
+            ``[batch]``; the per-example losses ``[batch]``; the predictions.
+        """
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            predictions, records = self._forward(x, training, tape)
+            losses = self.per_example_loss(y, predictions)
+            total = tf.reduce_sum(losses)
+        outputs = [out for _, _, out in records]
+        deltas = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        squared = tf.add_n(
+            [self._norms(op, a, d) for (op, a, _), d in zip(records, deltas, strict=True)]
+        )
+        norms = tf.sqrt(squared)
+        factors = tf.minimum(1.0, clip / tf.maximum(norms, 1e-12))
+        grads = {}
+        for (op, a, _), d in zip(records, deltas, strict=True):
+            grads.update(self._gradients(op, a, tf.nest.map_structure(
+                lambda t: _scale(t, factors), d)))  # fmt: skip
+        clipped = [grads[v.ref()] for v in self.model.trainable_variables]
+        return clipped, norms, losses, predictions
+
+    @staticmethod
+    def _norms(op, a, d):
+        if isinstance(op, _Linear):
+            return op.norms(a, d)
+        kind, layer = op
+        if kind == "embedding":
+            same = tf.cast(tf.equal(a[:, :, None], a[:, None, :]), d.dtype)
+            return tf.reduce_sum(same * tf.einsum("bte,bse->bts", d, d), axis=[1, 2])
+        inputs, previous = a
+        projected, recurrent = d
+        recurrent, previous = tf.stack(recurrent, 1), tf.stack(previous, 1)
+        kernel = _squared_weight_norms(inputs, projected) + _squared_bias_norms(projected)
+        return kernel + _squared_weight_norms(previous, recurrent) + _squared_bias_norms(recurrent)
+
+    @staticmethod
+    def _gradients(op, a, d):
+        if isinstance(op, _Linear):
+            return op.gradients(a, d)
+        kind, layer = op
+        if kind == "embedding":
+            table = layer.embeddings
+            flat = tf.reshape(d, [-1, d.shape[-1]])
+            return {table.ref(): tf.math.unsorted_segment_sum(flat, tf.reshape(a, [-1]),
+                                                              table.shape[0])}  # fmt: skip
+        inputs, previous = a
+        projected, recurrent = d
+        recurrent, previous = tf.stack(recurrent, 1), tf.stack(previous, 1)
+        return {
+            layer.kernel.ref(): _weight_gradient(inputs, projected),
+            layer.recurrent_kernel.ref(): _weight_gradient(previous, recurrent),
+            layer.bias.ref(): tf.stack([_bias_gradient(projected), _bias_gradient(recurrent)]),
+        }
