@@ -1,0 +1,401 @@
+"""Benchmarks: each workload's reference and fast path, timed in one process on this machine.
+
+Writes ``results/bench/<workload>.json`` (times, ratios, machine) and rebuilds
+``results/bench/README.md``, a Markdown table of every workload's latest
+result. Speed is measured here and never asserted in tests; the tests check
+that fast and reference paths compute the same thing.
+
+Usage::
+
+    python scripts/bench.py                      # every workload (about 10 minutes on 2 cores)
+    python scripts/bench.py dpsgd_step accounting
+    python scripts/bench.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `python scripts/bench.py` from a checkout, like the other scripts
+OUT = ROOT / "results" / "bench"
+
+
+# --------------------------------------------------------------------------- helpers
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import tensorflow as tf
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "git_commit": commit or None,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def time_calls(fn, warmup: int = 2, repeat: int = 10) -> float:
+    """Median seconds of one ``fn()`` call after ``warmup`` calls (tracing, caches)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------- workloads
+def dpsgd_step(quick: bool = False) -> dict:
+    """DP-SGD step / plain SGD step, textbook GRU model (GRU(128)x2 -> Dense(10)), batch 128.
+
+    The plain step is the faster of Keras' GRU as built and unrolled.
+    """
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras as tfp_keras
+    from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras_vectorized as tfp_vec
+
+    from dpfed.privacy.ghost import GhostClipper
+
+    batch, steps, features, units = (16, 8, 8, 16) if quick else (128, 28, 28, 128)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(batch, steps, features)).astype(np.float32))
+    y = tf.constant(rng.integers(0, 10, batch))
+
+    def model(unroll=False):
+        tf.keras.utils.set_random_seed(0)
+        inputs = tf.keras.Input((steps, features))
+        h = tf.keras.layers.GRU(units, return_sequences=True, unroll=unroll)(inputs)
+        h = tf.keras.layers.GRU(units, unroll=unroll)(h)
+        return tf.keras.Model(inputs, tf.keras.layers.Dense(10)(h))
+
+    mean_loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    none_loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+
+    def plain_step(unroll):
+        keras, optimizer = model(unroll), tf.keras.optimizers.SGD(0.01)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = mean_loss(y, keras(x, training=True))
+            grads = tape.gradient(loss, keras.trainable_variables)
+            optimizer.apply_gradients(zip(grads, keras.trainable_variables, strict=True))
+
+        return step
+
+    ghost_model, ghost_opt = model(), tf.keras.optimizers.SGD(0.01)
+    clipper = GhostClipper(ghost_model, none_loss)
+
+    @tf.function
+    def ghost():
+        summed, _, _, _ = clipper(x, y, 1.0)
+        noisy = [(s + tf.random.normal(tf.shape(s), stddev=1.1)) / batch for s in summed]
+        ghost_opt.apply_gradients(zip(noisy, ghost_model.trainable_variables, strict=True))
+
+    def tf_privacy(optimizer_class):
+        keras = model()
+        optimizer = optimizer_class(l2_norm_clip=1.0, noise_multiplier=1.1,
+                                    num_microbatches=batch, learning_rate=0.01)  # fmt: skip
+        keras.compile(optimizer=optimizer, loss=none_loss)
+        return lambda: keras.train_on_batch(x, y)
+
+    repeat = 10 if quick else 5
+    times = {
+        "plain_sgd": time_calls(plain_step(False), repeat=repeat * 4),
+        "plain_sgd_unrolled": time_calls(plain_step(True), repeat=repeat * 4),
+        "ghost_dpsgd": time_calls(ghost, repeat=repeat * 4),
+        "tf_privacy_microbatched": time_calls(
+            tf_privacy(tfp_keras.DPKerasSGDOptimizer), warmup=1, repeat=repeat
+        ),  # fmt: skip
+        "tf_privacy_vectorized": time_calls(
+            tf_privacy(tfp_vec.VectorizedDPKerasSGDOptimizer), warmup=1, repeat=repeat
+        ),  # fmt: skip
+    }
+    plain_time = min(times["plain_sgd"], times["plain_sgd_unrolled"])  # the faster baseline
+    return {
+        "workload": f"DP-SGD step / plain SGD step, GRU({units})x2 -> Dense(10), "
+        f"{steps}x{features} inputs, batch {batch}",
+        "seconds": times,
+        "ratios": {k: v / plain_time for k, v in times.items() if not k.startswith("plain")},
+        "headline": {
+            "reference": "tf_privacy_microbatched",
+            "fast": "ghost_dpsgd",
+            "target": 2.5,
+        },  # fmt: skip
+    }
+
+
+FEDAVG = [
+    "dataset=smart_home",
+    "dataset.num_clients=100",
+    "dataset.examples_mean=80",
+    "dataset.examples_spread=0",
+    "dataset.eval_fraction=0.2",
+    "dataset.seq_len=32",
+    "dataset.num_features=16",
+    "model.units=[64]",
+    "strategy.batch_size=16",
+    "logger.progress=false",
+    "logger.tensorboard=false",
+]  # fmt: skip  (100 clients x 64 training examples, GRU(64), 32 steps x 16 features)
+
+
+def _round_seconds(overrides: list[str], rounds: int) -> tuple[float, dict]:
+    """Median ``round_seconds`` (after the first, tracing, round) of an in-process run."""
+    import pandas as pd
+
+    from dpfed.build import build_simulation, build_writer
+    from dpfed.federated.runtime import tff_runtime
+    from tests.conftest import compose_config
+
+    cfg = compose_config(*overrides, f"rounds={rounds}")
+    with tempfile.TemporaryDirectory() as out:
+        simulation = build_simulation(cfg)
+        with tff_runtime():
+            summary = simulation.run(build_writer(cfg, out, simulation))
+        frame = pd.read_csv(Path(out) / "metrics.csv")
+    seconds = frame["round_seconds"].iloc[1:]
+    return float(seconds.median()), {"examples": int(frame["train/examples"].iloc[-1]),
+                                     "final_train_loss": float(frame["train/loss"].iloc[-1]),
+                                     "epsilon": summary.get("epsilon")}  # fmt: skip
+
+
+def _has_vectorized_backend() -> bool:
+    from tests.conftest import compose_config
+
+    return "client_backend" in compose_config().sim
+
+
+def _fedavg(dp: str, quick: bool) -> dict:
+    rounds = 3 if quick else 5
+    base = FEDAVG + (["dataset.num_clients=20", "dataset.seq_len=8"] if quick else [])
+    clients = 20 if quick else 100
+    federated = [
+        *base,
+        f"strategy.clients_per_round={clients}",
+        "strategy.eval_every=0",
+        f"dp={dp}",
+    ]
+    times, details = {}, {}
+    times["centralized_pass"], details["centralized_pass"] = _round_seconds(
+        [*base, "strategy=centralized", "strategy.batch_size=16", "strategy.eval_every=0",
+         "dp=none"], rounds)  # fmt: skip
+    times["tff_reference"], details["tff_reference"] = _round_seconds(
+        [*federated, "sim.client_backend=reference"] if _has_vectorized_backend() else federated,
+        rounds,
+    )
+    if _has_vectorized_backend():
+        times["vectorized"], details["vectorized"] = _round_seconds(
+            [*federated, "sim.client_backend=vectorized"], rounds
+        )
+    central = times["centralized_pass"]
+    return {
+        "workload": f"FedAvg round (dp={dp}) / centralized pass over the same examples: "
+        f"{clients} clients x 64 examples, GRU(64), batch 16",
+        "seconds": times,
+        "details": details,
+        "ratios": {k: v / central for k, v in times.items() if k != "centralized_pass"},
+        "headline": {
+            "reference": "tff_reference",
+            "fast": "vectorized",
+            "target": 1.0 if dp == "none" else 1.1,
+        },  # fmt: skip
+    }
+
+
+def fedavg_round(quick: bool = False) -> dict:
+    """Simulated FedAvg round / centralized pass over the same examples (no DP)."""
+    return _fedavg("none", quick)
+
+
+def fedavg_round_gaussian(quick: bool = False) -> dict:
+    """The same with user-level DP (dp=gaussian)."""
+    return _fedavg("gaussian", quick)
+
+
+def accounting(quick: bool = False) -> dict:
+    """Mean cost of the per-round epsilon over 10,000 rounds (RDP) and 1,000 rounds (PLD)."""
+    import dp_accounting
+
+    from dpfed.privacy.accounting import PrivacyLedger
+
+    event = dp_accounting.SampledWithoutReplacementDpEvent(
+        100_000, 100, dp_accounting.GaussianDpEvent(0.5)
+    )
+    relation = dp_accounting.NeighboringRelation.REPLACE_ONE
+    times, final = {}, {}
+    for kind, rounds in (("rdp", 1_000 if quick else 10_000), ("pld", 100 if quick else 1_000)):
+        ledger = PrivacyLedger(kind, 1e-5, relation if kind == "rdp" else
+                               dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)  # fmt: skip
+        pld_event = dp_accounting.PoissonSampledDpEvent(0.001, dp_accounting.GaussianDpEvent(1.0))
+        start = time.perf_counter()
+        for _ in range(rounds):
+            epsilon = ledger.record(event if kind == "rdp" else pld_event)
+        times[f"{kind}_per_round_ms"] = (time.perf_counter() - start) / rounds * 1e3
+        final[kind] = {"rounds": rounds, "epsilon": epsilon}
+    return {
+        "workload": "per-round epsilon (record + epsilon), mean over a run",
+        "milliseconds": times,
+        "details": final,
+        "headline": {"value": "rdp_per_round_ms", "target_ms": 5.0},
+    }
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _peak_rss_of_run(overrides: list[str]) -> dict:
+    """Runs ``run.py`` and samples the RSS of it and its children (TFF's worker) every 0.2 s."""
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, str(ROOT / "run.py"), *overrides, f"hydra.run.dir={out}"]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = 0
+        stop = threading.Event()
+
+        def sample():
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, _tree_rss(proc.pid))
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, err = proc.communicate()
+        stop.set()
+        sampler.join()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.decode()[-2000:]}")
+        summary = json.loads((Path(out) / "summary.json").read_text())
+    return {"peak_rss_mb": peak / 2**20, "seconds": time.perf_counter() - start,
+            "rounds": summary["rounds"], "epsilon": summary["epsilon"]}  # fmt: skip
+
+
+def scale(quick: bool = False) -> dict:
+    """Peak RSS of a run on 100,000 synthetic clients, 100 per round, against 1,000 clients."""
+    rounds = 2 if quick else 5
+    common = ["strategy.clients_per_round=100", f"rounds={rounds}", "strategy.eval_every=0",
+              "logger.progress=false"]  # fmt: skip
+    runs = {f"{n}_clients": _peak_rss_of_run([f"dataset.num_clients={n}", *common])
+            for n in (1_000, 100_000)}  # fmt: skip
+    return {
+        "workload": f"default run, 100 clients per round, {rounds} rounds: peak RSS of run.py "
+        "and TFF's worker together",
+        "runs": runs,
+        "headline": {"value": "100000_clients.peak_rss_mb", "target_mb": 3 * 1024},
+    }
+
+
+WORKLOADS = {f.__name__: f for f in (dpsgd_step, fedavg_round, fedavg_round_gaussian,
+                                     accounting, scale)}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- report
+def headline(result: dict) -> tuple[str, str, str]:
+    """(reference, fast, target) cells of the summary table."""
+    h = result["headline"]
+    if "ratios" in result:
+        ratios = result["ratios"]
+        ref = f"{ratios[h['reference']]:.2f}x ({h['reference']})"
+        fast = f"{ratios[h['fast']]:.2f}x ({h['fast']})" if h["fast"] in ratios else "n/a"
+        return ref, fast, f"<= {h['target']}x"
+    if "milliseconds" in result:
+        return "-", f"{result['milliseconds'][h['value']]:.3f} ms", f"< {h['target_ms']} ms"
+    runs = result["runs"]
+    small, large = runs["1000_clients"]["peak_rss_mb"], runs["100000_clients"]["peak_rss_mb"]
+    return (f"{small:.0f} MB (1,000 clients)", f"{large:.0f} MB (100,000 clients)",
+            f"< {h['target_mb']} MB")  # fmt: skip
+
+
+def write_table(out: Path = OUT) -> str:
+    rows = ["| workload | reference | fast | target | measured |", "|---|---|---|---|---|"]
+    for name in WORKLOADS:
+        path = out / f"{name}.json"
+        if not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        ref, fast, target = headline(result)
+        when = result["machine"]["date"][:10] + (" (quick)" if result.get("quick") else "")
+        rows.append(f"| `{name}`: {result['workload']} | {ref} | {fast} | {target} | {when} |")
+    any_result = next((json.loads(p.read_text()) for p in sorted(out.glob("*.json"))), None)
+    lines = ["# Benchmarks", "", "Made by `python scripts/bench.py`; ratios are against the "
+             "baseline named in each workload, measured in one process on the machine below.", "",
+             *rows, ""]  # fmt: skip
+    if any_result:
+        m = any_result["machine"]
+        lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs, "
+                     f"{m['platform']}, TensorFlow {m['tensorflow']}.")  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    (out / "README.md").write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workloads", nargs="*", help=f"any of {', '.join(WORKLOADS)} (default all)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (checks the script runs)")
+    parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, fn in WORKLOADS.items():
+            print(f"{name}: {fn.__doc__.splitlines()[0]}")
+        return 0
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload {unknown[0]!r}; choose from {', '.join(WORKLOADS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    for name in args.workloads or list(WORKLOADS):
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        result = {**WORKLOADS[name](quick=args.quick), "machine": info, "quick": args.quick}
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps({k: result[k] for k in result if k not in ("machine",)}, indent=2))
+    print(write_table(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
