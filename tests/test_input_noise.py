@@ -42,3 +42,13 @@ def test_gaussian_input_noise_needs_an_approximate_dp_accountant():
         InputNoiseMechanism("gaussian", 1.0, 1.0, accountant="pure").ledger(
             FixedSizeSampler(10, 2, 0)
         )
+
+
+def test_input_noise_rejects_text_datasets():
+    from dpfed.build import build_simulation
+    from dpfed.errors import ConfigError
+    from tests.conftest import compose_config
+
+    cfg = compose_config("dp=input_noise", "dataset=shakespeare", "debug=smoke")
+    with pytest.raises(ConfigError, match="dp='input_noise' is not allowed.*text dataset"):
+        build_simulation(cfg)

@@ -59,3 +59,22 @@ def test_bad_model_settings_name_the_key(override, key):
     with pytest.raises(ConfigError) as err, config_group("model"):
         instantiate(compose_config(override).model).bind(make(SmartHome))
     assert err.value.key == f"model.{key}"
+
+
+def test_text_datasets_get_an_embedding_and_a_vocabulary_wide_head():
+    from dpfed.data.shakespeare import VOCAB_SIZE, Shakespeare
+
+    data = Shakespeare(seq_len=12, num_clients=3, examples_mean=6, eval_fraction=0.2, seed=0)
+    cfg = compose_config("dataset=shakespeare", "model.units=[8,8]", "model.embedding_dim=5")
+    model = instantiate(cfg.model).bind(data)
+    keras = model.keras_model()
+    assert [layer.name for layer in keras.layers[1:]] == ["embedding", "gru_0", "gru_1", "head"]
+    assert keras.get_layer("embedding").output_shape == (None, 12, 5)
+    assert model.input_spec[0] == tf.TensorSpec([None, 12], tf.int32)
+    x, y = data.train.arrays(0)
+    assert keras(x).shape == (len(x), 12, VOCAB_SIZE)
+    assert model.loss()(y, keras(x)).shape == ()
+    unrolled = model.keras_model(unroll=True)
+    assert [v.shape for v in unrolled.trainable_variables] == [
+        v.shape for v in keras.trainable_variables
+    ]

@@ -20,9 +20,18 @@ class GRUModel:
         dropout: dropout between layers and before the head, in [0, 1).
         outputs: ``last`` or ``every_step``.
         head_units: width of the output layer; None takes it from the data.
+        embedding_dim: width of the token embedding that text datasets (those
+            with a ``vocab_size``) start with; 8 as in TFF's Shakespeare model.
     """
 
-    def __init__(self, units, dropout: float = 0.0, outputs: str = "last", head_units=None):
+    def __init__(
+        self,
+        units,
+        dropout: float = 0.0,
+        outputs: str = "last",
+        head_units=None,
+        embedding_dim: int = 8,
+    ):
         units = list(units)
         check(
             len(units) >= 1 and all(u >= 1 for u in units),
@@ -33,6 +42,8 @@ class GRUModel:
         check(0 <= dropout < 1, "dropout", dropout, "in [0, 1)")
         check(outputs in OUTPUT_MODES, "outputs", outputs, f"one of {', '.join(OUTPUT_MODES)}")
         check(head_units is None or head_units >= 1, "head_units", head_units, "null or >= 1")
+        check(embedding_dim >= 1, "embedding_dim", embedding_dim, ">= 1")
+        self.embedding_dim = embedding_dim
         self.units, self.dropout, self.outputs, self.head_units = (
             units,
             dropout,
@@ -56,6 +67,7 @@ class GRUModel:
         if self.head_units is not None and dataset.task == "regression":
             check(self.head_units == 1, "head_units", self.head_units, "1 (or null) for regression")
         self.seq_len, self.num_features = dataset.seq_len, dataset.num_features
+        self.vocab_size = getattr(dataset, "vocab_size", None)
         self.task = dataset.task
         x_spec, y_spec = dataset.element_spec
         self.input_spec = (
@@ -72,8 +84,15 @@ class GRUModel:
             unroll: unroll the GRUs over time (what vectorized per-example
                 gradients need; same weights and outputs).
         """
-        inputs = tf.keras.Input((self.seq_len, self.num_features), name="sequence")
-        x = inputs
+        if self.vocab_size:
+            # Token ids -> vectors, as in TFF's Shakespeare model (McMahan et al. 2017).
+            inputs = tf.keras.Input((self.seq_len,), dtype=tf.int32, name="sequence")
+            x = tf.keras.layers.Embedding(self.vocab_size, self.embedding_dim, name="embedding")(
+                inputs
+            )
+        else:
+            inputs = tf.keras.Input((self.seq_len, self.num_features), name="sequence")
+            x = inputs
         for i, u in enumerate(self.units):
             last_layer = i == len(self.units) - 1
             x = tf.keras.layers.GRU(
