@@ -8,30 +8,45 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ start-up chatter; s
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dpfed.config import register_configs
 from dpfed.errors import ConfigError
+from dpfed.jobs import JobFailed, recorded_failure
 
 register_configs()
 log = logging.getLogger("dpfed")
-logging.getLogger("absl").setLevel(logging.WARNING)  # TFF logs every model build at INFO
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
-    from dpfed.build import build_simulation, build_writer, provenance  # heavy: TF and TFF
+    from dpfed.build import build_checkpoints, build_simulation, build_writer, provenance
     from dpfed.federated.runtime import tff_runtime
 
+    # TFF logs every model build at INFO; set here so joblib's worker processes get it too.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     hydra_cfg = HydraConfig.get()
-    try:
-        simulation = build_simulation(cfg)  # validates everything before any training
+    out_dir, choices = hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:  # outside recorded_failure: a refused resumption leaves the run it names untouched
+        checkpoints = build_checkpoints(cfg, out_dir, multirun)
     except ConfigError as err:
         print(f"dpfed: invalid configuration: {err}", file=sys.stderr)
+        if multirun:
+            raise JobFailed(f"dpfed: invalid configuration: {err} (in {out_dir})") from None
         sys.exit(2)
-    writer = build_writer(cfg, hydra_cfg.runtime.output_dir, simulation)
-    with tff_runtime():
-        summary = simulation.run(writer, provenance(cfg, dict(hydra_cfg.runtime.choices)))
+    if checkpoints.finished:  # resume=true on a run that already ended: leave it as it is
+        print(f"dpfed: the run in {out_dir} is complete ({checkpoints.summary['status']} after "
+              f"{checkpoints.round} rounds); nothing to resume")  # fmt: skip
+        return checkpoints.summary
+    # A failing job writes summary.json status "failed"; in a sweep the other jobs run on.
+    with recorded_failure(out_dir, multirun,
+                          lambda: {"status": "failed", **provenance(cfg, choices)}):  # fmt: skip
+        simulation = build_simulation(cfg, checkpoints)  # validates everything before training
+        writer = build_writer(cfg, hydra_cfg.runtime.output_dir, simulation)
+        with tff_runtime():
+            summary = simulation.run(writer, provenance(cfg, dict(hydra_cfg.runtime.choices)))
     log.info("done: %s", {k: summary[k] for k in ("rounds", "epsilon", "delta")})
     return summary
 

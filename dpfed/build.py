@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpfed.errors import ConfigError, check
 from dpfed.federated.simulation import Simulation
+from dpfed.io.checkpoint import Checkpoints
 from dpfed.io.run_writer import RunWriter
 
 DEVICES = ("auto", "cpu", "gpu")
@@ -64,11 +65,12 @@ def configure_device(device: str) -> None:
                 tf.config.set_visible_devices([], "GPU")
 
 
-def build_simulation(cfg: DictConfig) -> Simulation:
+def build_simulation(cfg: DictConfig, checkpoints: Checkpoints | None = None) -> Simulation:
     """Builds and validates every component of a run, before any training.
 
     Args:
         cfg: the composed run config (`dpfed.config.RunConfig`).
+        checkpoints: the run's checkpoints (`build_checkpoints`); None writes none.
 
     Returns:
         A ready-to-run `Simulation`.
@@ -78,6 +80,8 @@ def build_simulation(cfg: DictConfig) -> Simulation:
     """
     check(cfg.rounds >= 1, "rounds", cfg.rounds, ">= 1")
     check(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
+    check(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every,
+          ">= 0 (0: only after the last round)")  # fmt: skip
     configure_device(cfg.sim.device)
     tf.keras.backend.clear_session()  # each job of a sweep starts from a clean TF state
     tf.keras.utils.set_random_seed(cfg.seed)
@@ -94,6 +98,12 @@ def build_simulation(cfg: DictConfig) -> Simulation:
         mechanism.prepare(sampler, ledger, cfg.rounds)  # e.g. calibrate noise to a target epsilon
         aggregator = mechanism.aggregator(strategy.clients_per_round, model)
         model_fn = mechanism.model_fn(model, strategy)  # what clients train (e.g. DP-SGD)
+    with config_group("sim"):  # None: TFF's client work; else shards of users in lockstep
+        from dpfed.federated.vectorized import client_backend
+
+        strategy.client_backend = client_backend(
+            cfg.sim.client_backend, cfg.sim.users_per_shard, strategy, mechanism, model
+        )
     # The initial model must depend on the seed only, not on what was built before it.
     tf.keras.utils.set_random_seed(cfg.seed)
     with config_group("strategy"):
@@ -109,7 +119,23 @@ def build_simulation(cfg: DictConfig) -> Simulation:
         rounds=cfg.rounds,
         seed=cfg.seed,
         progress=cfg.logger.progress,
+        checkpoints=checkpoints,
     )
+
+
+def build_checkpoints(cfg: DictConfig, output_dir: str, multirun: bool = False) -> Checkpoints:
+    """The run's checkpoints in ``output_dir``; with ``resume=true``, the one to continue from.
+
+    Cheap (no TensorFlow work), so a bad resumption fails before anything is built.
+    In a sweep (``multirun``), a job that never started is started afresh.
+
+    Raises:
+        ConfigError: ``resume=true`` without a checkpoint in ``output_dir`` or
+            with a config that differs from it.
+    """
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return Checkpoints(output_dir, cfg.checkpoint_every, config, resume=cfg.resume,
+                       fresh_if_empty=multirun)  # fmt: skip
 
 
 def build_writer(cfg: DictConfig, output_dir: str, simulation: Simulation) -> RunWriter:

@@ -187,3 +187,22 @@ def test_bad_privacy_settings_name_the_key(kwargs, key):
 def test_unknown_accountant_is_rejected():
     with pytest.raises(ConfigError, match="accountant"):
         PrivacyLedger("moments", 1e-5, REPLACE_ONE)
+
+
+def test_incremental_pld_equals_pld_accountant_composing_the_same_rounds():
+    """The ledger caches each event's PLD; epsilon after every round equals dp-accounting's."""
+    relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    rounds = [
+        dp_accounting.PoissonSampledDpEvent(0.02, dp_accounting.GaussianDpEvent(1.1)),
+        dp_accounting.GaussianDpEvent(6.0),
+        dp_accounting.PoissonSampledDpEvent(0.02, dp_accounting.GaussianDpEvent(1.1)),
+    ] * 5
+    ledger = PrivacyLedger("pld", 1e-5, relation)
+    reference = PLDAccountant(relation, 1e-4)
+    for event in rounds:
+        peeked = ledger.peek(event)
+        ours = ledger.record(event)
+        reference.compose(event)
+        assert peeked == ours
+        assert ours == pytest.approx(reference.get_epsilon(1e-5), rel=1e-8)
+    assert ledger.record(dp_accounting.NonPrivateDpEvent()) == math.inf

@@ -24,7 +24,9 @@ import tensorflow as tf
 
 from dpfed.errors import ConfigError, check
 from dpfed.federated.runtime import tff
+from dpfed.privacy.dpsgd import add_seeded_noise
 from dpfed.privacy.ghost import GhostClipper
+from dpfed.privacy.local import noise_key
 
 
 class RecordPoissonSampler:
@@ -62,13 +64,26 @@ class RecordPoissonSampler:
         return {"sampling": self.name, "num_clients": self.population,
                 "num_records": self.num_records, "sampling_probability": self.q}  # fmt: skip
 
+    def state_dict(self) -> dict:
+        """Checkpoint state: batches are drawn from ``(seed, round, step)`` alone, so none."""
+        return {**self.describe(), "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state != self.state_dict():
+            raise ValueError(f"checkpoint sampler {state} differs from {self.state_dict()}")
+
 
 class CentralizedProcess:
-    """Trains one Keras model on pooled arrays; mirrors what the loop needs of a TFF process."""
+    """Trains one Keras model on pooled arrays; mirrors what the loop needs of a TFF process.
+
+    DP-SGD noise is drawn from the seed pair ``(noise key, round)`` folded with
+    the step, so a rerun or a resumed run adds the same noise.
+    """
 
     def __init__(self, model, x, y, sampler, optimizer, dpsgd, seed: int):
         self.model, self.x, self.y, self.sampler = model, x, y, sampler
         self.optimizer_config, self.dpsgd, self.seed = optimizer, dpsgd, seed
+        self.noise_key = noise_key(seed, "dpsgd")
 
     def initialize(self):
         self.keras = self.model.keras_model()
@@ -90,7 +105,7 @@ class CentralizedProcess:
     def get_model_weights(self, state):
         return state
 
-    def _train_step(self, x, y):
+    def _train_step(self, x, y, noise_seed):
         if self.dpsgd is None:
             with tf.GradientTape() as tape:
                 predictions = self.keras(x, training=True)
@@ -100,8 +115,7 @@ class CentralizedProcess:
             clip, z = self.dpsgd
             summed, _, losses, predictions = self._clipper(x, y, clip)
             expected = float(self.sampler.batch_size)
-            grads = [(s + tf.random.normal(tf.shape(s), stddev=z * clip)) / expected
-                     for s in summed]  # fmt: skip
+            grads = [s / expected for s in add_seeded_noise(summed, z * clip, noise_seed)]
             loss = tf.reduce_mean(losses)
         self.optimizer.apply_gradients(zip(grads, self.keras.trainable_variables, strict=True))
         return loss, predictions
@@ -117,14 +131,39 @@ class CentralizedProcess:
             for start in range(0, n, b):
                 yield order[start : start + b]
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_to_arrays(self, state) -> dict[str, np.ndarray]:
+        """Weights, optimizer variables (iterations, momentum) and the epoch counter."""
+        arrays = {f"weight_{i:04d}": v.numpy() for i, v in enumerate(self.keras.weights)}
+        self.optimizer.build(self.keras.trainable_variables)
+        arrays.update({f"optimizer_{i:04d}": v.numpy()
+                       for i, v in enumerate(self.optimizer.variables)})  # fmt: skip
+        arrays["round"] = np.asarray(self._round)
+        return arrays
+
+    def restore_from_arrays(self, arrays: dict[str, np.ndarray]):
+        """Sets what `state_to_arrays` saved (after `initialize`); returns the state."""
+        self.optimizer.build(self.keras.trainable_variables)
+        for prefix, variables in (("weight", self.keras.weights),
+                                  ("optimizer", self.optimizer.variables)):  # fmt: skip
+            names = sorted(k for k in arrays if k.startswith(prefix + "_"))
+            if len(names) != len(variables):
+                raise ValueError(f"checkpoint has {len(names)} {prefix} tensors, this run "
+                                 f"has {len(variables)}")  # fmt: skip
+            for name, variable in zip(names, variables, strict=True):
+                variable.assign(arrays[name])
+        self._round = int(arrays["round"])
+        return self._weights()
+
     def next(self, state, data=None):
         self.metric.reset_state()
         total, count = 0.0, 0
         self._round += 1
-        for idx in self._batches(self._round):
+        for step, idx in enumerate(self._batches(self._round)):
             if len(idx) == 0:
                 continue  # an empty Poisson batch: nothing to train on; still accounted
-            loss, predictions = self._step(tf.constant(self.x[idx]), tf.constant(self.y[idx]))
+            seed = tf.constant([self.noise_key, self._round * 1_000_003 + step], tf.int64)
+            loss, predictions = self._step(tf.constant(self.x[idx]), tf.constant(self.y[idx]), seed)
             self.metric.update_state(self.y[idx], predictions)
             total, count = total + float(loss) * len(idx), count + len(idx)
         train = {"loss": total / max(count, 1), self.metric.name: float(self.metric.result()),

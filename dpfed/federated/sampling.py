@@ -44,6 +44,26 @@ class CohortSampler:
     def participation_event(self, round_num: int, event):
         return event
 
+    def state_dict(self) -> dict:
+        """The sampler's random state, JSON-ready, for checkpoints.
+
+        Every sampler here draws round ``r``'s cohort from a generator seeded
+        by ``(seed, r)`` alone (counter-based, like TFF's uniform sampling), so
+        the seed is the whole random state: a resumed run draws the same later
+        cohorts as an uninterrupted one, whatever was drawn before.
+        """
+        return {"sampling": self.name, "seed": self.seed, "population": self.population,
+                "clients_per_round": self.clients_per_round}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """Checks that a checkpoint's sampler is this one (there is no stream state to set).
+
+        Raises:
+            ValueError: the checkpoint was written by a different sampler.
+        """
+        if state != self.state_dict():
+            raise ValueError(f"checkpoint sampler {state} differs from {self.state_dict()}")
+
     def describe(self) -> dict:
         return {
             "sampling": self.name,

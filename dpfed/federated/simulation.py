@@ -8,6 +8,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from dpfed.errors import ConfigError
 from dpfed.privacy.accounting import event_to_dict
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,12 @@ class Simulation:
         rounds: rounds to run (validated by `dpfed.build`).
         seed: run seed (client shuffling, evaluation cohort).
         progress: show a progress bar.
+        checkpoints: where and how often to checkpoint, and what to resume
+            from (`dpfed.io.checkpoint.Checkpoints`); None writes none.
+
+    Raises:
+        ConfigError: ``checkpoints`` asks to resume a process that cannot be
+            checkpointed (one that is neither TFF's nor has ``state_to_arrays``).
     """
 
     def __init__(
@@ -41,6 +48,7 @@ class Simulation:
         rounds: int,
         seed: int,
         progress: bool = True,
+        checkpoints=None,
     ):
         self.dataset, self.model, self.mechanism, self.strategy = (
             dataset,
@@ -55,6 +63,17 @@ class Simulation:
         )
         self.metric = model.metrics()[0].name
         self._eval_model = None
+        self.checkpoints, self.codec = checkpoints, None
+        if checkpoints is not None:
+            from dpfed.io.checkpoint import state_codec
+
+            self.codec = state_codec(process)
+            if self.codec is None and checkpoints.resume:
+                raise ConfigError("resume", True, f"false with strategy={strategy.name} (its "
+                                  "training state cannot be checkpointed yet)")  # fmt: skip
+            if self.codec is None:
+                log.warning("strategy=%s cannot be checkpointed yet: this run cannot be resumed",
+                            strategy.name)  # fmt: skip
 
     # ------------------------------------------------------------------ outputs
     @property
@@ -182,8 +201,14 @@ class Simulation:
         log.info("privacy: %s", self.describe_privacy())
         state = self.process.initialize()
         self._bytes_per_client = self._model_bytes(state)
-        bar = tqdm(range(1, self.rounds + 1), desc="rounds", unit="round",
-                   disable=not self.progress, dynamic_ncols=True)  # fmt: skip
+        first = 1
+        if self.checkpoints is not None and self.checkpoints.round > 0:
+            state, summary = self.restore(state, summary, writer, extra_summary or {})
+            first = self.checkpoints.round + 1
+        elif self.checkpoints is not None:
+            self.checkpoints.clear()
+        bar = tqdm(range(first, self.rounds + 1), desc="rounds", unit="round", initial=first - 1,
+                   total=self.rounds, disable=not self.progress, dynamic_ncols=True)  # fmt: skip
         try:
             for round_num in bar:
                 cohort = self.sampler.sample(round_num)
@@ -205,6 +230,8 @@ class Simulation:
                     train_seconds=summary["train_seconds"] + row["round_seconds"],
                 )
                 writer.write_summary(summary)
+                if self.checkpoints is not None and self.checkpoints.due(round_num, self.rounds):
+                    self.save_checkpoint(state, summary, writer)
                 loss = row["train/loss"]
                 bar.set_postfix(eps=f"{row['epsilon']:.3g}", loss=f"{loss:.4f}" if loss else "-")
         except BaseException as err:  # keep what finished; say why the run ended early
@@ -214,10 +241,60 @@ class Simulation:
         else:
             if summary["status"] == "running":
                 summary["status"] = "completed"
+            writer.write_summary(summary)  # before the checkpoint that says the run is over
+            self.save_checkpoint(state, summary, writer, finished=True)
         finally:
             writer.write_summary(summary)
             writer.close()
         return summary
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, state, summary: dict, writer, finished: bool = False) -> None:
+        """Checkpoints everything the loop needs to continue after round ``summary["rounds"]``.
+
+        The cohort sampler and the evaluation cohort are functions of (seed,
+        round), so the round number is their whole state; the mechanism's
+        state covers local-DP and DP-SGD participation counts; the DP noise
+        seeds are part of the process state.
+        """
+        if self.checkpoints is None or self.codec is None:
+            return
+        writer.sync()  # the checkpoint counts the rows written so far: make them durable
+        meta = {
+            "round": summary["rounds"],
+            "finished": finished,
+            "sampler": self.sampler.state_dict(),
+            "ledger": self.ledger.state_dict(),
+            "mechanism": self.mechanism.state_dict(),
+            "summary": summary,
+        }
+        self.checkpoints.save(self.codec.state_to_arrays(state), meta)
+
+    def restore(self, template, summary: dict, writer, extra_summary: dict):
+        """The state and summary of the checkpoint resumed from; truncates metrics.csv to it.
+
+        Args:
+            template: ``process.initialize()``'s state.
+            summary: the fresh summary of this run (keys and their order).
+            writer: the run's sinks.
+            extra_summary: this run's provenance (it replaces the checkpoint's).
+
+        Returns:
+            (state after the checkpoint's round, summary as the interrupted run left it).
+        """
+        meta, rounds = self.checkpoints.meta, self.checkpoints.round
+        state = self.codec.restore_from_arrays(self.checkpoints.arrays)
+        self.sampler.load_state_dict(meta["sampler"])
+        self.ledger.load_state_dict(meta["ledger"])
+        self.mechanism.load_state_dict(meta["mechanism"])
+        writer.resume(rounds)
+        resumed = [*meta["summary"].get("resumed_from_round", []), rounds]
+        summary = {**summary, **meta["summary"], **extra_summary, "status": "running",
+                   "resumed_from_round": resumed}  # fmt: skip
+        summary.pop("error", None)
+        log.info("resuming after round %d of %d from %s", rounds, self.rounds,
+                 self.checkpoints.path)  # fmt: skip
+        return state, summary
 
     def describe_privacy(self) -> str:
         """One line on what is accounted and how, for the log."""

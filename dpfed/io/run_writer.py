@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 
@@ -56,6 +58,46 @@ class RunWriter:
         self._file.flush()
         if self.tensorboard:
             self._write_scalars(row)
+
+    def resume(self, rounds: int) -> None:
+        """Continues an interrupted run's metrics.csv after its first ``rounds`` rows.
+
+        Rows written after the checkpoint (they are recomputed) and a row cut
+        short by a kill are dropped; the file is replaced atomically. TensorBoard
+        scalars are rewritten from the kept rows, so neither sink holds a
+        round twice.
+
+        Raises:
+            ValueError: metrics.csv lacks one of rounds 1..``rounds`` or has other columns.
+        """
+        with open(self.metrics_path, newline="") as f:
+            lines = f.readlines()
+        reader = csv.reader(lines)
+        header = next(reader, None)
+        if header != self.columns:
+            raise ValueError(f"{self.metrics_path} has columns {header}, expected {self.columns}")
+        kept = lines[1 : rounds + 1]
+        numbers = [row[0] for row in csv.reader(kept)]
+        if numbers != [str(r) for r in range(1, rounds + 1)]:
+            raise ValueError(f"{self.metrics_path} lacks rows of rounds 1..{rounds}: has {numbers}")
+        tmp = self.metrics_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            f.writelines([lines[0], *kept])
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.metrics_path)
+        self._file = open(self.metrics_path, "a", newline="")  # noqa: SIM115
+        self._csv = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="raise")
+        if self.tensorboard:
+            shutil.rmtree(self.dir / "tensorboard", ignore_errors=True)
+            for row in csv.DictReader(io.StringIO(lines[0] + "".join(kept))):
+                self._write_scalars({k: float(v) for k, v in row.items() if v != ""})
+
+    def sync(self) -> None:
+        """Makes the rows written so far durable (before a checkpoint that counts them)."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def _write_scalars(self, row: dict) -> None:
         import tensorflow as tf

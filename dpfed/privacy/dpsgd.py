@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from dpfed.federated.runtime import tff
 from dpfed.privacy.ghost import GhostClipper, per_example_loss
+from dpfed.privacy.local import seeded_normal
 
 
 def per_example_gradients(keras_model, example_loss, x, y):
@@ -71,11 +72,35 @@ def clipped_gradient_sum(keras_model, loss, x, y, clip, method: str = "ghost"):
     return [tf.tensordot(factor, g, axes=1) for g in grads]
 
 
+def add_seeded_noise(summed, noise_std, seed):
+    """``summed`` plus N(0, noise_std^2) per coordinate, drawn from the seed pair ``seed``."""
+    return [s + seeded_normal(tf.shape(s), tf.random.experimental.stateless_fold_in(seed, i),
+                              noise_std, s.dtype)
+            for i, s in enumerate(summed)]  # fmt: skip
+
+
+def fingerprint_seed(key: int, tensors) -> tf.Tensor:
+    """A seed pair from ``key`` and the bytes of ``tensors``.
+
+    TFF's client work gives a model no round or client number, so DP-SGD's
+    noise is keyed by the clipped gradient sum itself: it differs from step to
+    step and client to client, and a rerun (or a resumed run) draws the same
+    noise. A deployment would draw fresh entropy instead.
+    """
+    flat = tf.concat([tf.reshape(t, [-1]) for t in tensors], 0)
+    bucket = tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(flat), 2**31 - 1)
+    return tf.random.experimental.stateless_fold_in(tf.constant([key, 0], tf.int64), bucket)
+
+
 def noisy_clipped_mean_gradient(keras_model, loss, x, y, clip, noise_std, batch_size,
-                                method: str = "ghost"):  # fmt: skip
-    """DP-SGD gradient: (sum of per-example gradients clipped to ``clip`` + noise) / batch_size."""
+                                method: str = "ghost", key: int = 0):  # fmt: skip
+    """DP-SGD gradient: (sum of per-example gradients clipped to ``clip`` + noise) / batch_size.
+
+    The noise is seeded by ``key`` and the clipped sum (`fingerprint_seed`).
+    """
     summed = clipped_gradient_sum(keras_model, loss, x, y, clip, method)
-    return [(s + tf.random.normal(tf.shape(s), stddev=noise_std)) / batch_size for s in summed]
+    noisy = add_seeded_noise(summed, noise_std, fingerprint_seed(key, summed))
+    return [s / batch_size for s in noisy]
 
 
 class DPSGDModel(tff.learning.models.VariableModel):
@@ -87,15 +112,16 @@ class DPSGDModel(tff.learning.models.VariableModel):
 
     Args:
         base: the TFF model built from ``keras_model``.
-        keras_model: its Keras model (with unrolled GRUs).
+        keras_model: its Keras model.
         loss: the loss with ``reduction="none"``.
         clip: per-example L2 clipping norm.
         noise_multiplier: noise std / clip.
         batch_size: the configured batch size (the DP-SGD denominator).
+        key: noise key (`dpfed.privacy.local.noise_key`).
     """
 
-    def __init__(self, base, keras_model, loss, clip, noise_multiplier, batch_size):
-        self._base, self._keras = base, keras_model
+    def __init__(self, base, keras_model, loss, clip, noise_multiplier, batch_size, key=0):
+        self._base, self._keras, self._key = base, keras_model, key
         self._loss, self._clip = loss, clip
         self._noise_std, self._batch_size = noise_multiplier * clip, float(batch_size)
 
@@ -111,7 +137,8 @@ class DPSGDModel(tff.learning.models.VariableModel):
             return output
         x, y = batch_input
         grads = noisy_clipped_mean_gradient(self._keras, self._loss, x, y, self._clip,
-                                            self._noise_std, self._batch_size)  # fmt: skip
+                                            self._noise_std, self._batch_size,
+                                            key=self._key)  # fmt: skip
         variables = self._keras.trainable_variables
         surrogate = tf.add_n([tf.reduce_sum(tf.stop_gradient(g) * v)
                               for g, v in zip(grads, variables, strict=True)])  # fmt: skip

@@ -65,6 +65,13 @@ class NoPrivacy:
     def round_metrics(self, aggregator_metrics) -> dict:
         return {}
 
+    def state_dict(self) -> dict:
+        """What the mechanism counts across rounds (nothing), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores what `state_dict` returned."""
+
     def describe(self, sampler) -> dict:
         return {"mechanism": self.name, "noise_multiplier": 0.0, "clip": math.inf}
 
@@ -74,7 +81,9 @@ class GaussianMechanism:
 
     Each client's update is clipped to L2 norm ``clip``; Gaussian noise of std
     ``noise_multiplier * clip`` is added to the sum, which is then divided by
-    the (expected) cohort size, by TFF's ``DifferentiallyPrivateFactory.gaussian_fixed``.
+    the (expected) cohort size: TFF's ``DifferentiallyPrivateFactory.gaussian_fixed``,
+    built here with a seeded Gaussian sum query so that the noise is fixed by
+    ``seed`` and checkpointed with the aggregator's state.
 
     Under replace-one adjacency (fixed-size and shuffled cohorts) one user can
     move the clipped sum by up to ``2 * clip``, so the accountant sees the noise
@@ -93,6 +102,7 @@ class GaussianMechanism:
             planned epsilon after all rounds is at most this (and within 0.5%).
         max_epsilon: if set, training stops before the first round that would
             take epsilon above it.
+        seed: seed of the DP noise (each round draws fresh noise from it).
     """
 
     name = "gaussian"
@@ -116,6 +126,7 @@ class GaussianMechanism:
         pld_discretization: float = 1e-4,
         target_epsilon: float | None = None,
         max_epsilon: float | None = None,
+        seed: int = 0,
     ):
         check(0 <= noise_multiplier < math.inf, "noise_multiplier", noise_multiplier,
               "a finite number >= 0")  # fmt: skip
@@ -128,19 +139,32 @@ class GaussianMechanism:
         self.pld_discretization = pld_discretization
         self.target_epsilon, self.max_epsilon = target_epsilon, max_epsilon
         self.calibrated_epsilon = None
+        self.seed = seed
 
     def wrap_dataset(self, dataset):
         """The data clients train on: unchanged (only input perturbation alters it)."""
         return dataset
 
     def aggregator(self, clients_per_round: int, model=None):
-        from dpfed.federated.runtime import tff
+        import tensorflow_privacy as tfp
 
-        return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
-            noise_multiplier=self.noise_multiplier,
-            clients_per_round=clients_per_round,
-            clip=finite_clip(self.clip),
+        from dpfed.federated.runtime import tff
+        from dpfed.privacy.local import SeededGaussianSumQuery, noise_key
+
+        # What gaussian_fixed builds, with the seeded sum query.
+        clip = finite_clip(self.clip)
+        query = SeededGaussianSumQuery(clip, clip * self.noise_multiplier,
+                                       noise_key(self.seed, "sum"))  # fmt: skip
+        return tff.aggregators.DifferentiallyPrivateFactory(
+            tfp.NormalizedQuery(query, denominator=float(clients_per_round))
         )
+
+    def state_dict(self) -> dict:
+        """What the mechanism counts across rounds, JSON-ready (for checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores what `state_dict` returned."""
 
     def ledger(self, sampler) -> PrivacyLedger:
         ledger = PrivacyLedger(
@@ -224,6 +248,7 @@ class AdaptiveGaussianMechanism(GaussianMechanism):
     together: TFF splits it so that ``z^-2 = z_value^-2 + (2 * count_std)^-2``,
     which is what the accountant composes (the quantile estimate's privacy cost
     is included). The clip in use is logged per round as ``dp/clip``.
+    Both noises (sum and clipped count) are seeded.
 
     Args:
         initial_clip: the clip of the first round, > 0.
@@ -258,13 +283,30 @@ class AdaptiveGaussianMechanism(GaussianMechanism):
                               f"> noise_multiplier / 2 = {self.noise_multiplier / 2:g} (TFF's "
                               "default is 0.05 * clients_per_round; set it explicitly or use "
                               "larger cohorts)")  # fmt: skip
-        return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
-            noise_multiplier=self.noise_multiplier,
-            clients_per_round=clients_per_round,
+        import tensorflow_privacy as tfp
+        from tensorflow_federated.python.aggregators.differential_privacy import (
+            adaptive_clip_noise_params,
+        )
+
+        from dpfed.privacy.local import SeededQuantileAdaptiveClipSumQuery, noise_key
+
+        # What gaussian_adaptive builds (TFF's own noise split), with seeded noise.
+        value_z, count_std = adaptive_clip_noise_params(
+            self.noise_multiplier, float(clients_per_round), count_std
+        )
+        query = SeededQuantileAdaptiveClipSumQuery(
             initial_l2_norm_clip=finite_clip(self.clip),
+            noise_multiplier=value_z,
             target_unclipped_quantile=self.target_quantile,
             learning_rate=self.clip_learning_rate,
             clipped_count_stddev=count_std,
+            expected_num_records=float(clients_per_round),
+            geometric_update=True,
+            sum_key=noise_key(self.seed, "sum"),
+            count_key=noise_key(self.seed, "clipped_count"),
+        )
+        return tff.aggregators.DifferentiallyPrivateFactory(
+            tfp.NormalizedQuery(query, denominator=float(clients_per_round))
         )
 
     def round_metrics(self, aggregator_metrics) -> dict:
@@ -304,16 +346,25 @@ class LocalMechanism(GaussianMechanism):
         import tensorflow_privacy as tfp
 
         from dpfed.federated.runtime import tff
-        from dpfed.privacy.local import LocalRandomizerQuery
+        from dpfed.privacy.local import LocalRandomizerQuery, noise_key
 
         scale = 0.0 if self.noise_multiplier == 0 else self.noise_multiplier * self.clip
-        query = LocalRandomizerQuery(self.norm, finite_clip(self.clip), self.noise, scale)
+        query = LocalRandomizerQuery(self.norm, finite_clip(self.clip), self.noise, scale,
+                                     noise_key(self.seed, "local"))  # fmt: skip
         return tff.aggregators.DifferentiallyPrivateFactory(
             tfp.NormalizedQuery(query, denominator=float(clients_per_round))
         )
 
     def sensitivity(self, neighboring_relation) -> float:
         return 2 * self.clip  # any two updates of one client, in the clipping norm
+
+    def state_dict(self) -> dict:
+        return {"participations": self.participations,
+                "max_participations": self.max_participations}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.participations = dict(state["participations"])
+        self.max_participations = state["max_participations"]
 
     def release(self, noise_multiplier: float) -> dp_accounting.DpEvent:
         raise NotImplementedError
@@ -414,9 +465,13 @@ class TreeMechanism(GaussianMechanism):
         )
 
         from dpfed.federated.runtime import tff
+        from dpfed.privacy.local import noise_key
 
         tree = tfp.TreeResidualSumQuery.build_l2_gaussian_query(
-            finite_clip(self.clip), self.noise_multiplier, model.trainable_weight_specs()
+            finite_clip(self.clip),
+            self.noise_multiplier,
+            model.trainable_weight_specs(),
+            noise_seed=noise_key(self.seed, "tree"),
         )
         restarted = tfp.RestartQuery(tree, PeriodicRoundRestartIndicator(self.restart_period))
         return tff.aggregators.DifferentiallyPrivateFactory(
@@ -458,7 +513,8 @@ class DPSGDMechanism:
     def __init__(self, noise_multiplier: float, clip: float, delta: float = 1e-5,
                  accountant: str = "rdp", orders=None, conversion: str = "improved",
                  pld_discretization: float = 1e-4, user_noise_multiplier: float = 0.0,
-                 user_clip: float = 1.0, target_epsilon=None, max_epsilon=None):  # fmt: skip
+                 user_clip: float = 1.0, target_epsilon=None, max_epsilon=None,
+                 seed: int = 0):  # fmt: skip
         check(0 <= noise_multiplier < math.inf, "noise_multiplier", noise_multiplier,
               "a finite number >= 0")  # fmt: skip
         check_clip(clip, noise_multiplier)
@@ -469,8 +525,9 @@ class DPSGDMechanism:
                         pld_discretization=pld_discretization)  # fmt: skip
         self.settings = settings
         self.example_dp = (finite_clip(clip), noise_multiplier)
+        self.seed = seed
         self.user = (GaussianMechanism(user_noise_multiplier, user_clip, max_epsilon=max_epsilon,
-                                       **settings)
+                                       seed=seed, **settings)
                      if user_noise_multiplier > 0 else NoPrivacy(delta, accountant))  # fmt: skip
         self.max_epsilon = max_epsilon if user_noise_multiplier > 0 else None
         self.record_ledger = PrivacyLedger(
@@ -501,8 +558,9 @@ class DPSGDMechanism:
         self.user.prepare(sampler, ledger, rounds)
 
     def model_fn(self, model, strategy):
-        """Clients train with DP-SGD: unrolled GRUs, per-example clipping and noise."""
+        """Clients train with DP-SGD: per-example (ghost) clipping and noise."""
         from dpfed.privacy.dpsgd import DPSGDModel
+        from dpfed.privacy.local import noise_key
 
         self.local_epochs = strategy.local_epochs
         if strategy.name == "centralized":
@@ -512,10 +570,10 @@ class DPSGDMechanism:
                               "for dp=dpsgd", absolute=True)  # fmt: skip
 
         def model_fn():
-            keras = model.keras_model(unroll=True)
+            keras = model.keras_model()  # ghost clipping needs no unrolled GRUs
             clip, z = self.example_dp
             return DPSGDModel(model.tff_model(keras), keras, model.loss("none"), clip, z,
-                              strategy.batch_size)  # fmt: skip
+                              strategy.batch_size, noise_key(self.seed, "dpsgd"))  # fmt: skip
 
         return model_fn
 
@@ -546,6 +604,17 @@ class DPSGDMechanism:
 
     def round_metrics(self, aggregator_metrics) -> dict:
         return {"epsilon_record": self.record_ledger.epsilon}
+
+    def state_dict(self) -> dict:
+        """Participation counts and the record-level ledger, JSON-ready (for checkpoints)."""
+        return {"participations": self.participations,
+                "max_participations": self.max_participations,
+                "record_ledger": self.record_ledger.state_dict()}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.participations = dict(state["participations"])
+        self.max_participations = state["max_participations"]
+        self.record_ledger.load_state_dict(state["record_ledger"])
 
     def describe(self, sampler) -> dict:
         user = self.user.describe(sampler)
@@ -598,6 +667,10 @@ class InputNoiseMechanism:
         """Replaces the training split by its clipped, noised copy (eval stays clean)."""
         from dpfed.data.client_data import LazyClientData
 
+        if getattr(dataset, "vocab_size", None):
+            raise ConfigError("dp", "input_noise", "a mechanism other than input_noise for a "
+                              "text dataset (its inputs are token ids, not bounded real values)",
+                              absolute=True)  # fmt: skip
         n = dataset.seq_len * dataset.num_features
         self.sensitivity = 2 * self.bound * (n if self.noise == "laplace" else math.sqrt(n))
         scale = self.noise_multiplier * self.sensitivity
@@ -641,6 +714,13 @@ class InputNoiseMechanism:
 
     def round_metrics(self, aggregator_metrics) -> dict:
         return {}
+
+    def state_dict(self) -> dict:
+        """Nothing changes across rounds (the noisy copy is redrawn from ``seed``)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores what `state_dict` returned."""
 
     def describe(self, sampler) -> dict:
         return {"mechanism": self.name, "epsilon_scope": "per record, features only",
