@@ -1,13 +1,20 @@
-"""Turn a sweep's run folders into a table: python scripts/make_table.py RESULTS_DIR [options].
+"""Turn run folders into a table: python scripts/make_table.py SWEEP_DIR|EXPERIMENT [options].
 
-Reads summary.json (and .hydra/overrides.yaml) of every run under RESULTS_DIR, so
+Reads summary.json (and .hydra/overrides.yaml) of every run under SWEEP_DIR, so
 tables never need re-training. Rows and columns are any summary field, config
-choice (``choice/dp``) or override (``override/dp.noise_multiplier``).
+choice (``choice/dp``) or override (``override/dp.noise_multiplier``); repeated
+runs (seeds) are averaged, with their standard deviation and count.
+
+Given an experiment name (``privacy_utility``, ``mnist_epsilon_quick``, ...; see
+experiments/README.md) instead of a folder, it reads
+``results/experiments/<name>`` with that experiment's layout and writes
+``results/tables/<name>.csv``, ``.md`` and ``.tex``.
 
 Example:
     python scripts/make_table.py results/sweeps/2026-11-26 \\
         --rows override/dp.noise_multiplier --values epsilon eval/accuracy \\
         --format markdown --out results/tables/noise.md
+    python scripts/make_table.py privacy_utility
 """
 
 from __future__ import annotations
@@ -16,33 +23,129 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpfed.report.collect import summaries, table
+import pandas as pd
+
+from dpfed.report.collect import format_cells, summaries, table
+from dpfed.report.experiments import EXPERIMENTS, ROOT, experiment_table, resolve
 
 FORMATS = ("markdown", "latex", "csv")
+SUFFIX = {"markdown": "md", "latex": "tex", "csv": "csv"}
+
+
+def render(result: pd.DataFrame, fmt: str, digits: int = 4, title: str | None = None) -> str:
+    """The table as CSV (std and count in own columns) or Markdown/LaTeX (``mean ± std``)."""
+    result = _flat_columns(result)
+    if fmt == "csv":
+        return result.round(digits).to_csv()
+    cells = format_cells(result.reset_index(), digits)
+    if fmt == "markdown":
+        text = cells.to_markdown(index=False)
+        return f"{title}\n\n{text}" if title else text
+    return _latex(cells, title)
+
+
+def _flat_columns(result: pd.DataFrame) -> pd.DataFrame:
+    """Pivoted ``(value, column)`` headers as one string (just the column when one value)."""
+    if not isinstance(result.columns, pd.MultiIndex):
+        return result
+    values = {c[0] for c in result.columns if not str(c[0]).endswith(" std") and c[0] != "runs"}
+    single = len(values) == 1
+    names = []
+    for value, *rest in result.columns:
+        label = ", ".join(map(str, rest))
+        if single and value in values:
+            names.append(label)
+        elif single:  # std and runs of the one value
+            names.append(f"{label} {str(value).removeprefix(next(iter(values))).strip()}")
+        else:
+            names.append(f"{value} | {label}")
+    out = result.copy()
+    out.columns = names
+    return out
+
+
+def _latex(cells: pd.DataFrame, title: str | None) -> str:
+    """A booktabs tabular (pandas' to_latex needs jinja2, which dpfed does not depend on)."""
+
+    def esc(text) -> str:
+        text = str(text)
+        for char in "\\&%$#_{}":
+            text = text.replace(char, "\\" + char)
+        return text.replace("±", "$\\pm$")
+
+    lines = [r"\begin{table}[t]", r"\centering"]
+    if title:
+        lines.append(rf"\caption{{{esc(title)}}}")
+    lines += [r"\begin{tabular}{" + "l" * len(cells.columns) + "}", r"\toprule",
+              " & ".join(esc(c) for c in cells.columns) + r" \\", r"\midrule"]  # fmt: skip
+    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in cells.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+def write_experiment_tables(
+    name: str, sweep_dir: str | Path, out_dir: str | Path, digits: int = 4
+) -> list[Path]:
+    """Writes ``<out_dir>/<name>.{csv,md,tex}`` from the experiment's sweep folder.
+
+    Args:
+        name: experiment or quick variant (``communication_quick``).
+        sweep_dir: its runs (``results/experiments/<name>``).
+        out_dir: where the tables go (``results/tables``).
+        digits: significant digits in Markdown/LaTeX, decimals in CSV.
+
+    Returns:
+        The three files written.
+    """
+    experiment, _ = resolve(name)
+    result = experiment_table(name, sweep_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in FORMATS:
+        path = out_dir / f"{name}.{SUFFIX[fmt]}"
+        path.write_text(render(result, fmt, digits, experiment.title) + "\n")
+        paths.append(path)
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", help="a results folder (runs or a sweep)")
+    parser.add_argument("root", help="a results folder (runs or a sweep), or an experiment name")
     parser.add_argument("--rows", nargs="+", default=["choice/dp"])
     parser.add_argument("--columns", nargs="*", default=[])
     parser.add_argument("--values", nargs="+", default=["epsilon", "eval/accuracy"])
     parser.add_argument("--format", choices=FORMATS, default="markdown")
     parser.add_argument("--digits", type=int, default=4)
     parser.add_argument("--out", help="write here (the folder is created); default: stdout")
+    parser.add_argument("--tables-dir", default=str(ROOT / "results" / "tables"),
+                        help="where an experiment's tables go")  # fmt: skip
     args = parser.parse_args(argv)
+    base = args.root.removesuffix("_quick")
+    if not Path(args.root).exists() and base in EXPERIMENTS:
+        sweep_dir = ROOT / "results" / "experiments" / args.root
+        try:
+            paths = write_experiment_tables(args.root, sweep_dir, args.tables_dir, args.digits)
+        except FileNotFoundError as err:
+            print(f"error: {err}; run python scripts/reproduce.py {base} first", file=sys.stderr)
+            return 2
+        print("\n".join(map(str, paths)))
+        return 0
     frame = summaries(args.root)
     if frame.empty:
         print(f"error: no run with a summary.json under {args.root}", file=sys.stderr)
         return 2
+    if "status" in frame.columns:
+        failed = frame[frame["status"] == "failed"]
+        for run in failed["run"]:
+            print(f"note: leaving out failed run {run}", file=sys.stderr)
+        frame = frame[frame["status"] != "failed"]
     try:
-        result = table(frame, args.rows, args.columns, args.values).round(args.digits)
+        result = table(frame, args.rows, args.columns, args.values)
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2
-    text = {"markdown": result.to_markdown, "latex": result.to_latex, "csv": result.to_csv}[
-        args.format
-    ]()
+    text = render(result, args.format, args.digits)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")

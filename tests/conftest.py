@@ -25,13 +25,24 @@ def compose_config(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
+# Every process this test session starts inherits this mark, TFF's workers included, so the
+# leftover-worker check counts this session's workers and not those of other sessions.
+SESSION_MARK = "DPFED_TEST_SESSION"
+os.environ.setdefault(SESSION_MARK, str(os.getpid()))
+
+
 def worker_pids() -> set[int]:
-    """PIDs of every TFF worker_binary on the machine."""
+    """PIDs of the TFF worker_binary processes this test session (or its subprocesses) started."""
     pids = set()
     for proc in psutil.process_iter(["name", "cmdline"]):
         cmd = " ".join(proc.info.get("cmdline") or [])
         if proc.info.get("name") == "worker_binary" or "worker_binary" in cmd.split(" ")[0]:
-            pids.add(proc.pid)
+            try:
+                mark = proc.environ().get(SESSION_MARK)
+            except psutil.Error:  # gone, or another user's
+                continue
+            if mark == os.environ[SESSION_MARK]:
+                pids.add(proc.pid)
     return pids
 
 

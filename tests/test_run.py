@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 
 import dp_accounting
 import numpy as np
+import pandas as pd
 import psutil
 import pytest
 from dp_accounting.rdp import RdpAccountant
@@ -55,11 +57,44 @@ def check_dp_run(result, job=None, rounds=2):
     return summary, metrics
 
 
+def sweep_jobs(result) -> list[str]:
+    """A sweep's job folders (``<job number>_<overrides>_seed<seed>``), in job order."""
+    names = [p.name for p in result.dir.iterdir() if p.is_dir() and p.name[:1].isdigit()]
+    return sorted(names, key=lambda name: int(name.split("_")[0]))
+
+
+def tensorboard_scalars(run_dir) -> dict[str, dict[int, float]]:
+    """Every scalar of a run's TensorBoard events, read with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: {e.step: float(make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+            for tag in acc.Tags()["tensors"]}  # fmt: skip
+
+
+def check_tensorboard_matches_metrics(run_dir, metrics) -> None:
+    scalars = tensorboard_scalars(run_dir)
+    numeric = [c for c in metrics.columns if c != "round" and metrics[c].notna().any()]
+    assert set(numeric) <= set(scalars), set(numeric) - set(scalars)
+    for column in numeric:
+        expected = {
+            int(r): v for r, v in zip(metrics["round"], metrics[column], strict=True) if pd.notna(v)
+        }
+        assert scalars[column].keys() == expected.keys(), column
+        for step, value in expected.items():  # TensorBoard stores float32
+            assert scalars[column][step] == pytest.approx(value, rel=1e-6, abs=1e-6), column
+
+
 def test_each_dataset_end_to_end_with_gaussian_dp_in_one_sweep(run_cli):
     result = run_cli(SMOKE, "dataset=smart_home,health,finance", multirun=True)
     assert result.returncode == 0, result.output[-3000:]
+    jobs = sweep_jobs(result)
+    assert jobs == [f"{i}_dataset={name},debug=smoke_seed0"
+                    for i, name in enumerate(("smart_home", "health", "finance"))]  # fmt: skip
     seen = set()
-    for job in ("0", "1", "2"):
+    for job in jobs:
         summary, metrics = check_dp_run(result, job)
         assert summary["mechanism"] == "gaussian"
         assert {"train/accuracy", "eval/accuracy"} <= set(metrics.columns)
@@ -68,15 +103,30 @@ def test_each_dataset_end_to_end_with_gaussian_dp_in_one_sweep(run_cli):
     assert seen == {"smart_home", "health", "finance"}
 
 
-def test_two_job_multirun_noisier_job_has_smaller_epsilon(run_cli):
-    result = run_cli(SMOKE, "dp.noise_multiplier=0.8,1.6", multirun=True)
-    assert result.returncode == 0, result.output[-3000:]
-    low, high = (check_dp_run(result, job)[0] for job in ("0", "1"))
+def test_failing_job_is_recorded_and_the_rest_of_the_sweep_runs(run_cli):
+    """The middle job's ConfigError neither stops the sweep nor hides: failed summary, exit 1."""
+    result = run_cli(SMOKE, "dp.noise_multiplier=0.8,-1,1.6", multirun=True)
+    assert result.returncode == 1, result.output[-3000:]
+    message = ("dp.noise_multiplier=-1.0 is not allowed: dp.noise_multiplier must be a finite "
+               "number >= 0")  # fmt: skip
+    assert f"dpfed: invalid configuration: {message}" in result.stderr
+    jobs = sweep_jobs(result)
+    assert jobs == [f"{i}_debug=smoke,dp.noise_multiplier={z}_seed0"
+                    for i, z in enumerate(("0.8", "-1", "1.6"))]  # fmt: skip
+    failed = result.summary(jobs[1])
+    assert failed["status"] == "failed" and failed["error"] == f"ConfigError: {message}"
+    assert (
+        failed["choices"]["dp"] == "gaussian" and failed["config"]["dp"]["noise_multiplier"] == -1
+    )
+    assert not (result.dir / jobs[1] / "metrics.csv").exists()
+    low, high = (check_dp_run(result, job)[0] for job in (jobs[0], jobs[2]))
     assert (low["noise_multiplier"], high["noise_multiplier"]) == (0.8, 1.6)
     assert high["epsilon"] < low["epsilon"]
+    for job in (jobs[0], jobs[2]):  # TensorBoard's reader sees what metrics.csv holds
+        check_tensorboard_matches_metrics(result.dir / job, result.metrics(job))
     recompute = [sys.executable, str(ROOT / "scripts" / "recompute_epsilon.py")]
     script = subprocess.run(
-        [*recompute, str(result.dir / "0"), str(result.dir / "1")],
+        [*recompute, str(result.dir / jobs[0]), str(result.dir / jobs[2])],
         capture_output=True,
         text=True,
         timeout=120,
@@ -112,6 +162,7 @@ def test_bad_input_fails_cleanly_before_training(run_cli, override, message):
     assert message in result.stderr
     assert "Traceback" not in result.output
     assert not list(result.dir.glob("**/metrics.csv"))
+    assert result.summary()["status"] == "failed" and message in result.summary()["error"]
 
 
 def test_unknown_dataset_fails_at_compose_time_listing_the_options(run_cli):
@@ -130,7 +181,10 @@ def test_help_and_cfg_job_work():
     out = subprocess.run(
         [sys.executable, "run.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
-    assert out.returncode == 0 and "\ndataset: finance, health, smart_home\n" in out.stdout
+    assert out.returncode == 0
+    listed = next(line for line in out.stdout.splitlines() if line.startswith("dataset: "))
+    options = sorted(p.stem for p in (ROOT / "conf" / "dataset").glob("*.yaml"))
+    assert listed == "dataset: " + ", ".join(options)
     out = subprocess.run(
         [sys.executable, "run.py", "--cfg", "job", "dp.clip=0.5"],
         cwd=ROOT,
@@ -139,6 +193,18 @@ def test_help_and_cfg_job_work():
         timeout=120,
     )
     assert out.returncode == 0 and "clip: 0.5" in out.stdout
+
+
+def test_a_worker_that_ignores_tffs_sigint_is_killed_not_waited_for(monkeypatch):
+    """TFF stops its worker with SIGINT and an unbounded wait(); ours gives up and kills it."""
+    from dpfed.federated import runtime
+
+    monkeypatch.setattr(runtime, "WORKER_STOP_SECONDS", 0.5)
+    stubborn = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(120)"
+    proc = runtime._DetachedPopen([sys.executable, "-c", stubborn])
+    time.sleep(1.0)  # let it install its handler
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait() == -signal.SIGKILL  # as TFF's ServiceManager.__del__ calls it
 
 
 def test_worker_dies_with_a_killed_run(tmp_path):

@@ -61,3 +61,61 @@ def table(
     if grouped.size().max() > 1:
         out = out.join(grouped.std().add_suffix(" std")).join(grouped.size().rename("runs"))
     return out.unstack(columns) if columns else out
+
+
+def reach_target(data: pd.DataFrame, metric: str, target: float) -> pd.DataFrame:
+    """Per run: the first round whose ``metric`` is at least ``target`` and the bytes until then.
+
+    Args:
+        data: stacked metrics.csv rows (`curves`), with ``bytes_down``/``bytes_up``.
+        metric: an evaluated column, e.g. ``eval/accuracy`` (empty between evaluations).
+        target: the value to reach.
+
+    Returns:
+        Columns ``run``, ``rounds_to_target`` and ``bytes_to_target`` (down plus up,
+        summed over the rounds up to and including that one); NaN if never reached.
+    """
+    rows = []
+    for run, frame in data.groupby("run"):
+        frame = frame.sort_values("round")
+        hit = frame[frame[metric] >= target]
+        if hit.empty:
+            rows.append({"run": run, "rounds_to_target": float("nan"),
+                         "bytes_to_target": float("nan")})  # fmt: skip
+            continue
+        first = hit["round"].iloc[0]
+        upto = frame[frame["round"] <= first]
+        sent = float((upto["bytes_down"] + upto["bytes_up"]).sum())
+        rows.append({"run": run, "rounds_to_target": float(first), "bytes_to_target": sent})
+    return pd.DataFrame(rows, columns=["run", "rounds_to_target", "bytes_to_target"])
+
+
+def format_cells(result: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Each value as ``mean ± std`` where runs repeat (std columns folded in): Markdown, LaTeX."""
+    flat = result.copy()
+    std_cols = [
+        c for c in flat.columns if str(c[0] if isinstance(c, tuple) else c).endswith(" std")
+    ]
+    out = flat.drop(columns=std_cols)
+    for col in std_cols:
+        base = (
+            (col[0].removesuffix(" std"), *col[1:])
+            if isinstance(col, tuple)
+            else col.removesuffix(" std")
+        )
+        if base in out.columns:
+            mean, std = out[base], flat[col]
+            out[base] = [_cell(m, s, digits) for m, s in zip(mean, std, strict=True)]
+    for col in out.columns:
+        if out[col].dtype.kind == "f":
+            out[col] = [_cell(v, float("nan"), digits) for v in out[col]]
+    return out
+
+
+def _cell(mean, std, digits: int) -> str:
+    if isinstance(mean, str):
+        return mean
+    if mean is None or (isinstance(mean, float) and mean != mean):
+        return "-"
+    text = f"{mean:.{digits}g}"
+    return text if std is None or std != std else f"{text} ± {std:.2g}"

@@ -1,0 +1,280 @@
+"""Paper-table experiments: the sweeps each one runs, its table layout and accounting-only runs.
+
+Each experiment is ``conf/experiment/<name>.yaml`` (a global patch whose
+``hydra.sweeper.params`` hold the sweep and whose ``hydra.sweep.dir`` is
+``results/experiments/<name>``), a ``<name>_quick.yaml`` small enough for the
+test suite, and an `Experiment` here that says which ``run.py -m`` calls fill
+the folder (a grid that is not a product, such as "every mechanism at every
+epsilon, plus the non-private baseline", takes more than one call) and how its
+table is laid out. Accounting-only experiments compose the same configs and
+compute their planned epsilon with the sampler, mechanism and ledger a run
+would build, without training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from dpfed.report.collect import curves, reach_target, summaries, table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _privacy_utility(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Rows dataset x mechanism; the non-private runs fill every mechanism's epsilon=inf column."""
+    frame = frame.assign(dataset=frame["choice/dataset"], mechanism=frame["choice/dp"])
+    target = frame.get("override/dp.target_epsilon", pd.Series(np.nan, index=frame.index))
+    frame["epsilon budget"] = pd.to_numeric(target, errors="coerce")
+    private = frame[frame["mechanism"] != "none"]
+    baseline = frame[frame["mechanism"] == "none"].assign(**{"epsilon budget": math.inf})
+    mechanisms = sorted(private["mechanism"].unique()) or ["none"]
+    copies = [baseline.assign(mechanism=m) for m in mechanisms]
+    return pd.concat([private, *copies], ignore_index=True)
+
+
+def _setting(frame: pd.DataFrame) -> pd.Series:
+    conversion = frame.get("override/dp.conversion", pd.Series("improved", index=frame.index))
+    names = {"poisson": "Poisson, add/remove", "fixed": "fixed-size (dpfed), replace-one"}
+    return (
+        frame["sampling"].map(names).fillna(frame["sampling"])
+        + ", "
+        + conversion.fillna("improved").astype(str)
+        + " RDP"
+    )
+
+
+MNIST_EXPECTED = {(1.3, 15): 1.19, (1.1, 60): 3.01, (0.7, 45): 7.10}  # TF Privacy's tutorial
+
+
+def _mnist(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    epochs = (frame["rounds"] * frame["clients_per_round"] / frame["num_clients"]).round()
+    frame = frame.assign(noise=frame["noise_multiplier"], epochs=epochs.astype(int))
+    frame["setting"] = _setting(frame)
+    expected = [
+        MNIST_EXPECTED.get((z, e), np.nan) for z, e in zip(frame.noise, frame.epochs, strict=True)
+    ]
+    frame["tutorial epsilon"] = expected
+    return frame
+
+
+def _tff_clients(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    frame = frame.assign(**{"clients per round": frame["clients_per_round"]})
+    frame["setting"] = _setting(frame)
+    return frame
+
+
+COMMUNICATION_TARGET = {"communication": 0.75, "communication_quick": 0.5}
+
+
+def _communication(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    target = COMMUNICATION_TARGET.get(root.name, COMMUNICATION_TARGET["communication"])
+    frame = frame.assign(strategy=frame["choice/strategy"])
+    frame["bytes down per round"] = frame["total_bytes_down"] / frame["rounds"]
+    frame["bytes up per round"] = frame["total_bytes_up"] / frame["rounds"]
+    reached = reach_target(curves(root), "eval/accuracy", target)
+    frame = frame.merge(reached, on="run", how="left")
+    return frame.rename(columns={"rounds_to_target": f"rounds to acc {target:g}",
+                                 "bytes_to_target": f"bytes to acc {target:g}"})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One paper table: how its folder is filled and how its table is laid out.
+
+    Attributes:
+        name: ``conf/experiment/<name>.yaml``; ``<name>_quick.yaml`` is its quick variant.
+        title: one line for the README and the table files.
+        rows: table rows (columns of the derived summaries frame).
+        columns: table columns (pivoted), may be empty.
+        values: the numbers shown (mean, with std and count over repeated seeds).
+        sweeps: extra command-line overrides of each ``run.py -m experiment=<name>``
+            call (the YAML's ``hydra.sweeper.params`` apply to every call).
+        quick_sweeps: the same for the quick variant.
+        accounting_only: compute epsilon for every sweep point without training.
+        derive: adds the table's columns to the summaries frame (frame, sweep dir).
+        plots: (x, y) per-round curves drawn for it (``plot.py`` kinds).
+    """
+
+    name: str
+    title: str
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    values: tuple[str, ...]
+    sweeps: tuple[tuple[str, ...], ...] = ((),)
+    quick_sweeps: tuple[tuple[str, ...], ...] = ((),)
+    accounting_only: bool = False
+    derive: Callable[[pd.DataFrame, Path], pd.DataFrame] | None = None
+    plots: tuple[str, ...] = field(default=())
+
+
+EXPERIMENTS = {
+    e.name: e
+    for e in (
+        Experiment(
+            "privacy_utility",
+            "Final held-out accuracy at user-level epsilon (delta 1e-5) per dataset and mechanism",
+            rows=("dataset", "mechanism"),
+            columns=("epsilon budget",),
+            values=("eval/accuracy",),
+            sweeps=(("dp=gaussian,adaptive,tree", "dp.target_epsilon=1,2,4,8"), ("dp=none",)),
+            quick_sweeps=(("dp=gaussian", "dp.target_epsilon=4"), ("dp=none",)),
+            derive=_privacy_utility,
+            plots=("utility", "epsilon", "curves"),
+        ),
+        Experiment(
+            "mnist_epsilon",
+            "Epsilon of TF Privacy's MNIST DP-SGD tutorial (n=60000, batch 256, delta 1e-5)",
+            rows=("noise", "epochs", "tutorial epsilon"),
+            columns=("setting",),
+            values=("epsilon",),
+            accounting_only=True,
+            derive=_mnist,
+        ),
+        Experiment(
+            "tff_dp_clients",
+            "Epsilon after 100 rounds of DP-FedAvg, 3383 clients, noise 1.2, delta 1e-5",
+            rows=("clients per round",),
+            columns=("setting",),
+            values=("epsilon",),
+            accounting_only=True,
+            derive=_tff_clients,
+        ),
+        Experiment(
+            "communication",
+            "Bytes per round and until held-out accuracy first reaches the target, per strategy",
+            rows=("strategy",),
+            columns=(),
+            values=(
+                "bytes down per round",
+                "bytes up per round",
+                "eval/accuracy",
+                "rounds to acc {target}",
+                "bytes to acc {target}",
+            ),  # fmt: skip
+            derive=_communication,
+            plots=("curves",),
+        ),
+    )
+}
+
+
+def resolve(name: str) -> tuple[Experiment, bool]:
+    """The experiment of ``name`` or ``<name>_quick``, and whether it is the quick variant."""
+    quick = name.endswith("_quick")
+    base = name.removesuffix("_quick")
+    if base not in EXPERIMENTS:
+        raise KeyError(f"no experiment {name!r}; have: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[base], quick
+
+
+def experiment_table(name: str, sweep_dir: str | Path) -> pd.DataFrame:
+    """The experiment's table from its run folders (mean, std and runs over seeds).
+
+    Runs whose summary.json says ``failed`` (or that never finished) are left out.
+    """
+    experiment, _ = resolve(name)
+    root = Path(sweep_dir)
+    frame = summaries(root)
+    if frame.empty:
+        raise FileNotFoundError(f"no run with a summary.json under {root}")
+    frame = frame[frame["status"].isin(["completed", "stopped"])]
+    if frame.empty:
+        raise FileNotFoundError(f"no finished run under {root}")
+    if experiment.derive is not None:
+        frame = experiment.derive(frame, root)
+    target = COMMUNICATION_TARGET.get(root.name, COMMUNICATION_TARGET["communication"])
+    values = [v.format(target=f"{target:g}") for v in experiment.values]
+    return table(frame, list(experiment.rows), list(experiment.columns), values)
+
+
+# ----------------------------------------------------------------- accounting-only
+def sweep_points(cfg, extra: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every job's overrides of a sweep: ``hydra.sweeper.params`` of ``cfg`` plus ``extra``."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *extra])
+    batches = BasicSweeper.split_arguments(overrides, None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def account(cfg) -> dict:
+    """Planned epsilon of a composed run config, from the objects a run builds, without training.
+
+    Returns:
+        The summary fields a run writes about privacy (``epsilon``, sampler,
+        mechanism and ledger descriptions, DP events), with ``status: completed``.
+    """
+    from hydra.utils import instantiate
+
+    from dpfed.build import config_group
+    from dpfed.privacy.accounting import event_to_dict
+
+    with config_group("dataset"):
+        dataset = instantiate(cfg.dataset)  # synthetic data is lazy: only its size is used
+    with config_group("dp"):
+        mechanism = instantiate(cfg.dp)
+    with config_group("strategy"):
+        strategy = instantiate(cfg.strategy)
+        sampler = strategy.sampler(dataset.num_clients, cfg.seed, dataset.train)
+    with config_group("dp"):
+        ledger = mechanism.ledger(sampler)
+        mechanism.prepare(sampler, ledger, cfg.rounds)
+    rounds = range(1, cfg.rounds + 1)
+    epsilon = ledger.planned_epsilon(mechanism.round_event(sampler, r) for r in rounds)
+    return {
+        "status": "completed",
+        "mode": "accounting",
+        "rounds": cfg.rounds,
+        "epsilon": epsilon,
+        "epsilon_planned": epsilon,
+        **mechanism.describe(sampler),
+        **sampler.describe(),
+        **ledger.describe(),
+        **strategy.describe(),
+        "dp_event_round_1": event_to_dict(mechanism.round_event(sampler, 1)),
+    }
+
+
+def run_accounting(conf_name: str, sweep_dir: str | Path, sweeps=((),)) -> list[Path]:
+    """Fills ``sweep_dir`` with one folder per sweep point of ``experiment=<conf_name>``.
+
+    Each folder holds what make_table reads from a run (``summary.json``,
+    ``.hydra/overrides.yaml``, ``.hydra/config.yaml``), named like a sweep job.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from dpfed.config import register_configs
+    from dpfed.jobs import job_dirname
+
+    register_configs()
+    out = []
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        base = compose("config", [f"experiment={conf_name}"], return_hydra_config=True)
+        points = [p for extra in sweeps for p in sweep_points(base, extra)]
+        for num, point in enumerate(points):
+            overrides = [f"experiment={conf_name}", *point]
+            cfg = compose("config", overrides, return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)
+            choices = dict(cfg.hydra.runtime.choices)
+            run_dir = Path(sweep_dir) / job_dirname(num, cfg.hydra.job.override_dirname, cfg.seed)
+            (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+            (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+            task = OmegaConf.to_container(cfg, resolve=False)
+            task.pop("hydra")
+            (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(task))
+            summary = {**account(cfg), "seed": cfg.seed, "choices": choices}
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            out.append(run_dir)
+    return out

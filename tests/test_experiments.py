@@ -1,0 +1,85 @@
+"""Paper-table experiments: every preset composes; each quick variant runs and makes its table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from dpfed.report.experiments import EXPERIMENTS
+from tests.conftest import CONF, ROOT, compose_config
+
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_experiment_composes_with_its_sweep_folder(preset):
+    from hydra import compose, initialize_config_dir
+
+    cfg = compose_config(f"experiment={preset}")
+    assert cfg.rounds >= 1
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        full = compose("config", [f"experiment={preset}"], return_hydra_config=True)
+    assert full.hydra.sweep.dir == f"results/experiments/{preset}"
+    assert full.hydra.sweeper.params, "an experiment holds its sweep"
+
+
+def test_every_experiment_has_a_quick_variant_and_a_readme_row():
+    readme = (ROOT / "experiments" / "README.md").read_text()
+    for name in EXPERIMENTS:
+        assert {name, f"{name}_quick"} <= set(PRESETS)
+        assert f"python scripts/reproduce.py {name}" in readme
+        assert f"results/tables/{name}.md" in readme
+
+
+def reproduce(name: str, tmp_path) -> pd.DataFrame:
+    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), name, "--quick",
+           "--results", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    for suffix in ("md", "tex"):
+        assert (tmp_path / "tables" / f"{name}_quick.{suffix}").read_text().strip()
+    return pd.read_csv(tmp_path / "tables" / f"{name}_quick.csv")
+
+
+def test_mnist_quick_reproduces_the_tutorials_epsilon_and_dpfeds_conservative_one(tmp_path):
+    table = reproduce("mnist_epsilon", tmp_path)
+    assert len(table) == 1 and table.loc[0, "noise"] == 1.3 and table.loc[0, "epochs"] == 15
+    tutorial = table.loc[0, "Poisson, add/remove, classic RDP"]
+    assert tutorial == pytest.approx(1.19, abs=0.005) == table.loc[0, "tutorial epsilon"]
+    assert table.loc[0, "fixed-size (dpfed), replace-one, classic RDP"] > 1.5 * tutorial
+
+
+def test_tff_quick_gives_epsilon_2_at_120_clients_per_round(tmp_path):
+    table = reproduce("tff_dp_clients", tmp_path).set_index("clients per round")
+    assert list(table.index) == [60, 120]
+    poisson = table["Poisson, add/remove, improved RDP"]
+    assert poisson[120] == pytest.approx(2.0, abs=0.03) and poisson[60] < poisson[120]
+    assert (table["fixed-size (dpfed), replace-one, improved RDP"] > poisson).all()
+
+
+def test_privacy_utility_quick_runs_and_tabulates_epsilon_4_and_inf(tmp_path):
+    table = reproduce("privacy_utility", tmp_path)
+    assert list(table["dataset"]) == ["smart_home"] and list(table["mechanism"]) == ["gaussian"]
+    accuracy = table[["4.0", "inf"]].iloc[0]
+    assert ((accuracy > 0) & (accuracy <= 1)).all()
+    for kind in ("utility", "epsilon", "curves"):
+        for suffix in ("png", "pdf"):
+            assert (tmp_path / "figures" / f"privacy_utility_quick_{kind}.{suffix}").stat().st_size
+
+
+def test_communication_quick_counts_bytes_per_strategy(tmp_path):
+    table = reproduce("communication", tmp_path).set_index("strategy")
+    assert sorted(table.index) == ["fedavg", "fedsgd"]
+    # Both send the whole model down and a model-sized update up (float32, unweighted).
+    assert (table["bytes down per round"] > 0).all()
+    assert table.loc["fedavg", "bytes up per round"] == table.loc["fedsgd", "bytes up per round"]
+    assert "rounds to acc 0.5" in table.columns and "bytes to acc 0.5" in table.columns
+    reached = table["rounds to acc 0.5"].dropna()
+    per_round = table["bytes down per round"] + table["bytes up per round"]
+    for strategy, rounds in reached.items():
+        assert table.loc[strategy, "bytes to acc 0.5"] == pytest.approx(
+            rounds * per_round[strategy]
+        )
