@@ -31,6 +31,8 @@ from tensorflow_federated.python.core.impl.executor_stacks import executor_facto
 
 WORKER_NAME = "worker_binary"
 _PR_SET_PDEATHSIG = 1
+# How long TFF's own shutdown (SIGINT, then an unbounded wait) may take before the worker is killed
+WORKER_STOP_SECONDS = 10.0
 
 
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: no dlopen after fork
@@ -41,7 +43,14 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 class _DetachedPopen(subprocess.Popen):
-    """`subprocess.Popen` for TFF's worker: output detached, dies with its parent."""
+    """`subprocess.Popen` for TFF's worker: output detached, dies with its parent.
+
+    TFF stops its worker with SIGINT followed by ``wait()`` without a timeout
+    (in a finalizer); a worker that does not exit on SIGINT, e.g. one whose
+    gRPC server still drains calls on a loaded machine, then blocks the job
+    forever after its results are written. Here a wait without a timeout
+    gives the worker `WORKER_STOP_SECONDS`, then kills it.
+    """
 
     def __init__(self, args, **kwargs):
         log = os.environ.get("DPFED_WORKER_LOG")
@@ -49,6 +58,15 @@ class _DetachedPopen(subprocess.Popen):
         kwargs.update(stdout=sink, stderr=sink, stdin=subprocess.DEVNULL)
         kwargs["preexec_fn"] = _die_with_parent
         super().__init__(args, **kwargs)
+
+    def wait(self, timeout=None):
+        if timeout is not None:
+            return super().wait(timeout)
+        try:
+            return super().wait(WORKER_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return super().wait()
 
 
 class _DetachedWorkerSubprocess:

@@ -18,6 +18,7 @@ class FederatedStrategy:
 
     name = "strategy"
     local_epochs = 1
+    client_backend = None  # set by dpfed.build: None runs TFF's own client work
 
     def __init__(self, weighted: bool, clients_per_round: int, sampling: str, batch_size: int,
                  eval_every: int, eval_clients: int, server_optimizer):  # fmt: skip
@@ -35,6 +36,8 @@ class FederatedStrategy:
 
     def build_process(self, model, mechanism, model_fn, aggregator, seed: int):
         """The TFF learning process (``model`` and ``mechanism`` are for other strategies)."""
+        if self.client_backend is not None:  # e.g. `dpfed.federated.vectorized`
+            return self.client_backend.build_process(self, model, mechanism, model_fn, aggregator)
         return self.learning_process(model_fn, aggregator)
 
     def learning_process(self, model_fn, aggregator):
@@ -49,12 +52,18 @@ class FederatedStrategy:
         raise NotImplementedError
 
     def cohort_data(self, client_data, client_ids, round_num: int, seed: int):
-        """One shuffled, batched tf.data.Dataset per client of the cohort."""
-        return [
+        """One shuffled, batched tf.data.Dataset per client of the cohort.
+
+        With a client backend: one dataset per shard of clients, made from those.
+        """
+        datasets = [
             self.client_dataset(client_data.create_tf_dataset_for_client(cid),
                                 seed=seed * 1_000_003 + round_num * 7919 + int(cid))
             for cid in client_ids
         ]  # fmt: skip
+        if self.client_backend is None:
+            return datasets
+        return self.client_backend.shards(self, datasets)
 
     def client_dataset(self, dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:
         """Shuffles, repeats for the local epochs and batches one client's data."""

@@ -1,0 +1,232 @@
+"""The vectorized client backend computes what TFF's own client work computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hydra.utils import instantiate
+
+from dpfed.build import build_simulation
+from dpfed.errors import ConfigError
+from dpfed.federated.runtime import tff_runtime
+from dpfed.federated.vectorized import StackedGRU, VectorizedBackend
+from tests.conftest import compose_config
+
+# A plain server step (w - update), so the round's change is the aggregated update itself.
+PLAIN_SERVER = (
+    "strategy.server_optimizer.momentum=null",
+    "strategy.server_optimizer.learning_rate=1.0",
+)
+VECTORIZED = ("sim.client_backend=vectorized", "sim.users_per_shard=2")  # several, uneven shards
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    with tff_runtime():
+        yield
+
+
+def bound_model(*overrides):
+    cfg = compose_config("debug=smoke", *overrides)
+    dataset = instantiate(cfg.dataset)
+    return instantiate(cfg.model).bind(dataset), dataset
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("model=textbook",),
+        ("dataset=health", "dataset.labels=every_step", "model.outputs=every_step"),
+        ("dataset=finance", "dataset.target=return", "model.units=[6,5]"),
+        ("dataset=finance", "dataset.target=return", "dataset.labels=every_step",
+         "model.outputs=every_step"),
+    ],
+)  # fmt: skip
+def test_stacked_forward_equals_each_users_keras_model(overrides):
+    model, dataset = bound_model(*overrides)
+    x, _ = dataset.train.arrays(0)
+    x = x[:5]
+    users = []
+    for seed in range(3):  # three users with different weights
+        tf.keras.utils.set_random_seed(seed)
+        users.append(model.keras_model())
+    weights = [tf.stack(w) for w in zip(*(u.trainable_variables for u in users), strict=True)]
+    net = StackedGRU(model)
+    assert [tuple(w.shape[1:]) for w in weights] == net.shapes()
+    inputs = np.stack([x + k for k in range(3)])  # each user its own batch
+    out = net(weights, tf.constant(inputs)).numpy()
+    for k, user in enumerate(users):
+        np.testing.assert_allclose(out[k], user(inputs[k]).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_forward_embeds_tokens_for_text_models():
+    from dpfed.data.shakespeare import Shakespeare
+
+    data = Shakespeare(seq_len=12, num_clients=3, examples_mean=6, eval_fraction=0.2, seed=0)
+    cfg = compose_config("dataset=shakespeare", "model.units=[8,8]", "model.embedding_dim=5")
+    model = instantiate(cfg.model).bind(data)
+    x, _ = data.train.arrays(0)
+    users = [model.keras_model() for _ in range(2)]
+    weights = [tf.stack(w) for w in zip(*(u.trainable_variables for u in users), strict=True)]
+    out = StackedGRU(model)(weights, tf.constant(np.stack([x, x[::-1]]))).numpy()
+    np.testing.assert_allclose(out[0], users[0](x).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1], users[1](x[::-1]).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_shards_hold_each_users_batches_in_order_padded_and_masked():
+    from dpfed.federated.vectorized import _batches
+
+    strategy = instantiate(compose_config("debug=smoke").strategy)  # batch 8
+    sizes = [13, 0, 3, 21]
+
+    def datasets():  # fresh each time: a second iteration would reshuffle
+        return [strategy.client_dataset(tf.data.Dataset.from_tensor_slices(
+            (np.arange(n * 2, dtype=np.float32).reshape(n, 1, 2) + 100 * k,
+             np.arange(n, dtype=np.int32))), seed=k) for k, n in enumerate(sizes)]  # fmt: skip
+
+    expected = [list(ds.as_numpy_iterator()) for ds in datasets()]
+    assert [len(u) for u in expected] == [2, 0, 1, 3]
+    for got in (
+        _batches(datasets()),
+        _batches([ds.filter(lambda x, y: True) for ds in datasets()]),
+    ):
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected, strict=True):
+            assert len(a) == len(b) and all(
+                np.array_equal(p[0], q[0]) for p, q in zip(a, b, strict=True)
+            )
+    shards = VectorizedBackend(3).shards(strategy, datasets())
+    (x1, y1, m1), (x2, y2, m2) = (next(iter(s)) for s in shards)
+    assert x1.shape == (2, 3, 8, 1, 2) and x2.shape == (3, 1, 8, 1, 2)  # users sorted by steps
+    np.testing.assert_array_equal(m1.numpy().sum((0, 2)), [0, 3, 13])  # empty user: all masked
+    np.testing.assert_array_equal(x1[:, 2].numpy()[m1[:, 2].numpy() > 0],
+                                  np.concatenate([b[0] for b in expected[0]]))  # fmt: skip
+    np.testing.assert_array_equal(m2.numpy().sum((0, 2)), [21])
+    assert m2[2, 0].numpy().sum() == 5 and not x2[2, 0, 5:].numpy().any()  # padded with zeros
+
+
+def first_rounds(*overrides, rounds: int = 1, server=PLAIN_SERVER):
+    """(initial weights, weights after ``rounds`` rounds, last round's result)."""
+    sim = build_simulation(compose_config("debug=smoke", *server, *overrides))
+    state = sim.process.initialize()
+    initial = sim.process.get_model_weights(state).trainable
+    for r in range(1, rounds + 1):
+        result = sim.process.next(state, sim.cohort_datasets(sim.sampler.sample(r), r))
+        state = result.state
+    return [np.asarray(w) for w in initial], sim.process.get_model_weights(state).trainable, result
+
+
+def assert_same_round(reference, vectorized):
+    for a, b in zip(reference[0], vectorized[0], strict=True):
+        np.testing.assert_array_equal(a, b)  # same initial model from the same seed
+    for a, b in zip(reference[1], vectorized[1], strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+    ref, vec = reference[2].metrics, vectorized[2].metrics
+    train_ref, train_vec = ref["client_work"]["train"], vec["client_work"]["train"]
+    assert set(train_vec) == set(train_ref)
+    for key in train_ref:
+        assert train_vec[key] == pytest.approx(train_ref[key], rel=1e-4)
+    queried = [tf.nest.flatten(m["aggregator"].get("dp_query_metrics", ())) for m in (ref, vec)]
+    np.testing.assert_allclose(queried[1], queried[0], rtol=1e-4)  # e.g. the adaptive clip
+
+
+def change(run) -> float:
+    return float(np.sqrt(sum(np.sum((b - a) ** 2) for a, b in zip(run[0], run[1], strict=True))))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("dp=none",),
+        ("dp=none", "strategy.weighted=true", "strategy.local_epochs=2",
+         "strategy.client_optimizer.momentum=0.9"),
+        ("dataset=finance", "dataset.target=return", "dp=none", "sim.users_per_shard=3"),
+        ("dataset=health", "dataset.labels=every_step", "model.outputs=every_step", "dp=none"),
+        ("dp=tree", "dp.noise_multiplier=0.5"),
+        ("strategy=fedadam", "dp=none"),  # TFF's server optimizer state carries over
+    ],
+)  # fmt: skip
+def test_a_round_is_the_reference_round(runtime, overrides):
+    server = () if "strategy=fedadam" in overrides else PLAIN_SERVER
+    reference = first_rounds(*overrides, server=server, rounds=2)
+    vectorized = first_rounds(*overrides, *VECTORIZED, server=server, rounds=2)
+    assert change(reference) > 1e-3
+    assert_same_round(reference, vectorized)
+
+
+def test_clipping_binds_and_is_per_user(runtime):
+    clip = 1e-3  # far below every user's update in one smoke round
+    overrides = ("dp.noise_multiplier=0", f"dp.clip={clip}")
+    reference = first_rounds(*overrides)
+    vectorized = first_rounds(*overrides, *VECTORIZED)
+    assert_same_round(reference, vectorized)
+    # The mean of updates clipped to `clip` has norm <= clip; each binding clip shrinks it.
+    assert 0.5 * clip < change(vectorized) <= clip * (1 + 1e-4)
+
+
+def test_seeded_noise_is_drawn_identically(runtime):
+    overrides = ("dp.noise_multiplier=1.0", "dp.clip=0.01")
+    quiet = first_rounds("dp.noise_multiplier=0", "dp.clip=0.01", *VECTORIZED)
+    reference = first_rounds(*overrides)
+    vectorized = first_rounds(*overrides, *VECTORIZED)
+    assert_same_round(reference, vectorized)
+    assert change(vectorized) > 5 * change(quiet)  # the noise is there, and the same
+
+
+def test_adaptive_clipping_over_two_rounds(runtime):
+    overrides = ("dp=adaptive", "dp.noise_multiplier=0.5", "dp.clipped_count_stddev=1.0",
+                 "dp.initial_clip=0.01")  # fmt: skip
+    reference = first_rounds(*overrides, rounds=2)
+    vectorized = first_rounds(*overrides, *VECTORIZED, rounds=2)
+    assert_same_round(reference, vectorized)
+    assert vectorized[2].metrics["aggregator"]["dp_query_metrics"]["clip"] != pytest.approx(0.01)
+
+
+def test_fedprox_is_the_reference_with_tffs_sign(runtime, monkeypatch):
+    overrides = ("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none")
+    reference = first_rounds(*overrides)
+    monkeypatch.setattr(VectorizedBackend, "proximal_sign", -1.0)  # TFF 0.87: mu * (w0 - w)
+    vectorized = first_rounds(*overrides, *VECTORIZED)
+    assert_same_round(reference, vectorized)
+
+
+def test_fedprox_pulls_users_towards_the_server_model(runtime):
+    fedavg = first_rounds("dp=none", *VECTORIZED)
+    prox = first_rounds("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none",
+                        *VECTORIZED)  # fmt: skip
+    none = first_rounds("strategy=fedprox", "strategy.proximal_strength=0", "dp=none", *VECTORIZED)
+    for a, b in zip(none[1], fedavg[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert change(prox) < change(fedavg)
+
+
+def test_a_vectorized_run_completes_and_writes_metrics(runtime, tmp_path):
+    import pandas as pd
+
+    from dpfed.io.run_writer import RunWriter
+
+    sim = build_simulation(compose_config("debug=smoke", "sim.client_backend=vectorized"))
+    summary = sim.run(RunWriter(tmp_path, sim.columns))
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert summary["status"] == "completed" and len(metrics) == 2
+    assert (metrics["train/examples"] > 0).all() and np.isfinite(metrics["eval/loss"]).all()
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (("sim.client_backend=batched",), "sim.client_backend"),
+        (("sim.client_backend=vectorized", "sim.users_per_shard=0"), "sim.users_per_shard"),
+        (("sim.client_backend=vectorized", "dp=dpsgd"), "sim.client_backend"),
+        (("sim.client_backend=vectorized", "strategy=fedsgd"), "sim.client_backend"),
+        (("sim.client_backend=vectorized", "strategy=centralized"), "sim.client_backend"),
+        (("sim.client_backend=vectorized", "optimizer@strategy.client_optimizer=adam"),
+         "strategy.client_optimizer"),
+    ],
+)  # fmt: skip
+def test_unsupported_settings_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        build_simulation(compose_config("debug=smoke", *overrides))
+    assert err.value.key == key
