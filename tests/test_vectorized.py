@@ -184,12 +184,23 @@ def test_adaptive_clipping_over_two_rounds(runtime):
     assert vectorized[2].metrics["aggregator"]["dp_query_metrics"]["clip"] != pytest.approx(0.01)
 
 
-def test_fedprox_is_the_reference_with_tffs_sign(runtime, monkeypatch):
-    overrides = ("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none")
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fedprox_equals_the_reference(runtime, weighted):
+    overrides = ("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none",
+                 f"strategy.weighted={weighted}")  # fmt: skip
     reference = first_rounds(*overrides)
-    monkeypatch.setattr(VectorizedBackend, "proximal_sign", -1.0)  # TFF 0.87: mu * (w0 - w)
     vectorized = first_rounds(*overrides, *VECTORIZED)
     assert_same_round(reference, vectorized)
+
+
+def test_reference_fedprox_pulls_clients_towards_the_server_model(runtime):
+    """The proximal term shrinks the update (TFF 0.87's own FedProx would grow it)."""
+    fedavg = first_rounds("dp=none")
+    prox = first_rounds("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none")
+    none = first_rounds("strategy=fedprox", "strategy.proximal_strength=0", "dp=none")
+    for a, b in zip(none[1], fedavg[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert change(prox) < change(fedavg)
 
 
 def test_fedprox_pulls_users_towards_the_server_model(runtime):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import tensorflow as tf
 
 from dpfed.errors import ConfigError, check
@@ -99,8 +101,53 @@ class FedAvg(FederatedStrategy):
         )
 
 
+class ProximalOptimizer(tff.learning.optimizers.Optimizer):
+    """A client optimizer whose gradient gains FedProx's proximal term ``mu * (w - w_start)``.
+
+    ``w_start`` is the model a client starts local training from (the weights
+    of its first step): TFF initializes the client optimizer once per client
+    and round, so the first `next` call fixes it in the state.
+
+    TFF 0.87's own FedProx (``proximal_client_work``) adds ``mu * (w_start - w)``,
+    the opposite sign, which pushes clients away from the server model; this
+    optimizer lets FedProx run on TFF's FedAvg client work instead.
+
+    Args:
+        base: the TFF client optimizer.
+        mu: proximal strength, >= 0.
+    """
+
+    def __init__(self, base, mu: float):
+        self.base, self.mu = base, mu
+
+    def initialize(self, specs):
+        return collections.OrderedDict(
+            base=self.base.initialize(specs),
+            anchor=tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), specs),
+            started=tf.constant(False),
+        )
+
+    def next(self, state, weights, gradients):
+        anchor = tf.nest.map_structure(lambda a, w: tf.where(state["started"], a, w),
+                                       state["anchor"], weights)  # fmt: skip
+        gradients = tf.nest.map_structure(lambda g, w, a: g + self.mu * (w - a),
+                                          gradients, weights, anchor)  # fmt: skip
+        base, weights = self.base.next(state["base"], weights, gradients)
+        return collections.OrderedDict(base=base, anchor=anchor, started=tf.constant(True)), weights
+
+    def get_hparams(self, state):
+        return self.base.get_hparams(state["base"])
+
+    def set_hparams(self, state, hparams):
+        return collections.OrderedDict(state, base=self.base.set_hparams(state["base"], hparams))
+
+
 class FedProx(FedAvg):
     """FedProx (Li et al., MLSys 2020): FedAvg with a proximal term mu/2 ||w - w_server||^2.
+
+    Local training adds ``mu * (w - w_server)`` to every gradient through
+    `ProximalOptimizer` on TFF's FedAvg client work (TFF 0.87's FedProx has
+    the sign of that term reversed).
 
     Args:
         proximal_strength: mu, >= 0 (0 is FedAvg).
@@ -114,10 +161,11 @@ class FedProx(FedAvg):
         self.proximal_strength = proximal_strength
 
     def _build(self, model_fn, aggregator):
-        build = (tff.learning.algorithms.build_weighted_fed_prox if self.weighted
-                 else tff.learning.algorithms.build_unweighted_fed_prox)  # fmt: skip
-        return build(model_fn, self.proximal_strength, self.client_optimizer,
-                     self.server_optimizer, model_aggregator=aggregator)  # fmt: skip
+        build = (tff.learning.algorithms.build_weighted_fed_avg if self.weighted
+                 else tff.learning.algorithms.build_unweighted_fed_avg)  # fmt: skip
+        client_optimizer = ProximalOptimizer(self.client_optimizer, self.proximal_strength)
+        return build(model_fn, client_optimizer, self.server_optimizer,
+                     model_aggregator=aggregator)  # fmt: skip
 
     def describe(self) -> dict:
         return {**super().describe(), "proximal_strength": self.proximal_strength}

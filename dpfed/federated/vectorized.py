@@ -15,9 +15,8 @@ very batches `FederatedStrategy.cohort_data` makes for it (same shuffle seed),
 the loss of a partial last batch is the mean over its real examples, the update
 is ``initial - final`` weights (zeroed if not finite), and SGD with optional
 momentum is applied with TFF's formulas. FedProx adds ``mu * (w - w_initial)``
-to the gradient (Li et al., MLSys 2020); TFF 0.87's FedProx adds the opposite
-sign (see `VectorizedBackend.proximal_sign`), so only with that sign flipped do
-the two paths agree. User-level DP keeps the
+to the gradient (Li et al., MLSys 2020), as the reference path's
+`dpfed.federated.strategy.ProximalOptimizer` does. User-level DP keeps the
 mechanism's own TF Privacy query: a shard sends its users' updates stacked, and
 `UserLevelQuery` runs the query's ``preprocess_record`` (the clip, or a local
 randomizer) on each user before summing, so the noise is added once to the
@@ -257,8 +256,8 @@ class VectorizedBackend:
     """
 
     name = "vectorized"
-    # FedProx's proximal gradient is +mu * (w - w_initial) (Li et al. 2020). TFF 0.87's
-    # proximal client work adds mu * (w_initial - w) instead; -1.0 reproduces that.
+    # FedProx's proximal gradient is +mu * (w - w_initial) (Li et al. 2020); -1.0 would
+    # reproduce TFF 0.87's own proximal client work, which has the sign reversed.
     proximal_sign = 1.0
 
     def __init__(self, users_per_shard: int):
