@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -67,10 +69,16 @@ def tf_privacy_clipped_sum(model, loss, x, y, clip):
 
 
 def assert_close(actual, expected, rtol=1e-5):
-    for a, e in zip(actual, expected, strict=True):
-        a, e = np.asarray(a), np.asarray(e)
-        scale = np.abs(e).max()
-        assert np.abs(a - e).max() <= rtol * scale + 1e-9, (np.abs(a - e).max(), scale)
+    """Equal within ``rtol`` relative to the largest entry of the whole gradient.
+
+    (Per tensor, a 1-element bias whose clipped contributions nearly cancel
+    would compare float32 rounding noise with a tiny value.)
+    """
+    a = np.concatenate([np.ravel(t) for t in actual])
+    e = np.concatenate([np.ravel(t) for t in expected])
+    assert a.shape == e.shape
+    scale = np.abs(e).max()
+    assert np.abs(a - e).max() <= rtol * scale + 1e-9, (np.abs(a - e).max(), scale)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -79,8 +87,8 @@ def test_ghost_clipped_sum_equals_tf_privacy_microbatches(name, clip):
     seq_len, features, units, outputs, head, vocab, regression = CASES[name]
     model = gru_stack(seq_len, features, units, outputs, head, vocab, regression)
     loss = MSE if regression else CCE
-    x, y = batch(np.random.default_rng(hash(name) % 2**32), 11, seq_len, features, outputs, head,
-                 vocab, regression)  # fmt: skip
+    x, y = batch(np.random.default_rng(zlib.crc32(name.encode())), 11, seq_len, features,
+                 outputs, head, vocab, regression)  # fmt: skip
     clipper = GhostClipper(model, loss)
     norms = clipper(x, y, 1.0)[1].numpy()
     clip = {"tiny": norms.min() / 10, "median": float(np.median(norms)), "huge": norms.max() * 10}[
