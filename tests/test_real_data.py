@@ -529,3 +529,76 @@ def test_one_federated_round_on_real_data(runtime, tmp_path, overrides):
     assert summary["status"] == "completed" and len(metrics) == 1
     assert np.isfinite(metrics["train/loss"]).all() and metrics["eval/accuracy"].notna().all()
     assert metrics["clients"].iloc[0] == 3
+
+
+# --------------------------------------------------------------------------- tff_stackoverflow
+def make_stackoverflow_cache(directory, clients, words):
+    """A tiny stand-in for TFF's stackoverflow.sqlite and word-count file, in TFF's layout."""
+    db = sqlite3.connect(directory / "stackoverflow.sqlite")
+    db.execute(
+        "CREATE TABLE examples (split_name TEXT, client_id TEXT, serialized_example_proto BLOB)"
+    )
+    db.execute("CREATE TABLE client_metadata (client_id TEXT, split_name TEXT, num_examples INT)")
+
+    def feature(value):
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+
+    for cid, splits in clients.items():
+        for split, sentences in splits.items():
+            db.execute("INSERT INTO client_metadata VALUES (?, ?, ?)", (cid, split, len(sentences)))
+            for text in sentences:
+                fields = {"creation_date": "2010", "score": 1, "tags": "python", "title": "t",
+                          "tokens": text, "type": "question"}  # fmt: skip
+                proto = tf.train.Example(features=tf.train.Features(
+                    feature={k: feature(v) for k, v in fields.items()}))  # fmt: skip
+                db.execute("INSERT INTO examples VALUES (?, ?, ?)",
+                           (split, cid, proto.SerializeToString()))  # fmt: skip
+    db.commit()
+    db.close()
+    (directory / "datasets").mkdir()
+    (directory / "datasets" / "stackoverflow.word_count").write_text(
+        "".join(f"{w}\t{100 - i}\n" for i, w in enumerate(words))
+    )
+
+
+def test_tff_stackoverflow_without_a_cache_fails_before_any_download(tmp_path, monkeypatch):
+    from dpfed.data.stackoverflow import TFFStackOverflow
+    from dpfed.federated.runtime import tff
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("load_data must not be called without a cached file")
+
+    monkeypatch.setattr(tff.simulation.datasets.stackoverflow, "load_data", no_download)
+    with pytest.raises(ConfigError) as err, config_group("dataset"):
+        TFFStackOverflow(cache_dir=str(tmp_path))
+    assert err.value.key == "dataset.cache_dir"
+    assert "stackoverflow.sqlite" in str(err.value) and "network" in str(err.value)
+
+
+def test_tff_stackoverflow_reads_clients_lazily_with_tffs_vocabulary(tmp_path):
+    from dpfed.data.stackoverflow import TFFStackOverflow
+
+    make_stackoverflow_cache(
+        tmp_path,
+        {
+            "u1": {"train": ["how do i sort a list", "the list is long"], "test": ["sort it"]},
+            "u2": {"train": ["what is a tuple"], "heldout": ["x"]},  # no test sentences
+        },
+        words=["the", "a", "list", "sort", "is", "i"],
+    )
+    d = TFFStackOverflow(cache_dir=str(tmp_path), vocab_size=4, seq_len=6)
+    assert d.num_clients == 2 and d.client_names == ["u1", "u2"]
+    assert d.vocab == {"the": 1, "a": 2, "list": 3, "sort": 4} and d.vocab_size == 8
+    x, y = d.train.arrays(0)
+    oov, bos, eos = d.oov, d.bos, d.eos
+    # "how do i sort a list" -> BOS how do i sort a | list (cut to seq_len + 1 = 7 tokens)
+    np.testing.assert_array_equal(x[0], [bos, oov, oov, oov, 4, 2])
+    np.testing.assert_array_equal(y[0], [oov, oov, oov, 4, 2, 3])
+    # "the list is long" -> BOS the list is long EOS PAD
+    np.testing.assert_array_equal(x[1], [bos, 1, 3, oov, oov, eos])
+    np.testing.assert_array_equal(y[1], [1, 3, oov, oov, eos, 0])
+    assert d.eval.arrays(0)[0].shape == (1, 6) and d.eval.arrays(1)[0].shape == (0, 6)
+    check = TFFStackOverflow(cache_dir=str(tmp_path), vocab_size=4, seq_len=6, num_clients=1)
+    assert check.num_clients == 1 and check.element_spec[0].dtype == tf.int32
