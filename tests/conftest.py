@@ -92,6 +92,15 @@ def run_cli(tmp_path):
     return _run
 
 
+@pytest.fixture(scope="module")
+def runtime():
+    """A TFF execution context shared by a test module's in-process runs (its worker reaped after)."""
+    from dpfed.federated.runtime import tff_runtime  # TFF's import is slow: only where needed
+
+    with tff_runtime():
+        yield
+
+
 @pytest.fixture(autouse=True, scope="session")
 def no_leftover_workers():
     """Fails the session if any test leaves a worker_binary running."""

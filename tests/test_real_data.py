@@ -20,7 +20,6 @@ from dpfed.data.table import Table
 from dpfed.data.vowels import Vowels, parse_ts
 from dpfed.data.watch import Watch
 from dpfed.errors import ConfigError
-from dpfed.federated.runtime import tff_runtime
 from tests.conftest import compose_config
 
 BASE = dict(num_clients=None, examples_mean=None, eval_fraction=0.2, seed=0)
@@ -507,12 +506,6 @@ def test_too_large_cohort_for_a_small_population_names_the_key():
 
 
 # --------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def runtime():
-    with tff_runtime():
-        yield
-
-
 @pytest.mark.parametrize(
     "overrides",
     [

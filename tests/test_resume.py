@@ -67,14 +67,6 @@ def assert_same_run(got: pd.DataFrame, want: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(got[columns], want[columns], rtol=1e-6, atol=1e-9)
 
 
-@pytest.fixture(scope="module")
-def runtime():
-    from dpfed.federated.runtime import tff_runtime
-
-    with tff_runtime():
-        yield
-
-
 # ---------------------------------------------------------------------- in process, with TFF
 @pytest.mark.parametrize(
     "overrides",

@@ -6,19 +6,12 @@ import numpy as np
 import pytest
 
 from dpfed.build import build_simulation
-from dpfed.federated.runtime import tff_runtime
 from tests.conftest import compose_config
 
 PLAIN_SERVER = (
     "strategy.server_optimizer.momentum=null",
     "strategy.server_optimizer.learning_rate=1.0",
 )
-
-
-@pytest.fixture(scope="module")
-def runtime():
-    with tff_runtime():
-        yield
 
 
 def one_round_update(*overrides):

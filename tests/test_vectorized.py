@@ -9,7 +9,6 @@ from hydra.utils import instantiate
 
 from dpfed.build import build_simulation
 from dpfed.errors import ConfigError
-from dpfed.federated.runtime import tff_runtime
 from dpfed.federated.vectorized import StackedGRU, VectorizedBackend
 from tests.conftest import compose_config
 
@@ -19,12 +18,6 @@ PLAIN_SERVER = (
     "strategy.server_optimizer.learning_rate=1.0",
 )
 VECTORIZED = ("sim.client_backend=vectorized", "sim.users_per_shard=2")  # several, uneven shards
-
-
-@pytest.fixture(scope="module")
-def runtime():
-    with tff_runtime():
-        yield
 
 
 def bound_model(*overrides):

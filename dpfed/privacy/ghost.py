@@ -189,7 +189,7 @@ class GhostClipper:
             recurrent.append(rec)
             state = z * state + (1 - z) * candidate
             outputs.append(state)
-        records.append((("gru", cell), (inputs, previous), (projected, recurrent)))
+        records.append((("gru", cell), (inputs, tf.stack(previous, 1)), (projected, recurrent)))
         return tf.stack(outputs, axis=1) if layer.return_sequences else state
 
     # ------------------------------------------------------------------ gradients
@@ -213,6 +213,8 @@ class GhostClipper:
             total = tf.reduce_sum(losses)
         outputs = [out for _, _, out in records]
         deltas = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        # a GRU's per-step recurrent gradients, stacked once over time for norms and sums
+        deltas = [(d[0], tf.stack(d[1], 1)) if isinstance(d, tuple | list) else d for d in deltas]
         squared = tf.add_n(
             [self._norms(op, a, d) for (op, a, _), d in zip(records, deltas, strict=True)]
         )
@@ -235,7 +237,6 @@ class GhostClipper:
             return tf.reduce_sum(same * tf.einsum("bte,bse->bts", d, d), axis=[1, 2])
         inputs, previous = a
         projected, recurrent = d
-        recurrent, previous = tf.stack(recurrent, 1), tf.stack(previous, 1)
         kernel = _squared_weight_norms(inputs, projected) + _squared_bias_norms(projected)
         return kernel + _squared_weight_norms(previous, recurrent) + _squared_bias_norms(recurrent)
 
@@ -251,7 +252,6 @@ class GhostClipper:
                                                               table.shape[0])}  # fmt: skip
         inputs, previous = a
         projected, recurrent = d
-        recurrent, previous = tf.stack(recurrent, 1), tf.stack(previous, 1)
         return {
             layer.kernel.ref(): _weight_gradient(inputs, projected),
             layer.recurrent_kernel.ref(): _weight_gradient(previous, recurrent),
