@@ -21,8 +21,8 @@ log = logging.getLogger("dpfed")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
-    from dpfed.build import build_checkpoints, build_simulation, build_writer, provenance
-    from dpfed.federated.runtime import tff_runtime
+    from dpfed.build import build_checkpoints, build_simulation, build_writer, prepare
+    from dpfed.io.provenance import provenance
 
     # TFF logs every model build at INFO; set here so joblib's worker processes get it too.
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -43,8 +43,11 @@ def main(cfg: DictConfig) -> dict:
     # A failing job writes summary.json status "failed"; in a sweep the other jobs run on.
     with recorded_failure(out_dir, multirun,
                           lambda: {"status": "failed", **provenance(cfg, choices)}):  # fmt: skip
-        simulation = build_simulation(cfg, checkpoints)  # validates everything before training
+        prepared = prepare(cfg, checkpoints)  # bad values and data fail here, before TensorFlow
+        simulation = build_simulation(cfg, checkpoints, prepared)
         writer = build_writer(cfg, hydra_cfg.runtime.output_dir, simulation)
+        from dpfed.runtime import tff_runtime
+
         with tff_runtime():
             summary = simulation.run(writer, provenance(cfg, dict(hydra_cfg.runtime.choices)))
     log.info("done: %s", {k: summary[k] for k in ("rounds", "epsilon", "delta")})

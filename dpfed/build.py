@@ -1,32 +1,21 @@
-"""The one place that turns a composed config into built components."""
+"""The one place that turns a composed config into built components.
+
+`build_privacy` builds a run's privacy plan without TensorFlow (runs, the
+privacy calculator, the reports and ``scripts/recompute_epsilon.py`` all call
+it); `build_simulation` builds everything a run needs, through it.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 from collections.abc import Iterator
-from importlib import metadata
-from pathlib import Path
+from dataclasses import dataclass
 
-import tensorflow as tf
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dpfed.errors import ConfigError, check
-from dpfed.federated.simulation import Simulation
-from dpfed.io.checkpoint import Checkpoints
-from dpfed.io.run_writer import RunWriter
-
-DEVICES = ("auto", "cpu", "gpu")
-PACKAGES = (
-    "tensorflow",
-    "tensorflow-federated",
-    "tensorflow-privacy",
-    "dp-accounting",
-    "hydra-core",
-)
 
 
 @contextlib.contextmanager
@@ -50,80 +39,156 @@ def _build(group: str, node: DictConfig, **kwargs):
         return instantiate(node, **kwargs)
 
 
-def configure_device(device: str) -> None:
-    """Makes TensorFlow use the CPU, a GPU, or whatever it finds (``auto``)."""
-    if device not in DEVICES:
-        raise ConfigError("sim.device", device, f"one of {', '.join(DEVICES)}")
-    gpus = tf.config.list_physical_devices("GPU")
-    if device == "gpu" and not gpus:
-        raise ConfigError("sim.device", device, "cpu or auto: TensorFlow sees no GPU here")
-    if device == "cpu":
-        # TFF runs client work in its worker process, which inherits the environment.
-        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
-        if gpus:
-            with contextlib.suppress(RuntimeError):  # already initialised in this process
-                tf.config.set_visible_devices([], "GPU")
+def check_run(cfg: DictConfig) -> None:
+    """Run-level settings (``rounds``, ``seed``, ``checkpoint_every``)."""
+    check(cfg.rounds >= 1, "rounds", cfg.rounds, ">= 1")
+    check(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
+    check(cfg.get("checkpoint_every", 0) >= 0, "checkpoint_every", cfg.get("checkpoint_every"),
+          ">= 0 (0: only after the last round)")  # fmt: skip
 
 
-def build_simulation(cfg: DictConfig, checkpoints: Checkpoints | None = None) -> Simulation:
+def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
+    """The run's privacy plan: mechanism, sampler, relation, calibrated noise, accounts.
+
+    Needs no TensorFlow and builds no model, so a bad privacy setting fails in
+    a second, and the calculator and reports compute exactly what a run does.
+
+    Args:
+        cfg: the composed run config.
+        population: the dataset's public sizes (`dpfed.privacy.plan.Population`).
+        dp_seed: the DP seed to use when ``dp.seed`` is null (a resumed run's);
+            None draws a secret one from OS entropy.
+
+    Returns:
+        A frozen `dpfed.privacy.plan.PrivacyPlan`.
+
+    Raises:
+        ConfigError: a setting is out of range or the combination cannot be
+            accounted; the message names the key.
+    """
+    from dpfed.privacy.mechanisms.base import PLAN_KEYS
+    from dpfed.privacy.noise import draw_secret_seed
+    from dpfed.privacy.plan import PlanContext, PrivacyPlan, Settings, calibrate, check_accountable
+    from dpfed.privacy.sampling import build_sampler
+    from dpfed.privacy.neighboring import Neighboring
+
+    check_run(cfg)
+    dp = cfg.dp
+    mechanism_keys = [k for k in dp if k not in PLAN_KEYS]
+    with config_group("dp"):
+        mechanism = instantiate(OmegaConf.masked_copy(dp, mechanism_keys))
+        orders = None if dp.orders is None else tuple(float(o) for o in dp.orders)
+        settings = Settings(str(dp.accountant), float(dp.delta), orders, str(dp.conversion),
+                            float(dp.pld_discretization))  # fmt: skip
+        settings.validate()
+        check(dp.target_epsilon is None or dp.target_epsilon > 0, "target_epsilon",
+              dp.target_epsilon, "null or > 0")  # fmt: skip
+        check(dp.max_epsilon is None or dp.max_epsilon > 0, "max_epsilon", dp.max_epsilon,
+              "null or > 0")  # fmt: skip
+        check(dp.seed is None or dp.seed >= 0, "seed", dp.seed, "null (secret) or >= 0")
+    with config_group("strategy"):
+        sampler = build_sampler(cfg.strategy, population, cfg.seed)
+    if sampler.unit == "record" and not mechanism.pooled_records:
+        from dpfed.privacy.mechanisms.base import reject_pooled
+
+        raise reject_pooled(mechanism.label)
+    neighboring = None if dp.neighboring is None else Neighboring(str(dp.neighboring))
+    ctx = PlanContext(sampler, neighboring, cfg.rounds, int(cfg.strategy.get("local_epochs", 1)),
+                      population)  # fmt: skip
+    secret = dp.seed is None
+    seed = int(dp.seed) if not secret else (dp_seed if dp_seed is not None else draw_secret_seed())
+
+    def plan_with(z: float) -> PrivacyPlan:
+        return PrivacyPlan(mechanism, mechanism.label, sampler, mechanism.accounts(ctx, z),
+                           settings, z, cfg.rounds, ctx.local_epochs, population,
+                           dp.target_epsilon, dp.max_epsilon, seed, secret)  # fmt: skip
+
+    with config_group("dp"):
+        plan = plan_with(mechanism.tunable_noise)
+        check_accountable(plan)  # before calibrating, which composes the same events
+        if dp.max_epsilon is not None and plan.budget_account is None:
+            raise ConfigError("max_epsilon", dp.max_epsilon, "null: this run releases nothing "
+                              "private (no noise), so no budget can hold")  # fmt: skip
+        if dp.target_epsilon is not None:
+            plan = calibrate(plan_with, dp.target_epsilon)
+    return plan
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a run is checked and planned from before TensorFlow starts."""
+
+    dataset: object
+    plan: object
+    model: object
+
+
+def prepare(cfg: DictConfig, checkpoints=None) -> Prepared:
+    """Builds and checks everything that needs no TensorFlow: data, privacy plan, model, strategy.
+
+    Bad values and bad data fail here, in seconds.
+
+    Args:
+        cfg: the composed run config.
+        checkpoints: the run's checkpoints; a resumed run with a secret DP seed continues it.
+
+    Raises:
+        ConfigError: a setting is out of range; the message names its key.
+    """
+    check_run(cfg)
+    dataset = _build("dataset", cfg.dataset)
+    resumed_seed = None
+    if checkpoints is not None and checkpoints.round > 0:
+        resumed_seed = int(checkpoints.meta["dp_seed"]) if "dp_seed" in checkpoints.meta else None
+    plan = build_privacy(cfg, dataset.population(), resumed_seed)
+    with config_group("model"):
+        model = instantiate(cfg.model).bind(dataset)
+    optimizers = {k: None for k in ("client_optimizer", "server_optimizer") if k in cfg.strategy}
+    _build("strategy", cfg.strategy, **optimizers)  # its own range checks (optimizers come later)
+    return Prepared(dataset, plan, model)
+
+
+def build_simulation(cfg: DictConfig, checkpoints=None, prepared: Prepared | None = None):
     """Builds and validates every component of a run, before any training.
 
     Args:
         cfg: the composed run config (`dpfed.config.RunConfig`).
         checkpoints: the run's checkpoints (`build_checkpoints`); None writes none.
+        prepared: what `prepare` returned for ``cfg`` (built here when None).
 
     Returns:
-        A ready-to-run `Simulation`.
+        A ready-to-run `dpfed.federated.simulation.Simulation`.
 
     Raises:
         ConfigError: a setting is out of range; the message names its key.
     """
-    check(cfg.rounds >= 1, "rounds", cfg.rounds, ">= 1")
-    check(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
-    check(cfg.checkpoint_every >= 0, "checkpoint_every", cfg.checkpoint_every,
-          ">= 0 (0: only after the last round)")  # fmt: skip
-    configure_device(cfg.sim.device)
+    prepared = prepared or prepare(cfg, checkpoints)
+    import tensorflow as tf
+
+    from dpfed.federated.simulation import Simulation
+    from dpfed.runtime import configure_device
+
+    with config_group("sim"):
+        configure_device(cfg.sim.device)
     tf.keras.backend.clear_session()  # each job of a sweep starts from a clean TF state
     tf.keras.utils.set_random_seed(cfg.seed)
-    dataset = _build("dataset", cfg.dataset)
-    with config_group("model"):
-        model = instantiate(cfg.model).bind(dataset)
-    mechanism = _build("dp", cfg.dp)
-    dataset = mechanism.wrap_dataset(dataset)  # input perturbation alters the training data
-    strategy = _build("strategy", cfg.strategy)
-    with config_group("strategy"):
-        sampler = strategy.sampler(dataset.num_clients, cfg.seed, dataset.train)
+    dataset, plan, model = prepared.dataset, prepared.plan, prepared.model
     with config_group("dp"):
-        ledger = mechanism.ledger(sampler)
-        mechanism.prepare(sampler, ledger, cfg.rounds)  # e.g. calibrate noise to a target epsilon
-        aggregator = mechanism.aggregator(strategy.clients_per_round, model)
-        model_fn = mechanism.model_fn(model, strategy)  # what clients train (e.g. DP-SGD)
-    with config_group("sim"):  # None: TFF's client work; else shards of users in lockstep
-        from dpfed.federated.vectorized import client_backend
-
-        strategy.client_backend = client_backend(
-            cfg.sim.client_backend, cfg.sim.users_per_shard, strategy, mechanism, model
-        )
+        parts = plan.mechanism.setup(plan, model)
+    if parts.transform is not None:  # input perturbation replaces the training data
+        dataset = parts.transform(dataset)
+    strategy = _build("strategy", cfg.strategy)
+    backend = _build("backend", cfg.backend)
+    if strategy.client_update is not None:  # a strategy with clients: can the backend run them?
+        backend.check(strategy, parts, model)
     # The initial model must depend on the seed only, not on what was built before it.
     tf.keras.utils.set_random_seed(cfg.seed)
-    with config_group("strategy"):
-        process = strategy.build_process(model, mechanism, model_fn, aggregator, cfg.seed)
-    return Simulation(
-        dataset,
-        model,
-        mechanism,
-        strategy,
-        sampler,
-        ledger,
-        process,
-        rounds=cfg.rounds,
-        seed=cfg.seed,
-        progress=cfg.logger.progress,
-        checkpoints=checkpoints,
-    )
+    process = strategy.build_process(backend, model, parts, plan, dataset)
+    return Simulation(dataset, model, plan, parts, strategy, backend, process, seed=cfg.seed,
+                      progress=cfg.logger.progress, checkpoints=checkpoints)  # fmt: skip
 
 
-def build_checkpoints(cfg: DictConfig, output_dir: str, multirun: bool = False) -> Checkpoints:
+def build_checkpoints(cfg: DictConfig, output_dir: str, multirun: bool = False):
     """The run's checkpoints in ``output_dir``; with ``resume=true``, the one to continue from.
 
     Cheap (no TensorFlow work), so a bad resumption fails before anything is built.
@@ -133,32 +198,15 @@ def build_checkpoints(cfg: DictConfig, output_dir: str, multirun: bool = False) 
         ConfigError: ``resume=true`` without a checkpoint in ``output_dir`` or
             with a config that differs from it.
     """
+    from dpfed.io.checkpoint import Checkpoints
+
     config = OmegaConf.to_container(cfg, resolve=True)
     return Checkpoints(output_dir, cfg.checkpoint_every, config, resume=cfg.resume,
                        fresh_if_empty=multirun)  # fmt: skip
 
 
-def build_writer(cfg: DictConfig, output_dir: str, simulation: Simulation) -> RunWriter:
+def build_writer(cfg: DictConfig, output_dir: str, simulation):
     """The run's sinks: metrics.csv and summary.json, plus TensorBoard if configured."""
+    from dpfed.io.run_writer import RunWriter
+
     return RunWriter(output_dir, simulation.columns, tensorboard=cfg.logger.tensorboard)
-
-
-def provenance(cfg: DictConfig, choices: dict | None = None) -> dict:
-    """Versions, git commit, config choices and the resolved config, for summary.json."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {
-        "seed": cfg.seed,
-        "choices": choices or {},
-        "versions": {p: metadata.version(p) for p in PACKAGES},
-        "git_commit": commit,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }

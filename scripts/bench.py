@@ -173,10 +173,10 @@ def _round_seconds(overrides: list[str], rounds: int) -> tuple[float, dict]:
     import pandas as pd
 
     from dpfed.build import build_simulation, build_writer
-    from dpfed.federated.runtime import tff_runtime
-    from tests.conftest import compose_config
+    from dpfed.runtime import tff_runtime
+    from dpfed.config import compose
 
-    cfg = compose_config(*overrides, f"rounds={rounds}")
+    cfg = compose(*overrides, f"rounds={rounds}")
     with tempfile.TemporaryDirectory() as out:
         simulation = build_simulation(cfg)
         with tff_runtime():
@@ -186,12 +186,6 @@ def _round_seconds(overrides: list[str], rounds: int) -> tuple[float, dict]:
     return float(seconds.median()), {"examples": int(frame["train/examples"].iloc[-1]),
                                      "final_train_loss": float(frame["train/loss"].iloc[-1]),
                                      "epsilon": summary.get("epsilon")}  # fmt: skip
-
-
-def _has_vectorized_backend() -> bool:
-    from tests.conftest import compose_config
-
-    return "client_backend" in compose_config().sim
 
 
 def _fedavg(dp: str, quick: bool) -> dict:
@@ -209,13 +203,11 @@ def _fedavg(dp: str, quick: bool) -> dict:
         [*base, "strategy=centralized", "strategy.batch_size=16", "strategy.eval_every=0",
          "dp=none"], rounds)  # fmt: skip
     times["tff_reference"], details["tff_reference"] = _round_seconds(
-        [*federated, "sim.client_backend=reference"] if _has_vectorized_backend() else federated,
-        rounds,
+        [*federated, "backend=reference"], rounds
     )
-    if _has_vectorized_backend():
-        times["vectorized"], details["vectorized"] = _round_seconds(
-            [*federated, "sim.client_backend=vectorized"], rounds
-        )
+    times["vectorized"], details["vectorized"] = _round_seconds(
+        [*federated, "backend=vectorized"], rounds
+    )
     central = times["centralized_pass"]
     return {
         "workload": f"FedAvg round (dp={dp}) / centralized pass over the same examples: "
@@ -245,7 +237,7 @@ def accounting(quick: bool = False) -> dict:
     """Mean cost of the per-round epsilon over 10,000 rounds (RDP) and 1,000 rounds (PLD)."""
     import dp_accounting
 
-    from dpfed.privacy.accounting import PrivacyLedger
+    from dpfed.privacy.accounting import Accountant
 
     event = dp_accounting.SampledWithoutReplacementDpEvent(
         100_000, 100, dp_accounting.GaussianDpEvent(0.5)
@@ -253,7 +245,7 @@ def accounting(quick: bool = False) -> dict:
     relation = dp_accounting.NeighboringRelation.REPLACE_ONE
     times, final = {}, {}
     for kind, rounds in (("rdp", 1_000 if quick else 10_000), ("pld", 100 if quick else 1_000)):
-        ledger = PrivacyLedger(kind, 1e-5, relation if kind == "rdp" else
+        ledger = Accountant(kind, 1e-5, relation if kind == "rdp" else
                                dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)  # fmt: skip
         pld_event = dp_accounting.PoissonSampledDpEvent(0.001, dp_accounting.GaussianDpEvent(1.0))
         start = time.perf_counter()

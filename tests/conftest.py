@@ -1,4 +1,4 @@
-"""Shared fixtures: composing configs in-process and running ``run.py`` as a user would."""
+"""Shared fixtures: composing configs in-process, a TFF runtime, and running ``run.py`` as a user would."""
 
 from __future__ import annotations
 
@@ -10,25 +10,20 @@ from pathlib import Path
 
 import psutil
 import pytest
-from hydra import compose, initialize_config_dir
 
-from dpfed.config import register_configs
+from dpfed.config import CONF, compose, register_configs  # noqa: F401 (CONF for the tests)
 
 ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
 register_configs()
-
-
-def compose_config(*overrides: str):
-    """Composes ``conf/config.yaml`` with overrides, as ``run.py`` would."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+compose_config = compose  # the project's one compose helper (`dpfed.config.compose`)
 
 
 # Every process this test session starts inherits this mark, TFF's workers included, so the
 # leftover-worker check counts this session's workers and not those of other sessions.
+# Each pytest-xdist worker is its own session (its own mark): another worker's running runs
+# are not left over.
 SESSION_MARK = "DPFED_TEST_SESSION"
-os.environ.setdefault(SESSION_MARK, str(os.getpid()))
+os.environ[SESSION_MARK] = str(os.getpid())
 
 
 def worker_pids() -> set[int]:
@@ -95,7 +90,7 @@ def run_cli(tmp_path):
 @pytest.fixture(scope="module")
 def runtime():
     """A TFF execution context shared by a test module's in-process runs (its worker reaped after)."""
-    from dpfed.federated.runtime import tff_runtime  # TFF's import is slow: only where needed
+    from dpfed.runtime import tff_runtime  # TFF's import is slow: only where needed
 
     with tff_runtime():
         yield

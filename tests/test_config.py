@@ -8,17 +8,18 @@ from hydra.utils import get_object
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from dpfed.config import SCHEMAS
+from dpfed.config import schemas
 from tests.conftest import CONF, compose_config
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    for group in ("dataset", "model", "dp", "strategy", "sim", "logger", "debug", "experiment")
+    for group in ("dataset", "model", "dp", "strategy", "backend", "sim", "logger", "debug",
+                  "experiment")
 }
 
 
 def test_every_group_has_options():
-    for group in ("dataset", "model", "dp", "strategy", "sim", "logger"):
+    for group in ("dataset", "model", "dp", "strategy", "backend", "sim", "logger"):
         assert GROUP_OPTIONS[group], group
 
 
@@ -45,14 +46,23 @@ def test_every_option_composes_resolves_and_names_real_targets(group, option):
 
 
 def test_every_yaml_option_has_a_schema():
-    for group in ("dataset", "model", "dp", "strategy", "sim", "logger", "optimizer"):
+    registry = schemas()
+    for group in ("dataset", "model", "dp", "strategy", "backend", "sim", "logger", "optimizer"):
         yaml_options = {p.stem for p in (CONF / group).glob("*.yaml")}
         for option in yaml_options:
             text = (CONF / group / f"{option}.yaml").read_text()
             prefix = f"- /schema/{group}/"
             assert prefix in text, f"conf/{group}/{option}.yaml names no schema"
             schema = text.split(prefix, 1)[1].split("@", 1)[0]
-            assert schema in SCHEMAS[group], f"{group}/{option} -> unknown schema {schema}"
+            assert schema in registry[group], f"{group}/{option} -> unknown schema {schema}"
+
+
+def test_every_dp_option_has_a_yaml_and_its_module_defines_its_schema():
+    registry = schemas()["dp"]
+    assert set(registry) == {p.stem for p in (CONF / "dp").glob("*.yaml")}
+    for option, schema in registry.items():
+        assert schema.__module__.startswith("dpfed.privacy.mechanisms."), option
+        assert get_object(schema._target_).__module__ == schema.__module__  # class beside schema
 
 
 def test_defaults_compose_to_dp_fedavg_on_smart_home():
@@ -72,6 +82,7 @@ def test_defaults_compose_to_dp_fedavg_on_smart_home():
         "model.unit=[8]",
         "sim.devise=cpu",
         "rouds=3",
+        "backend.user_per_shard=3",
     ],
 )
 def test_unknown_key_fails_at_compose_time(override):
@@ -88,6 +99,11 @@ def test_unknown_key_fails_at_compose_time(override):
         "dataset.num_clients=many",
         "model.units=[a]",
         "strategy.weighted=maybe",
+        "dp.accountant=rdpp",  # enum values are checked when the config is composed
+        "dp.neighboring=replace",
+        "strategy.sampling=poison",
+        "dataset.labels=all",
+        "sim.device=tpu",
     ],
 )
 def test_wrong_type_fails_at_compose_time(override):

@@ -16,12 +16,9 @@ PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_experiment_composes_with_its_sweep_folder(preset):
-    from hydra import compose, initialize_config_dir
-
     cfg = compose_config(f"experiment={preset}")
     assert cfg.rounds >= 1
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        full = compose("config", [f"experiment={preset}"], return_hydra_config=True)
+    full = compose_config(f"experiment={preset}", return_hydra_config=True)
     assert full.hydra.sweep.dir == f"results/experiments/{preset}"
     assert full.hydra.sweeper.params, "an experiment holds its sweep"
 

@@ -6,19 +6,18 @@ import re
 import time
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict, read_write
 
+from dpfed.config import compose
 from dpfed.jobs import MAX_NAME, job_dirname, overrides_dirname
-from tests.conftest import CONF, worker_pids
+from tests.conftest import worker_pids
 
 SMOKE = "debug=smoke"
 
 
 def compose_with_hydra(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    cfg = compose(*overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # for ${hydra:...} in the folder names
     return cfg
 

@@ -1,42 +1,53 @@
-"""A lazy TFF ClientData over a per-client array generator.
+"""Per-client arrays made on demand, and turned into tf.data datasets only when TFF needs them.
 
 A client's arrays are generated (or loaded) only when the client is asked for,
-so a population of 100,000 clients costs nothing until it is sampled.
+so a population of 100,000 clients costs nothing until it is sampled. Nothing
+here imports TensorFlow until a dataset or a spec is asked for, so datasets can
+be built and checked before TensorFlow starts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
-
-from dpfed.federated.runtime import tff
 
 ClientArrays = tuple[np.ndarray, np.ndarray]
 
 
-class LazyClientData(tff.simulation.datasets.ClientData):
-    """ClientData whose client ``k`` is ``make_arrays(k)``, built on demand.
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape and dtype of one example's array (what a ``tf.TensorSpec`` will say)."""
 
-    Client ids are ``"0" .. str(num_clients - 1)``. Datasets handed to TFF are
-    made with ``from_tensor_slices`` so TFF can serialize them into a round.
+    shape: tuple[int, ...]
+    dtype: str
+
+    def tensor_spec(self):
+        import tensorflow as tf
+
+        return tf.TensorSpec(list(self.shape), tf.as_dtype(self.dtype))
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> ArraySpec:
+        """The spec of one example of a stacked ``[n, ...]`` array."""
+        return cls(tuple(int(d) for d in array.shape[1:]), str(array.dtype))
+
+
+class LazyClientData:
+    """Clients ``"0" .. str(num_clients - 1)``; client ``k`` is ``make_arrays(k)``, built on demand.
 
     Args:
         num_clients: population size.
         make_arrays: ``index -> (x, y)`` numpy arrays of one client.
-        element_spec: spec of one (x, y) example.
+        element_spec: (x, y) `ArraySpec` of one example.
     """
 
-    def __init__(
-        self,
-        num_clients: int,
-        make_arrays: Callable[[int], ClientArrays],
-        element_spec: tuple[tf.TensorSpec, tf.TensorSpec],
-    ):
+    def __init__(self, num_clients: int, make_arrays: Callable[[int], ClientArrays],
+                 element_spec: tuple[ArraySpec, ArraySpec]):  # fmt: skip
         self._num_clients = num_clients
         self._make_arrays = make_arrays
-        self._element_spec = element_spec
+        self.array_spec = element_spec
 
     @property
     def client_ids(self) -> list[str]:
@@ -53,25 +64,13 @@ class LazyClientData(tff.simulation.datasets.ClientData):
             raise ValueError(f"client id {client_id!r} is not in [0, {self._num_clients})")
         return self._make_arrays(index)
 
-    def create_tf_dataset_for_client(self, client_id: str) -> tf.data.Dataset:
+    def create_tf_dataset_for_client(self, client_id: str):
+        """One client's examples as a ``tf.data.Dataset`` (made with ``from_tensor_slices``)."""
+        import tensorflow as tf
+
         return tf.data.Dataset.from_tensor_slices(self.arrays(client_id))
 
     @property
-    def serializable_dataset_fn(self):
-        x_spec, y_spec = self._element_spec
-
-        def dataset_fn(client_id):
-            x, y = tf.numpy_function(
-                lambda cid: self.arrays(cid.decode() if isinstance(cid, bytes) else cid),
-                [client_id],
-                [x_spec.dtype, y_spec.dtype],
-            )
-            x.set_shape([None, *x_spec.shape])
-            y.set_shape([None, *y_spec.shape])
-            return tf.data.Dataset.from_tensor_slices((x, y))
-
-        return dataset_fn
-
-    @property
     def element_type_structure(self):
-        return self._element_spec
+        """(x, y) ``tf.TensorSpec`` of one example."""
+        return tuple(spec.tensor_spec() for spec in self.array_spec)

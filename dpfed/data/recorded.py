@@ -13,9 +13,9 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from dpfed.data.client_data import ClientArrays, LazyClientData
+from dpfed.data.base import FederatedDataset
+from dpfed.data.client_data import ArraySpec, ClientArrays, LazyClientData
 from dpfed.errors import ConfigError, check
 
 LABEL_MODES = ("last", "every_step")
@@ -42,12 +42,6 @@ def package_file(package: str, *parts: str) -> Path:
     if not path.exists():
         raise ConfigError("_target_", str(path), f"a data file shipped with {package}")
     return path
-
-
-def package_version(package: str) -> str:
-    from importlib import metadata
-
-    return metadata.version(package)
 
 
 def sliding_windows(n: int, length: int, stride: int) -> np.ndarray:
@@ -79,7 +73,7 @@ def standardize_windows(train: np.ndarray, evals: np.ndarray, mode: str):
     return (train - mean) / std, (evals - mean) / std
 
 
-class RecordedDataset:
+class RecordedDataset(FederatedDataset):
     """Base class: client selection, example thinning, specs and ClientData.
 
     Subclasses set ``task``, ``num_classes``, ``labels``, ``num_features``
@@ -107,12 +101,6 @@ class RecordedDataset:
         labels: ``last`` or ``every_step``.
         vocab_size: token vocabulary size of text datasets, else ``None``.
     """
-
-    task = "classification"
-    num_classes = 2
-    labels = "last"
-    num_features: int | None = None
-    vocab_size: int | None = None
 
     def __init__(
         self,
@@ -163,10 +151,7 @@ class RecordedDataset:
         self._eval = [e for _, _, e in clients]
         self.num_clients = len(clients)
         x, y = self._train[0]
-        spec = (
-            tf.TensorSpec(x.shape[1:], tf.as_dtype(x.dtype)),
-            tf.TensorSpec(y.shape[1:], tf.as_dtype(y.dtype)),
-        )
+        spec = (ArraySpec.of(x), ArraySpec.of(y))
         self.train = LazyClientData(self.num_clients, self._train.__getitem__, spec)
         self.eval = LazyClientData(self.num_clients, self._eval.__getitem__, spec)
 
@@ -179,13 +164,12 @@ class RecordedDataset:
         chosen = np.sort(rng.choice(len(x), keep, replace=False))
         return x[chosen], y[chosen]
 
-    @property
-    def element_spec(self):
-        return self.train.element_type_structure
-
     def num_examples(self, index: int) -> int:
         """Total (train + eval) examples of client ``index``."""
         return len(self._train[index][0]) + len(self._eval[index][0])
+
+    def train_records(self, clients) -> int:
+        return int(sum(len(self._train[int(i)][0]) for i in clients))
 
     def _check_labels(self, labels: str) -> None:
         check(labels in LABEL_MODES, "labels", labels, f"one of {', '.join(LABEL_MODES)}")

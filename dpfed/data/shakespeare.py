@@ -196,7 +196,7 @@ class TFFShakespeare(_TextDataset):
         self._finish()
 
     def _load(self):
-        from dpfed.federated.runtime import tff
+        from dpfed.runtime import tff
 
         # The file exists (checked above), so TFF reads it and downloads nothing.
         train, test = tff.simulation.datasets.shakespeare.load_data(cache_dir=self.cache_dir)

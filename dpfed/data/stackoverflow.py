@@ -20,9 +20,10 @@ import functools
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from dpfed.data.client_data import LazyClientData
+from dpfed.data.base import FederatedDataset
+
+from dpfed.data.client_data import ArraySpec, LazyClientData
 from dpfed.errors import ConfigError, check
 
 DATABASE = "stackoverflow.sqlite"
@@ -42,7 +43,7 @@ def read_vocabulary(path: Path, vocab_size: int) -> dict[str, int]:
     return vocabulary
 
 
-class TFFStackOverflow:
+class TFFStackOverflow(FederatedDataset):
     """TFF's Stack Overflow, client = user, train and eval = TFF's train and test splits.
 
     Args:
@@ -88,7 +89,7 @@ class TFFStackOverflow:
         self.pad, self.oov, self.bos, self.eos = 0, v + 1, v + 2, v + 3
         self.vocab_size = self.num_classes = v + 4
 
-        from dpfed.federated.runtime import tff
+        from dpfed.runtime import tff
 
         # Both files exist (checked above), so TFF opens the cache and downloads nothing.
         self._train, _, self._test = tff.simulation.datasets.stackoverflow.load_data(
@@ -103,13 +104,9 @@ class TFFStackOverflow:
         self.client_names = ids
         self._test_ids = set(self._test.client_ids)
         self.num_clients = len(ids)
-        spec = (tf.TensorSpec([seq_len], tf.int32), tf.TensorSpec([seq_len], tf.int32))
+        spec = (ArraySpec((seq_len,), "int32"), ArraySpec((seq_len,), "int32"))
         self.train = LazyClientData(self.num_clients, lambda i: self._arrays(self._train, i), spec)
         self.eval = LazyClientData(self.num_clients, lambda i: self._arrays(self._test, i), spec)
-
-    @property
-    def element_spec(self):
-        return self.train.element_type_structure
 
     def tokenize(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``x, y`` int32 ``[n, seq_len]``: each sentence as BOS, word ids, EOS, padded or cut."""

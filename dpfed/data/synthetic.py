@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import tensorflow as tf
 
-from dpfed.data.client_data import ClientArrays, LazyClientData
+from dpfed.data.base import FederatedDataset
+from dpfed.data.client_data import ArraySpec, ClientArrays, LazyClientData
 from dpfed.errors import check
 
 LABEL_MODES = ("last", "every_step")
@@ -23,7 +23,7 @@ def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
-class SyntheticDataset:
+class SyntheticDataset(FederatedDataset):
     """Base class: validation, per-client sizes, train/eval split, ClientData.
 
     Subclasses implement `_client_params` and `_sequences`. Args are documented
@@ -83,14 +83,10 @@ class SyntheticDataset:
         self.labels = labels
         self.seed = seed
         y_shape = [] if labels == "last" else [seq_len]
-        y_dtype = tf.int32 if self.task == "classification" else tf.float32
-        spec = (tf.TensorSpec([seq_len, num_features], tf.float32), tf.TensorSpec(y_shape, y_dtype))
+        y_dtype = "int32" if self.task == "classification" else "float32"
+        spec = (ArraySpec((seq_len, num_features), "float32"), ArraySpec(tuple(y_shape), y_dtype))
         self.train = LazyClientData(num_clients, lambda i: self._split(i)[0], spec)
         self.eval = LazyClientData(num_clients, lambda i: self._split(i)[1], spec)
-
-    @property
-    def element_spec(self):
-        return self.train.element_type_structure
 
     def num_examples(self, index: int) -> int:
         """Total (train + eval) examples of client ``index``."""
@@ -108,8 +104,16 @@ class SyntheticDataset:
         y = y.astype(np.int32 if self.task == "classification" else np.float32)
         if self.labels == "last":
             y = y[:, -1]
-        n_eval = min(n - 1, max(1, int(round(n * self.eval_fraction))))
+        n_eval = self._eval_count(n)
         return (x[:-n_eval], y[:-n_eval]), (x[-n_eval:], y[-n_eval:])
+
+    def _eval_count(self, n: int) -> int:
+        return min(n - 1, max(1, int(round(n * self.eval_fraction))))
+
+    def train_records(self, clients) -> int:
+        """Training records of ``clients``, from their sizes alone (no data is generated)."""
+        return int(sum(self.num_examples(int(i)) - self._eval_count(self.num_examples(int(i)))
+                       for i in clients))  # fmt: skip
 
     def _client_params(self, rng: np.random.Generator) -> dict:
         raise NotImplementedError

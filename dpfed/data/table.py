@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dpfed.data.partition import PARTITIONS, partition
+from dpfed.data.base import window_coupling
 from dpfed.data.recorded import (
     STANDARDIZE,
     RecordedDataset,
@@ -119,6 +120,9 @@ class Table(RecordedDataset):
         self._finish(cap_clients=client_column is not None)
 
     # ------------------------------------------------------------------ reading
+
+    def coupled_records(self) -> str | None:
+        return window_coupling(self.seq_len, self.stride, self.standardize)
     def _where(self, index: int) -> str:
         """Where row ``index`` (0-based, data rows) is in the file, for messages."""
         if self._csv:

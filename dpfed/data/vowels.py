@@ -125,6 +125,11 @@ class Vowels(RecordedDataset):
             self.task, self.num_classes = "regression", 1
         self._finish(cap_clients=task == "next_frame")
 
+    def coupled_records(self) -> str | None:
+        if self.task_name == "next_frame":
+            return "next-frame examples are overlapping windows of one utterance"
+        return None
+
     @staticmethod
     def raw() -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
         """sktime's ``TRAIN`` and ``TEST`` splits: series and 0-based speaker ids."""

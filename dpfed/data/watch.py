@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dpfed.data.base import window_coupling
 from dpfed.data.recorded import (
     STANDARDIZE,
     RecordedDataset,
@@ -56,6 +57,9 @@ class Watch(RecordedDataset):
         super().__init__(**kwargs)
         self.stride, self.standardize = stride, standardize
         self._finish()
+
+    def coupled_records(self) -> str | None:
+        return window_coupling(self.seq_len, self.stride, self.standardize)
 
     @staticmethod
     def raw() -> dict:

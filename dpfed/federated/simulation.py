@@ -8,8 +8,6 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from dpfed.errors import ConfigError
-from dpfed.privacy.accounting import event_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -20,60 +18,31 @@ class Simulation:
     Args:
         dataset: a dataset with ``train``/``eval`` ClientData (`dpfed.data`).
         model: a bound `dpfed.models.gru.GRUModel`.
-        mechanism: a DP mechanism (`dpfed.privacy.mechanisms`).
+        plan: the run's `dpfed.privacy.plan.PrivacyPlan` (sampler and accounts).
+        parts: the mechanism's `dpfed.privacy.mechanisms.base.MechanismParts`.
         strategy: a strategy (`dpfed.federated.strategy`).
-        sampler: the strategy's client sampler.
-        ledger: the privacy ledger matching ``sampler``.
-        process: the TFF learning process.
-        rounds: rounds to run (validated by `dpfed.build`).
+        backend: the client backend (`dpfed.federated.backends`).
+        process: the learning process.
         seed: run seed (client shuffling, evaluation cohort).
         progress: show a progress bar.
         checkpoints: where and how often to checkpoint, and what to resume
             from (`dpfed.io.checkpoint.Checkpoints`); None writes none.
 
-    Raises:
-        ConfigError: ``checkpoints`` asks to resume a process that cannot be
-            checkpointed (one that is neither TFF's nor has ``state_to_arrays``).
     """
 
-    def __init__(
-        self,
-        dataset,
-        model,
-        mechanism,
-        strategy,
-        sampler,
-        ledger,
-        process,
-        rounds: int,
-        seed: int,
-        progress: bool = True,
-        checkpoints=None,
-    ):
-        self.dataset, self.model, self.mechanism, self.strategy = (
-            dataset,
-            model,
-            mechanism,
-            strategy,
-        )
-        self.sampler, self.ledger, self.process = sampler, ledger, process
-        self.rounds, self.seed, self.progress = rounds, seed, progress
-        self.epsilon_planned = ledger.planned_epsilon(
-            mechanism.round_event(sampler, r) for r in range(1, rounds + 1)
-        )
+    def __init__(self, dataset, model, plan, parts, strategy, backend, process, seed: int,
+                 progress: bool = True, checkpoints=None):  # fmt: skip
+        self.dataset, self.model, self.plan, self.parts = dataset, model, plan, parts
+        self.strategy, self.backend, self.process = strategy, backend, process
+        self.sampler, self.rounds = plan.sampler, plan.rounds
+        self.ledger = plan.new_ledger()
+        self.seed, self.progress = seed, progress
+        self.epsilon_planned = plan.epsilon()
         self.metric = model.metrics()[0].name
         self._eval_model = None
-        self.checkpoints, self.codec = checkpoints, None
-        if checkpoints is not None:
-            from dpfed.io.checkpoint import state_codec
-
-            self.codec = state_codec(process)
-            if self.codec is None and checkpoints.resume:
-                raise ConfigError("resume", True, f"false with strategy={strategy.name} (its "
-                                  "training state cannot be checkpointed yet)")  # fmt: skip
-            if self.codec is None:
-                log.warning("strategy=%s cannot be checkpointed yet: this run cannot be resumed",
-                            strategy.name)  # fmt: skip
+        self._noise_key = plan.client_key if parts.client_side else None
+        self.checkpoints = checkpoints
+        self.codec = strategy.state_codec(process) if checkpoints is not None else None
 
     # ------------------------------------------------------------------ outputs
     @property
@@ -82,7 +51,7 @@ class Simulation:
         return [
             "round",
             "clients",
-            "epsilon",
+            *(a.column for a in self.plan.accounts),
             "delta",
             "train/loss",
             f"train/{m}",
@@ -92,22 +61,20 @@ class Simulation:
             "round_seconds",
             "bytes_down",
             "bytes_up",
-            *self.mechanism.metric_columns,
+            *self.parts.metric_columns,
         ]
 
     def privacy_record(self) -> dict:
-        """What an independent dp-accounting computation needs to recompute epsilon."""
-        return {
-            **self.mechanism.describe(self.sampler),
-            **self.sampler.describe(),
-            **self.ledger.describe(),
-            "dp_events": self.ledger.events(),
-        }
+        """What an independent dp-accounting computation needs to recompute every epsilon."""
+        return {**self.plan.describe(), **self.ledger.describe()}
 
     # ------------------------------------------------------------------ pieces
     def cohort_datasets(self, client_ids, round_num):
-        """What the strategy trains on in round ``round_num`` (per-client datasets for TFF)."""
-        return self.strategy.cohort_data(self.dataset.train, client_ids, round_num, self.seed)
+        """What the process trains on in round ``round_num`` (None without clients)."""
+        if self.strategy.client_update is None:
+            return None  # e.g. pooled records: the process holds them
+        return self.backend.cohort_data(self.strategy, self.dataset.train, client_ids, round_num,
+                                        self.seed, self._noise_key)  # fmt: skip
 
     def _eval_arrays(self):
         n = self.dataset.num_clients
@@ -139,24 +106,22 @@ class Simulation:
         return every > 0 and (round_num % every == 0 or round_num == self.rounds)
 
     # ------------------------------------------------------------------ loop
-    def run_round(self, state, round_num: int, cohort: list[str], event):
-        """Trains one round on ``cohort``, accounts ``event``, evaluates if due.
+    def run_round(self, state, round_num: int, cohort: list[str]):
+        """Trains one round on ``cohort`` (an empty one still releases the aggregator's noise).
 
         Returns:
-            (new state, metrics row).
+            (new state, metrics row without the privacy columns).
         """
         start = time.perf_counter()
-        train, mechanism_metrics = None, {}
-        if cohort:  # a Poisson cohort can be empty: no update, but the round is accounted
-            result = self.process.next(state, self.cohort_datasets(cohort, round_num))
-            state, train = result.state, result.metrics["client_work"]["train"]
-            mechanism_metrics = self.mechanism.round_metrics(result.metrics["aggregator"])
+        result = self.process.next(state, self.cohort_datasets(cohort, round_num))
+        state = result.state
+        train = result.metrics["client_work"]["train"] if cohort else None
+        mechanism_metrics = self.parts.round_metrics(result.metrics["aggregator"])
         seconds = time.perf_counter() - start
         row = {
             "round": round_num,
             "clients": len(cohort),
-            "epsilon": self.ledger.record(event),
-            "delta": self.ledger.delta,
+            "delta": self.plan.settings.delta,
             "train/loss": float(train["loss"]) if train else None,
             f"train/{self.metric}": float(train[self.metric]) if train else None,
             "train/examples": int(train["num_examples"]) if train else 0,
@@ -165,23 +130,12 @@ class Simulation:
             "round_seconds": seconds,
             "bytes_down": self._bytes_per_client[0] * len(cohort),
             "bytes_up": self._bytes_per_client[1] * len(cohort),
-            **dict.fromkeys(self.mechanism.metric_columns),
+            **dict.fromkeys(self.parts.metric_columns),
             **mechanism_metrics,
         }
         if self._due_for_eval(round_num):
             row.update(self.evaluate(state))
         return state, row
-
-    def over_budget(self, event) -> str | None:
-        """Why the round with ``event`` must not run under ``dp.max_epsilon``, if it must not."""
-        budget = self.mechanism.max_epsilon
-        if budget is None:
-            return None
-        after = self.ledger.peek(event)
-        if after <= budget:
-            return None
-        return (f"round {self.ledger.rounds + 1} would raise epsilon to {after:.6g}, "
-                f"above dp.max_epsilon={budget:g}")  # fmt: skip
 
     def run(self, writer, extra_summary: dict | None = None) -> dict:
         """Runs all rounds, writing a metrics row and the summary after each one."""
@@ -189,16 +143,15 @@ class Simulation:
             "status": "running",
             "rounds": 0,
             "rounds_planned": self.rounds,
-            "epsilon": None,  # set once a round has been accounted
             "epsilon_planned": self.epsilon_planned,
-            **self.privacy_record(),
-            **self.strategy.describe(),
+            **_disjoint(self.privacy_record(), self.strategy.describe()),
+            "epsilon": None,  # set once a round has been accounted
             **(extra_summary or {}),
             "total_bytes_down": 0,
             "total_bytes_up": 0,
             "train_seconds": 0.0,
         }
-        log.info("privacy: %s", self.describe_privacy())
+        log.info("privacy: %s", self.plan.describe_line())
         state = self.process.initialize()
         self._bytes_per_client = self._model_bytes(state)
         first = 1
@@ -212,19 +165,18 @@ class Simulation:
         try:
             for round_num in bar:
                 cohort = self.sampler.sample(round_num)
-                event = self.mechanism.round_event(self.sampler, round_num, cohort)
-                if reason := self.over_budget(event):
+                events = self.ledger.preview(round_num, cohort)  # changes nothing yet
+                if reason := self.ledger.over_budget(events):
                     summary.update(status="stopped", stop_reason=reason)
                     log.warning("stopping: %s", reason)
                     break
-                state, row = self.run_round(state, round_num, cohort, event)
+                state, row = self.run_round(state, round_num, cohort)
+                row.update(self.ledger.record(round_num, cohort, events))
                 writer.write_round(row)
                 summary.update(
                     {k: v for k, v in row.items() if "/" in k and v is not None},
                     rounds=round_num,
-                    epsilon=row["epsilon"],
-                    dp_events=self.ledger.events(),
-                    **self.mechanism.describe(self.sampler),
+                    **self.ledger.describe(),
                     total_bytes_down=summary["total_bytes_down"] + row["bytes_down"],
                     total_bytes_up=summary["total_bytes_up"] + row["bytes_up"],
                     train_seconds=summary["train_seconds"] + row["round_seconds"],
@@ -253,8 +205,8 @@ class Simulation:
         """Checkpoints everything the loop needs to continue after round ``summary["rounds"]``.
 
         The cohort sampler and the evaluation cohort are functions of (seed,
-        round), so the round number is their whole state; the mechanism's
-        state covers local-DP and DP-SGD participation counts; the DP noise
+        round), so the round number is their whole state; the ledger holds
+        every account's events and the participation counts; the DP noise
         seeds are part of the process state.
         """
         if self.checkpoints is None or self.codec is None:
@@ -265,7 +217,8 @@ class Simulation:
             "finished": finished,
             "sampler": self.sampler.state_dict(),
             "ledger": self.ledger.state_dict(),
-            "mechanism": self.mechanism.state_dict(),
+            # the DP seed (a secret one too, or a resumed run could not continue its noise)
+            "dp_seed": str(self.plan.dp_seed),
             "summary": summary,
         }
         self.checkpoints.save(self.codec.state_to_arrays(state), meta)
@@ -286,7 +239,6 @@ class Simulation:
         state = self.codec.restore_from_arrays(self.checkpoints.arrays)
         self.sampler.load_state_dict(meta["sampler"])
         self.ledger.load_state_dict(meta["ledger"])
-        self.mechanism.load_state_dict(meta["mechanism"])
         writer.resume(rounds)
         resumed = [*meta["summary"].get("resumed_from_round", []), rounds]
         summary = {**summary, **meta["summary"], **extra_summary, "status": "running",
@@ -296,17 +248,13 @@ class Simulation:
                  self.checkpoints.path)  # fmt: skip
         return state, summary
 
-    def describe_privacy(self) -> str:
-        """One line on what is accounted and how, for the log."""
-        if self.mechanism.name == "none":
-            return "none (dp=none): epsilon is infinite"
-        calibrated = getattr(self.mechanism, "target_epsilon", None)
-        note = (f"noise multiplier {self.mechanism.noise_multiplier:.6g} calibrated to "
-                f"target epsilon {calibrated:g}; " if calibrated else "")  # fmt: skip
-        return (
-            f"{note}{self.mechanism.name} mechanism, {self.sampler.describe()}, "
-            f"{self.ledger.kind} accountant, "
-            f"{self.ledger.describe()['neighboring_relation']} adjacency; round 1's DP event "
-            f"{event_to_dict(self.mechanism.round_event(self.sampler, 1))}; planned epsilon "
-            f"after {self.rounds} rounds: {self.epsilon_planned:.4g} at delta {self.ledger.delta:g}"
-        )
+
+def _disjoint(*parts: dict) -> dict:
+    """Merges summary sections; a key in two of them is a bug (one would silently win)."""
+    merged: dict = {}
+    for part in parts:
+        clash = merged.keys() & part.keys()
+        if clash:
+            raise ValueError(f"summary keys {sorted(clash)} come from two components")
+        merged.update(part)
+    return merged

@@ -1,174 +1,147 @@
-"""Federation strategies built on ``tff.learning.algorithms``."""
+"""Federation strategies: what clients do (a `ClientUpdate`) and how the server applies it.
+
+A strategy is a description; a client backend (`dpfed.federated.backends`)
+turns it into a TFF learning process, so every strategy runs on every backend
+that can execute its client work, and is refused by the others.
+"""
 
 from __future__ import annotations
 
-import collections
+import abc
+from dataclasses import dataclass
+from typing import Any
 
-import tensorflow as tf
+from omegaconf import MISSING
 
-from dpfed.errors import ConfigError, check
-from dpfed.federated.runtime import tff
-from dpfed.federated.sampling import SAMPLERS
+from dpfed.errors import check
+from dpfed.federated.client_update import ClientUpdate, ClientWork
+from dpfed.privacy.sampling import RecordSampling, Sampling
 
 
-class FederatedStrategy:
-    """What every TFF-backed strategy shares: cohorts, evaluation, client data, model_fn.
+class Strategy(abc.ABC):
+    """What every strategy has: evaluation settings and a way to build its process.
 
-    Subclasses implement `_build(model_fn, aggregator)`. Args are documented on
-    `dpfed.config.FedAvgConfig`; optimizers arrive built as TFF optimizers.
+    Attributes:
+        eval_every: evaluate every k rounds (and after the last); 0 disables it.
+        eval_clients: clients whose held-out split is evaluated; -1 for all.
+        weighted: client updates are weighted by their number of examples.
+        client_update: what each client does, or None when there are no
+            clients (``strategy=centralized``).
     """
 
-    name = "strategy"
-    local_epochs = 1
-    client_backend = None  # set by dpfed.build: None runs TFF's own client work
+    eval_every: int
+    eval_clients: int
+    weighted: bool = False
+    client_update: ClientUpdate | None = None
+
+    @abc.abstractmethod
+    def build_process(self, backend, model, parts, plan, dataset):
+        """The learning process (TFF's interface: ``initialize``, ``next``, ``get_model_weights``).
+
+        Args:
+            backend: the client backend (`dpfed.federated.backends`).
+            model: the bound `dpfed.models.gru.GRUModel`.
+            parts: the mechanism's `dpfed.privacy.mechanisms.base.MechanismParts`.
+            plan: the run's `dpfed.privacy.plan.PrivacyPlan`.
+            dataset: the run's dataset (its training data as the mechanism left it).
+        """
+
+    def state_codec(self, process):
+        """How ``process``'s state becomes arrays and back (for checkpoints): TFF's codec here.
+
+        A strategy whose process is not TFF's returns an object with
+        ``state_to_arrays(state) -> dict[str, np.ndarray]`` and
+        ``restore_from_arrays(arrays) -> state``.
+        """
+        from dpfed.io.checkpoint import TFFStateCodec
+
+        return TFFStateCodec(process)
+
+    def describe(self) -> dict:
+        return {"weighted": self.weighted}
+
+
+def _check_evaluation(eval_every: int, eval_clients: int) -> None:
+    check(eval_every >= 0, "eval_every", eval_every, ">= 0 (0 disables evaluation)")
+    check(eval_clients == -1 or eval_clients >= 1, "eval_clients", eval_clients,
+          "-1 (all clients) or >= 1")  # fmt: skip
+
+
+class FederatedStrategy(Strategy):
+    """A strategy with clients; the backend runs their `ClientUpdate` (args: `StrategyConfig`)."""
 
     def __init__(self, weighted: bool, clients_per_round: int, sampling: str, batch_size: int,
                  eval_every: int, eval_clients: int, server_optimizer):  # fmt: skip
-        check(sampling in SAMPLERS, "sampling", sampling, f"one of {', '.join(SAMPLERS)}")
         check(batch_size >= 1, "batch_size", batch_size, ">= 1")
-        check(eval_every >= 0, "eval_every", eval_every, ">= 0 (0 disables evaluation)")
-        check(eval_clients == -1 or eval_clients >= 1, "eval_clients", eval_clients,
-              "-1 (all clients) or >= 1")  # fmt: skip
-        self.weighted, self.clients_per_round, self.sampling = weighted, clients_per_round, sampling
-        self.batch_size, self.eval_every, self.eval_clients = batch_size, eval_every, eval_clients
+        check(clients_per_round >= 1, "clients_per_round", clients_per_round, ">= 1")
+        _check_evaluation(eval_every, eval_clients)
+        self.weighted, self.batch_size = weighted, batch_size
+        self.eval_every, self.eval_clients = eval_every, eval_clients
         self.server_optimizer = server_optimizer
 
-    def sampler(self, population: int, seed: int, client_data=None):
-        return SAMPLERS[self.sampling](population, self.clients_per_round, seed)
-
-    def build_process(self, model, mechanism, model_fn, aggregator, seed: int):
-        """The TFF learning process (``model`` and ``mechanism`` are for other strategies)."""
-        if self.client_backend is not None:  # e.g. `dpfed.federated.vectorized`
-            return self.client_backend.build_process(self, model, mechanism, model_fn, aggregator)
-        return self.learning_process(model_fn, aggregator)
-
-    def learning_process(self, model_fn, aggregator):
-        """Builds the TFF learning process for ``model_fn`` with ``aggregator`` (None: default)."""
-        if self.weighted and isinstance(aggregator, tff.aggregators.UnweightedAggregationFactory):
-            raise ConfigError("weighted", self.weighted,
-                              "false with this dp mechanism (its aggregator weighs every "
-                              "client equally, as user-level DP requires)")  # fmt: skip
-        return self._build(model_fn, aggregator)
-
-    def _build(self, model_fn, aggregator):
-        raise NotImplementedError
-
-    def cohort_data(self, client_data, client_ids, round_num: int, seed: int):
-        """One shuffled, batched tf.data.Dataset per client of the cohort.
-
-        With a client backend: one dataset per shard of clients, made from those.
-        """
-        datasets = [
-            self.client_dataset(client_data.create_tf_dataset_for_client(cid),
-                                seed=seed * 1_000_003 + round_num * 7919 + int(cid))
-            for cid in client_ids
-        ]  # fmt: skip
-        if self.client_backend is None:
-            return datasets
-        return self.client_backend.shards(self, datasets)
-
-    def client_dataset(self, dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:
-        """Shuffles, repeats for the local epochs and batches one client's data."""
-        return (
-            dataset.shuffle(1024, seed=seed, reshuffle_each_iteration=True)
-            .repeat(self.local_epochs)
-            .batch(self.batch_size)
-        )
+    def build_process(self, backend, model, parts, plan, dataset):
+        return backend.build_process(self, model, parts)
 
     def describe(self) -> dict:
-        return {"strategy": self.name, "weighted": self.weighted,
-                "local_epochs": self.local_epochs, "batch_size": self.batch_size}  # fmt: skip
+        update = self.client_update
+        return {"weighted": self.weighted, "batch_size": self.batch_size,
+                "client_work": str(update.work), "local_epochs": update.local_epochs,
+                "proximal_strength": update.proximal_mu}  # fmt: skip
+
+
+def _optimizer_hparams(optimizer) -> dict:
+    import tensorflow as tf
+
+    return optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
 
 
 class FedAvg(FederatedStrategy):
     """Federated averaging (McMahan et al., AISTATS 2017); with an adaptive server
-    optimizer (``strategy=fedadam|fedyogi``) it is FedOpt (Reddi et al., ICLR 2021)."""
+    optimizer (``strategy=fedadam|fedyogi``) it is FedOpt (Reddi et al., ICLR 2021).
 
-    name = "fedavg"
+    Args:
+        client_optimizer: the TFF optimizer of local training.
+        local_epochs: passes over its data each client makes per round, >= 1.
+        **kwargs: as for `FederatedStrategy`.
+    """
+
+    proximal_strength = 0.0
 
     def __init__(self, client_optimizer, local_epochs: int, **kwargs):
         check(local_epochs >= 1, "local_epochs", local_epochs, ">= 1")
         super().__init__(**kwargs)
         self.client_optimizer, self.local_epochs = client_optimizer, local_epochs
 
-    def _build(self, model_fn, aggregator):
-        if self.weighted:
-            return tff.learning.algorithms.build_weighted_fed_avg(
-                model_fn, self.client_optimizer, self.server_optimizer, model_aggregator=aggregator
-            )
-        return tff.learning.algorithms.build_unweighted_fed_avg(
-            model_fn, self.client_optimizer, self.server_optimizer, model_aggregator=aggregator
+    @property
+    def client_update(self) -> ClientUpdate:
+        hparams = _optimizer_hparams(self.client_optimizer)
+        return ClientUpdate(
+            ClientWork.local_training,
+            optimizer=self.client_optimizer,
+            learning_rate=float(hparams["learning_rate"]),
+            momentum=float(hparams.get("momentum", 0.0)),
+            sgd=set(hparams) <= {"learning_rate", "momentum"},
+            local_epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            proximal_mu=self.proximal_strength,
+            weighted=self.weighted,
         )
-
-
-class ProximalOptimizer(tff.learning.optimizers.Optimizer):
-    """A client optimizer whose gradient gains FedProx's proximal term ``mu * (w - w_start)``.
-
-    ``w_start`` is the model a client starts local training from (the weights
-    of its first step): TFF initializes the client optimizer once per client
-    and round, so the first `next` call fixes it in the state.
-
-    TFF 0.87's own FedProx (``proximal_client_work``) adds ``mu * (w_start - w)``,
-    the opposite sign, which pushes clients away from the server model; this
-    optimizer lets FedProx run on TFF's FedAvg client work instead.
-
-    Args:
-        base: the TFF client optimizer.
-        mu: proximal strength, >= 0.
-    """
-
-    def __init__(self, base, mu: float):
-        self.base, self.mu = base, mu
-
-    def initialize(self, specs):
-        return collections.OrderedDict(
-            base=self.base.initialize(specs),
-            anchor=tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), specs),
-            started=tf.constant(False),
-        )
-
-    def next(self, state, weights, gradients):
-        anchor = tf.nest.map_structure(lambda a, w: tf.where(state["started"], a, w),
-                                       state["anchor"], weights)  # fmt: skip
-        gradients = tf.nest.map_structure(lambda g, w, a: g + self.mu * (w - a),
-                                          gradients, weights, anchor)  # fmt: skip
-        base, weights = self.base.next(state["base"], weights, gradients)
-        return collections.OrderedDict(base=base, anchor=anchor, started=tf.constant(True)), weights
-
-    def get_hparams(self, state):
-        return self.base.get_hparams(state["base"])
-
-    def set_hparams(self, state, hparams):
-        return collections.OrderedDict(state, base=self.base.set_hparams(state["base"], hparams))
 
 
 class FedProx(FedAvg):
     """FedProx (Li et al., MLSys 2020): FedAvg with a proximal term mu/2 ||w - w_server||^2.
 
-    Local training adds ``mu * (w - w_server)`` to every gradient through
-    `ProximalOptimizer` on TFF's FedAvg client work (TFF 0.87's FedProx has
-    the sign of that term reversed).
+    Local training adds ``mu * (w - w_server)`` to every gradient
+    (`dpfed.federated.client_update.proximal_gradient`).
 
     Args:
         proximal_strength: mu, >= 0 (0 is FedAvg).
     """
 
-    name = "fedprox"
-
     def __init__(self, proximal_strength: float, **kwargs):
         check(proximal_strength >= 0, "proximal_strength", proximal_strength, ">= 0")
         super().__init__(**kwargs)
         self.proximal_strength = proximal_strength
-
-    def _build(self, model_fn, aggregator):
-        build = (tff.learning.algorithms.build_weighted_fed_avg if self.weighted
-                 else tff.learning.algorithms.build_unweighted_fed_avg)  # fmt: skip
-        client_optimizer = ProximalOptimizer(self.client_optimizer, self.proximal_strength)
-        return build(model_fn, client_optimizer, self.server_optimizer,
-                     model_aggregator=aggregator)  # fmt: skip
-
-    def describe(self) -> dict:
-        return {**super().describe(), "proximal_strength": self.proximal_strength}
 
 
 class FedSGD(FederatedStrategy):
@@ -179,12 +152,101 @@ class FedSGD(FederatedStrategy):
     each client's gradient is clipped and clients count equally.
     """
 
-    name = "fedsgd"
+    @property
+    def client_update(self) -> ClientUpdate:
+        return ClientUpdate(ClientWork.gradient, batch_size=self.batch_size,
+                            weighted=self.weighted)  # fmt: skip
 
-    def _build(self, model_fn, aggregator):
-        if not self.weighted:  # every client's gradient counts once, as with DP
-            unweighted = aggregator or tff.aggregators.UnweightedMeanFactory()
-            aggregator = tff.aggregators.as_weighted_aggregator(unweighted)
-        return tff.learning.algorithms.build_fed_sgd(
-            model_fn, self.server_optimizer, model_aggregator=aggregator
-        )
+
+# --------------------------------------------------------------------------- schemas
+@dataclass
+class StrategyConfig:
+    """Settings every federation strategy has.
+
+    Attributes:
+        weighted: weight client updates by their number of examples; DP
+            aggregators need ``false`` (each client counts once).
+        clients_per_round: cohort size (expected size for ``poisson``).
+        sampling: how cohorts are drawn: ``fixed`` (TFF's uniform fixed-size
+            sampling without replacement), ``poisson`` (each client joins with
+            probability clients_per_round / num_clients) or ``shuffle``
+            (shuffled epochs, every client once per epoch, no amplification).
+        batch_size: client batch size.
+        eval_every: evaluate on held-out client data every k rounds (and after
+            the last round); 0 disables evaluation.
+        eval_clients: clients whose held-out split is evaluated (a fixed,
+            seeded set); -1 evaluates all clients.
+        server_optimizer: optimizer applying the aggregated update on the server.
+    """
+
+    _target_: str = MISSING
+    weighted: bool = False
+    clients_per_round: int = 50
+    sampling: Sampling = Sampling.poisson
+    batch_size: int = 16
+    eval_every: int = 2
+    eval_clients: int = 200
+    server_optimizer: Any = MISSING
+
+
+@dataclass
+class FedAvgConfig(StrategyConfig):
+    """Federated averaging through ``tff.learning.algorithms`` (McMahan et al. 2017).
+
+    Attributes:
+        local_epochs: passes over its data each client makes per round.
+        client_optimizer: optimizer of local training.
+    """
+
+    _target_: str = "dpfed.federated.strategy.FedAvg"
+    local_epochs: int = 1
+    client_optimizer: Any = MISSING
+
+
+@dataclass
+class FedProxConfig(FedAvgConfig):
+    """FedProx (Li et al. 2020).
+
+    Attributes:
+        proximal_strength: weight mu of the proximal term, >= 0.
+    """
+
+    _target_: str = "dpfed.federated.strategy.FedProx"
+    proximal_strength: float = 0.01
+
+
+@dataclass
+class FedSGDConfig(StrategyConfig):
+    """Federated SGD: one gradient per client per round."""
+
+    _target_: str = "dpfed.federated.strategy.FedSGD"
+
+
+@dataclass
+class CentralizedConfig:
+    """Pool every client's training data and train one model (Keras SGD).
+
+    Attributes:
+        clients_per_round: pool the data of this many (seeded, random) clients;
+            null pools every client.
+        sampling: ``records``: every step draws a Poisson batch of the pooled
+            records (what DP-SGD's accounting assumes).
+        batch_size: batch size; the expected size of DP-SGD's Poisson batches.
+        learning_rate: SGD learning rate.
+        momentum: SGD momentum.
+        eval_every: evaluate every k epochs (rounds); 0 disables evaluation.
+        eval_clients: clients whose held-out split is evaluated; -1 for all.
+    """
+
+    _target_: str = "dpfed.federated.centralized.Centralized"
+    clients_per_round: int | None = None
+    sampling: RecordSampling = RecordSampling.records
+    batch_size: int = 256
+    learning_rate: float = 0.2
+    momentum: float = 0.0
+    eval_every: int = 1
+    eval_clients: int = 200
+
+
+SCHEMAS = {"fedavg": FedAvgConfig, "fedprox": FedProxConfig, "fedsgd": FedSGDConfig,
+           "centralized": CentralizedConfig}  # fmt: skip

@@ -98,24 +98,6 @@ class TFFStateCodec:
         return tf.nest.pack_sequence_as(template, restored)
 
 
-def state_codec(process):
-    """How ``process``'s state becomes arrays and back, or None if it cannot be checkpointed.
-
-    TFF processes are handled here. Any other process (``strategy=centralized``)
-    is checkpointed if it implements ``state_to_arrays(state) -> dict[str,
-    np.ndarray]`` and ``restore_from_arrays(arrays) -> state`` itself (called
-    after ``initialize()``; the returned state is passed to the next ``next``).
-    """
-    from dpfed.federated.runtime import tff
-
-    if isinstance(process, tff.templates.IterativeProcess):
-        return TFFStateCodec(process)
-    methods = ("state_to_arrays", "restore_from_arrays")
-    if all(callable(getattr(process, m, None)) for m in methods):
-        return process
-    return None
-
-
 def _flat(config: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in config.items():

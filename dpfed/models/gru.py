@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from dpfed.errors import ConfigError, check
 
 OUTPUT_MODES = ("last", "every_step")
@@ -67,23 +65,30 @@ class GRUModel:
         if self.head_units is not None and dataset.task == "regression":
             check(self.head_units == 1, "head_units", self.head_units, "1 (or null) for regression")
         self.seq_len, self.num_features = dataset.seq_len, dataset.num_features
-        self.vocab_size = getattr(dataset, "vocab_size", None)
+        self.vocab_size = dataset.vocab_size
         self.task = dataset.task
-        x_spec, y_spec = dataset.element_spec
-        self.input_spec = (
-            tf.TensorSpec([None, *x_spec.shape], x_spec.dtype),
-            tf.TensorSpec([None, *y_spec.shape], y_spec.dtype),
-        )
+        self._array_spec = dataset.train.array_spec
         self.width = self.head_units or dataset.num_classes
         return self
 
-    def keras_model(self, unroll: bool = False) -> tf.keras.Model:
+    @property
+    def input_spec(self):
+        """Batched (x, y) ``tf.TensorSpec`` of what the model trains on."""
+        import tensorflow as tf
+
+        x_spec, y_spec = (spec.tensor_spec() for spec in self._array_spec)
+        return (tf.TensorSpec([None, *x_spec.shape], x_spec.dtype),
+                tf.TensorSpec([None, *y_spec.shape], y_spec.dtype))  # fmt: skip
+
+    def keras_model(self, unroll: bool = False):
         """Returns a new, freshly initialised Keras model.
 
         Args:
             unroll: unroll the GRUs over time (what vectorized per-example
                 gradients need; same weights and outputs).
         """
+        import tensorflow as tf
+
         if self.vocab_size:
             # Token ids -> vectors, as in TFF's Shakespeare model (McMahan et al. 2017).
             inputs = tf.keras.Input((self.seq_len,), dtype=tf.int32, name="sequence")
@@ -108,26 +113,33 @@ class GRUModel:
             out = tf.keras.layers.Lambda(lambda t: tf.squeeze(t, -1), name="squeeze")(out)
         return tf.keras.Model(inputs, out, name="gru_stack")
 
-    def trainable_weight_specs(self) -> list[tf.TensorSpec]:
-        """Specs of the trainable weights, in the order TFF aggregates model updates."""
+    def trainable_weight_specs(self) -> list:
+        """Specs (``tf.TensorSpec``) of the trainable weights, in the order TFF aggregates updates."""
+        import tensorflow as tf
+
         return [tf.TensorSpec(v.shape, v.dtype) for v in self.keras_model().trainable_variables]
 
-    def loss(self, reduction: str = "auto") -> tf.keras.losses.Loss:
-        """The training loss; ``reduction="none"`` gives one value per example (and step)."""
+    def loss(self, reduction: str = "auto"):
+        """The training Keras loss; ``reduction="none"`` gives one value per example (and step)."""
+        import tensorflow as tf
+
         if self.task == "regression":
             return tf.keras.losses.MeanSquaredError(reduction=reduction)
         return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
 
-    def tff_model(self, keras_model: tf.keras.Model | None = None):
+    def tff_model(self, keras_model=None):
         """A TFF VariableModel around ``keras_model`` (a fresh one by default)."""
-        from dpfed.federated.runtime import tff
+        from dpfed.runtime import tff
 
         return tff.learning.models.from_keras_model(
             keras_model or self.keras_model(), loss=self.loss(), input_spec=self.input_spec,
             metrics=self.metrics(),
         )  # fmt: skip
 
-    def metrics(self) -> list[tf.keras.metrics.Metric]:
+    def metrics(self) -> list:
+        """The Keras metrics: accuracy, or mean absolute error for regression."""
+        import tensorflow as tf
+
         if self.task == "regression":
             return [tf.keras.metrics.MeanAbsoluteError(name="mae")]
         return [tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")]

@@ -1,9 +1,18 @@
 """Privacy calculator: ``python -m dpfed.privacy epsilon|noise [flags]``, printing one JSON object.
 
-It builds the same mechanism, sampler and ledger objects a training run builds,
-so an epsilon printed here is the epsilon ``run.py`` would report for the same
-settings (for ``gaussian``, the noise multiplier is std / clip of TFF's
-aggregator, and fixed-size sampling is accounted with sensitivity 2 * clip).
+It composes the run config its flags describe and builds the privacy plan with
+`dpfed.build.build_privacy`, the function every run uses, so an epsilon printed
+here is the epsilon ``run.py`` reports for the same settings (and the noise
+multiplier is the one ``dp.target_epsilon`` would calibrate). Every mechanism,
+sampling and neighbouring relation a run accepts is available; settings a run
+refuses are refused here with the flag named.
+
+Examples:
+    python -m dpfed.privacy epsilon --population 1000 --sample-size 50 --steps 20
+    python -m dpfed.privacy noise --epsilon 2 --sampling fixed --population 1000 \\
+        --sample-size 50 --steps 20 --neighboring zero_out
+    python -m dpfed.privacy epsilon --dataset-size 60000 --batch-size 256 --epochs 60 \\
+        --noise-multiplier 1.1 --conversion classic --orders 1.1:10.9:0.1,12:63
 """
 
 from __future__ import annotations
@@ -13,124 +22,181 @@ import json
 import math
 import sys
 
-import dp_accounting
+from dpfed.errors import ConfigError
 
-from dpfed.errors import ConfigError, check
-from dpfed.federated.sampling import (
-    FixedSizeSampler,
-    FullParticipation,
-    PoissonSampler,
-    ShuffleSampler,
-)
-from dpfed.privacy.accounting import ACCOUNTANTS, CONVERSIONS, PrivacyLedger, event_to_dict
-from dpfed.privacy.calibration import calibrate_noise_multiplier
-from dpfed.privacy.mechanisms import GaussianMechanism, TreeMechanism
+SAMPLINGS = ("poisson", "fixed", "shuffle")
+# run config keys -> the flag that sets them (for error messages)
+FLAGS = {
+    "dp.noise_multiplier": "--noise-multiplier",
+    "dp.target_epsilon": "--epsilon",
+    "dp.delta": "--delta",
+    "dp.accountant": "--accountant",
+    "dp.conversion": "--conversion",
+    "dp.orders": "--orders",
+    "dp.neighboring": "--neighboring",
+    "dp.pld_discretization": "--pld-discretization",
+    "dp.user_noise_multiplier": "--user-noise-multiplier",
+    "dp.clipped_count_stddev": "--clipped-count-stddev",
+    "dp": "--mechanism",
+    "strategy.clients_per_round": "--sample-size",
+    "strategy.sampling": "--sampling",
+    "strategy.batch_size": "--batch-size",
+    "strategy.local_epochs": "--local-epochs",
+    "rounds": "--steps",
+}
 
-MECHANISMS = ("gaussian", "tree", "laplace")
-SAMPLINGS = ("poisson", "fixed", "none")
+
+def parse_orders(text: str) -> list[float]:
+    """RDP orders from ``1.5,2,3`` or ranges ``start:stop[:step]`` (inclusive): ``1.1:10.9:0.1,12:63``."""
+    orders = []
+    for part in (p for p in text.split(",") if p):
+        if ":" in part:
+            fields = [float(v) for v in part.split(":")]
+            if len(fields) not in (2, 3) or (len(fields) == 3 and fields[2] <= 0):
+                raise argparse.ArgumentTypeError(f"bad range {part!r}: start:stop[:step], step > 0")
+            start, stop, step = fields if len(fields) == 3 else (*fields, 1.0)
+            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            orders += [round(start + i * step, 10) for i in range(max(count, 0))]
+        else:
+            orders.append(float(part))
+    return orders
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dpfed.privacy", description=__doc__)
-    parser.add_argument(
-        "command",
-        choices=("epsilon", "noise"),
-        help="epsilon: privacy loss of a run; noise: noise multiplier for a target",
-    )
-    parser.add_argument("--mechanism", choices=MECHANISMS, default="gaussian")
-    parser.add_argument("--sampling", choices=SAMPLINGS, default="poisson")
-    parser.add_argument("--q", type=float, help="sampling probability (poisson)")
-    parser.add_argument(
-        "--population", type=int, help="population size (fixed; or poisson with --sample-size)"
-    )
-    parser.add_argument(
-        "--sample-size", type=int, help="cohort / batch size (fixed; poisson: expected)"
-    )
-    parser.add_argument("--noise-multiplier", type=float, help="noise std / sensitivity (epsilon)")
-    parser.add_argument("--steps", type=int, required=True, help="rounds or steps composed")
-    parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--epsilon", type=float, help="target epsilon (noise)")
-    parser.add_argument("--accountant", choices=ACCOUNTANTS, default="rdp")
-    parser.add_argument("--conversion", choices=CONVERSIONS, default="improved")
-    parser.add_argument(
-        "--orders",
-        type=lambda s: [float(o) for o in s.split(",") if o],
-        help="comma-separated RDP orders (default: dp-accounting's)",
-    )
-    return parser.parse_args(argv)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m dpfed.privacy", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("command", choices=("epsilon", "noise"),
+                        help="epsilon: privacy loss of a run; noise: noise multiplier for a target")  # fmt: skip
+    from dpfed.privacy.mechanisms import SCHEMAS
+
+    parser.add_argument("--mechanism", choices=sorted(SCHEMAS), default="gaussian",
+                        help="the dp= option")  # fmt: skip
+    parser.add_argument("--sampling", choices=SAMPLINGS, default=None,
+                        help="strategy.sampling (default: the mechanism's: shuffle for tree, "
+                             "else poisson)")  # fmt: skip
+    parser.add_argument("--population", type=int, default=None, help="clients in the population")
+    parser.add_argument("--sample-size", type=int, default=None,
+                        help="clients per round (poisson: expected)")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=None, help="rounds")
+    parser.add_argument("--noise-multiplier", type=float, default=None,
+                        help="noise std / clip (the run's dp.noise_multiplier; for dpsgd with "
+                             "--user-noise-multiplier 0 the example-level one)")  # fmt: skip
+    parser.add_argument("--epsilon", type=float, default=None, help="target epsilon (noise)")
+    parser.add_argument("--delta", type=float, default=1e-5, help="target delta")
+    parser.add_argument("--neighboring", choices=("replace_one", "zero_out", "add_remove"),
+                        default=None, help="neighbouring relation (default: the strict one of "
+                        "the sampling)")  # fmt: skip
+    parser.add_argument("--accountant", choices=("rdp", "pld", "pure"), default=None,
+                        help="default: the mechanism's (pure for laplace_local and input_noise, "
+                             "else rdp)")  # fmt: skip
+    parser.add_argument("--conversion", choices=("improved", "classic"), default=None,
+                        help="RDP to (epsilon, delta) conversion (rdp only; default improved)")  # fmt: skip
+    parser.add_argument("--orders", type=parse_orders, default=None,
+                        help="RDP orders, e.g. 1.1:10.9:0.1,12:63 (default: dp-accounting's)")
+    parser.add_argument("--pld-discretization", type=float, default=None,
+                        help="PLD value discretization (pld only; default 1e-4)")  # fmt: skip
+    parser.add_argument("--participations", type=int, default=None,
+                        help="rounds one client took part in, for per-client accounts (local "
+                             "DP, record-level DP-SGD in clients); default: the most the "
+                             "sampling allows")  # fmt: skip
+    parser.add_argument("--local-epochs", type=int, default=1, help="dpsgd: local epochs")
+    parser.add_argument("--user-noise-multiplier", type=float, default=None,
+                        help="dpsgd: user-level noise multiplier on top (0: none)")  # fmt: skip
+    parser.add_argument("--clipped-count-stddev", type=float, default=None,
+                        help="adaptive: clipped-count noise (default 0.05 x sample size)")  # fmt: skip
+    parser.add_argument("--noise", choices=("laplace", "gaussian"), default=None,
+                        help="input_noise: its noise")  # fmt: skip
+    group = parser.add_argument_group("DP-SGD on pooled records (strategy=centralized)")
+    group.add_argument("--dataset-size", type=int, default=None, help="training records n")
+    group.add_argument("--batch-size", type=int, default=None, help="expected Poisson batch size")
+    group.add_argument("--epochs", type=int, default=None, help="passes over the data")
+    return parser.parse_args(argv)
 
 
-def make_sampler(args):
-    if args.mechanism == "tree":  # DP-FTRL: no sampling; a tree per pass over the population
-        check(args.sampling == "none", "--sampling", args.sampling,
-              "none with --mechanism tree (DP-FTRL credits no sampling amplification)")  # fmt: skip
-        check(args.population is not None and args.sample_size is not None, "--population",
-              args.population, "given, with --sample-size, for --mechanism tree (the tree "
-              "restarts every population // sample-size steps)")  # fmt: skip
-        return ShuffleSampler(args.population, args.sample_size, seed=0)
-    if args.sampling == "fixed":
-        check(args.population is not None and args.sample_size is not None, "--population",
-              args.population, "given, with --sample-size, for --sampling fixed")  # fmt: skip
-        check(args.population >= 1, "--population", args.population, ">= 1")
-        return FixedSizeSampler(args.population, args.sample_size, seed=0)
-    if args.sampling == "poisson":
-        if args.q is None and args.population and args.sample_size:
-            args.q = args.sample_size / args.population
-        check(args.q is not None, "--q", args.q, "given (or --population and --sample-size)")
-        return PoissonSampler.with_probability(args.q)
-    return FullParticipation()
+def overrides(args) -> tuple[list[str], object]:
+    """The run config overrides and the population the flags describe."""
+    from dpfed.data.base import Population
 
+    out = [f"dp={args.mechanism}"]
+    dp = {"noise_multiplier": args.noise_multiplier, "delta": args.delta,
+          "neighboring": args.neighboring, "accountant": args.accountant,
+          "conversion": args.conversion, "pld_discretization": args.pld_discretization,
+          "user_noise_multiplier": args.user_noise_multiplier,
+          "clipped_count_stddev": args.clipped_count_stddev, "noise": args.noise,
+          "seed": 0}  # fmt: skip
+    if args.orders is not None:
+        out.append(f"dp.orders=[{','.join(repr(o) for o in args.orders)}]")
+    if args.command == "noise":
+        if args.epsilon is None:
+            raise ConfigError("--epsilon", None, "given for noise")
+        dp["target_epsilon"] = args.epsilon
+    from dataclasses import fields
 
-class LaplaceRelease:
-    """A Laplace release of scale ``noise_multiplier * sensitivity``: (1/noise_multiplier)-DP."""
+    from dpfed.privacy.mechanisms import SCHEMAS
 
-    name = "laplace"
-
-    def __init__(self, noise_multiplier: float):
-        check(noise_multiplier > 0, "noise_multiplier", noise_multiplier, "> 0")
-        self.noise_multiplier = noise_multiplier
-
-    def round_event(self, sampler, round_num: int, noise_multiplier: float | None = None):
-        b = self.noise_multiplier if noise_multiplier is None else noise_multiplier
-        return sampler.round_event(round_num, dp_accounting.LaplaceDpEvent(b))
+    keys = {f.name for f in fields(SCHEMAS[args.mechanism])}
+    for key, value in dp.items():
+        if value is not None and key not in keys:
+            flag = FLAGS.get(f"dp.{key}", "--" + key.replace("_", "-"))
+            raise ConfigError(flag, value, f"left out with --mechanism {args.mechanism} (it has "
+                              "no such setting)")  # fmt: skip
+    out += [f"dp.{k}={v}" for k, v in dp.items() if v is not None]
+    pooled = [args.dataset_size, args.batch_size, args.epochs]
+    if any(v is not None for v in pooled):
+        if any(v is None for v in pooled):
+            raise ConfigError("--dataset-size", args.dataset_size,
+                              "given with --batch-size and --epochs (DP-SGD on pooled records)")  # fmt: skip
+        if args.dataset_size < 1:
+            raise ConfigError("--dataset-size", args.dataset_size, ">= 1")
+        out += ["strategy=centralized", f"strategy.batch_size={args.batch_size}",
+                f"rounds={args.epochs}"]  # fmt: skip
+        n = args.dataset_size
+        return out, Population(1, lambda clients: n * len(clients), 1)
+    for flag, value in (("--population", args.population), ("--sample-size", args.sample_size),
+                        ("--steps", args.steps)):  # fmt: skip
+        if value is None:
+            raise ConfigError(flag, None, "given (or --dataset-size, --batch-size and --epochs "
+                              "for DP-SGD on pooled records)")  # fmt: skip
+    if args.population < 1:
+        raise ConfigError("--population", args.population, ">= 1")
+    out += [f"strategy.clients_per_round={args.sample_size}", f"rounds={args.steps}",
+            f"strategy.local_epochs={args.local_epochs}"]  # fmt: skip
+    if args.sampling is not None:
+        out.append(f"strategy.sampling={args.sampling}")
+    return out, Population(args.population, None, 1)
 
 
 def compute(args) -> dict:
-    check(args.steps >= 1, "--steps", args.steps, ">= 1")
-    check(0 < args.delta < 1, "--delta", args.delta, "in (0, 1)")
-    sampler = make_sampler(args)
-    if args.mechanism == "laplace":
-        mech = LaplaceRelease(args.noise_multiplier or 1.0)
-    else:
-        cls = TreeMechanism if args.mechanism == "tree" else GaussianMechanism
-        settings = dict(accountant=args.accountant, orders=args.orders, conversion=args.conversion)
-        mech = cls(args.noise_multiplier or 1.0, clip=1.0, delta=args.delta, **settings)
-    if hasattr(mech, "ledger"):
-        ledger = mech.ledger(sampler)  # the training code path: checks the pairing too
-    else:
-        ledger = PrivacyLedger(args.accountant, args.delta, sampler.neighboring_relation,
-                               args.orders, args.conversion)  # fmt: skip
-    if not ledger.supports(mech.round_event(sampler, 1, noise_multiplier=1.0)):
-        allowed = f"one that supports {args.mechanism} with {args.sampling} sampling"
-        raise ConfigError("--accountant", args.accountant, allowed)
+    """The JSON object the calculator prints."""
+    from dpfed.build import build_privacy
+    from dpfed.config import compose
+    from dpfed.privacy.accounting import event_to_dict
 
-    def events_for(z):
-        return (mech.round_event(sampler, r, noise_multiplier=z) for r in range(1, args.steps + 1))
-
-    out = {"command": args.command, **{k: v for k, v in vars(args).items() if k != "command"}}
-    out["neighboring_relation"] = ledger.describe()["neighboring_relation"]
-    if args.command == "epsilon":
-        check(args.noise_multiplier is not None, "--noise-multiplier", None, "given for epsilon")
-        check(args.noise_multiplier > 0, "--noise-multiplier", args.noise_multiplier, "> 0")
-        out["epsilon"] = ledger.planned_epsilon(events_for(args.noise_multiplier))
-    else:
-        check(args.epsilon is not None and args.epsilon > 0, "--epsilon", args.epsilon, "> 0")
-        try:
-            z, eps = calibrate_noise_multiplier(events_for, ledger, args.epsilon)
-        except ConfigError as err:
-            raise ConfigError("--epsilon", err.value, err.allowed) from None
-        out.update(noise_multiplier=z, epsilon_reached=eps)
-    out["dp_event_round_1"] = event_to_dict(events_for(out["noise_multiplier"]).__next__())
+    args_overrides, population = overrides(args)
+    try:
+        cfg = compose(*args_overrides)
+    except Exception as err:  # Hydra's composition errors: a value of a wrong type
+        raise ConfigError("--flags", " ".join(args_overrides),
+                          f"values of the right types ({str(err).splitlines()[0]})") from None
+    plan = build_privacy(cfg, population)
+    if args.participations is not None and args.participations < 0:
+        raise ConfigError("--participations", args.participations, ">= 0")
+    out = {"command": args.command,
+           **{k: v for k, v in vars(args).items() if k not in ("command", "epsilon")}}  # fmt: skip
+    if args.command == "noise":
+        out["target_epsilon"] = args.epsilon
+    out["mechanism"] = plan.label
+    out.update({k: v for k, v in plan.describe().items()
+                if k in ("unit", "neighboring", "accounting_relation", "sampling",
+                         "sampling_probability", "accountant", "conversion", "orders",
+                         "sensitivity", "accounted_noise_multiplier")})  # fmt: skip
+    out["noise_multiplier"] = plan.noise_multiplier
+    out.update(plan.epsilons(participations=args.participations))
+    if args.command == "noise":
+        out["epsilon_reached"] = plan.epsilon(plan.budget_account)
+    out["dp_event_round_1"] = event_to_dict(plan.headline.event(1))
     return out
 
 
@@ -139,12 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = compute(args)
     except ConfigError as err:
-        key = err.key if err.key.startswith("--") else "--" + err.key.replace("_", "-")
+        key = err.key if err.key.startswith("--") else FLAGS.get(err.key, err.key)
         print(f"error: {key}={err.value!r} is not allowed: {key} must be {err.allowed}",
               file=sys.stderr)  # fmt: skip
         return 2
-    print(json.dumps(out, default=lambda v: None if v is None else str(v), allow_nan=True))
-    return 0 if math.isfinite(out.get("epsilon", 0.0)) or args.command == "epsilon" else 1
+    print(json.dumps(out, default=str, allow_nan=True))
+    return 0
 
 
 if __name__ == "__main__":

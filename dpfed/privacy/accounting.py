@@ -1,14 +1,15 @@
 """Privacy accounting with dp-accounting, composed round by round.
 
-A `PrivacyLedger` counts the DP event of every round that actually ran and
-reports epsilon at the configured delta with dp-accounting's RDP or PLD
-accountant. The neighbouring relation comes from the client sampler (fixed-size
-cohorts need replace-one adjacency, Poisson cohorts add/remove), so a sampler
-and an accountant that disagree cannot be put together.
+An `Accountant` composes the DP events a run released and reports epsilon at
+the configured delta with dp-accounting's RDP or PLD accountant, or by basic
+composition of pure epsilon-DP Laplace releases. It raises on any event it
+cannot compose, so an epsilon is never computed from a part of what was released.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 import math
 from collections import Counter
 from collections.abc import Iterable
@@ -20,19 +21,26 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant, compute_epsilon
 
 from dpfed.errors import check
+from dpfed.privacy.neighboring import RELATION_NAMES
 
-ACCOUNTANTS = ("rdp", "pld", "pure")
-CONVERSIONS = ("improved", "classic")
 
-# events the pure-DP accountant composes: Laplace releases (epsilon = 1 / noise multiplier)
-PURE_EVENTS = (dp_accounting.LaplaceDpEvent, dp_accounting.NoOpDpEvent,
-               dp_accounting.NonPrivateDpEvent)  # fmt: skip
+class AccountantKind(enum.StrEnum):
+    """How DP events are composed (``dp.accountant``)."""
 
-RELATION_NAMES = {
-    dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE: "add_or_remove_one",
-    dp_accounting.NeighboringRelation.REPLACE_ONE: "replace_one",
-    dp_accounting.NeighboringRelation.REPLACE_SPECIAL: "replace_special",
-}
+    rdp = "rdp"
+    pld = "pld"
+    pure = "pure"
+
+
+class Conversion(enum.StrEnum):
+    """RDP to (epsilon, delta) conversion (``dp.conversion``)."""
+
+    improved = "improved"
+    classic = "classic"
+
+
+class UnsupportedEventError(ValueError):
+    """An accountant was given a DP event it cannot compose."""
 
 
 def event_to_dict(event: dp_accounting.DpEvent) -> dict:
@@ -117,14 +125,42 @@ class IncrementalPLD:
         return math.inf if eps is None or math.isnan(eps) else float(eps)
 
 
-class PrivacyLedger:
-    """Counts one DP event per completed round and reports (epsilon, delta).
+def _pure_epsilon(event: dp_accounting.DpEvent) -> float:
+    """Basic composition of pure epsilon-DP releases (Laplace: 1 / noise multiplier)."""
+    if isinstance(event, dp_accounting.NoOpDpEvent):
+        return 0.0
+    if isinstance(event, dp_accounting.NonPrivateDpEvent):
+        return math.inf
+    if isinstance(event, dp_accounting.LaplaceDpEvent):
+        return math.inf if event.noise_multiplier == 0 else 1 / event.noise_multiplier
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        return event.count * _pure_epsilon(event.event)
+    if isinstance(event, dp_accounting.ComposedDpEvent):
+        return sum(_pure_epsilon(e) for e in event.events)
+    raise UnsupportedEventError(
+        f"the pure accountant composes Laplace releases only, not {type(event).__name__}"
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _rdp_of(event: dp_accounting.DpEvent, orders: tuple | None, relation) -> np.ndarray:
+    """dp-accounting's RDP of one event (shared by every accountant: sampled events are slow)."""
+    accountant = RdpAccountant(orders=None if orders is None else list(orders),
+                               neighboring_relation=relation)  # fmt: skip
+    accountant.compose(event)
+    rdp = accountant.rdp
+    rdp.setflags(write=False)
+    return rdp
+
+
+class Accountant:
+    """Composes DP events with dp-accounting and reports (epsilon, delta).
 
     Args:
-        accountant: ``rdp``, ``pld``, or ``pure`` (basic composition of pure
+        kind: ``rdp``, ``pld``, or ``pure`` (basic composition of pure
             epsilon-DP Laplace releases; delta plays no part).
         delta: target delta, in (0, 1).
-        neighboring_relation: dp-accounting relation the sampler requires.
+        relation: the dp-accounting neighbouring relation events are composed under.
         orders: RDP orders; None uses dp-accounting's defaults.
         conversion: RDP to (epsilon, delta) conversion, ``improved`` (dp-accounting's)
             or ``classic`` (Mironov 2017).
@@ -134,89 +170,101 @@ class PrivacyLedger:
 
     def __init__(
         self,
-        accountant: str = "rdp",
+        kind: str = "rdp",
         delta: float = 1e-5,
-        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+        relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
         orders=None,
         conversion: str = "improved",
         pld_discretization: float = 1e-4,
     ):
-        check(
-            accountant in ACCOUNTANTS, "accountant", accountant, f"one of {', '.join(ACCOUNTANTS)}"
-        )
+        kinds = [k.value for k in AccountantKind]
+        check(str(kind) in kinds, "accountant", kind, f"one of {', '.join(kinds)}")
         check(0 < delta < 1, "delta", delta, "in (0, 1)")
-        check(
-            conversion in CONVERSIONS, "conversion", conversion, f"one of {', '.join(CONVERSIONS)}"
-        )
-        check(
-            0 < pld_discretization <= 0.1, "pld_discretization", pld_discretization, "in (0, 0.1]"
-        )
+        conversions = [c.value for c in Conversion]
+        check(str(conversion) in conversions, "conversion", conversion,
+              f"one of {', '.join(conversions)}")  # fmt: skip
+        check(0 < pld_discretization <= 0.1, "pld_discretization", pld_discretization,
+              "in (0, 0.1]")  # fmt: skip
         if orders is not None:
             orders = [float(o) for o in orders]
-            check(
-                len(orders) > 0 and all(o > 1 for o in orders),
-                "orders",
-                orders,
-                "null or a non-empty list of numbers > 1",
-            )
-        self.kind, self.delta, self.orders, self.conversion = accountant, delta, orders, conversion
+            check(len(orders) > 0 and all(o > 1 for o in orders), "orders", orders,
+                  "null or a non-empty list of numbers > 1")  # fmt: skip
+        self.kind, self.delta, self.orders = str(kind), delta, orders
+        self.conversion = str(conversion)
         self.pld_discretization = pld_discretization
-        self.neighboring_relation = neighboring_relation
+        self.relation = relation
         self.counts: Counter[dp_accounting.DpEvent] = Counter()
         # [event, run length] in the order recorded: replaying it restores even a
         # PLD accountant (whose rounding depends on the order) exactly
         self._history: list[list] = []
         self._rdp_of_event: dict[dp_accounting.DpEvent, np.ndarray] = {}
-        # PLD composes round by round (RDP adds cached vectors instead)
-        self._pld = IncrementalPLD(self._pld_accountant) if accountant == "pld" else None
+        # PLD composes event by event (RDP adds cached vectors instead)
+        self._pld = IncrementalPLD(self._pld_accountant) if self.kind == "pld" else None
+
+    def empty(self) -> Accountant:
+        """A new accountant with the same settings and nothing composed."""
+        return Accountant(self.kind, self.delta, self.relation, self.orders, self.conversion,
+                          self.pld_discretization)  # fmt: skip
 
     def _pld_accountant(self) -> PLDAccountant:
-        return PLDAccountant(self.neighboring_relation, self.pld_discretization)
-
-    def _pld_epsilon(self, accountant: PLDAccountant) -> float:
-        eps = accountant.get_epsilon(self.delta)
-        return math.inf if eps is None or math.isnan(eps) else float(eps)
-
-    @property
-    def rounds(self) -> int:
-        return sum(self.counts.values())
+        return PLDAccountant(self.relation, self.pld_discretization)
 
     def _rdp_accountant(self) -> RdpAccountant:
-        return RdpAccountant(orders=self.orders, neighboring_relation=self.neighboring_relation)
+        return RdpAccountant(orders=self.orders, neighboring_relation=self.relation)
+
+    @property
+    def releases(self) -> int:
+        """How many events were composed."""
+        return sum(self.counts.values())
 
     def supports(self, event: dp_accounting.DpEvent) -> bool:
-        """Whether this accountant can compose ``event`` under the sampler's relation."""
+        """Whether this accountant can compose ``event`` under its relation."""
         if self.kind == "pure":
-            return isinstance(event, PURE_EVENTS)
+            try:
+                _pure_epsilon(event)
+            except UnsupportedEventError:
+                return False
+            return True
         if self.kind == "rdp":
             return self._rdp_accountant().supports(event)
-        return PLDAccountant(self.neighboring_relation).supports(event)
+        return self._pld_accountant().supports(event)
+
+    def check(self, event: dp_accounting.DpEvent) -> None:
+        """Raises `UnsupportedEventError` unless ``event`` can be composed."""
+        if not self.supports(event):
+            relation = RELATION_NAMES[self.relation]
+            raise UnsupportedEventError(
+                f"the {self.kind} accountant cannot compose {type(event).__name__} "
+                f"(under {relation} adjacency): {event}"
+            )
 
     def _event_rdp(self, event: dp_accounting.DpEvent) -> np.ndarray:
-        # A round's RDP is computed once by dp-accounting and then added up per
-        # round, exactly as RdpAccountant.compose does, so per-round epsilon
-        # stays cheap for long runs.
+        # A release's RDP is computed once by dp-accounting and then added up,
+        # exactly as RdpAccountant.compose does, so per-round epsilon stays cheap.
         if event not in self._rdp_of_event:
-            accountant = self._rdp_accountant()
-            accountant.compose(event)
-            self._rdp_of_event[event] = accountant.rdp
+            self.check(event)
+            orders = None if self.orders is None else tuple(self.orders)
+            self._rdp_of_event[event] = _rdp_of(event, orders, self.relation)
         return self._rdp_of_event[event]
 
     def epsilon_of(self, counts: Counter) -> float:
-        """Epsilon at ``delta`` of a multiset of events."""
+        """Epsilon at ``delta`` of a multiset of events.
+
+        Raises:
+            UnsupportedEventError: an event cannot be composed by this accountant.
+        """
         counts = {e: c for e, c in counts.items() if c > 0}
+        for event in counts:
+            self.check(event)
         if not counts:
             return 0.0
-        if self.kind == "pure":  # basic composition of pure epsilon-DP releases
-            if any(isinstance(e, dp_accounting.NonPrivateDpEvent) for e in counts):
-                return math.inf
-            return float(sum(c / e.noise_multiplier for e, c in counts.items()
-                             if isinstance(e, dp_accounting.LaplaceDpEvent)))  # fmt: skip
+        if self.kind == "pure":
+            return float(sum(c * _pure_epsilon(e) for e, c in counts.items()))
         if self.kind == "pld":
             accountant = self._pld_accountant()
             for event, count in counts.items():
                 accountant.compose(event, count)
-            return self._pld_epsilon(accountant)
+            eps = accountant.get_epsilon(self.delta)
         else:
             rdp = sum(count * self._event_rdp(event) for event, count in counts.items())
             orders = self._rdp_accountant().orders
@@ -227,17 +275,19 @@ class PrivacyLedger:
         return math.inf if eps is None or math.isnan(eps) else float(eps)
 
     def planned_epsilon(self, events: Iterable[dp_accounting.DpEvent]) -> float:
-        """Epsilon after the given sequence of round events, computed before training."""
+        """Epsilon after the given sequence of events, computed before training."""
         return self.epsilon_of(Counter(events))
 
     def peek(self, event: dp_accounting.DpEvent) -> float:
-        """Epsilon if ``event`` were recorded next (for budgets)."""
+        """Epsilon if ``event`` were composed next (for budgets)."""
+        self.check(event)
         if self._pld is not None:
             return self._pld.epsilon(self.delta, then=event)
         return self.epsilon_of(self.counts + Counter([event]))
 
     def record(self, event: dp_accounting.DpEvent) -> float:
-        """Composes one completed round's event; returns epsilon so far."""
+        """Composes one released event; returns epsilon so far."""
+        self.check(event)
         self._compose(event)
         return self.epsilon
 
@@ -251,11 +301,11 @@ class PrivacyLedger:
             self._pld.compose(event)
 
     def state_dict(self) -> dict:
-        """The recorded events in order (run-length encoded), JSON-ready, for checkpoints."""
+        """The composed events in order (run-length encoded), JSON-ready, for checkpoints."""
         return {"history": [{"event": event_to_dict(e), "count": n} for e, n in self._history]}
 
     def load_state_dict(self, state: dict) -> None:
-        """Replaces what was recorded by `state_dict`'s events, replayed in their order."""
+        """Replaces what was composed by `state_dict`'s events, replayed in their order."""
         self.counts, self._history = Counter(), []
         self._pld = IncrementalPLD(self._pld_accountant) if self.kind == "pld" else None
         for item in state["history"]:
@@ -266,7 +316,7 @@ class PrivacyLedger:
     @property
     def epsilon(self) -> float:
         if self._pld is not None:
-            return self._pld.epsilon(self.delta) if self.rounds else 0.0
+            return self._pld.epsilon(self.delta) if self.releases else 0.0
         return self.epsilon_of(self.counts)
 
     def events(self) -> list[dict]:
@@ -281,5 +331,5 @@ class PrivacyLedger:
             "orders": self.orders,
             "conversion": self.conversion if self.kind == "rdp" else None,
             "pld_discretization": self.pld_discretization if self.kind == "pld" else None,
-            "neighboring_relation": RELATION_NAMES[self.neighboring_relation],
+            "accounting_relation": RELATION_NAMES[self.relation],
         }

@@ -8,14 +8,14 @@ from collections.abc import Callable, Iterable
 import dp_accounting
 
 from dpfed.errors import ConfigError
-from dpfed.privacy.accounting import PrivacyLedger
+from dpfed.privacy.accounting import Accountant
 
 MAX_NOISE_MULTIPLIER = 1e4
 
 
 def calibrate_noise_multiplier(
     events_for: Callable[[float], Iterable[dp_accounting.DpEvent]],
-    ledger: PrivacyLedger,
+    ledger: Accountant,
     target_epsilon: float,
     rel_tol: float = 0.005,
 ) -> tuple[float, float]:
@@ -27,7 +27,7 @@ def calibrate_noise_multiplier(
 
     Args:
         events_for: noise multiplier -> the DP events of every planned round.
-        ledger: the run's (empty) ledger.
+        ledger: an empty accountant with the run's settings.
         target_epsilon: epsilon to reach at the ledger's delta, > 0.
         rel_tol: how far below the target the result may land.
 

@@ -227,40 +227,27 @@ def sweep_points(cfg, extra: tuple[str, ...] = ()) -> list[list[str]]:
 
 
 def account(cfg) -> dict:
-    """Planned epsilon of a composed run config, from the objects a run builds, without training.
+    """Planned epsilon of a composed run config, from the privacy plan a run builds, without training.
 
     Returns:
-        The summary fields a run writes about privacy (``epsilon``, sampler,
-        mechanism and ledger descriptions, DP events), with ``status: completed``.
+        The summary fields a run writes about privacy (epsilons, plan, events),
+        with ``status: completed``.
     """
-    from hydra.utils import instantiate
+    from dpfed.build import _build, build_privacy
 
-    from dpfed.build import config_group
-    from dpfed.privacy.accounting import event_to_dict
-
-    with config_group("dataset"):
-        dataset = instantiate(cfg.dataset)  # synthetic data is lazy: only its size is used
-    with config_group("dp"):
-        mechanism = instantiate(cfg.dp)
-    with config_group("strategy"):
-        strategy = instantiate(cfg.strategy)
-        sampler = strategy.sampler(dataset.num_clients, cfg.seed, dataset.train)
-    with config_group("dp"):
-        ledger = mechanism.ledger(sampler)
-        mechanism.prepare(sampler, ledger, cfg.rounds)
-    rounds = range(1, cfg.rounds + 1)
-    epsilon = ledger.planned_epsilon(mechanism.round_event(sampler, r) for r in rounds)
+    dataset = _build("dataset", cfg.dataset)  # synthetic data is lazy: only its sizes are used
+    plan = build_privacy(cfg, dataset.population())
+    ledger = plan.new_ledger()
+    for account in plan.accounts:
+        for event in plan.planned_events(account):
+            ledger.accountants[account.column].record(event)
     return {
         "status": "completed",
         "mode": "accounting",
         "rounds": cfg.rounds,
-        "epsilon": epsilon,
-        "epsilon_planned": epsilon,
-        **mechanism.describe(sampler),
-        **sampler.describe(),
+        "epsilon_planned": plan.epsilon(),
+        **plan.describe(),
         **ledger.describe(),
-        **strategy.describe(),
-        "dp_event_round_1": event_to_dict(mechanism.round_event(sampler, 1)),
     }
 
 
@@ -270,30 +257,27 @@ def run_accounting(conf_name: str, sweep_dir: str | Path, sweeps=((),)) -> list[
     Each folder holds what make_table reads from a run (``summary.json``,
     ``.hydra/overrides.yaml``, ``.hydra/config.yaml``), named like a sweep job.
     """
-    from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from dpfed.config import register_configs
+    from dpfed.config import compose
     from dpfed.jobs import job_dirname
 
-    register_configs()
     out = []
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        base = compose("config", [f"experiment={conf_name}"], return_hydra_config=True)
-        points = [p for extra in sweeps for p in sweep_points(base, extra)]
-        for num, point in enumerate(points):
-            overrides = [f"experiment={conf_name}", *point]
-            cfg = compose("config", overrides, return_hydra_config=True)
-            HydraConfig.instance().set_config(cfg)
-            choices = dict(cfg.hydra.runtime.choices)
-            run_dir = Path(sweep_dir) / job_dirname(num, cfg.hydra.job.override_dirname, cfg.seed)
-            (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-            (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-            task = OmegaConf.to_container(cfg, resolve=False)
-            task.pop("hydra")
-            (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(task))
-            summary = {**account(cfg), "seed": cfg.seed, "choices": choices}
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-            out.append(run_dir)
+    base = compose(f"experiment={conf_name}", return_hydra_config=True)
+    points = [p for extra in sweeps for p in sweep_points(base, extra)]
+    for num, point in enumerate(points):
+        overrides = [f"experiment={conf_name}", *point]
+        cfg = compose(*overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        choices = dict(cfg.hydra.runtime.choices)
+        run_dir = Path(sweep_dir) / job_dirname(num, cfg.hydra.job.override_dirname, cfg.seed)
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        task = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+        task.pop("hydra")
+        (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(task))
+        summary = {**account(cfg), "seed": cfg.seed, "choices": choices}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        out.append(run_dir)
     return out

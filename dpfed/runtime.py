@@ -7,7 +7,7 @@ outlives the run. Here every worker is started with its output detached, with
 the kernel told to kill it when its parent dies (even on SIGKILL), and is
 reaped explicitly when the runtime context closes and at interpreter exit.
 
-Import TFF through this module (``from dpfed.federated.runtime import tff``)
+Import TFF through this module (``from dpfed.runtime import tff``)
 so that these protections are in place before any worker can start.
 """
 
@@ -135,3 +135,29 @@ def tff_runtime() -> Iterator[None]:
         set_no_default_context()
         gc.collect()
         reap_workers()
+
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def configure_device(device: str) -> None:
+    """Makes TensorFlow use the CPU, a GPU, or whatever it finds (``auto``).
+
+    Raises:
+        ConfigError: naming ``device`` (relative to ``sim``).
+    """
+    import tensorflow as tf
+
+    from dpfed.errors import ConfigError
+
+    if str(device) not in DEVICES:
+        raise ConfigError("device", device, f"one of {', '.join(DEVICES)}")
+    gpus = tf.config.list_physical_devices("GPU")
+    if str(device) == "gpu" and not gpus:
+        raise ConfigError("device", device, "cpu or auto: TensorFlow sees no GPU here")
+    if str(device) == "cpu":
+        # TFF runs client work in its worker process, which inherits the environment.
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+        if gpus:
+            with contextlib.suppress(RuntimeError):  # already initialised in this process
+                tf.config.set_visible_devices([], "GPU")

@@ -1,4 +1,4 @@
-"""The vectorized client backend computes what TFF's own client work computes."""
+"""The vectorized client backend computes what TFF's own client work (the reference) computes."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from hydra.utils import instantiate
 
 from dpfed.build import build_simulation
 from dpfed.errors import ConfigError
-from dpfed.federated.vectorized import StackedGRU, VectorizedBackend
+from dpfed.federated.backends.base import client_dataset
+from dpfed.federated.backends.vectorized import VectorizedBackend, _batches
+from dpfed.models.stacked import StackedGRU
 from tests.conftest import compose_config
+from tests.helpers import PLAIN_SERVER, change, first_rounds
 
-# A plain server step (w - update), so the round's change is the aggregated update itself.
-PLAIN_SERVER = (
-    "strategy.server_optimizer.momentum=null",
-    "strategy.server_optimizer.learning_rate=1.0",
-)
-VECTORIZED = ("sim.client_backend=vectorized", "sim.users_per_shard=2")  # several, uneven shards
+# several, uneven shards; fixed-size cohorts so that no round is empty
+VECTORIZED = ("backend=vectorized", "backend.users_per_shard=2")
+FIXED = ("strategy.sampling=fixed",)
 
 
 def bound_model(*overrides):
@@ -69,15 +69,15 @@ def test_stacked_forward_embeds_tokens_for_text_models():
 
 
 def test_shards_hold_each_users_batches_in_order_padded_and_masked():
-    from dpfed.federated.vectorized import _batches
-
     strategy = instantiate(compose_config("debug=smoke").strategy)  # batch 8
     sizes = [13, 0, 3, 21]
 
-    def datasets():  # fresh each time: a second iteration would reshuffle
-        return [strategy.client_dataset(tf.data.Dataset.from_tensor_slices(
+    def datasets(seeds=None):  # fresh each time: a second iteration would reshuffle
+        return [client_dataset(tf.data.Dataset.from_tensor_slices(
             (np.arange(n * 2, dtype=np.float32).reshape(n, 1, 2) + 100 * k,
-             np.arange(n, dtype=np.int32))), seed=k) for k, n in enumerate(sizes)]  # fmt: skip
+             np.arange(n, dtype=np.int32))), strategy.client_update, k,
+            None if seeds is None else np.array([k, 7], np.int64))
+            for k, n in enumerate(sizes)]  # fmt: skip
 
     expected = [list(ds.as_numpy_iterator()) for ds in datasets()]
     assert [len(u) for u in expected] == [2, 0, 1, 3]
@@ -90,25 +90,16 @@ def test_shards_hold_each_users_batches_in_order_padded_and_masked():
             assert len(a) == len(b) and all(
                 np.array_equal(p[0], q[0]) for p, q in zip(a, b, strict=True)
             )
-    shards = VectorizedBackend(3).shards(strategy, datasets())
-    (x1, y1, m1), (x2, y2, m2) = (next(iter(s)) for s in shards)
+    shards = VectorizedBackend(3).pack(strategy, datasets(seeds=True))
+    (x1, y1, m1, s1), (x2, y2, m2, s2) = (next(iter(s)) for s in shards)
+    assert s1.shape == (2, 3, 2) and s2.shape == (3, 1, 2)  # a seed per step and user
+    assert len({tuple(s) for s in s2[:, 0].numpy()}) == 3
     assert x1.shape == (2, 3, 8, 1, 2) and x2.shape == (3, 1, 8, 1, 2)  # users sorted by steps
     np.testing.assert_array_equal(m1.numpy().sum((0, 2)), [0, 3, 13])  # empty user: all masked
     np.testing.assert_array_equal(x1[:, 2].numpy()[m1[:, 2].numpy() > 0],
                                   np.concatenate([b[0] for b in expected[0]]))  # fmt: skip
     np.testing.assert_array_equal(m2.numpy().sum((0, 2)), [21])
     assert m2[2, 0].numpy().sum() == 5 and not x2[2, 0, 5:].numpy().any()  # padded with zeros
-
-
-def first_rounds(*overrides, rounds: int = 1, server=PLAIN_SERVER):
-    """(initial weights, weights after ``rounds`` rounds, last round's result)."""
-    sim = build_simulation(compose_config("debug=smoke", *server, *overrides))
-    state = sim.process.initialize()
-    initial = sim.process.get_model_weights(state).trainable
-    for r in range(1, rounds + 1):
-        result = sim.process.next(state, sim.cohort_datasets(sim.sampler.sample(r), r))
-        state = result.state
-    return [np.asarray(w) for w in initial], sim.process.get_model_weights(state).trainable, result
 
 
 def assert_same_round(reference, vectorized):
@@ -125,26 +116,26 @@ def assert_same_round(reference, vectorized):
     np.testing.assert_allclose(queried[1], queried[0], rtol=1e-4)  # e.g. the adaptive clip
 
 
-def change(run) -> float:
-    return float(np.sqrt(sum(np.sum((b - a) ** 2) for a, b in zip(run[0], run[1], strict=True))))
-
-
 @pytest.mark.parametrize(
     "overrides",
     [
-        ("dp=none",),
         ("dp=none", "strategy.weighted=true", "strategy.local_epochs=2",
          "strategy.client_optimizer.momentum=0.9"),
-        ("dataset=finance", "dataset.target=return", "dp=none", "sim.users_per_shard=3"),
-        ("dataset=health", "dataset.labels=every_step", "model.outputs=every_step", "dp=none"),
+        ("dataset=finance", "dataset.target=return", "dataset.labels=every_step",
+         "model.outputs=every_step", "dp=none"),
+        ("dataset=health", "dataset.labels=every_step", "model.outputs=every_step",
+         "dp=per_layer", "dp.noise_multiplier=0.5", "dp.clip=0.01"),
         ("dp=tree", "dp.noise_multiplier=0.5"),
+        ("dp=laplace_local", "dp.noise_multiplier=5", "dp.clip=0.05"),  # seeded per client
         ("strategy=fedadam", "dp=none"),  # TFF's server optimizer state carries over
     ],
+    ids=["weighted-momentum", "regression-every-step", "per-layer", "tree", "local", "fedadam"],
 )  # fmt: skip
 def test_a_round_is_the_reference_round(runtime, overrides):
     server = () if "strategy=fedadam" in overrides else PLAIN_SERVER
-    reference = first_rounds(*overrides, server=server, rounds=2)
-    vectorized = first_rounds(*overrides, *VECTORIZED, server=server, rounds=2)
+    cohorts = () if "dp=tree" in overrides else FIXED  # the tree draws shuffled epochs
+    reference = first_rounds(*cohorts, *overrides, server=server, rounds=2)
+    vectorized = first_rounds(*cohorts, *overrides, *VECTORIZED, server=server, rounds=2)
     assert change(reference) > 1e-3
     assert_same_round(reference, vectorized)
 
@@ -152,8 +143,8 @@ def test_a_round_is_the_reference_round(runtime, overrides):
 def test_clipping_binds_and_is_per_user(runtime):
     clip = 1e-3  # far below every user's update in one smoke round
     overrides = ("dp.noise_multiplier=0", f"dp.clip={clip}")
-    reference = first_rounds(*overrides)
-    vectorized = first_rounds(*overrides, *VECTORIZED)
+    reference = first_rounds(*FIXED, *overrides)
+    vectorized = first_rounds(*FIXED, *overrides, *VECTORIZED)
     assert_same_round(reference, vectorized)
     # The mean of updates clipped to `clip` has norm <= clip; each binding clip shrinks it.
     assert 0.5 * clip < change(vectorized) <= clip * (1 + 1e-4)
@@ -161,9 +152,9 @@ def test_clipping_binds_and_is_per_user(runtime):
 
 def test_seeded_noise_is_drawn_identically(runtime):
     overrides = ("dp.noise_multiplier=1.0", "dp.clip=0.01")
-    quiet = first_rounds("dp.noise_multiplier=0", "dp.clip=0.01", *VECTORIZED)
-    reference = first_rounds(*overrides)
-    vectorized = first_rounds(*overrides, *VECTORIZED)
+    quiet = first_rounds(*FIXED, "dp.noise_multiplier=0", "dp.clip=0.01", *VECTORIZED)
+    reference = first_rounds(*FIXED, *overrides)
+    vectorized = first_rounds(*FIXED, *overrides, *VECTORIZED)
     assert_same_round(reference, vectorized)
     assert change(vectorized) > 5 * change(quiet)  # the noise is there, and the same
 
@@ -171,36 +162,28 @@ def test_seeded_noise_is_drawn_identically(runtime):
 def test_adaptive_clipping_over_two_rounds(runtime):
     overrides = ("dp=adaptive", "dp.noise_multiplier=0.5", "dp.clipped_count_stddev=1.0",
                  "dp.initial_clip=0.01")  # fmt: skip
-    reference = first_rounds(*overrides, rounds=2)
-    vectorized = first_rounds(*overrides, *VECTORIZED, rounds=2)
+    reference = first_rounds(*FIXED, *overrides, rounds=2)
+    vectorized = first_rounds(*FIXED, *overrides, *VECTORIZED, rounds=2)
     assert_same_round(reference, vectorized)
     assert vectorized[2].metrics["aggregator"]["dp_query_metrics"]["clip"] != pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_fedprox_equals_the_reference(runtime, weighted):
+def test_fedprox_equals_the_reference(runtime):
     overrides = ("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none",
-                 f"strategy.weighted={weighted}")  # fmt: skip
+                 "strategy.weighted=true", *FIXED)  # fmt: skip
     reference = first_rounds(*overrides)
     vectorized = first_rounds(*overrides, *VECTORIZED)
     assert_same_round(reference, vectorized)
 
 
-def test_reference_fedprox_pulls_clients_towards_the_server_model(runtime):
-    """The proximal term shrinks the update (TFF 0.87's own FedProx would grow it)."""
+def test_fedprox_pulls_clients_towards_the_server_model(runtime):
+    """The proximal term shrinks the update (TFF 0.87's own FedProx would grow it).
+
+    The vectorized backend computes the same round (`test_fedprox_equals_the_reference`).
+    """
     fedavg = first_rounds("dp=none")
     prox = first_rounds("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none")
     none = first_rounds("strategy=fedprox", "strategy.proximal_strength=0", "dp=none")
-    for a, b in zip(none[1], fedavg[1], strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert change(prox) < change(fedavg)
-
-
-def test_fedprox_pulls_users_towards_the_server_model(runtime):
-    fedavg = first_rounds("dp=none", *VECTORIZED)
-    prox = first_rounds("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none",
-                        *VECTORIZED)  # fmt: skip
-    none = first_rounds("strategy=fedprox", "strategy.proximal_strength=0", "dp=none", *VECTORIZED)
     for a, b in zip(none[1], fedavg[1], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert change(prox) < change(fedavg)
@@ -211,7 +194,7 @@ def test_a_vectorized_run_completes_and_writes_metrics(runtime, tmp_path):
 
     from dpfed.io.run_writer import RunWriter
 
-    sim = build_simulation(compose_config("debug=smoke", "sim.client_backend=vectorized"))
+    sim = build_simulation(compose_config("debug=smoke", "backend=vectorized"))
     summary = sim.run(RunWriter(tmp_path, sim.columns))
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert summary["status"] == "completed" and len(metrics) == 2
@@ -221,13 +204,14 @@ def test_a_vectorized_run_completes_and_writes_metrics(runtime, tmp_path):
 @pytest.mark.parametrize(
     "overrides,key",
     [
-        (("sim.client_backend=batched",), "sim.client_backend"),
-        (("sim.client_backend=vectorized", "sim.users_per_shard=0"), "sim.users_per_shard"),
-        (("sim.client_backend=vectorized", "dp=dpsgd"), "sim.client_backend"),
-        (("sim.client_backend=vectorized", "strategy=fedsgd"), "sim.client_backend"),
-        (("sim.client_backend=vectorized", "strategy=centralized"), "sim.client_backend"),
-        (("sim.client_backend=vectorized", "optimizer@strategy.client_optimizer=adam"),
+        (("backend=vectorized", "backend.users_per_shard=0"), "backend.users_per_shard"),
+        (("backend=vectorized", "dp=dpsgd"), "backend"),
+        (("backend=vectorized", "strategy=fedsgd"), "backend"),
+        (("backend=vectorized", "strategy=centralized"), "backend"),
+        (("backend=vectorized", "optimizer@strategy.client_optimizer=adam"),
          "strategy.client_optimizer"),
+        (("strategy=fedsgd", "dp=dpsgd"), "strategy"),
+        (("strategy=fedsgd", "dp=laplace_local"), "strategy"),
     ],
 )  # fmt: skip
 def test_unsupported_settings_name_the_key(overrides, key):

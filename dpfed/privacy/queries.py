@@ -1,19 +1,14 @@
-"""TF Privacy DP queries whose noise is seeded: local randomizers and central Gaussian sums.
-
-A `LocalRandomizerQuery` is a TF Privacy ``DPQuery`` whose ``preprocess_record``
-(run by TFF on each client) clips the update to an L1 or L2 ball and adds
-Laplace or Gaussian noise; the server only sums and averages what arrives, so
-it adds nothing. TFF's ``DifferentiallyPrivateFactory`` runs it like any other
-DP query.
+"""TF Privacy DP queries with seeded noise, and the local randomizer clients apply.
 
 TF Privacy's ``GaussianSumQuery`` draws its noise from an unseeded
 ``tf.random_normal_initializer``, so two runs with one seed differ and a
 resumed run cannot continue the noise of an interrupted one. The queries here
 draw every noise tensor with ``tf.random.stateless_*`` from a seed pair
-``(key, counter)`` kept in the query's global state: the noise is fixed by the
-run seed, different in every round (the counter advances once per release),
-and saved and restored with the TFF learning-process state. The noise
-distribution (and so the accounting) is exactly that of the unseeded queries.
+``(stream key, release counter)`` kept in the query's global state
+(`dpfed.privacy.noise`): the noise is fixed by the run's DP seed and the
+release's position, never by the data, different in every round, and saved and
+restored with the TFF learning-process state. The noise distribution (and so
+the accounting) is exactly that of the unseeded queries.
 """
 
 from __future__ import annotations
@@ -21,17 +16,10 @@ from __future__ import annotations
 import collections
 
 import dp_accounting
-import numpy as np
 import tensorflow as tf
 import tensorflow_privacy as tfp
 
-# Independent noise streams per run seed, so that no two releases share noise.
-STREAMS = {"sum": 1, "clipped_count": 2, "local": 3, "tree": 4, "dpsgd": 5}
-
-
-def noise_key(seed: int, stream: str) -> int:
-    """A 32-bit key for noise stream ``stream`` of run seed ``seed`` (mixed by SeedSequence)."""
-    return int(np.random.SeedSequence([seed, STREAMS[stream]]).generate_state(1, np.uint32)[0])
+from dpfed.privacy.noise import LOCAL_FOLD
 
 
 def initial_seed(key: int) -> tf.Tensor:
@@ -145,70 +133,48 @@ class SeededQuantileAdaptiveClipSumQuery(tfp.QuantileAdaptiveClipSumQuery):
         return result, new_state._replace(sum_state=sum_state), event
 
 
-class LocalRandomizerQuery(tfp.SumAggregationDPQuery):
-    """Clips each record to ``norm`` <= ``clip`` and adds noise of scale ``scale`` on its owner.
+def _clipped(values, norm: str, clip):
+    if norm == "l2":
+        return tf.clip_by_global_norm(values, clip)[0]
+    l1 = tf.add_n([tf.reduce_sum(tf.abs(v)) for v in values])
+    factor = tf.minimum(1.0, clip / tf.maximum(l1, 1e-30))
+    return [v * tf.cast(factor, v.dtype) for v in values]
 
-    The noise is seeded: the round's seed pair (in the global state, advanced
-    every round) is folded with a fingerprint of the client's own update, so
-    clients draw different noise, reproducibly. A deployment would draw fresh
-    device entropy instead; clients whose updates are bit-identical (e.g. all
-    zero) draw identical noise here.
+
+def laplace_noise(shape, seed, scale, dtype) -> tf.Tensor:
+    """Laplace(0, ``scale``) noise fixed by ``seed``, drawn in float64.
+
+    Inverse CDF of a float64 uniform on (-1/2, 1/2) with ``log1p``: the samples
+    are floating-point numbers (a discrete set) and the tails are cut at about
+    36.7 scales, instead of about 15 with float32 (Mironov 2012 on why
+    floating-point Laplace noise is not exactly pure DP).
+    """
+    u = tf.random.stateless_uniform(shape, seed, -0.5, 0.5, dtype=tf.float64)
+    tail = tf.math.log1p(-2.0 * tf.minimum(tf.abs(u), 0.5 - 2.0**-54))
+    return tf.cast(-tf.cast(scale, tf.float64) * tf.sign(u) * tail, dtype)
+
+
+def local_seed(first_batch_seed) -> tf.Tensor:
+    """The seed pair of a client's local randomizer, from the seed of its first batch."""
+    fold = tf.constant(LOCAL_FOLD, tf.int64)
+    return tf.random.experimental.stateless_fold_in(tf.cast(first_batch_seed, tf.int64), fold)
+
+
+def local_randomize(values, norm: str, clip, noise: str, scale, seed):
+    """A client's local randomizer: clip ``values`` (a list of tensors) and add noise.
 
     Args:
-        norm: ``l1`` or ``l2``: the norm the record is clipped in.
+        values: the client's update, one tensor per weight.
+        norm: ``l1`` or ``l2``, the norm of the clip.
         clip: the clipping bound.
         noise: ``laplace`` (scale b) or ``gaussian`` (standard deviation).
-        scale: the noise scale, in the record's units.
-        key: noise key (`noise_key`).
+        scale: the noise scale, in the update's units.
+        seed: the client's seed pair for this release (`dpfed.privacy.noise`).
+
+    Returns:
+        The randomized update, tensor by tensor.
     """
-
-    _GlobalState = collections.namedtuple("_GlobalState", ["clip", "scale", "seed"])
-
-    def __init__(self, norm: str, clip: float, noise: str, scale: float, key: int = 0):
-        self._norm, self._noise = norm, noise
-        self._clip, self._scale, self._key = clip, scale, key
-
-    def initial_global_state(self):
-        return self._GlobalState(tf.constant(self._clip, tf.float32),
-                                 tf.constant(self._scale, tf.float32),
-                                 initial_seed(self._key))  # fmt: skip
-
-    def derive_sample_params(self, global_state):
-        return global_state
-
-    def _clipped(self, values, clip):
-        if self._norm == "l2":
-            return tf.clip_by_global_norm(values, clip)[0]
-        l1 = tf.add_n([tf.reduce_sum(tf.abs(v)) for v in values])
-        factor = tf.minimum(1.0, clip / tf.maximum(l1, 1e-30))
-        return [v * tf.cast(factor, v.dtype) for v in values]
-
-    def _noise_like(self, v, scale, seed):
-        if self._noise == "gaussian":
-            return seeded_normal(tf.shape(v), seed, scale, v.dtype)
-        # Laplace(0, b) by inverse CDF of a uniform on (-1/2, 1/2)
-        u = tf.random.stateless_uniform(tf.shape(v), seed, -0.5, 0.5, dtype=v.dtype)
-        tiny = tf.constant(1e-12, v.dtype)
-        return (
-            -tf.cast(scale, v.dtype) * tf.sign(u) * tf.math.log(tf.maximum(1 - 2 * tf.abs(u), tiny))
-        )
-
-    def _client_seed(self, seed, values):
-        # The aggregator does not know which client it runs on; the update's
-        # own bytes tell clients apart.
-        flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in values], 0)
-        fingerprint = tf.strings.to_hash_bucket_fast(tf.io.serialize_tensor(flat), 2**31 - 1)
-        return tf.random.experimental.stateless_fold_in(seed, fingerprint)
-
-    def preprocess_record(self, params, record):
-        values = tf.nest.flatten(record)
-        seeds = _leaf_seeds(self._client_seed(params.seed, values), len(values))
-        clipped = self._clipped(values, params.clip)
-        noised = [v + self._noise_like(v, params.scale, s)
-                  for v, s in zip(clipped, seeds, strict=True)]  # fmt: skip
-        return tf.nest.pack_sequence_as(record, noised)
-
-    def get_noised_result(self, sample_state, global_state):
-        # Records arrive already randomized; the server's release adds no noise.
-        new_state = global_state._replace(seed=next_seed(global_state.seed))
-        return sample_state, new_state, dp_accounting.NoOpDpEvent()
+    clipped = _clipped(list(values), norm, clip)
+    seeds = _leaf_seeds(seed, len(clipped))
+    draw = laplace_noise if noise == "laplace" else seeded_normal
+    return [v + draw(tf.shape(v), s, scale, v.dtype) for v, s in zip(clipped, seeds, strict=True)]

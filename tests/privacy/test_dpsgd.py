@@ -9,7 +9,7 @@ import tensorflow as tf
 from dpfed.data.synthetic import Finance, SmartHome
 from dpfed.models.gru import GRUModel
 from dpfed.privacy.dpsgd import noisy_clipped_mean_gradient
-from tests.test_data import make
+from tests.data.test_synthetic import make
 
 
 def loop_reference(keras_model, loss_fn, x, y, clip, batch_size):
@@ -38,7 +38,8 @@ def test_vectorized_clipped_gradient_equals_per_example_loop(data, units, clip):
     keras = model.keras_model(unroll=True)
     x, y = data.train.arrays(0)
     x, y = tf.constant(x[:9]), tf.constant(y[:9])
-    fast = noisy_clipped_mean_gradient(keras, model.loss("none"), x, y, clip, 0.0, 16.0)
+    seed = tf.constant([1, 2], tf.int64)
+    fast = noisy_clipped_mean_gradient(keras, model.loss("none"), x, y, clip, 0.0, 16.0, seed)
     slow = loop_reference(keras, model.loss("none"), x, y, clip, 16.0)
     for f, s in zip(fast, slow, strict=True):
         np.testing.assert_allclose(f.numpy(), s.numpy(), rtol=1e-5, atol=1e-7)
@@ -49,8 +50,8 @@ def test_noise_std_over_batch_size_is_added_to_the_clipped_sum():
     model = GRUModel([8], outputs="last").bind(data)
     keras = model.keras_model(unroll=True)
     x, y = data.train.arrays(0)
-    tf.random.set_seed(3)
     grads = noisy_clipped_mean_gradient(keras, model.loss("none"), tf.constant(x[:4]),
-                                        tf.constant(y[:4]), 1e-6, 2.0, 16.0)  # fmt: skip
+                                        tf.constant(y[:4]), 1e-6, 2.0, 16.0,
+                                        tf.constant([3, 4], tf.int64))  # fmt: skip
     flat = np.concatenate([g.numpy().ravel() for g in grads])
     assert flat.std() == pytest.approx(2.0 / 16.0, rel=0.1)  # signal: 4 * 1e-6 / 16 at most

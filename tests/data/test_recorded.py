@@ -205,7 +205,7 @@ def make_tff_cache(directory, clients):
 
 
 def test_tff_shakespeare_without_a_cache_fails_before_any_download(tmp_path, monkeypatch):
-    from dpfed.federated.runtime import tff
+    from dpfed.runtime import tff
 
     def no_download(*args, **kwargs):
         raise AssertionError("load_data must not be called without a cached file")
@@ -558,7 +558,7 @@ def make_stackoverflow_cache(directory, clients, words):
 
 def test_tff_stackoverflow_without_a_cache_fails_before_any_download(tmp_path, monkeypatch):
     from dpfed.data.stackoverflow import TFFStackOverflow
-    from dpfed.federated.runtime import tff
+    from dpfed.runtime import tff
 
     def no_download(*args, **kwargs):
         raise AssertionError("load_data must not be called without a cached file")
@@ -595,3 +595,15 @@ def test_tff_stackoverflow_reads_clients_lazily_with_tffs_vocabulary(tmp_path):
     assert d.eval.arrays(0)[0].shape == (1, 6) and d.eval.arrays(1)[0].shape == (0, 6)
     check = TFFStackOverflow(cache_dir=str(tmp_path), vocab_size=4, seq_len=6, num_clients=1)
     assert check.num_clients == 1 and check.element_spec[0].dtype == tf.int32
+
+
+def test_overlapping_or_client_standardized_windows_are_declared_coupled():
+    """Record-level guarantees there protect a window as released (input_noise is refused)."""
+    from dpfed.data.watch import Watch
+
+    default = Watch(seq_len=50, num_clients=None, examples_mean=None, eval_fraction=0.2, seed=0)
+    assert "overlap" in default.population().coupled_records
+    assert "standardized" in default.population().coupled_records
+    independent = Watch(seq_len=50, stride=50, standardize="window", num_clients=None,
+                        examples_mean=None, eval_fraction=0.2, seed=0)  # fmt: skip
+    assert independent.population().coupled_records is None

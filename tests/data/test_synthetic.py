@@ -56,13 +56,12 @@ def test_shapes_split_and_varying_sizes(cls):
 
 
 @pytest.mark.parametrize("cls", DATASETS)
-def test_tff_client_data_is_lazy_and_serializable(cls):
+def test_client_data_is_lazy_and_makes_tf_datasets_on_demand(cls):
     d = make(cls, num_clients=100_000)
     assert len(d.train.client_ids) == 100_000
     ds = d.train.create_tf_dataset_for_client("99999")
     assert ds.element_spec == d.train.element_type_structure
-    via_fn = list(d.train.serializable_dataset_fn(tf.constant("5")).as_numpy_iterator())
-    assert len(via_fn) == len(d.train.arrays(5)[0])
+    assert len(list(ds.as_numpy_iterator())) == len(d.train.arrays(99999)[0])
     with pytest.raises(ValueError):
         d.train.arrays(100_000)
 
@@ -128,3 +127,13 @@ def test_labels_are_learnable_a_gru_clearly_beats_the_majority_class(cls):
     model.fit(x, y, epochs=3, batch_size=64, verbose=0)
     accuracy = model.evaluate(xe, ye, verbose=0)[1]
     assert accuracy > majority + 0.08, (cls.__name__, accuracy, majority)
+
+
+@pytest.mark.parametrize("cls", DATASETS)
+def test_population_counts_training_records_without_generating_them(cls):
+    data = make(cls, num_clients=30)
+    population = data.population()
+    clients = [0, 3, 29]
+    assert population.num_clients == 30
+    assert population.train_records(clients) == sum(len(data.train.arrays(i)[0]) for i in clients)
+    assert population.record_size == 16 * 6 and population.coupled_records is None

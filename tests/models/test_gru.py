@@ -10,7 +10,7 @@ from dpfed.build import config_group
 from dpfed.data.synthetic import Finance, SmartHome
 from dpfed.errors import ConfigError
 from tests.conftest import compose_config
-from tests.test_data import make
+from tests.data.test_synthetic import make
 
 
 def test_textbook_model_is_one_config_away():

@@ -1,0 +1,111 @@
+"""The forward pass, loss and metric of a `GRUModel` for K models at once (one per simulated user)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+class StackedGRU:
+    """The forward pass of `GRUModel.keras_model()` for K models at once.
+
+    Weights are the Keras model's trainable variables in order (the token
+    embedding ``[V, e]`` of text models; per GRU layer ``kernel [d, 3u]``,
+    ``recurrent_kernel [u, 3u]``, ``bias [2, 3u]``; the head's ``kernel [u, c]``
+    and ``bias [c]``), each with a leading user axis K.
+    The GRU is Keras's default (Cho et al. 2014, ``reset_after=True``, gates
+    ordered z, r, h): ``z = sigmoid(x Wz + bz + h Uz + cz)``, likewise r,
+    ``h~ = tanh(x Wh + bh + r * (h Uh + ch))``, ``h' = z * h + (1 - z) * h~``.
+
+    Args:
+        model: a bound `dpfed.models.gru.GRUModel`.
+    """
+
+    def __init__(self, model):
+        self.units, self.dropout = list(model.units), model.dropout
+        self.every_step, self.regression = model.outputs == "every_step", model.task == "regression"
+        self.num_features, self.width = model.num_features, model.width
+        self.vocab_size, self.embedding_dim = model.vocab_size, model.embedding_dim
+
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of one model's trainable weights, in Keras order."""
+        shapes, d = [], self.num_features
+        if self.vocab_size:
+            shapes, d = [(self.vocab_size, self.embedding_dim)], self.embedding_dim
+        for u in self.units:
+            shapes += [(d, 3 * u), (u, 3 * u), (2, 3 * u)]
+            d = u
+        return [*shapes, (d, self.width), (self.width,)]
+
+    @staticmethod
+    def _gru(x, kernel, recurrent_kernel, bias, sequences: bool):
+        # The input projection of every time step at once: one [K, B*T, d] x [K, d, 3u] matmul.
+        xw = tf.einsum("kbtd,kdh->kbth", x, kernel) + bias[:, None, None, 0, :]
+        recurrent_bias = bias[:, None, 1, :]
+        steps = tf.unstack(xw, axis=2)
+        h = tf.zeros_like(steps[0][..., : recurrent_kernel.shape[1]])
+        outputs = []
+        for xt in steps:
+            x_z, x_r, x_h = tf.split(xt, 3, axis=-1)
+            rec = tf.matmul(h, recurrent_kernel) + recurrent_bias
+            r_z, r_r, r_h = tf.split(rec, 3, axis=-1)
+            z = tf.sigmoid(x_z + r_z)
+            r = tf.sigmoid(x_r + r_r)
+            h = z * h + (1 - z) * tf.tanh(x_h + r * r_h)
+            outputs.append(h)
+        return tf.stack(outputs, axis=2) if sequences else h
+
+    def __call__(self, weights, x, training: bool = False) -> tf.Tensor:
+        """Outputs of K models on their own batches.
+
+        Args:
+            weights: the trainable weights, each ``[K, ...]``.
+            x: inputs ``[K, B, T, F]`` (token ids ``[K, B, T]`` for text models).
+            training: apply dropout (as Keras does in training).
+
+        Returns:
+            Logits ``[K, B, C]`` (``[K, B, T, C]`` per step), or ``[K, B]``
+            (``[K, B, T]``) for regression.
+        """
+        weights = list(weights)
+        if self.vocab_size:
+            x = tf.gather(weights.pop(0), x, batch_dims=1)  # each user's own embedding
+        for i in range(len(self.units)):
+            kernel, recurrent_kernel, bias = weights[3 * i : 3 * i + 3]
+            last = i == len(self.units) - 1
+            x = self._gru(x, kernel, recurrent_kernel, bias, not last or self.every_step)
+            if training and self.dropout:
+                x = tf.nn.dropout(x, self.dropout)
+        head_kernel, head_bias = weights[-2:]
+        if self.every_step:
+            out = tf.einsum("kbtu,kuc->kbtc", x, head_kernel) + head_bias[:, None, None, :]
+        else:
+            out = tf.matmul(x, head_kernel) + head_bias[:, None, :]
+        return tf.squeeze(out, -1) if self.regression else out
+
+    def example_losses(self, out, y) -> tf.Tensor:
+        """Each example's loss ``[K, B]`` (averaged over time steps), as the Keras loss."""
+        if self.regression:
+            per = tf.square(out - tf.cast(y, out.dtype))
+        else:
+            per = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int64),
+                                                                 logits=out)  # fmt: skip
+        return tf.reduce_mean(per, axis=2) if self.every_step else per
+
+    def metric_update(self, out, y, mask):
+        """(total, count) this batch adds to the Keras metric, per user ``[K]``.
+
+        Accuracy counts every (example, step); Keras's MAE on one label per
+        example reduces a batch to its mean and counts the batch once.
+        """
+        if self.regression:
+            err = tf.abs(out - tf.cast(y, out.dtype))
+            if self.every_step:
+                return tf.reduce_sum(tf.reduce_mean(err, 2) * mask, 1), tf.reduce_sum(mask, 1)
+            n = tf.reduce_sum(mask, 1)
+            batch = tf.math.divide_no_nan(tf.reduce_sum(err * mask, 1), n)
+            return batch, tf.cast(n > 0, tf.float32)
+        hit = tf.cast(tf.equal(tf.argmax(out, -1, output_type=y.dtype), y), tf.float32)
+        if self.every_step:
+            steps = float(hit.shape[2])
+            return tf.reduce_sum(tf.reduce_sum(hit, 2) * mask, 1), steps * tf.reduce_sum(mask, 1)
+        return tf.reduce_sum(hit * mask, 1), tf.reduce_sum(mask, 1)

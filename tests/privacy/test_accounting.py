@@ -1,0 +1,167 @@
+"""The accountant composes what it is given exactly as dp-accounting does, and refuses the rest."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting.pld import PLDAccountant
+
+from dpfed.errors import ConfigError
+from dpfed.privacy.accounting import (
+    Accountant,
+    UnsupportedEventError,
+    event_from_dict,
+    event_to_dict,
+)
+from dpfed.data.base import Population
+from dpfed.privacy.sampling import FixedSizeSampler, PoissonSampler, ShuffleSampler
+from tests.helpers import independent_epsilon
+
+ADD = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+REPLACE_ONE = dp_accounting.NeighboringRelation.REPLACE_ONE
+GAUSSIAN = dp_accounting.GaussianDpEvent(1.0)
+UNSUPPORTED_BY_PURE = [
+    GAUSSIAN,
+    dp_accounting.PoissonSampledDpEvent(0.1, GAUSSIAN),
+    dp_accounting.SelfComposedDpEvent(GAUSSIAN, 3),
+    dp_accounting.ComposedDpEvent((dp_accounting.LaplaceDpEvent(1.0), GAUSSIAN)),
+    dp_accounting.SingleEpochTreeAggregationDpEvent(1.0, 8),
+]
+
+
+@pytest.mark.parametrize("event", UNSUPPORTED_BY_PURE, ids=lambda e: type(e).__name__)
+def test_the_pure_accountant_refuses_what_it_cannot_compose_instead_of_skipping_it(event):
+    """The first version summed Laplace events only and reported epsilon 0 for everything else."""
+    accountant = Accountant("pure", 1e-5, ADD)
+    assert not accountant.supports(event)
+    for compute in (lambda: accountant.epsilon_of(Counter([event])),
+                    lambda: accountant.record(event), lambda: accountant.peek(event)):  # fmt: skip
+        with pytest.raises(UnsupportedEventError):
+            compute()
+    assert accountant.releases == 0
+
+
+def test_the_pure_accountant_composes_laplace_releases_and_their_compositions():
+    accountant = Accountant("pure", 1e-5, ADD)
+    laplace = dp_accounting.LaplaceDpEvent(4.0)
+    composed = dp_accounting.ComposedDpEvent((laplace, dp_accounting.SelfComposedDpEvent(laplace, 2)))
+    assert accountant.record(laplace) == pytest.approx(0.25)
+    assert accountant.record(composed) == pytest.approx(1.0)
+    assert accountant.record(dp_accounting.NoOpDpEvent()) == pytest.approx(1.0)
+    assert accountant.record(dp_accounting.NonPrivateDpEvent()) == math.inf
+
+
+def test_tree_events_need_replace_special_and_are_refused_elsewhere():
+    tree = dp_accounting.SingleEpochTreeAggregationDpEvent(2.0, 8)
+    assert not Accountant("rdp", 1e-5, REPLACE_ONE).supports(tree)
+    assert not Accountant("pld", 1e-5, dp_accounting.NeighboringRelation.REPLACE_SPECIAL).supports(tree)
+    special = Accountant("rdp", 1e-5, dp_accounting.NeighboringRelation.REPLACE_SPECIAL)
+    assert special.record(tree) == pytest.approx(
+        independent_epsilon([(tree, 1)], "replace_special"), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize("n,m,z,rounds", [(1000, 50, 1.0, 5), (200, 20, 2.0, 3), (50, 50, 1.5, 4)])
+def test_fixed_size_cohorts_compose_as_dp_accounting_does(n, m, z, rounds):
+    sampler = FixedSizeSampler(n, m, seed=0)
+    event = sampler.round_event(1, dp_accounting.GaussianDpEvent(z / 2))
+    accountant = Accountant("rdp", 1e-5, REPLACE_ONE)
+    eps = [accountant.record(event) for _ in range(rounds)]
+    for t, e in enumerate(eps, start=1):
+        assert e == pytest.approx(independent_epsilon([(event, t)], "replace_one"), rel=1e-9)
+    assert all(np.diff(eps) > 0)
+
+
+@pytest.mark.parametrize("kind", ["rdp", "pld"])
+def test_poisson_cohorts_compose_as_dp_accounting_does(kind):
+    event = PoissonSampler(500, 25, seed=0).round_event(1, dp_accounting.GaussianDpEvent(1.2))
+    accountant = Accountant(kind, 1e-5, ADD)
+    for _ in range(6):
+        eps = accountant.record(event)
+    assert eps == pytest.approx(independent_epsilon([(event, 6)], accountant=kind), rel=1e-9)
+
+
+def test_shuffled_epochs_release_once_per_started_epoch():
+    sampler = ShuffleSampler(100, 30, seed=0)  # 3 rounds per epoch, 10 clients sit each out
+    release = dp_accounting.GaussianDpEvent(1.5)
+    events = [sampler.round_event(r, release) for r in range(1, 8)]
+    assert [isinstance(e, dp_accounting.GaussianDpEvent) for e in events] == [
+        True, False, False, True, False, False, True]  # fmt: skip
+    assert sampler.max_participations(7) == 3 and sampler.epoch_rounds(7, 7) == 1
+    epoch = [c for r in (1, 2, 3) for c in sampler.sample(r)]
+    assert len(epoch) == len(set(epoch)) == 90
+    assert set(sampler.sample(4)) != set(sampler.sample(1))
+
+
+def test_poisson_cohorts_vary_with_mean_q_times_n():
+    sampler = PoissonSampler(2000, 40, seed=1)
+    sizes = np.array([len(sampler.sample(r)) for r in range(1, 401)])
+    assert len(set(sizes)) > 5
+    assert sizes.mean() == pytest.approx(40, rel=0.05)  # q * N; sd of the mean is ~0.3
+
+
+def test_incremental_pld_equals_pld_accountant_composing_the_same_rounds():
+    """The accountant caches each event's PLD; epsilon after every round equals dp-accounting's."""
+    rounds = [
+        dp_accounting.PoissonSampledDpEvent(0.02, dp_accounting.GaussianDpEvent(1.1)),
+        dp_accounting.GaussianDpEvent(6.0),
+        dp_accounting.PoissonSampledDpEvent(0.02, dp_accounting.GaussianDpEvent(1.1)),
+    ] * 3
+    accountant = Accountant("pld", 1e-5, ADD)
+    reference = PLDAccountant(ADD, 1e-4)
+    for event in rounds:
+        peeked = accountant.peek(event)
+        ours = accountant.record(event)
+        reference.compose(event)
+        assert peeked == ours
+        assert ours == pytest.approx(reference.get_epsilon(1e-5), rel=1e-8)
+    assert accountant.record(dp_accounting.NonPrivateDpEvent()) == math.inf
+
+
+def test_peek_does_not_record_and_state_replays_exactly():
+    event = dp_accounting.PoissonSampledDpEvent(0.1, GAUSSIAN)
+    accountant = Accountant("pld", 1e-5, ADD)
+    accountant.record(event)
+    before = accountant.epsilon
+    assert accountant.peek(event) > before == accountant.epsilon
+    again = accountant.empty()
+    again.load_state_dict(accountant.state_dict())
+    assert again.epsilon == accountant.epsilon and again.counts == accountant.counts
+
+
+def test_event_round_trips_through_json_dict():
+    event = FixedSizeSampler(500, 25, 0).round_event(1, dp_accounting.GaussianDpEvent(0.65))
+    assert event_from_dict(event_to_dict(event)) == event
+
+
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"kind": "moments"}, "accountant"),
+        ({"delta": 0.0}, "delta"),
+        ({"delta": 1.0}, "delta"),
+        ({"orders": [0.5]}, "orders"),
+        ({"conversion": "magic"}, "conversion"),
+        ({"pld_discretization": 0.0}, "pld_discretization"),
+    ],
+)
+def test_bad_accountant_settings_name_the_key(kwargs, key):
+    with pytest.raises(ConfigError) as err:
+        Accountant(**kwargs)
+    assert err.value.key == key
+
+
+def test_record_sampler_pools_seeded_clients_and_counts_their_records():
+    from dpfed.privacy.sampling import RecordPoissonSampler
+
+    population = Population(100, lambda clients: 7 * len(clients))
+    sampler = RecordPoissonSampler(population, 20, batch_size=10, seed=3)
+    assert len(sampler.clients) == 20 and sampler.num_records == 140
+    assert sampler.q == pytest.approx(10 / 140)
+    assert sum(sampler.steps(r) for r in range(1, 4)) == math.ceil(3 * 140 / 10)
+    with pytest.raises(ConfigError, match="batch_size"):
+        RecordPoissonSampler(population, 1, batch_size=8, seed=0)

@@ -1,0 +1,144 @@
+"""``python -m dpfed.privacy``: published epsilons, round trips, every mechanism, refused settings.
+
+That the calculator prints what a run reports is tested against real runs in
+`tests.test_agreement`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import dp_accounting
+import pytest
+
+from dpfed.privacy.__main__ import main, parse_orders
+from dpfed.privacy.mechanisms import SCHEMAS
+from tests.helpers import independent_epsilon
+
+TUTORIAL_ORDERS = "1.1:10.9:0.1,12:63"
+COHORT = ("--population", "1000", "--sample-size", "50", "--steps", "20")
+
+
+def cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out) if captured.out else None), captured.err
+
+
+def test_orders_accept_ranges_and_lists():
+    assert parse_orders("1.1:1.4:0.1,2,12:14") == pytest.approx([1.1, 1.2, 1.3, 1.4, 2, 12, 13, 14])
+    assert len(parse_orders(TUTORIAL_ORDERS)) == 99 + 52
+
+
+def test_tf_privacy_tutorial_epsilon_with_the_dp_sgd_helper(capsys):
+    code, out, _ = cli(capsys, "epsilon", "--dataset-size", "60000", "--batch-size", "256",
+                       "--epochs", "60", "--noise-multiplier", "1.1", "--conversion", "classic",
+                       "--orders", TUTORIAL_ORDERS)  # fmt: skip
+    assert code == 0 and round(out["epsilon"], 2) == 3.01
+    assert out["unit"] == "record" and out["neighboring"] == "add_remove"
+    assert out["sampling_probability"] == pytest.approx(256 / 60000)
+
+
+def test_andrew_et_al_table_1_row(capsys):
+    code, out, _ = cli(capsys, "epsilon", "--sampling", "fixed", "--population", "1000000",
+                       "--sample-size", "510", "--noise-multiplier", "0.510", "--steps", "1200",
+                       "--delta", "2.5119e-7", "--neighboring", "zero_out")  # fmt: skip
+    assert code == 0 and round(out["epsilon"], 2) == 4.98
+    assert out["neighboring"] == "zero_out" and out["accounting_relation"] == "replace_one"
+
+
+def test_dp_ftrl_stackoverflow_row(capsys):
+    code, out, _ = cli(capsys, "epsilon", "--mechanism", "tree", "--population", "342477",
+                       "--sample-size", "100", "--steps", "1600", "--noise-multiplier", "1.13",
+                       "--delta", "1e-6", "--neighboring", "zero_out", "--conversion", "classic")  # fmt: skip
+    assert code == 0 and round(out["epsilon"], 2) == 19.74
+
+
+@pytest.mark.parametrize("sampling,accountant", [("poisson", "rdp"), ("poisson", "pld"),
+                                                 ("fixed", "rdp"), ("shuffle", "rdp"),
+                                                 ("shuffle", "pld")])
+def test_noise_then_epsilon_round_trip(capsys, sampling, accountant):
+    common = ["--sampling", sampling, *COHORT, "--accountant", accountant]
+    code, noise, _ = cli(capsys, "noise", "--epsilon", "3", *common)
+    assert code == 0 and 3 * 0.99 <= noise["epsilon_reached"] <= 3
+    code, eps, _ = cli(capsys, "epsilon", "--noise-multiplier", str(noise["noise_multiplier"]),
+                       *common)  # fmt: skip
+    assert eps["epsilon"] == pytest.approx(noise["epsilon_reached"], rel=1e-9)
+
+
+def test_laplace_local_uses_the_runs_convention_and_credits_no_sampling(capsys):
+    """The first calculator printed 1/z per step (runs: 2/z) and credited Poisson amplification."""
+    for sampling in ("poisson", "fixed"):
+        code, out, _ = cli(capsys, "epsilon", "--mechanism", "laplace_local", "--sampling",
+                           sampling, *COHORT, "--noise-multiplier", "10")  # fmt: skip
+        assert code == 0 and out["epsilon"] == pytest.approx(20 * 2 / 10)
+    code, out, _ = cli(capsys, "epsilon", "--mechanism", "laplace_local", *COHORT,
+                       "--noise-multiplier", "10", "--participations", "3")  # fmt: skip
+    assert out["epsilon"] == pytest.approx(3 * 2 / 10)
+
+
+def test_dpsgd_in_clients_prints_both_epsilons(capsys):
+    code, out, _ = cli(capsys, "epsilon", "--mechanism", "dpsgd", *COHORT, "--noise-multiplier",
+                       "1", "--local-epochs", "2", "--participations", "10")  # fmt: skip
+    assert code == 0 and math.isinf(out["epsilon"])
+    expected = independent_epsilon([(dp_accounting.GaussianDpEvent(0.5), 20)])
+    assert out["epsilon_record"] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("mechanism", sorted(SCHEMAS))
+def test_every_mechanism_a_run_accepts_is_available(capsys, mechanism):
+    args = ["--clipped-count-stddev", "5"] if mechanism == "adaptive" else []
+    args += [] if mechanism == "none" else ["--noise-multiplier", "2"]
+    code, out, err = cli(capsys, "epsilon", "--mechanism", mechanism, *COHORT, *args)
+    assert code == 0, err
+    assert out["mechanism"] == mechanism and out["neighboring"] in ("replace_one", "add_remove")
+    assert out["epsilon"] > 0
+
+
+@pytest.mark.parametrize(
+    "args,flag",
+    [
+        (["epsilon", *COHORT, "--noise-multiplier", "1", "--delta", "1"], "--delta"),
+        (["epsilon", "--population", "100", "--sample-size", "101", "--steps", "5",
+          "--noise-multiplier", "1"], "--sample-size"),
+        (["epsilon", "--population", "100", "--sample-size", "10", "--steps", "0",
+          "--noise-multiplier", "1"], "--steps"),
+        (["epsilon", *COHORT, "--noise-multiplier", "-1"], "--noise-multiplier"),
+        (["epsilon", "--sampling", "fixed", *COHORT, "--noise-multiplier", "1",
+          "--accountant", "pld"], "--accountant"),
+        (["epsilon", "--mechanism", "tree", *COHORT, "--noise-multiplier", "1",
+          "--accountant", "pure"], "--accountant"),
+        (["epsilon", "--mechanism", "tree", "--sampling", "poisson", *COHORT,
+          "--noise-multiplier", "1"], "--sampling"),
+        (["epsilon", "--sampling", "poisson", "--neighboring", "replace_one", *COHORT,
+          "--noise-multiplier", "1"], "--neighboring"),
+        (["epsilon", "--mechanism", "dpsgd", "--neighboring", "add_remove", *COHORT,
+          "--noise-multiplier", "1"], "--neighboring"),
+        (["noise", *COHORT[:4], "--steps", "1000", "--epsilon", "1e-9"], "--epsilon"),
+        (["noise", *COHORT], "--epsilon"),
+        (["epsilon", "--noise-multiplier", "1"], "--population"),
+        (["epsilon", "--dataset-size", "100", "--noise-multiplier", "1"], "--dataset-size"),
+        (["epsilon", "--mechanism", "none", *COHORT, "--noise-multiplier", "1"],
+         "--noise-multiplier"),
+    ],
+)  # fmt: skip
+def test_impossible_settings_are_rejected_with_the_flag_named(capsys, args, flag):
+    code, out, err = cli(capsys, *args)
+    assert code == 2 and out is None
+    assert err.startswith(f"error: {flag}=") and "must be" in err
+
+
+def test_module_entry_point_prints_one_json_object_and_shows_defaults_in_help():
+    done = subprocess.run(
+        [sys.executable, "-m", "dpfed.privacy", "epsilon", *COHORT, "--noise-multiplier", "1.0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["epsilon"] > 0 and out["accountant"] == "rdp" and out["delta"] == 1e-5
+    helped = subprocess.run([sys.executable, "-m", "dpfed.privacy", "--help"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "(default: 1e-05)" in helped.stdout and "1.1:10.9:0.1,12:63" in helped.stdout

@@ -1,0 +1,336 @@
+"""The privacy plan: every mechanism x sampling x neighbouring relation, against dp-accounting.
+
+Each accepted combination's epsilon is recomputed here from first principles (the
+event the analysis says one round or participation releases, composed by
+dp-accounting alone); each impossible one must be refused naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+
+import dp_accounting as dpa
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from dpfed.build import build_privacy
+from dpfed.config import compose
+from dpfed.errors import ConfigError
+from dpfed.privacy.mechanisms import SCHEMAS
+from dpfed.data.base import Population
+from tests.helpers import independent_epsilon
+
+N, M, ROUNDS, Z = 200, 20, 25, 1.3  # shuffle: 10 rounds per epoch, so 3 epochs (the last partial)
+POPULATION = Population(N, lambda clients: 30 * len(clients), 24)
+ARGS = (f"strategy.clients_per_round={M}", f"rounds={ROUNDS}")
+POOLED = ("strategy=centralized", "strategy.clients_per_round=null")
+
+
+@functools.lru_cache(maxsize=64)
+def _composed(groups: tuple[str, ...]):
+    return compose(*groups)
+
+
+def plan(*overrides, population=POPULATION):
+    """The plan of ``overrides``: group choices composed (cached), then keys set as Hydra would."""
+    noise = () if "dp=none" in overrides else (f"dp.noise_multiplier={Z}",)
+    args = ARGS[1:] if "strategy=centralized" in overrides else ARGS
+    every = (*args, *noise, *overrides)
+    groups = tuple(o for o in every if "." not in o.split("=")[0] and o.split("=")[0] != "rounds")
+    cfg = copy.deepcopy(_composed(groups))
+    for item in every:
+        if item not in groups:
+            key, value = item.split("=", 1)
+            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+    return build_privacy(cfg, population)
+
+
+def factor(neighboring):
+    return 2.0 if neighboring == "replace_one" else 1.0
+
+
+def expected_central(sampling, neighboring, z=Z, rounds=ROUNDS):
+    """Epsilon of a Gaussian release of std z * clip on the sum, every round, as sampled."""
+    release = dpa.GaussianDpEvent(z / factor(neighboring))
+    if sampling == "fixed":
+        return independent_epsilon(
+            [(dpa.SampledWithoutReplacementDpEvent(N, M, release), rounds)], "replace_one")
+    if sampling == "poisson":
+        return independent_epsilon([(dpa.PoissonSampledDpEvent(M / N, release), rounds)])
+    return independent_epsilon([(release, math.ceil(rounds / (N // M)))], "replace_one")
+
+
+ALLOWED = {  # sampling -> relations a central release can be accounted under
+    "fixed": ("replace_one", "zero_out"),
+    "poisson": ("add_remove", "zero_out"),
+    "shuffle": ("replace_one", "zero_out"),
+}
+DEFAULT = {"fixed": "replace_one", "poisson": "add_remove", "shuffle": "replace_one"}
+RELATIONS = ("replace_one", "zero_out", "add_remove")
+
+
+@pytest.mark.parametrize("mechanism", ["gaussian", "adaptive", "per_layer"])
+@pytest.mark.parametrize("sampling", list(ALLOWED))
+@pytest.mark.parametrize("neighboring", [*RELATIONS, None])
+def test_central_user_level_mechanisms(mechanism, sampling, neighboring):
+    extra = ["dp.clipped_count_stddev=10"] if mechanism == "adaptive" else []
+    overrides = (f"dp={mechanism}", f"strategy.sampling={sampling}", *extra,
+                 *([f"dp.neighboring={neighboring}"] if neighboring else []))  # fmt: skip
+    relation = neighboring or DEFAULT[sampling]
+    if relation not in ALLOWED[sampling]:
+        with pytest.raises(ConfigError, match="dp.neighboring"):
+            plan(*overrides)
+        return
+    got = plan(*overrides)
+    assert str(got.headline.neighboring) == relation and got.headline.unit == "user"
+    assert got.epsilon() == pytest.approx(expected_central(sampling, relation), rel=1e-9)
+
+
+@pytest.mark.parametrize("neighboring", RELATIONS)
+def test_tree_accounts_one_tree_per_epoch_over_the_rounds_it_runs(neighboring):
+    overrides = ("dp=tree", f"dp.neighboring={neighboring}")
+    if neighboring == "add_remove":
+        with pytest.raises(ConfigError, match="dp.neighboring"):
+            plan(*overrides)
+        return
+    got = plan(*overrides)
+    tree = [dpa.SingleEpochTreeAggregationDpEvent(Z / factor(neighboring), k) for k in (10, 10, 5)]
+    expected = independent_epsilon([(t, 1) for t in tree], "replace_special")
+    assert got.epsilon() == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_run_shorter_than_an_epoch_is_one_tree_over_its_rounds():
+    """DP-FTRL StackOverflow: 1600 of 342,477/100 rounds per epoch; a whole epoch gives 20.8."""
+    population = Population(342_477)
+    got = plan("dp=tree", "dp.neighboring=zero_out", "dp.noise_multiplier=1.13", "rounds=1600",
+               "strategy.clients_per_round=100", "dp.delta=1e-6", "dp.conversion=classic",
+               population=population)  # fmt: skip
+    assert got.headline.event(1) == dpa.SingleEpochTreeAggregationDpEvent(1.13, 1600)
+    assert round(got.epsilon(), 2) == 19.74  # Kairouz et al. 2021, Table (z=1.13)
+
+
+def test_andrew_et_al_fixed_cohorts_under_zero_out_give_their_epsilon_5():
+    got = plan("strategy.sampling=fixed", "dp.neighboring=zero_out", "dp.noise_multiplier=0.510",
+               "strategy.clients_per_round=510", "rounds=1200", "dp.delta=2.5119e-7",
+               population=Population(1_000_000))  # fmt: skip
+    assert round(got.epsilon(), 2) == 4.98
+    strict = plan("strategy.sampling=fixed", "dp.noise_multiplier=0.510", "rounds=1200",
+                  "strategy.clients_per_round=510", "dp.delta=2.5119e-7",
+                  population=Population(1_000_000))  # fmt: skip
+    assert strict.epsilon() > 10 * got.epsilon()  # replace-one: the noise counts half
+
+
+@pytest.mark.parametrize("mechanism,release", [("laplace_local", dpa.LaplaceDpEvent),
+                                               ("gaussian_local", dpa.GaussianDpEvent)])
+@pytest.mark.parametrize("sampling", list(ALLOWED))
+@pytest.mark.parametrize("neighboring", [*RELATIONS, None])
+def test_local_dp_composes_one_release_per_participation(mechanism, release, sampling,
+                                                         neighboring):  # fmt: skip
+    overrides = (f"dp={mechanism}", f"strategy.sampling={sampling}", "dp.accountant=rdp",
+                 *([f"dp.neighboring={neighboring}"] if neighboring else []))  # fmt: skip
+    if neighboring == "add_remove":
+        with pytest.raises(ConfigError, match="dp.neighboring"):
+            plan(*overrides)
+        return
+    got = plan(*overrides)
+    relation = neighboring or "replace_one"
+    one = release(Z / factor(relation))
+    participations = got.sampler.max_participations(ROUNDS)
+    assert participations == (3 if sampling == "shuffle" else ROUNDS)
+    assert got.epsilon() == pytest.approx(independent_epsilon([(one, participations)]), rel=1e-9)
+    assert got.epsilon(participations=2) == pytest.approx(independent_epsilon([(one, 2)]),
+                                                          rel=1e-9)  # fmt: skip
+
+
+def test_laplace_local_with_the_pure_accountant_is_two_over_z_per_participation():
+    got = plan("dp=laplace_local", "dp.noise_multiplier=10", "strategy.sampling=fixed")
+    assert got.epsilon(participations=3) == pytest.approx(3 * 2 / 10)
+
+
+@pytest.mark.parametrize("neighboring,accounted", [("replace_one", Z / 2), ("zero_out", Z),
+                                                   (None, Z / 2)])
+@pytest.mark.parametrize("local_epochs", [1, 2])
+def test_dpsgd_in_clients_accounts_local_epochs_releases_per_participation(neighboring, accounted,
+                                                                           local_epochs):  # fmt: skip
+    got = plan("dp=dpsgd", f"strategy.local_epochs={local_epochs}",
+               *([f"dp.neighboring={neighboring}"] if neighboring else []))  # fmt: skip
+    record = got.account("epsilon_record")
+    assert record.unit == "record" and record.per_participation
+    expected = independent_epsilon([(dpa.GaussianDpEvent(accounted), local_epochs * 10)])
+    assert got.epsilon("epsilon_record", participations=10) == pytest.approx(expected, rel=1e-9)
+    assert math.isinf(got.epsilon())  # no user-level protection without user noise
+    assert got.budget_account is record
+
+
+def test_dpsgd_in_clients_refuses_add_remove_which_shuffled_batches_do_not_satisfy():
+    with pytest.raises(ConfigError, match="dp.neighboring"):
+        plan("dp=dpsgd", "dp.neighboring=add_remove")
+
+
+def test_audit_case_record_level_epsilon_is_the_replace_one_one():
+    """z=1, 2 local epochs, 10 participations: 48.8 where the first version reported 30.1."""
+    got = plan("dp=dpsgd", "dp.noise_multiplier=1", "strategy.local_epochs=2")
+    assert got.epsilon("epsilon_record", participations=10) == pytest.approx(
+        independent_epsilon([(dpa.GaussianDpEvent(0.5), 20)]), rel=1e-9)
+    assert got.epsilon("epsilon_record", participations=10) > 45
+
+
+def test_dpsgd_with_user_noise_has_both_accounts_and_the_budget_is_user_level():
+    got = plan("dp=dpsgd", "dp.user_noise_multiplier=0.9")
+    assert got.epsilon() == pytest.approx(expected_central("poisson", "add_remove", z=0.9),
+                                          rel=1e-9)  # fmt: skip
+    assert got.budget_account is got.headline
+
+
+@pytest.mark.parametrize("mechanism", ["gaussian", "dpsgd", "none"])
+def test_pooled_records_are_poisson_sampled_steps(mechanism):
+    got = plan("strategy=centralized", f"dp={mechanism}", "strategy.batch_size=60", "rounds=3",
+               population=Population(N, lambda clients: 30 * len(clients)))  # fmt: skip
+    assert got.sampler.num_records == 30 * N and got.headline.unit == "record"
+    if mechanism == "none":
+        assert math.isinf(got.epsilon())
+        return
+    steps = math.ceil(3 * 30 * N / 60)
+    event = dpa.PoissonSampledDpEvent(60 / (30 * N), dpa.GaussianDpEvent(Z))
+    assert got.epsilon() == pytest.approx(independent_epsilon([(event, steps)]), rel=1e-9)
+
+
+def test_tf_privacy_tutorial_epsilon_with_the_classic_conversion():
+    orders = ",".join([str(1 + x / 10.0) for x in range(1, 100)] + [str(o) for o in range(12, 64)])
+    got = plan("strategy=centralized", "dp.noise_multiplier=1.1", "strategy.batch_size=256",
+               "rounds=60", "dp.conversion=classic", f"dp.orders=[{orders}]",
+               population=Population(1, lambda clients: 60000))  # fmt: skip
+    assert round(got.epsilon(), 2) == 3.01
+
+
+@pytest.mark.parametrize("overrides", [
+    ("dp=adaptive", "dp.clipped_count_stddev=2", "strategy=centralized"),
+    ("dp=tree", "strategy=centralized"),
+    ("dp=laplace_local", "strategy=centralized"),
+    ("dp=input_noise", "strategy=centralized"),
+])  # fmt: skip
+def test_federated_only_mechanisms_are_refused_on_pooled_records(overrides):
+    with pytest.raises(Exception, match=r"dp|strategy.sampling"):
+        plan(*overrides)
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (("dp=tree", "dp.accountant=pure"), "dp.accountant"),
+    (("dp=tree", "dp.accountant=pld"), "dp.accountant"),
+    (("dp=tree", "dp.accountant=pure", "dp.target_epsilon=1"), "dp.accountant"),
+    (("dp=dpsgd", "dp.accountant=pure"), "dp.accountant"),
+    (("dp=dpsgd", "dp.accountant=pure", *POOLED), "dp.accountant"),
+    (("dp=gaussian", "dp.accountant=pure"), "dp.accountant"),
+    (("dp=gaussian", "dp.accountant=pld", "strategy.sampling=fixed"), "dp.accountant"),
+    (("dp=gaussian_local", "dp.accountant=pure"), "dp.accountant"),
+    (("dp=input_noise", "dp.noise=gaussian"), "dp.accountant"),
+])  # fmt: skip
+def test_accountants_that_cannot_compose_a_mechanism_are_refused_at_build(overrides, key):
+    """The first version planned epsilon 0 for dp=tree dp.accountant=pure and calibrated to 0.001."""
+    with pytest.raises(ConfigError) as err:
+        plan(*overrides)
+    assert err.value.key == key
+
+
+@pytest.mark.parametrize("overrides", [("strategy.sampling=poisson",),
+                                       ("strategy.sampling=fixed",), ("dp=tree",),
+                                       ("dp=dpsgd",), ("dp=laplace_local", "dp.accountant=rdp"),
+                                       ("strategy=centralized", "strategy.batch_size=60")])
+def test_calibration_reaches_the_target_from_below_and_round_trips(overrides):
+    population = Population(N, lambda clients: 30 * len(clients), 24)
+    got = plan(*overrides, "dp.target_epsilon=2", population=population)
+    budget = got.epsilon(got.budget_account)
+    assert 2 * 0.99 <= budget <= 2
+    again = plan(*overrides, f"dp.noise_multiplier={got.noise_multiplier}", population=population)
+    assert again.epsilon(again.budget_account) == pytest.approx(budget, rel=1e-12)
+
+
+def test_unreachable_target_is_refused():
+    with pytest.raises(ConfigError, match="dp.target_epsilon"):
+        plan("dp.target_epsilon=1e-9", "rounds=1000", "strategy.sampling=fixed",
+             f"strategy.clients_per_round={N}")  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides", [("dp=none", "dp.max_epsilon=2"),
+                                       ("dp.noise_multiplier=0", "dp.max_epsilon=2"),
+                                       ("dp=none", "dp.target_epsilon=2")])
+def test_budgets_without_anything_private_are_refused(overrides):
+    with pytest.raises(ConfigError, match=r"dp\.(max|target)_epsilon"):
+        plan(*overrides)
+
+
+def test_the_budget_stops_before_a_release_and_records_nothing_it_does_not_run():
+    got = plan("dp=dpsgd", "dp.max_epsilon=1", "strategy.sampling=fixed")
+    ledger = got.new_ledger()
+    events = ledger.preview(1, ["3", "4"])
+    assert ledger.over_budget(events) is not None  # one participation already exceeds 1
+    assert ledger.participations == {} and ledger.max_participations == 0
+    assert ledger.epsilons["epsilon_record"] == 0.0
+
+
+def test_participations_are_counted_for_the_client_that_took_part_most():
+    got = plan("dp=laplace_local", "dp.noise_multiplier=4", "strategy.sampling=fixed")
+    ledger = got.new_ledger()
+    eps = []
+    for r, cohort in enumerate([["a", "b"], ["a", "c"], ["d", "e"], ["a", "b"]], start=1):
+        eps.append(ledger.record(r, cohort, ledger.preview(r, cohort))["epsilon"])
+    assert eps == pytest.approx([0.5, 1.0, 1.0, 1.5]) and ledger.max_participations == 3
+    again = got.new_ledger()
+    again.load_state_dict(ledger.state_dict())
+    assert again.epsilons == ledger.epsilons and again.participations == ledger.participations
+
+
+def test_input_noise_is_refused_where_records_share_raw_data_or_are_tokens():
+    coupled = Population(N, None, 24, "windows overlap (stride 25 < seq_len 50)")
+    with pytest.raises(ConfigError, match="windows overlap"):
+        plan("dp=input_noise", population=coupled)
+    with pytest.raises(ConfigError, match="text dataset"):
+        plan("dp=input_noise", population=Population(N, None, None))
+
+
+@pytest.mark.parametrize("neighboring,epsilon", [("replace_one", 1.0), ("zero_out", 2.0)])
+def test_input_noise_is_one_release_per_record_whatever_the_rounds(neighboring, epsilon):
+    got = plan("dp=input_noise", "dp.noise_multiplier=0.5", f"dp.neighboring={neighboring}")
+    assert got.epsilon() == pytest.approx(1 / (0.5 / factor(neighboring)))
+    assert got.epsilon(rounds=1) == got.epsilon()
+    with pytest.raises(ConfigError, match="dp.neighboring"):
+        plan("dp=input_noise", "dp.neighboring=add_remove")
+
+
+def test_adaptive_effective_noise_splits_exactly_under_both_relations():
+    """TFF's split z^-2 = z_v^-2 + (2 sigma_b)^-2 composes to one release of z (or z/2)."""
+    z, count_std = 1.0, 2.0
+    z_value = (z**-2 - (2 * count_std) ** -2) ** -0.5
+    q = M / N
+    split = dpa.ComposedDpEvent((dpa.GaussianDpEvent(z_value), dpa.GaussianDpEvent(2 * count_std)))
+    assert independent_epsilon([(dpa.PoissonSampledDpEvent(q, split), 20)]) == pytest.approx(
+        independent_epsilon([(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(z)), 20)]),
+        rel=1e-9)  # fmt: skip
+    got = plan("dp=adaptive", "dp.noise_multiplier=1", f"dp.clipped_count_stddev={count_std}")
+    assert got.describe()["clipped_count_stddev"] == count_std
+
+
+def test_adaptive_refuses_count_noise_that_the_budget_cannot_afford():
+    with pytest.raises(ConfigError, match="dp.clipped_count_stddev"):
+        plan("dp=adaptive", "strategy.clients_per_round=10")  # default 0.05 * 10 <= 1.3 / 2
+
+
+def test_every_mechanism_describes_its_unit_relation_and_dp_seed():
+    for option in SCHEMAS:
+        extra = ["dp.clipped_count_stddev=10"] if option == "adaptive" else []
+        got = plan(f"dp={option}", *extra)
+        described = got.describe()
+        assert described["mechanism"] == got.label
+        assert described["neighboring"] in RELATIONS and described["unit"]
+        assert described["dp_seed"] == 0
+
+
+def test_a_null_dp_seed_is_drawn_from_entropy_and_never_described():
+    first, second = plan("dp.seed=null"), plan("dp.seed=null")
+    assert first.secret_seed and first.dp_seed != second.dp_seed
+    assert first.dp_seed.bit_length() > 64
+    assert "secret" in first.describe()["dp_seed"]
+    assert first.stream_key("sum") != second.stream_key("sum")

@@ -1,0 +1,152 @@
+"""One epsilon everywhere: a run's summary.json, ``python -m dpfed.privacy`` with the same
+settings, and ``scripts/recompute_epsilon.py`` on the run's folder agree, for every ``dp``
+option and every sampling a run accepts (and refuse the same combinations).
+
+The grid runs the real round loop (sampler, ledger, budget, summary writer) with a
+learning process that does not train, since training does not change what is
+released; `test_real_runs_agree` repeats the check on real TFF runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from dpfed.build import build_privacy
+from dpfed.config import compose
+from dpfed.errors import ConfigError
+from dpfed.privacy.__main__ import main as privacy_cli
+from dpfed.privacy.mechanisms import SCHEMAS
+from tests.conftest import ROOT
+
+SAMPLINGS = ("fixed", "poisson", "shuffle", "records")
+SMALL = ("debug=smoke", "rounds=3", "strategy.eval_every=0", "logger.tensorboard=false",
+         "logger.progress=false")  # fmt: skip
+spec = importlib.util.spec_from_file_location("recompute", ROOT / "scripts" / "recompute_epsilon.py")
+recompute = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(recompute)
+
+
+def overrides_for(option: str, sampling: str) -> list[str]:
+    out = [*SMALL, f"dp={option}"]
+    if option == "adaptive":
+        out.append("dp.clipped_count_stddev=5")
+    if sampling == "records":
+        out += ["strategy=centralized", "strategy.batch_size=8"]
+    else:
+        out += [f"strategy.sampling={sampling}", "strategy.local_epochs=2"]
+    return out
+
+
+class NoTraining:
+    """A learning process that keeps its weights: the loop, ledger and writer run for real."""
+
+    def initialize(self):
+        return SimpleNamespace(trainable=[np.zeros(3, np.float32)], non_trainable=[])
+
+    def next(self, state, data=None):
+        metrics = {"client_work": {"train": {"loss": 0.0, "accuracy": 0.0, "num_examples": 0}},
+                   "aggregator": {}}  # fmt: skip
+        return SimpleNamespace(state=state, metrics=metrics)
+
+    def get_model_weights(self, state):
+        return state
+
+
+def loop_run(cfg, tmp_path):
+    """The summary of a run of ``cfg`` through `Simulation` with a non-training process."""
+    from hydra.utils import instantiate
+
+    from dpfed.federated.simulation import Simulation
+    from dpfed.io.run_writer import RunWriter
+    from dpfed.privacy.mechanisms.base import MechanismParts
+
+    dataset = instantiate(cfg.dataset)
+    plan = build_privacy(cfg, dataset.population())
+    strategy = SimpleNamespace(client_update=None, eval_every=0, weighted=False,
+                               describe=lambda: {}, state_codec=lambda p: None)  # fmt: skip
+    model = SimpleNamespace(metrics=lambda: [SimpleNamespace(name="accuracy")])
+    sim = Simulation(dataset, model, plan, MechanismParts(), strategy, None, NoTraining(),
+                     seed=cfg.seed, progress=False)  # fmt: skip
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return sim.run(RunWriter(tmp_path, sim.columns), {"config": config})
+
+
+def cli_flags(cfg, summary) -> list[str]:
+    """The calculator's flags for the settings of ``cfg`` (and the run's participations)."""
+    dp, strategy = cfg.dp, cfg.strategy
+    flags = ["epsilon", "--mechanism", summary["mechanism"], "--delta", str(dp.delta),
+             "--participations", str(summary["max_participations"])]  # fmt: skip
+    for key in ("noise_multiplier", "user_noise_multiplier", "clipped_count_stddev"):
+        if key in dp and dp[key] is not None:
+            flags += [f"--{key.replace('_', '-')}", str(dp[key])]
+    if dp.get("accountant") != "rdp":
+        flags += ["--accountant", str(dp.accountant)]
+    if str(strategy.sampling) == "records":
+        return flags + ["--dataset-size", str(summary["num_records"]), "--batch-size",
+                        str(strategy.batch_size), "--epochs", str(cfg.rounds)]  # fmt: skip
+    return flags + ["--sampling", str(strategy.sampling), "--population",
+                    str(summary["num_clients"]), "--sample-size", str(strategy.clients_per_round),
+                    "--steps", str(cfg.rounds), "--local-epochs", str(strategy.local_epochs)]  # fmt: skip
+
+
+def check_agreement(summary, cfg, run_dir, capsys):
+    code = privacy_cli(cli_flags(cfg, summary))
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 0
+    for account in summary["accounts"]:
+        column = account["column"]
+        ran = math.inf if summary[column] is None else summary[column]
+        assert printed[column] == pytest.approx(ran, rel=1e-9), column
+        assert printed["neighboring"] == summary["neighboring"]
+    for record in recompute.check_run(run_dir):
+        assert record["match"], record
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS)
+@pytest.mark.parametrize("option", sorted(SCHEMAS))
+def test_run_cli_and_recompute_agree_for_every_mechanism_and_sampling(option, sampling, tmp_path,
+                                                                      capsys):  # fmt: skip
+    try:
+        cfg = compose(*overrides_for(option, sampling))
+    except Exception as err:  # dp=tree selects shuffled epochs, which pooled records have not
+        assert (option, sampling) == ("tree", "records") and "sampling" in str(err)
+        code = privacy_cli(["epsilon", "--mechanism", option, "--dataset-size", "100",
+                            "--batch-size", "8", "--epochs", "3", "--noise-multiplier", "1"])  # fmt: skip
+        assert code == 2 and "is not allowed" in capsys.readouterr().err
+        return
+    try:
+        summary = loop_run(cfg, tmp_path)
+    except ConfigError as refused:  # what a run refuses, the calculator refuses with its flag
+        code = privacy_cli(cli_flags(cfg, {"mechanism": option, "max_participations": 1,
+                                           "num_records": 100, "num_clients": 40}))  # fmt: skip
+        assert code == 2, f"the calculator accepted what a run refused: {refused}"
+        assert "is not allowed" in capsys.readouterr().err
+        return
+    assert summary["status"] == "completed" and summary["rounds"] == 3
+    check_agreement(summary, cfg, tmp_path, capsys)
+
+
+REAL = [("gaussian", "poisson"), ("adaptive", "fixed"), ("tree", "shuffle"),
+        ("laplace_local", "poisson"), ("gaussian_local", "shuffle"), ("dpsgd", "fixed"),
+        ("input_noise", "poisson"), ("per_layer", "shuffle"), ("none", "fixed"),
+        ("dpsgd", "records")]  # fmt: skip
+
+
+@pytest.mark.parametrize("option,sampling", REAL)
+def test_real_runs_agree(runtime, option, sampling, tmp_path, capsys):
+    from dpfed.build import build_simulation
+    from dpfed.io.run_writer import RunWriter
+
+    cfg = compose(*overrides_for(option, sampling), "rounds=2")
+    sim = build_simulation(cfg)
+    summary = sim.run(RunWriter(tmp_path, sim.columns),
+                      {"config": OmegaConf.to_container(cfg, resolve=True)})  # fmt: skip
+    assert summary["status"] == "completed"
+    check_agreement(summary, cfg, tmp_path, capsys)
