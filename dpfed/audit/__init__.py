@@ -1,0 +1,1 @@
+"""Empirical privacy auditing and estimation from canary scores (numpy/scipy only)."""
