@@ -37,30 +37,40 @@ class StackedGRU:
         return [*shapes, (d, self.width), (self.width,)]
 
     @staticmethod
-    def _gru(x, kernel, recurrent_kernel, bias, sequences: bool):
+    def _gru(x, kernel, recurrent_kernel, bias, sequences: bool, record=None):
         # The input projection of every time step at once: one [K, B*T, d] x [K, d, 3u] matmul.
-        xw = tf.einsum("kbtd,kdh->kbth", x, kernel) + bias[:, None, None, 0, :]
+        projected = tf.einsum("kbtd,kdh->kbth", x, kernel)
+        if record is not None:
+            record.watch(projected)
         recurrent_bias = bias[:, None, 1, :]
-        steps = tf.unstack(xw, axis=2)
+        steps = tf.unstack(projected + bias[:, None, None, 0, :], axis=2)
         h = tf.zeros_like(steps[0][..., : recurrent_kernel.shape[1]])
-        outputs = []
+        previous, resets, outputs = [], [], []
         for xt in steps:
             x_z, x_r, x_h = tf.split(xt, 3, axis=-1)
             rec = tf.matmul(h, recurrent_kernel) + recurrent_bias
             r_z, r_r, r_h = tf.split(rec, 3, axis=-1)
             z = tf.sigmoid(x_z + r_z)
             r = tf.sigmoid(x_r + r_r)
+            previous.append(h)
+            resets.append(r)
             h = z * h + (1 - z) * tf.tanh(x_h + r * r_h)
             outputs.append(h)
+        if record is not None:
+            record.add("gru", (x, tf.stack(previous, axis=2), tf.stack(resets, axis=2)), projected)
         return tf.stack(outputs, axis=2) if sequences else h
 
-    def __call__(self, weights, x, training: bool = False) -> tf.Tensor:
+    def __call__(self, weights, x, training: bool = False, record=None) -> tf.Tensor:
         """Outputs of K models on their own batches.
 
         Args:
             weights: the trainable weights, each ``[K, ...]``.
             x: inputs ``[K, B, T, F]`` (token ids ``[K, B, T]`` for text models).
             training: apply dropout (as Keras does in training).
+            record: an object with ``watch(tensor)`` and ``add(kind, inputs,
+                output)``, told every weight's layer input and (watched)
+                pre-activation output: what per-example gradient norms need
+                (`dpfed.privacy.ghost.StackedGhostClipper`).
 
         Returns:
             Logits ``[K, B, C]`` (``[K, B, T, C]`` per step), or ``[K, B]``
@@ -68,18 +78,28 @@ class StackedGRU:
         """
         weights = list(weights)
         if self.vocab_size:
-            x = tf.gather(weights.pop(0), x, batch_dims=1)  # each user's own embedding
+            tokens = tf.cast(x, tf.int32)
+            x = tf.gather(weights.pop(0), tokens, batch_dims=1)  # each user's own embedding
+            if record is not None:
+                record.watch(x)
+                record.add("embedding", tokens, x)
         for i in range(len(self.units)):
             kernel, recurrent_kernel, bias = weights[3 * i : 3 * i + 3]
             last = i == len(self.units) - 1
-            x = self._gru(x, kernel, recurrent_kernel, bias, not last or self.every_step)
+            x = self._gru(x, kernel, recurrent_kernel, bias, not last or self.every_step, record)
             if training and self.dropout:
                 x = tf.nn.dropout(x, self.dropout)
         head_kernel, head_bias = weights[-2:]
         if self.every_step:
-            out = tf.einsum("kbtu,kuc->kbtc", x, head_kernel) + head_bias[:, None, None, :]
+            pre = tf.einsum("kbtu,kuc->kbtc", x, head_kernel)
+            bias = head_bias[:, None, None, :]
         else:
-            out = tf.matmul(x, head_kernel) + head_bias[:, None, :]
+            pre = tf.matmul(x, head_kernel)
+            bias = head_bias[:, None, :]
+        if record is not None:
+            record.watch(pre)
+            record.add("dense", x, pre)
+        out = pre + bias
         return tf.squeeze(out, -1) if self.regression else out
 
     def example_losses(self, out, y) -> tf.Tensor:

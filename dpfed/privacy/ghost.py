@@ -79,6 +79,51 @@ def _bias_gradient(d):
     return tf.reduce_sum(tf.reshape(d, [-1, d.shape[-1]]), axis=0)
 
 
+def _gram(t):
+    return tf.einsum("btm,bsm->bts", t, t)
+
+
+def _gru_norms(inputs, previous, resets, projected):
+    """Per-example squared norm of a GRU layer's kernel, recurrent kernel and bias gradients.
+
+    ``projected`` is the output gradient of the input projection ``x W``; the
+    recurrent matmul ``h U`` has the same gradient in its update and reset
+    thirds and the candidate third scaled by the reset gate (it enters as
+    ``r * (h U_h)``). The update and reset thirds of both weights share one
+    output gradient, so their norms come from the Gram matrix of ``[x | h]``.
+    """
+    units = resets.shape[-1]
+    d_zr, d_h = projected[..., : 2 * units], projected[..., 2 * units :]
+    d_hr = d_h * resets
+    bias = (2 * _squared_bias_norms(d_zr) + _squared_bias_norms(d_h)
+            + _squared_bias_norms(d_hr))  # fmt: skip
+    steps, m = inputs.shape[1], inputs.shape[2]
+    gram_cost = steps * (m + 5 * units)
+    dense_cost = (m + units) * 2 * units + m * units + units * units
+    if steps is None or gram_cost >= dense_cost:  # materialising per-example gradients is cheaper
+        joint = tf.concat([inputs, previous], axis=-1)
+        return (bias + _squared_weight_norms(joint, d_zr) + _squared_weight_norms(inputs, d_h)
+                + _squared_weight_norms(previous, d_hr))  # fmt: skip
+    gram_x, gram_h = _gram(inputs), _gram(previous)
+    total = ((gram_x + gram_h) * _gram(d_zr) + gram_x * _gram(d_h)
+             + gram_h * _gram(d_hr))  # fmt: skip
+    return bias + tf.reduce_sum(total, axis=[1, 2])
+
+
+def _gru_gradients(inputs, previous, resets, projected):
+    """(kernel, recurrent kernel, bias) gradients of a GRU layer, summed over the batch."""
+    units = resets.shape[-1]
+    m = inputs.shape[-1]
+    d_zr, d_h = projected[..., : 2 * units], projected[..., 2 * units :]
+    d_hr = d_h * resets
+    joint_zr = _weight_gradient(tf.concat([inputs, previous], axis=-1), d_zr)
+    kernel = tf.concat([joint_zr[:m], _weight_gradient(inputs, d_h)], axis=1)
+    recurrent = tf.concat([joint_zr[m:], _weight_gradient(previous, d_hr)], axis=1)
+    input_bias = _bias_gradient(projected)
+    recurrent_bias = tf.concat([input_bias[: 2 * units], _bias_gradient(d_hr)], axis=0)
+    return kernel, recurrent, tf.stack([input_bias, recurrent_bias])
+
+
 def _scale(d, factors):
     return d * tf.reshape(factors, [-1] + [1] * (d.shape.rank - 1))
 
@@ -175,21 +220,23 @@ class GhostClipper:
         projected = tf.einsum("btm,mk->btk", inputs, cell.kernel)
         tape.watch(projected)
         state = tf.zeros([tf.shape(inputs)[0], units], inputs.dtype)
-        previous, recurrent, outputs = [], [], []
+        previous, resets, outputs = [], [], []
         # unstack, not projected[:, t]: a slice's gradient is a full-size tensor per step
-        for step in tf.unstack(projected, axis=1):
-            x_z, x_r, x_h = tf.split(step + input_bias, 3, axis=-1)
-            rec = tf.matmul(state, cell.recurrent_kernel)
-            tape.watch(rec)
-            r_z, r_r, r_h = tf.split(rec + recurrent_bias, 3, axis=-1)
+        for step in tf.unstack(tf.nn.bias_add(projected, input_bias), axis=1):
+            x_z, x_r, x_h = tf.split(step, 3, axis=-1)
+            rec = tf.nn.bias_add(tf.matmul(state, cell.recurrent_kernel), recurrent_bias)
+            r_z, r_r, r_h = tf.split(rec, 3, axis=-1)
             z = tf.sigmoid(x_z + r_z)
             r = tf.sigmoid(x_r + r_r)
             candidate = tf.tanh(x_h + r * r_h)
             previous.append(state)
-            recurrent.append(rec)
+            resets.append(r)
             state = z * state + (1 - z) * candidate
             outputs.append(state)
-        records.append((("gru", cell), (inputs, tf.stack(previous, 1)), (projected, recurrent)))
+        # The recurrent matmul's output gradient is the projection's, with the candidate's
+        # third scaled by the reset gate (it enters as r * r_h): no per-step gradients needed.
+        records.append((("gru", cell), (inputs, tf.stack(previous, 1), tf.stack(resets, 1)),
+                        projected))  # fmt: skip
         return tf.stack(outputs, axis=1) if layer.return_sequences else state
 
     # ------------------------------------------------------------------ gradients
@@ -213,8 +260,6 @@ class GhostClipper:
             total = tf.reduce_sum(losses)
         outputs = [out for _, _, out in records]
         deltas = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        # a GRU's per-step recurrent gradients, stacked once over time for norms and sums
-        deltas = [(d[0], tf.stack(d[1], 1)) if isinstance(d, tuple | list) else d for d in deltas]
         squared = tf.add_n(
             [self._norms(op, a, d) for (op, a, _), d in zip(records, deltas, strict=True)]
         )
@@ -235,10 +280,7 @@ class GhostClipper:
         if kind == "embedding":
             same = tf.cast(tf.equal(a[:, :, None], a[:, None, :]), d.dtype)
             return tf.reduce_sum(same * tf.einsum("bte,bse->bts", d, d), axis=[1, 2])
-        inputs, previous = a
-        projected, recurrent = d
-        kernel = _squared_weight_norms(inputs, projected) + _squared_bias_norms(projected)
-        return kernel + _squared_weight_norms(previous, recurrent) + _squared_bias_norms(recurrent)
+        return _gru_norms(*a, d)
 
     @staticmethod
     def _gradients(op, a, d):
@@ -250,10 +292,130 @@ class GhostClipper:
             flat = tf.reshape(d, [-1, d.shape[-1]])
             return {table.ref(): tf.math.unsorted_segment_sum(flat, tf.reshape(a, [-1]),
                                                               table.shape[0])}  # fmt: skip
-        inputs, previous = a
-        projected, recurrent = d
-        return {
-            layer.kernel.ref(): _weight_gradient(inputs, projected),
-            layer.recurrent_kernel.ref(): _weight_gradient(previous, recurrent),
-            layer.bias.ref(): tf.stack([_bias_gradient(projected), _bias_gradient(recurrent)]),
-        }
+        kernel, recurrent, bias = _gru_gradients(*a, d)
+        return {layer.kernel.ref(): kernel, layer.recurrent_kernel.ref(): recurrent,
+                layer.bias.ref(): bias}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- K models at once
+class _Records:
+    """What a stacked forward pass reports: each weight's layer input and watched output."""
+
+    def __init__(self, tape: tf.GradientTape):
+        self.tape, self.items = tape, []
+
+    def watch(self, tensor) -> None:
+        self.tape.watch(tensor)
+
+    def add(self, kind: str, inputs, output) -> None:
+        self.items.append((kind, inputs, output))
+
+
+def _stacked_gram(t):
+    return tf.einsum("kbtm,kbsm->kbts", t, t)
+
+
+def _stacked_weight_norms(a, d):
+    """Per (user, example) ``||sum_t a_t^T d_t||^2`` for ``a [K,B,(T,)m]``, ``d [K,B,(T,)n]``."""
+    if a.shape.rank == 3:
+        return tf.reduce_sum(a * a, -1) * tf.reduce_sum(d * d, -1)
+    steps, m, n = a.shape[2], a.shape[3], d.shape[3]
+    if steps is not None and steps * (m + n) < m * n:
+        return tf.reduce_sum(_stacked_gram(a) * _stacked_gram(d), axis=[2, 3])
+    per_example = tf.einsum("kbtm,kbtn->kbmn", a, d)
+    return tf.reduce_sum(per_example * per_example, axis=[2, 3])
+
+
+def _stacked_bias_norms(d):
+    summed = d if d.shape.rank == 3 else tf.reduce_sum(d, axis=2)
+    return tf.reduce_sum(summed * summed, axis=-1)
+
+
+def _stacked_weight_gradient(a, d):
+    return tf.einsum("kbtm,kbtn->kmn", a, d) if a.shape.rank == 4 else tf.einsum(
+        "kbm,kbn->kmn", a, d)  # fmt: skip
+
+
+def _stacked_bias_gradient(d):
+    return tf.reduce_sum(d, axis=[1, 2]) if d.shape.rank == 4 else tf.reduce_sum(d, axis=1)
+
+
+def _stacked_gru_norms(inputs, previous, resets, projected):
+    """`_gru_norms` for K users: ``[K, B]``."""
+    units = resets.shape[-1]
+    d_zr, d_h = projected[..., : 2 * units], projected[..., 2 * units :]
+    d_hr = d_h * resets
+    bias = (2 * _stacked_bias_norms(d_zr) + _stacked_bias_norms(d_h)
+            + _stacked_bias_norms(d_hr))  # fmt: skip
+    steps, m = inputs.shape[2], inputs.shape[3]
+    if steps is None or steps * (m + 5 * units) >= (m + units) * 2 * units + (m + units) * units:
+        joint = tf.concat([inputs, previous], axis=-1)
+        return (bias + _stacked_weight_norms(joint, d_zr) + _stacked_weight_norms(inputs, d_h)
+                + _stacked_weight_norms(previous, d_hr))  # fmt: skip
+    gram_x, gram_h = _stacked_gram(inputs), _stacked_gram(previous)
+    total = ((gram_x + gram_h) * _stacked_gram(d_zr) + gram_x * _stacked_gram(d_h)
+             + gram_h * _stacked_gram(d_hr))  # fmt: skip
+    return bias + tf.reduce_sum(total, axis=[2, 3])
+
+
+def _stacked_gru_gradients(inputs, previous, resets, projected):
+    units, m = resets.shape[-1], inputs.shape[-1]
+    d_zr, d_h = projected[..., : 2 * units], projected[..., 2 * units :]
+    d_hr = d_h * resets
+    joint_zr = _stacked_weight_gradient(tf.concat([inputs, previous], axis=-1), d_zr)
+    kernel = tf.concat([joint_zr[:, :m], _stacked_weight_gradient(inputs, d_h)], axis=2)
+    recurrent = tf.concat([joint_zr[:, m:], _stacked_weight_gradient(previous, d_hr)], axis=2)
+    input_bias = _stacked_bias_gradient(projected)
+    recurrent_bias = tf.concat([input_bias[:, : 2 * units], _stacked_bias_gradient(d_hr)], 1)
+    return [kernel, recurrent, tf.stack([input_bias, recurrent_bias], axis=1)]
+
+
+def stacked_clipped_gradients(net, weights, x, y, mask, clip, training: bool = True):
+    """Per-user sums of per-example gradients clipped to ``clip``, for K users at once.
+
+    The ghost-norm algebra of `GhostClipper` with a leading user axis: every
+    user's examples are clipped with that user's own weights, in one forward
+    and one backward pass of the stacked model (`dpfed.models.stacked.StackedGRU`).
+
+    Args:
+        net: the stacked model.
+        weights: its trainable weights, each ``[K, ...]``.
+        x, y: one step's batches ``[K, B, ...]``.
+        mask: ``[K, B]``, 1 for real examples, 0 for padding.
+        clip: the per-example L2 bound.
+        training: apply dropout.
+
+    Returns:
+        ``(clipped sums [K, ...] per weight, per-example losses [K, B], outputs)``.
+    """
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+        records = _Records(tape)
+        out = net(weights, x, training=training, record=records)
+        losses = net.example_losses(out, y)
+        total = tf.reduce_sum(losses * mask)
+    outputs = [output for _, _, output in records.items]
+    deltas = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    norms = []
+    for (kind, a, _), d in zip(records.items, deltas, strict=True):
+        if kind == "gru":
+            norms.append(_stacked_gru_norms(*a, d))
+        elif kind == "dense":
+            norms.append(_stacked_weight_norms(a, d) + _stacked_bias_norms(d))
+        else:  # embedding: tokens a [K, B, T], output gradients d [K, B, T, e]
+            same = tf.cast(tf.equal(a[..., :, None], a[..., None, :]), d.dtype)
+            norms.append(tf.reduce_sum(same * tf.einsum("kbte,kbse->kbts", d, d), axis=[2, 3]))
+    factors = tf.minimum(1.0, clip / tf.maximum(tf.sqrt(tf.add_n(norms)), 1e-12))
+    grads = []
+    for (kind, a, _), d in zip(records.items, deltas, strict=True):
+        d = d * factors[(...,) + (None,) * (d.shape.rank - 2)]
+        if kind == "gru":
+            grads += _stacked_gru_gradients(*a, d)
+        elif kind == "dense":
+            grads += [_stacked_weight_gradient(a, d), _stacked_bias_gradient(d)]
+        else:
+            users, vocab = tf.shape(d)[0], weights[0].shape[1]
+            ids = a + vocab * tf.range(users)[:, None, None]
+            flat = tf.math.unsorted_segment_sum(tf.reshape(d, [-1, d.shape[-1]]),
+                                                tf.reshape(ids, [-1]), users * vocab)  # fmt: skip
+            grads.append(tf.reshape(flat, [users, vocab, d.shape[-1]]))
+    return grads, losses, out

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from dpfed.build import build_simulation
 from dpfed.errors import ConfigError
-from dpfed.federated.backends.base import client_dataset
+from dpfed.federated.backends.base import batch_seeds, client_dataset
 from dpfed.federated.backends.vectorized import VectorizedBackend, _batches
 from dpfed.models.stacked import StackedGRU
 from tests.conftest import compose_config
@@ -72,11 +72,10 @@ def test_shards_hold_each_users_batches_in_order_padded_and_masked():
     strategy = instantiate(compose_config("debug=smoke").strategy)  # batch 8
     sizes = [13, 0, 3, 21]
 
-    def datasets(seeds=None):  # fresh each time: a second iteration would reshuffle
+    def datasets():  # fresh each time: a second iteration would reshuffle
         return [client_dataset(tf.data.Dataset.from_tensor_slices(
             (np.arange(n * 2, dtype=np.float32).reshape(n, 1, 2) + 100 * k,
-             np.arange(n, dtype=np.int32))), strategy.client_update, k,
-            None if seeds is None else np.array([k, 7], np.int64))
+             np.arange(n, dtype=np.int32))), strategy.client_update, k)
             for k, n in enumerate(sizes)]  # fmt: skip
 
     expected = [list(ds.as_numpy_iterator()) for ds in datasets()]
@@ -90,10 +89,13 @@ def test_shards_hold_each_users_batches_in_order_padded_and_masked():
             assert len(a) == len(b) and all(
                 np.array_equal(p[0], q[0]) for p, q in zip(a, b, strict=True)
             )
-    shards = VectorizedBackend(3).pack(strategy, datasets(seeds=True))
+    seeds = [batch_seeds(7, 1, k, len(u)) for k, u in enumerate(expected)]
+    shards = VectorizedBackend(3).pack(strategy, datasets(), seeds)
     (x1, y1, m1, s1), (x2, y2, m2, s2) = (next(iter(s)) for s in shards)
     assert s1.shape == (2, 3, 2) and s2.shape == (3, 1, 2)  # a seed per step and user
-    assert len({tuple(s) for s in s2[:, 0].numpy()}) == 3
+    np.testing.assert_array_equal(s2[:, 0].numpy(), seeds[3])  # the user of 21 examples
+    np.testing.assert_array_equal(s1[:, 2].numpy(), seeds[0])
+    assert not s1[:, 0].numpy().any()  # the user without data has no seeds
     assert x1.shape == (2, 3, 8, 1, 2) and x2.shape == (3, 1, 8, 1, 2)  # users sorted by steps
     np.testing.assert_array_equal(m1.numpy().sum((0, 2)), [0, 3, 13])  # empty user: all masked
     np.testing.assert_array_equal(x1[:, 2].numpy()[m1[:, 2].numpy() > 0],
@@ -128,8 +130,13 @@ def assert_same_round(reference, vectorized):
         ("dp=tree", "dp.noise_multiplier=0.5"),
         ("dp=laplace_local", "dp.noise_multiplier=5", "dp.clip=0.05"),  # seeded per client
         ("strategy=fedadam", "dp=none"),  # TFF's server optimizer state carries over
+        ("dp=dpsgd", "dp.noise_multiplier=0", "dp.clip=0.05", "strategy.local_epochs=2"),
+        ("dp=dpsgd", "dp.noise_multiplier=2", "dp.clip=0.05", "strategy=fedprox",
+         "strategy.client_optimizer.momentum=0.5", "dp.user_noise_multiplier=0.5"),
+        ("dp=dpsgd", "dataset=shakespeare", "model.units=[8]", "dp.noise_multiplier=1"),
     ],
-    ids=["weighted-momentum", "regression-every-step", "per-layer", "tree", "local", "fedadam"],
+    ids=["weighted-momentum", "regression-every-step", "per-layer", "tree", "local", "fedadam",
+         "dpsgd-binding-clip", "dpsgd-noise-fedprox-user-level", "dpsgd-text"],
 )  # fmt: skip
 def test_a_round_is_the_reference_round(runtime, overrides):
     server = () if "strategy=fedadam" in overrides else PLAIN_SERVER
@@ -205,7 +212,6 @@ def test_a_vectorized_run_completes_and_writes_metrics(runtime, tmp_path):
     "overrides,key",
     [
         (("backend=vectorized", "backend.users_per_shard=0"), "backend.users_per_shard"),
-        (("backend=vectorized", "dp=dpsgd"), "backend"),
         (("backend=vectorized", "strategy=fedsgd"), "backend"),
         (("backend=vectorized", "strategy=centralized"), "backend"),
         (("backend=vectorized", "optimizer@strategy.client_optimizer=adam"),

@@ -81,7 +81,8 @@ def test_max_epsilon_stops_before_the_round_that_would_exceed_it(runtime, tmp_pa
 
 
 @pytest.mark.parametrize("overrides", [
-    ("dp=dpsgd", "strategy.sampling=fixed", "strategy.clients_per_round=40"),  # every round
+    ("dp=dpsgd", "strategy.sampling=fixed", "dataset.num_clients=6",
+     "strategy.clients_per_round=6"),  # every client every round
     ("strategy=centralized", "dp=dpsgd", "strategy.batch_size=8"),
 ])  # fmt: skip
 def test_max_epsilon_binds_record_level_dp_sgd_too(runtime, tmp_path, overrides):

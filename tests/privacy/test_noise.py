@@ -50,11 +50,11 @@ def test_batches_carry_their_own_seed_per_client_round_and_step():
     for round_num in (1, 2):
         for ds in backend.cohort_data(strategy, dataset.train, ["3", "7"], round_num, 0, key):
             batches = list(ds.as_numpy_iterator())
-            assert all(len(b) == 3 for b in batches)
-            seen += [tuple(b[2]) for b in batches]
+            assert all(len(b) == 2 and len(b[0]) == 2 for b in batches)  # ((x, y), seed)
+            seen += [tuple(b[1]) for b in batches]
     assert len(seen) == len(set(seen)) >= 8  # every (round, client, step) has its own seed
     again = backend.cohort_data(strategy, dataset.train, ["3"], 1, 0, key)[0]
-    assert [tuple(b[2]) for b in again.as_numpy_iterator()] == seen[: len(seen) // 4]
+    assert [tuple(b[1]) for b in again.as_numpy_iterator()] == seen[: len(seen) // 4]
 
 
 def test_dp_sgd_noise_is_a_function_of_the_seed_alone():

@@ -35,8 +35,17 @@ class ClientBackend(abc.ABC):
         Call `check` first: building assumes the combination is supported.
         """
 
-    def pack(self, strategy, datasets: list):
-        """The process's client data from one batched dataset per client (identity here)."""
+    # the batches a process reads carry their noise seeds (else `pack` receives them apart)
+    seeds_in_data: ClassVar[bool] = True
+
+    def pack(self, strategy, datasets: list, seeds: list | None = None):
+        """The process's client data from one batched dataset per client (identity here).
+
+        Args:
+            strategy: the strategy.
+            datasets: one batched dataset per client.
+            seeds: per client, its batches' noise seeds ``[batches, 2]`` (or None).
+        """
         return datasets
 
     def cohort_data(self, strategy, client_data, cohort: list[str], round_num: int, seed: int,
@@ -54,24 +63,45 @@ class ClientBackend(abc.ABC):
             cohort: the client ids of the round.
             round_num: the round.
             seed: the run seed (data shuffling).
-            noise_key: the plan's client noise key; when given, every batch
-                carries its seed pair, a function of (key, round, client, batch).
+            noise_key: the plan's client noise key; when given, every batch has a
+                seed pair that is a function of (key, round, client, batch) alone.
         """
         update = strategy.client_update
         ids = cohort or [None]
-        datasets = []
+        datasets, seeds = [], [] if noise_key is not None else None
         for cid in ids:
             index = -1 if cid is None else int(cid)
             ds = client_data.create_tf_dataset_for_client(cid if cid is not None else "0")
             if cid is None:
                 ds = ds.take(0)
-            keys = None if noise_key is None else position_seed(noise_key, round_num, index + 1)
+            batches = batch_count(int(ds.cardinality()), update)
+            client_seeds = None
+            if noise_key is not None:
+                client_seeds = batch_seeds(noise_key, round_num, index + 1, batches)
+                seeds.append(client_seeds)
             shuffle_seed = seed * 1_000_003 + round_num * 7919 + index
-            datasets.append(client_dataset(ds, update, shuffle_seed, keys))
-        return self.pack(strategy, datasets)
+            datasets.append(client_dataset(ds, update, shuffle_seed,
+                                           client_seeds if self.seeds_in_data else None))  # fmt: skip
+        return self.pack(strategy, datasets, seeds)
 
 
-def client_dataset(dataset, update, shuffle_seed: int, noise_seed: np.ndarray | None = None):
+def batch_count(examples: int, update) -> int:
+    """Steps of a client with ``examples`` records: whole batches per local epoch, every epoch."""
+    return -(-examples // update.batch_size) * update.local_epochs
+
+
+def batch_seeds(noise_key: int, round_num: int, client: int, batches: int) -> np.ndarray:
+    """The noise seed pairs ``[batches, 2]`` of a client's batches in a round.
+
+    Drawn from a generator seeded by the position ``(key, round, client)``, so
+    they depend on nothing but the position and the batch index.
+    """
+    rng = np.random.default_rng(position_seed(noise_key, round_num, client).view(np.uint64))
+    return rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=(batches, 2),
+                        dtype=np.int64, endpoint=True)  # fmt: skip
+
+
+def client_dataset(dataset, update, shuffle_seed: int, seeds: np.ndarray | None = None):
     """One client's data for a round: shuffled, batched within each local epoch, repeated.
 
     Batching before repeating keeps every record in exactly one batch per local
@@ -82,17 +112,14 @@ def client_dataset(dataset, update, shuffle_seed: int, noise_seed: np.ndarray | 
         dataset: the client's (x, y) examples.
         update: the strategy's `ClientUpdate` (batch size, local epochs).
         shuffle_seed: the shuffling seed.
-        noise_seed: the client's seed pair for the round; each batch then
-            carries ``stateless_fold_in(noise_seed, batch index)`` as a third element.
+        seeds: the batches' noise seeds ``[batches, 2]``; each element is then
+            ``((x, y), seed)``.
     """
     import tensorflow as tf
 
     check(update.batch_size >= 1, "batch_size", update.batch_size, ">= 1")
     ds = (dataset.shuffle(1024, seed=shuffle_seed, reshuffle_each_iteration=True)
           .batch(update.batch_size).repeat(update.local_epochs))  # fmt: skip
-    if noise_seed is None:
+    if seeds is None:
         return ds
-    key = tf.constant(noise_seed, tf.int64)
-    return ds.enumerate().map(
-        lambda i, batch: (*batch, tf.random.experimental.stateless_fold_in(key, i))
-    )
+    return tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(seeds)))

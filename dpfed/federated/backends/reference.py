@@ -55,7 +55,7 @@ class ProximalOptimizer(tff.learning.optimizers.Optimizer):
 
 
 class KeyedModel(tff.learning.models.VariableModel):
-    """A TFF model whose batches carry a noise seed pair as a third element, which it ignores.
+    """A TFF model whose batches ``((x, y), seed)`` carry a noise seed pair, which it ignores.
 
     Args:
         base: the TFF model of (x, y) batches.
@@ -63,8 +63,7 @@ class KeyedModel(tff.learning.models.VariableModel):
 
     def __init__(self, base):
         self._base = base
-        x_spec, y_spec = base.input_spec
-        self._input_spec = (x_spec, y_spec, tf.TensorSpec([2], tf.int64))
+        self._input_spec = (base.input_spec, tf.TensorSpec([2], tf.int64))
 
     trainable_variables = property(lambda self: self._base.trainable_variables)
     non_trainable_variables = property(lambda self: self._base.non_trainable_variables)
@@ -73,8 +72,8 @@ class KeyedModel(tff.learning.models.VariableModel):
 
     @tf.function
     def forward_pass(self, batch_input, training=True):
-        x, y, _ = batch_input
-        return self._base.forward_pass((x, y), training=training)
+        examples, _ = batch_input
+        return self._base.forward_pass(examples, training=training)
 
     @tf.function
     def predict_on_batch(self, x, training=True):
@@ -117,7 +116,7 @@ class DPSGDModel(KeyedModel):
 
     @tf.function
     def forward_pass(self, batch_input, training=True):
-        x, y, seed = batch_input
+        (x, y), seed = batch_input
         output = self._base.forward_pass((x, y), training=training)
         if not training:
             return output
@@ -138,7 +137,7 @@ def _locally_randomized(client_work, local, data_type):
 
     @tff.tensorflow.computation(data_type)
     def client_seed(dataset):
-        first = dataset.take(1).reduce(tf.zeros([2], tf.int64), lambda _, batch: batch[2])
+        first = dataset.take(1).reduce(tf.zeros([2], tf.int64), lambda _, batch: batch[1])
         return local_seed(first)
 
     @tff.tensorflow.computation(result_type, tff.TensorType(np.int64, [2]))

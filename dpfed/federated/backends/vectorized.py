@@ -39,7 +39,8 @@ from dpfed.errors import ConfigError, check
 from dpfed.federated.backends.base import ClientBackend
 from dpfed.federated.client_update import ClientWork, check_weighting, proximal_gradient
 from dpfed.models.stacked import StackedGRU
-from dpfed.privacy.queries import local_randomize, local_seed
+from dpfed.privacy.ghost import stacked_clipped_gradients
+from dpfed.privacy.queries import local_randomize, local_seed, seeded_normal
 from dpfed.runtime import tff
 
 
@@ -128,6 +129,7 @@ class VectorizedBackend(ClientBackend):
     """
 
     lockstep = True
+    seeds_in_data = False  # `pack` lays the seeds out per step and user itself
 
     def __init__(self, users_per_shard: int):
         check(users_per_shard >= 1, "users_per_shard", users_per_shard, ">= 1")
@@ -144,8 +146,6 @@ class VectorizedBackend(ClientBackend):
                               "sgd with backend=vectorized (users step in lockstep; an "
                               "optimizer with a step counter would count masked steps)",
                               absolute=True)  # fmt: skip
-        if parts.example_dp is not None:
-            raise _unsupported("example-level DP-SGD inside clients")
         if parts.aggregator is not None and parts.query is None:
             raise _unsupported("a mechanism whose aggregator exposes no DP query")
         check_weighting(update.weighted, parts.aggregator is not None)
@@ -154,7 +154,7 @@ class VectorizedBackend(ClientBackend):
             raise _unsupported("this model (only the GRU stack with a dense head is vectorized)")
 
     # ------------------------------------------------------------------ data
-    def pack(self, strategy, datasets: list[tf.data.Dataset]) -> list[tf.data.Dataset]:
+    def pack(self, strategy, datasets: list[tf.data.Dataset], seeds=None) -> list[tf.data.Dataset]:
         """Turns the cohort's per-user batched datasets into one dataset per shard.
 
         Each shard's dataset has one element ``(x [S, K, B, ...], y [S, K, B, ...],
@@ -168,26 +168,28 @@ class VectorizedBackend(ClientBackend):
         Args:
             strategy: the strategy that batched ``datasets`` (its batch size).
             datasets: `ClientBackend.cohort_data`'s datasets, one per user.
+            seeds: per user, its batches' noise seeds ``[batches, 2]``, or None.
         """
-        x_spec, y_spec = datasets[0].element_spec[:2]
+        x_spec, y_spec = datasets[0].element_spec
         batch = strategy.client_update.batch_size
         users = _batches(datasets)
         order = sorted(range(len(users)), key=lambda i: len(users[i]))
         shards = []
         for start in range(0, len(order), self.users_per_shard):
-            group = [users[i] for i in order[start : start + self.users_per_shard]]
+            members = order[start : start + self.users_per_shard]
+            group = [users[i] for i in members]
             steps, k = max(1, max(len(u) for u in group)), len(group)
             x = np.zeros([steps, k, batch, *x_spec.shape[1:]], x_spec.dtype.as_numpy_dtype)
             y = np.zeros([steps, k, batch, *y_spec.shape[1:]], y_spec.dtype.as_numpy_dtype)
             mask = np.zeros([steps, k, batch], np.float32)
-            seeds = np.zeros([steps, k, 2], np.int64)
-            for j, user in enumerate(group):
-                for s, element in enumerate(user):
-                    n = len(element[0])
-                    x[s, j, :n], y[s, j, :n], mask[s, j, :n] = element[0], element[1], 1.0
-                    if len(element) > 2:
-                        seeds[s, j] = element[2]
-            shards.append(tf.data.Dataset.from_tensors((x, y, mask, seeds)))
+            shard_seeds = np.zeros([steps, k, 2], np.int64)
+            for j, (i, user) in enumerate(zip(members, group, strict=True)):
+                for s, (bx, by) in enumerate(user):
+                    n = len(bx)
+                    x[s, j, :n], y[s, j, :n], mask[s, j, :n] = bx, by, 1.0
+                if seeds is not None:
+                    shard_seeds[: len(seeds[i]), j] = seeds[i]
+            shards.append(tf.data.Dataset.from_tensors((x, y, mask, shard_seeds)))
         return shards
 
     def data_type(self, strategy, model):
@@ -244,10 +246,26 @@ class VectorizedBackend(ClientBackend):
         update = strategy.client_update
         lr, momentum, proximal = update.learning_rate, update.momentum, update.proximal_mu
         weighted, metric = update.weighted, model.metrics()[0].name
-        local = parts.local
+        local, example_dp = parts.local, parts.example_dp
         data_type = self.data_type(strategy, model)
 
-        def train_shard(weights, x, y, mask):
+        def dpsgd_gradients(w, x, y, m, seeds):
+            """Each user's DP-SGD step: clipped sum + noise from its batch's seed, over B."""
+            summed, example_losses, out = stacked_clipped_gradients(net, w, x, y, m,
+                                                                    example_dp.clip)  # fmt: skip
+            std = example_dp.noise_multiplier * example_dp.clip
+
+            def noise(seed):  # as `dpfed.privacy.dpsgd.add_seeded_noise` draws it per weight
+                return tuple(seeded_normal(v.shape[1:], tf.random.experimental.stateless_fold_in(
+                    seed, i), std, v.dtype) for i, v in enumerate(w))  # fmt: skip
+
+            spec = tuple(tf.TensorSpec(v.shape[1:], v.dtype) for v in w)
+            drawn = tf.map_fn(noise, seeds, fn_output_signature=spec)
+            batch = float(update.batch_size)
+            grads = tuple((g + n) / batch for g, n in zip(summed, drawn, strict=True))
+            return grads, tf.reduce_sum(example_losses * m, 1), out
+
+        def train_shard(weights, x, y, mask, seeds):
             initial = tuple(weights.trainable)
             users = tf.shape(x)[1]
             start = tuple(tf.tile(w[None], [users] + [1] * w.shape.rank) for w in initial)
@@ -258,13 +276,17 @@ class VectorizedBackend(ClientBackend):
                 m = mask[s]
                 n = tf.reduce_sum(m, 1)
                 active = n > 0
-                with tf.GradientTape() as tape:
-                    tape.watch(w)
-                    out = net(w, x[s], training=True)
-                    losses = tf.reduce_sum(net.example_losses(out, y[s]) * m, 1)
-                    user_loss = tf.math.divide_no_nan(losses, n)  # the mean over real examples
-                    total = tf.reduce_sum(user_loss)
-                grads = tuple(tf.convert_to_tensor(g) for g in tape.gradient(total, w))
+                if example_dp is not None:
+                    grads, losses, out = dpsgd_gradients(w, x[s], y[s], m, seeds[s])
+                    user_loss = tf.math.divide_no_nan(losses, n)
+                else:
+                    with tf.GradientTape() as tape:
+                        tape.watch(w)
+                        out = net(w, x[s], training=True)
+                        losses = tf.reduce_sum(net.example_losses(out, y[s]) * m, 1)
+                        user_loss = tf.math.divide_no_nan(losses, n)  # the mean over real ones
+                        total = tf.reduce_sum(user_loss)
+                    grads = tuple(tf.convert_to_tensor(g) for g in tape.gradient(total, w))
                 if proximal:  # FedProx; masked below with the step, like the gradient
                     grads = tuple(proximal_gradient(g, v, v0[None], proximal)
                                   for g, v, v0 in zip(grads, w, initial, strict=True))  # fmt: skip
@@ -307,7 +329,7 @@ class VectorizedBackend(ClientBackend):
         @tff.tensorflow.computation(weights_type, data_type)
         def shard_update(weights, dataset):
             x, y, mask, seeds = dataset.get_single_element()
-            initial, final, sums = train_shard(weights, x, y, mask)
+            initial, final, sums = train_shard(weights, x, y, mask, seeds)
             delta = tuple(v0[None] - v for v0, v in zip(initial, final, strict=True))
             finite = tf.reduce_all(
                 tf.stack([tf.reduce_all(tf.math.is_finite(tf.reshape(d, [tf.shape(d)[0], -1])), 1)
