@@ -166,6 +166,12 @@ class PrivacyPlan:
 
     # ------------------------------------------------------------------ accounts
     @property
+    def context(self) -> PlanContext:
+        """The context the accounts were built in (relation: the headline's)."""
+        return PlanContext(self.sampler, self.headline.neighboring, self.rounds,
+                           self.local_epochs, self.population)  # fmt: skip
+
+    @property
     def headline(self) -> Account:
         """The account reported as ``epsilon``."""
         return self.accounts[0]

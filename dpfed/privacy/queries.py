@@ -77,6 +77,78 @@ class SeededGaussianSumQuery(tfp.GaussianSumQuery):
         return tf.nest.pack_sequence_as(sample_state, noised), new_state, event
 
 
+class FactorizedGaussianSumQuery(SeededGaussianSumQuery):
+    """Clipped sum plus the correlated noise ``(C^-1 z)_t`` of a Toeplitz factorization ``C``.
+
+    ``z_t ~ N(0, stddev^2)`` is seeded as in `SeededGaussianSumQuery`; the
+    solution ``y_t = (C^-1 z)_t`` is streamed from a state kept in the global
+    state (so it is checkpointed with the TFF learning process), in float64:
+
+    - ``banded``: ``y_t = (z_t - sum_j mix_j y_(t-j)) / scale`` with the last
+      ``len(mix)`` solutions kept (``scale = c_0``, ``mix = c_1 .. c_(b-1)``);
+    - ``blt``: ``y_t = z_t - sum_i mix_i buf_i``, then ``buf_i <- decay_i buf_i + y_t``
+      (McMahan et al. 2024, Algorithm 3; ``C``'s BLT weights and decays).
+
+    Args:
+        l2_norm_clip: clipping norm of each record.
+        stddev: standard deviation of ``z`` per coordinate.
+        key: noise key (`dpfed.privacy.noise`).
+        specs: the records' ``tf.TensorSpec`` structure (the model's trainable weights).
+        stream: ``banded`` or ``blt``.
+        scale: ``c_0`` (banded), 1 for blt.
+        mix: banded: ``c_1 ..``; blt: the buffers' weights.
+        decay: blt: the buffers' decays.
+    """
+
+    _GlobalState = collections.namedtuple(
+        "_GlobalState", ["l2_norm_clip", "stddev", "seed", "noise_state"])  # fmt: skip
+
+    def __init__(self, l2_norm_clip, stddev, key: int, specs, stream: str, scale: float,
+                 mix, decay):  # fmt: skip
+        super().__init__(l2_norm_clip, stddev, key)
+        self._specs = [tf.TensorSpec(s.shape, s.dtype) for s in tf.nest.flatten(specs)]
+        self._stream, self._scale = stream, float(scale)
+        self._mix = [float(m) for m in mix]
+        self._decay = [float(d) for d in decay]
+
+    def _zero_state(self):
+        return tuple(tf.zeros((len(self._mix), *spec.shape), tf.float64) for spec in self._specs)
+
+    def make_global_state(self, l2_norm_clip, stddev, seed=None, noise_state=None):
+        seed = initial_seed(self._key) if seed is None else tf.cast(seed, tf.int64)
+        noise_state = self._zero_state() if noise_state is None else noise_state
+        return self._GlobalState(tf.cast(l2_norm_clip, tf.float32), tf.cast(stddev, tf.float32),
+                                 seed, noise_state)  # fmt: skip
+
+    def _correlate(self, z, state):
+        """One step of the stream for one tensor: (``y_t``, the new state)."""
+        if not self._mix:
+            return z / self._scale, state
+        mix = tf.constant(self._mix, tf.float64)
+        inner = tf.tensordot(mix, state, axes=1)
+        if self._stream == "banded":
+            y = (z - inner) / self._scale
+            return y, tf.concat([y[tf.newaxis], state[:-1]], axis=0)
+        y = z - inner
+        decay = tf.reshape(tf.constant(self._decay, tf.float64), [-1] + [1] * len(z.shape))
+        return y, decay * state + y[tf.newaxis]
+
+    def get_noised_result(self, sample_state, global_state):
+        leaves = tf.nest.flatten(sample_state)
+        seeds = _leaf_seeds(global_state.seed, len(leaves))
+        noised, states = [], []
+        for value, seed, state in zip(leaves, seeds, global_state.noise_state, strict=True):
+            z = tf.random.stateless_normal(tf.shape(value), seed=seed, dtype=tf.float64) * (
+                tf.cast(global_state.stddev, tf.float64))  # fmt: skip
+            y, new_state = self._correlate(z, state)
+            noised.append(value + tf.cast(y, value.dtype))
+            states.append(new_state)
+        event = dp_accounting.UnsupportedDpEvent()  # accounted by the privacy plan, per epoch
+        new_global = global_state._replace(seed=next_seed(global_state.seed),
+                                           noise_state=tuple(states))  # fmt: skip
+        return tf.nest.pack_sequence_as(sample_state, noised), new_global, event
+
+
 class SeededQuantileEstimatorQuery(tfp.QuantileEstimatorQuery):
     """TF Privacy's quantile estimator (Andrew et al. 2021) with a seeded noisy count.
 
