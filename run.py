@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF C++ start-up chatter; set 0 to see it
@@ -13,16 +14,20 @@ from omegaconf import DictConfig
 
 from dpfed.config import register_configs
 from dpfed.errors import ConfigError
-from dpfed.jobs import JobFailed, recorded_failure
+from dpfed.jobs import JobFailed, RunInterrupted, recorded_failure
 
 register_configs()
 log = logging.getLogger("dpfed")
 
 
+def _interrupt(signum, frame):
+    raise RunInterrupted(signal.Signals(signum).name)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
     from dpfed.build import build_checkpoints, build_simulation, build_writer, prepare
-    from dpfed.io.provenance import provenance
+    from dpfed.io.provenance import provenance, result_line
 
     # TFF logs every model build at INFO; set here so joblib's worker processes get it too.
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -40,6 +45,8 @@ def main(cfg: DictConfig) -> dict:
         print(f"dpfed: the run in {out_dir} is complete ({checkpoints.summary['status']} after "
               f"{checkpoints.round} rounds); nothing to resume")  # fmt: skip
         return checkpoints.summary
+    resume = " ".join(["python run.py", *hydra_cfg.overrides.task, "resume=true",
+                       f"hydra.run.dir={out_dir}"])  # fmt: skip
     # A failing job writes summary.json status "failed"; in a sweep the other jobs run on.
     with recorded_failure(out_dir, multirun,
                           lambda: {"status": "failed", **provenance(cfg, choices)}):  # fmt: skip
@@ -49,10 +56,19 @@ def main(cfg: DictConfig) -> dict:
         from dpfed.runtime import tff_runtime
 
         with tff_runtime():
-            summary = simulation.run(writer, provenance(cfg, dict(hydra_cfg.runtime.choices)))
-    log.info("done: %s", {k: summary[k] for k in ("rounds", "epsilon", "delta")})
+            summary = simulation.run(writer, provenance(cfg, choices), resume_command=resume)
+    print(result_line(summary, out_dir))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    from dpfed.cli import preflight
+
+    preflight(sys.argv[1:])  # --help, and unknown keys with the closest known ones
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        main()
+    except (RunInterrupted, KeyboardInterrupt) as err:
+        print(f"dpfed: interrupted ({err or 'SIGINT'}); summary.json says how to resume",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(130)

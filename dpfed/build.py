@@ -47,6 +47,15 @@ def check_run(cfg: DictConfig) -> None:
           ">= 0 (0: only after the last round)")  # fmt: skip
 
 
+def build_audit(cfg: DictConfig):
+    """The run's audit (``audit`` group; `dpfed.audit.base.NoAudit` when the config has none)."""
+    from dpfed.audit.base import NoAudit
+
+    if cfg.get("audit") is None:
+        return NoAudit()
+    return _build("audit", cfg.audit, run_seed=int(cfg.seed), dp_delta=float(cfg.dp.delta))
+
+
 def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
     """The run's privacy plan: mechanism, sampler, relation, calibrated noise, accounts.
 
@@ -55,7 +64,8 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
 
     Args:
         cfg: the composed run config.
-        population: the dataset's public sizes (`dpfed.privacy.plan.Population`).
+        population: the dataset's public sizes (`dpfed.privacy.plan.Population`);
+            an audit's canary clients are added to it here.
         dp_seed: the DP seed to use when ``dp.seed`` is null (a resumed run's);
             None draws a secret one from OS entropy.
 
@@ -67,12 +77,14 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
             accounted; the message names the key.
     """
     from dpfed.privacy.mechanisms.base import PLAN_KEYS
+    from dpfed.privacy.neighboring import Neighboring
     from dpfed.privacy.noise import draw_secret_seed
     from dpfed.privacy.plan import PlanContext, PrivacyPlan, Settings, calibrate, check_accountable
     from dpfed.privacy.sampling import build_sampler
-    from dpfed.privacy.neighboring import Neighboring
 
     check_run(cfg)
+    audit = build_audit(cfg)
+    population = audit.population(population)
     dp = cfg.dp
     mechanism_keys = [k for k in dp if k not in PLAN_KEYS]
     with config_group("dp"):
@@ -111,6 +123,8 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
                               "private (no noise), so no budget can hold")  # fmt: skip
         if dp.target_epsilon is not None:
             plan = calibrate(plan_with, dp.target_epsilon)
+    with config_group("audit"):
+        audit.check(plan)
     return plan
 
 
@@ -121,6 +135,7 @@ class Prepared:
     dataset: object
     plan: object
     model: object
+    audit: object
 
 
 def prepare(cfg: DictConfig, checkpoints=None) -> Prepared:
@@ -145,7 +160,7 @@ def prepare(cfg: DictConfig, checkpoints=None) -> Prepared:
         model = instantiate(cfg.model).bind(dataset)
     optimizers = {k: None for k in ("client_optimizer", "server_optimizer") if k in cfg.strategy}
     _build("strategy", cfg.strategy, **optimizers)  # its own range checks (optimizers come later)
-    return Prepared(dataset, plan, model)
+    return Prepared(dataset, plan, model, build_audit(cfg))
 
 
 def build_simulation(cfg: DictConfig, checkpoints=None, prepared: Prepared | None = None):
@@ -172,9 +187,11 @@ def build_simulation(cfg: DictConfig, checkpoints=None, prepared: Prepared | Non
         configure_device(cfg.sim.device)
     tf.keras.backend.clear_session()  # each job of a sweep starts from a clean TF state
     tf.keras.utils.set_random_seed(cfg.seed)
-    dataset, plan, model = prepared.dataset, prepared.plan, prepared.model
+    dataset, plan, model, audit = prepared.dataset, prepared.plan, prepared.model, prepared.audit
     with config_group("dp"):
-        parts = plan.mechanism.setup(plan, model)
+        parts = plan.mechanism.setup(audit.mechanism_plan(plan), model)
+    with config_group("audit"):
+        parts = audit.wrap(parts, plan, model)
     if parts.transform is not None:  # input perturbation replaces the training data
         dataset = parts.transform(dataset)
     strategy = _build("strategy", cfg.strategy)
@@ -185,7 +202,8 @@ def build_simulation(cfg: DictConfig, checkpoints=None, prepared: Prepared | Non
     tf.keras.utils.set_random_seed(cfg.seed)
     process = strategy.build_process(backend, model, parts, plan, dataset)
     return Simulation(dataset, model, plan, parts, strategy, backend, process, seed=cfg.seed,
-                      progress=cfg.logger.progress, checkpoints=checkpoints)  # fmt: skip
+                      progress=cfg.logger.progress, checkpoints=checkpoints,
+                      audit=audit)  # fmt: skip
 
 
 def build_checkpoints(cfg: DictConfig, output_dir: str, multirun: bool = False):

@@ -116,12 +116,14 @@ class RunConfig:
     dp: Any = MISSING
     strategy: Any = MISSING
     backend: Any = MISSING
+    audit: Any = MISSING
     sim: SimConfig = field(default_factory=SimConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def schemas() -> dict[str, dict[str, type]]:
     """Every group's options and their schemas."""
+    from dpfed.audit import SCHEMAS as AUDITS
     from dpfed.data.schemas import SCHEMAS as DATASETS
     from dpfed.federated.backends import SCHEMAS as BACKENDS
     from dpfed.federated.strategy import SCHEMAS as STRATEGIES
@@ -134,6 +136,7 @@ def schemas() -> dict[str, dict[str, type]]:
         "dp": MECHANISMS,
         "strategy": STRATEGIES,
         "backend": BACKENDS,
+        "audit": AUDITS,
         "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "yogi": YogiConfig},
         "sim": {"local": SimConfig},
         "logger": {"default": LoggerConfig},
@@ -159,6 +162,14 @@ def register_configs() -> None:
 
 
 _composing = {"ready": False}
+
+
+def release_compose() -> None:
+    """Undoes `compose`'s initialization of Hydra (before a Hydra app starts in this process)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    _composing["ready"] = False
 
 
 def compose(*overrides: str, return_hydra_config: bool = False):

@@ -37,6 +37,32 @@ class JobFailed(RuntimeError):
     """A job of a sweep failed; the reason is in its summary.json and was printed to stderr."""
 
 
+class RunDiverged(RuntimeError):
+    """Training produced a non-finite loss or weights; summary.json says ``diverged``."""
+
+
+class RunInterrupted(BaseException):
+    """SIGINT or SIGTERM ended the run; summary.json says ``interrupted`` and how to resume."""
+
+
+def remove_unstarted(output_dir: str | Path) -> bool:
+    """Deletes a single run's folder that holds nothing but Hydra's record (the run never began).
+
+    Returns:
+        Whether it was deleted.
+    """
+    import shutil
+
+    root = Path(output_dir)
+    if not root.is_dir():
+        return False
+    leftovers = [p for p in root.iterdir() if p.name not in (".hydra", "run.log")]
+    if leftovers:
+        return False
+    shutil.rmtree(root)
+    return True
+
+
 def overrides_dirname(override_dirname: str, max_len: int = MAX_NAME) -> str:
     """A short, filesystem-safe folder name from Hydra's ``job.override_dirname``.
 
@@ -111,9 +137,12 @@ def recorded_failure(
     """Records a failing run in its summary.json and stderr; isolates it from the rest of a sweep.
 
     An invalid configuration (`ConfigError`) prints one line and, in a single run,
-    exits with code 2. Any other error keeps its traceback (stderr and the log).
-    In a multirun both are re-raised as `JobFailed`, which Hydra's launchers
-    collect while the other jobs run on; the sweep then exits with code 1.
+    exits with code 2 and leaves no run folder behind (nothing ran). A diverged
+    run (`RunDiverged`, its summary already written) prints one line and exits
+    with code 3. Any other error keeps its traceback (stderr and the log). In a
+    multirun each is re-raised as `JobFailed` with summary.json recording it,
+    which Hydra's launchers collect while the other jobs run on; the sweep then
+    exits with code 1.
 
     Args:
         output_dir: the job's directory (``HydraConfig.get().runtime.output_dir``).
@@ -125,10 +154,17 @@ def recorded_failure(
     except ConfigError as err:
         message = f"dpfed: invalid configuration: {err}"
         print(message, file=sys.stderr)
-        write_failure(output_dir, err, extra)
         if multirun:
+            write_failure(output_dir, err, extra)
             raise JobFailed(f"{message} (in {output_dir})") from None
+        remove_unstarted(output_dir)
         sys.exit(2)
+    except RunDiverged as err:
+        message = f"dpfed: training diverged: {err} (in {output_dir})"
+        print(message, file=sys.stderr)
+        if multirun:
+            raise JobFailed(message) from None
+        sys.exit(3)
     except Exception as err:
         write_failure(output_dir, err, extra)
         if not multirun:

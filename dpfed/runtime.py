@@ -20,6 +20,7 @@ import gc
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import psutil
@@ -114,7 +115,23 @@ def _release_at_exit() -> None:
     reap_workers()
 
 
+def _ignore_reaped_worker(unraisable) -> None:
+    """Drops the error of TFF's executor finalizer signalling a worker dpfed already stopped.
+
+    After an interruption (SIGTERM, Ctrl-C) the executor can outlive `tff_runtime`,
+    held by the exception's frames, and its ``__del__`` then sends SIGINT to the
+    worker that was reaped: a harmless ``ProcessLookupError`` Python would print
+    as a traceback. Everything else goes to the default hook.
+    """
+    if (isinstance(unraisable.exc_value, ProcessLookupError)
+            and getattr(unraisable.object, "__module__", "") == executor_factory.__name__):  # fmt: skip
+        return
+    _default_unraisablehook(unraisable)
+
+
+_default_unraisablehook = sys.unraisablehook
 _install_worker_patch()
+sys.unraisablehook = _ignore_reaped_worker
 atexit.register(_release_at_exit)
 
 

@@ -34,44 +34,65 @@ SUFFIX = {"markdown": "md", "latex": "tex", "csv": "csv"}
 
 def render(result: pd.DataFrame, fmt: str, digits: int = 4, title: str | None = None) -> str:
     """The table as CSV (std and count in own columns) or Markdown/LaTeX (``mean ± std``)."""
-    result = _flat_columns(result)
+    pivots = list(result.columns.names[1:]) if isinstance(result.columns, pd.MultiIndex) else []
     if fmt == "csv":
-        return result.round(digits).to_csv()
+        return _flat_columns(result, pivots).round(digits).to_csv()
     cells = format_cells(result.reset_index(), digits)
+    cells.columns = [_label(c, pivots) for c in cells.columns]
     if fmt == "markdown":
-        text = cells.to_markdown(index=False)
+        text = _markdown(cells)
         return f"{title}\n\n{text}" if title else text
     return _latex(cells, title)
 
 
-def _flat_columns(result: pd.DataFrame) -> pd.DataFrame:
-    """Pivoted ``(value, column)`` headers as one string (just the column when one value)."""
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _label(column, pivots: list[str]) -> str:
+    """One header for a (value, pivot values...) column: ``eval/accuracy, epsilon budget=2``."""
+    if not isinstance(column, tuple):
+        return str(column)
+    value, *rest = column
+    if not rest or all(r == "" for r in rest):
+        return str(value)
+    named = ", ".join(f"{name}={_value(v)}" for name, v in zip(pivots, rest, strict=True))
+    return f"{value}, {named}"
+
+
+def _flat_columns(result: pd.DataFrame, pivots: list[str]) -> pd.DataFrame:
+    """Pivoted ``(value, column)`` headers as one string each (for CSV)."""
     if not isinstance(result.columns, pd.MultiIndex):
         return result
-    values = {c[0] for c in result.columns if not str(c[0]).endswith(" std") and c[0] != "runs"}
-    single = len(values) == 1
-    names = []
-    for value, *rest in result.columns:
-        label = ", ".join(map(str, rest))
-        if single and value in values:
-            names.append(label)
-        elif single:  # std and runs of the one value
-            names.append(f"{label} {str(value).removeprefix(next(iter(values))).strip()}")
-        else:
-            names.append(f"{value} | {label}")
     out = result.copy()
-    out.columns = names
+    out.columns = [_label(c, pivots) for c in result.columns]
     return out
+
+
+def _markdown(cells: pd.DataFrame) -> str:
+    """A GitHub Markdown table; a ``|`` inside a header or cell is escaped."""
+
+    def esc(text) -> str:
+        return str(text).replace("|", "\\|")
+
+    header = "| " + " | ".join(esc(c) for c in cells.columns) + " |"
+    rule = "|" + "|".join("---" for _ in cells.columns) + "|"
+    rows = ["| " + " | ".join(esc(v) for v in row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
 
 
 def _latex(cells: pd.DataFrame, title: str | None) -> str:
     """A booktabs tabular (pandas' to_latex needs jinja2, which dpfed does not depend on)."""
 
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+               "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+               "^": r"\textasciicircum{}", "|": r"\textbar{}", "±": r"$\pm$"}  # fmt: skip
+
     def esc(text) -> str:
         text = str(text)
-        for char in "\\&%$#_{}":
-            text = text.replace(char, "\\" + char)
-        return text.replace("±", "$\\pm$")
+        if text in ("inf", "-inf"):
+            return text.replace("inf", r"$\infty$")
+        return "".join(special.get(char, char) for char in text)
 
     lines = [r"\begin{table}[t]", r"\centering"]
     if title:
@@ -136,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no run with a summary.json under {args.root}", file=sys.stderr)
         return 2
     if "status" in frame.columns:
-        failed = frame[frame["status"] == "failed"]
-        for run in failed["run"]:
-            print(f"note: leaving out failed run {run}", file=sys.stderr)
-        frame = frame[frame["status"] != "failed"]
+        left_out = frame[~frame["status"].isin(["completed", "stopped"])]
+        for run, status in zip(left_out["run"], left_out["status"], strict=True):
+            print(f"note: leaving out {status} run {run}", file=sys.stderr)
+        frame = frame[frame["status"].isin(["completed", "stopped"])]
     try:
         result = table(frame, args.rows, args.columns, args.values)
     except KeyError as err:

@@ -1,15 +1,16 @@
 """Plot runs: python scripts/plot.py RESULTS_DIR --out FIGURE [--kind ... | --x round --y ...].
 
-Kinds (each saved as FIGURE.png and FIGURE.pdf when FIGURE has no suffix):
+Kinds (each saved as FIGURE.pdf and FIGURE.png when FIGURE has no suffix), one
+panel per dataset, one colour, marker and line style per mechanism in every
+figure (`dpfed.report.figures.STYLES`), mean ± std over seeds:
 
-- ``epsilon``: epsilon against rounds, one line per run (metrics.csv);
-- ``utility``: final held-out accuracy against final epsilon, one point per
-  run and mean over seeds per mechanism (summary.json), infinite epsilon drawn
-  at the right edge;
-- ``curves``: learning curves, held-out accuracy against rounds per run;
-- or any ``--x`` / ``--y`` pair of metrics.csv columns.
-
-Lines are labelled by the overrides that differ between runs.
+- ``utility``: held-out accuracy against the epsilon budget (ticks at the
+  swept budgets, delta and adjacency on the axis), the non-private result and
+  the trivial predictor as labelled horizontal lines;
+- ``epsilon``: epsilon against rounds per mechanism;
+- ``curves``: learning curves, held-out accuracy against rounds per mechanism and budget;
+- or any ``--x`` / ``--y`` pair of metrics.csv columns, one line per run,
+  labelled by the overrides that differ between runs.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from dpfed.report.collect import curves, summaries  # noqa: E402
+from dpfed.report.figures import curves_figure, save, utility_figure  # noqa: E402
 
 KINDS = {"epsilon": ("round", "epsilon"), "curves": ("round", "eval/accuracy")}
 
@@ -38,15 +41,6 @@ def _labels(root) -> dict[str, str]:
         pairs = [(c.removeprefix("override/"), frame.at[run, c]) for c in varying]
         labels[run] = ", ".join(f"{k}={v}" for k, v in pairs if str(v) != "nan") or run
     return labels
-
-
-def _save(fig, out: Path) -> list[Path]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out] if out.suffix else [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return paths
 
 
 def plot_lines(root, x: str, y: str, out) -> list[Path]:
@@ -70,39 +64,81 @@ def plot_lines(root, x: str, y: str, out) -> list[Path]:
     if data["run"].nunique() <= 12:
         ax.legend(fontsize=6)
     fig.tight_layout()
-    return _save(fig, Path(out))
+    return save(fig, out)
+
+
+def labelled_runs(root) -> pd.DataFrame:
+    """summary.json of every finished run, with ``dataset``, ``mechanism`` and ``budget`` columns.
+
+    ``budget`` is the swept ``dp.target_epsilon`` where there is one, else the
+    run's final epsilon; non-private runs have an infinite budget.
+    """
+    frame = summaries(root)
+    if frame.empty:
+        raise FileNotFoundError(f"no run with a summary.json under {root}")
+    frame = frame[frame.get("status", "completed").isin(["completed", "stopped"])].copy()
+    frame["dataset"] = frame.get("choice/dataset", "runs")
+    frame["mechanism"] = frame.get("choice/dp", "runs")
+    missing = pd.Series(float("nan"), index=frame.index)
+    target = pd.to_numeric(frame.get("override/dp.target_epsilon", missing), errors="coerce")
+    epsilon = pd.to_numeric(frame.get("epsilon", missing), errors="coerce")
+    frame["budget"] = target.fillna(epsilon)
+    return frame
+
+
+def privacy_axis(frame: pd.DataFrame) -> str:
+    """An epsilon axis label naming delta and the neighbouring relation(s) of the runs."""
+    private = frame[frame["mechanism"] != "none"]
+    deltas = sorted({f"{d:g}" for d in private.get("delta", pd.Series(dtype=float)).dropna()})
+    relations = sorted(set(private.get("neighboring", pd.Series(dtype=str)).dropna()))
+    units = sorted(set(private.get("unit", pd.Series(dtype=str)).dropna()))
+    unit = f"{'/'.join(units)}-level " if units else ""
+    return (f"{unit}epsilon\n(delta {'/'.join(deltas) or '-'}, "
+            f"{'/'.join(relations) or 'no'} adjacency)")  # fmt: skip
 
 
 def plot_utility(root, out, y: str = "eval/accuracy") -> list[Path]:
-    """Final ``y`` against final epsilon per run, grouped by mechanism and dataset."""
-    frame = summaries(root)
-    if frame.empty or y not in frame.columns:
+    """``y`` against the epsilon budget, mean ± std over seeds, one panel per dataset."""
+    frame = labelled_runs(root)
+    if y not in frame.columns:
         raise FileNotFoundError(f"no run with {y!r} in its summary.json under {root}")
-    frame = frame[frame.get("status", "completed").isin(["completed", "stopped"])]
-    finite = frame["epsilon"][frame["epsilon"].map(math.isfinite)]
-    edge = (finite.max() * 1.5) if not finite.empty else 1.0  # where epsilon = inf is drawn
-    group = [c for c in ("choice/dataset", "choice/dp") if c in frame.columns]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for key, part in frame.groupby(group) if group else [("runs", frame)]:
-        xs = part["epsilon"].map(lambda e: edge if math.isinf(e) else e)
-        ax.scatter(
-            xs, part[y], s=12, label=" / ".join(map(str, key if isinstance(key, tuple) else [key]))
-        )
-    ax.axvline(edge, color="grey", lw=0.5, ls=":")
-    ax.set_xscale("log")
-    ax.set_xlabel("epsilon (inf at the dotted line)")
-    ax.set_ylabel(y)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    return _save(fig, Path(out))
+    private = frame[(frame["mechanism"] != "none") & frame["budget"].map(math.isfinite)]
+    baselines = {}
+    for dataset, part in frame.groupby("dataset"):
+        lines = {}
+        none = part[part["mechanism"] == "none"][y].dropna()
+        if not none.empty:
+            lines["no DP"] = float(none.mean())
+        trivial = part.get(y.replace("eval/", "eval/trivial_"))
+        if trivial is not None and trivial.notna().any():
+            lines[str(part["trivial_predictor"].dropna().iloc[0])] = float(trivial.mean())
+        baselines[dataset] = lines
+    return utility_figure(private, "budget", y, out, xlabel=privacy_axis(frame), ylabel=y,
+                          baselines=baselines)  # fmt: skip
+
+
+def plot_curves(root, y: str, out) -> list[Path]:
+    """``y`` (metrics.csv) against the round, per mechanism (and budget), mean ± std over seeds."""
+    frame = labelled_runs(root).set_index("run")
+    data = curves(root)
+    if data.empty or y not in data.columns:
+        raise FileNotFoundError(f"no metrics.csv with {y!r} under {root}")
+    data = data[data["run"].isin(frame.index)].copy()
+    data["dataset"] = data["run"].map(frame["dataset"])
+    budgets = frame["budget"].map(lambda b: "" if not math.isfinite(b) else f", eps {b:g}")
+    swept = frame.get("override/dp.target_epsilon") is not None
+    data["mechanism"] = data["run"].map(frame["mechanism"] + (budgets if swept else ""))
+    if y == "epsilon":  # non-private runs have no curve to draw
+        data = data[data["run"].map(frame["mechanism"]) != "none"]
+    ylabel = privacy_axis(frame) if y == "epsilon" else y
+    return curves_figure(data, "round", y, out, ylabel=ylabel)
 
 
 def plot_kind(kind: str, root, out) -> list[Path]:
     """Draws one of `KINDS` or ``utility`` for the runs under ``root``."""
     if kind == "utility":
         return plot_utility(root, out)
-    return plot_lines(root, *KINDS[kind], out)
+    return plot_curves(root, KINDS[kind][1], out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,7 +91,9 @@ def replan(summary: dict) -> dict:
     register_configs()
     cfg = OmegaConf.create(summary["config"])
     records = summary.get("num_records")
-    population = Population(summary["num_clients"],
+    # the sampler's population holds an audit's canary clients; build_privacy adds them again
+    clients = summary["num_clients"] - summary.get("audit_inserted", 0)
+    population = Population(clients,
                             None if records is None else (lambda clients: records),
                             summary.get("record_size"), None)  # fmt: skip
     plan = build_privacy(cfg, population, dp_seed=0)

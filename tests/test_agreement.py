@@ -25,7 +25,7 @@ from dpfed.privacy.__main__ import main as privacy_cli
 from dpfed.privacy.mechanisms import SCHEMAS
 from tests.conftest import ROOT
 
-SAMPLINGS = ("fixed", "poisson", "shuffle", "records")
+SAMPLINGS = ("fixed", "poisson", "shuffle", "cyclic", "records")
 SMALL = ("debug=smoke", "rounds=3", "strategy.eval_every=0", "logger.tensorboard=false",
          "logger.progress=false")  # fmt: skip
 spec = importlib.util.spec_from_file_location("recompute", ROOT / "scripts" / "recompute_epsilon.py")
@@ -115,8 +115,8 @@ def test_run_cli_and_recompute_agree_for_every_mechanism_and_sampling(option, sa
                                                                       capsys):  # fmt: skip
     try:
         cfg = compose(*overrides_for(option, sampling))
-    except Exception as err:  # dp=tree selects shuffled epochs, which pooled records have not
-        assert (option, sampling) == ("tree", "records") and "sampling" in str(err)
+    except Exception as err:  # tree and bandmf select epochs, which pooled records have not
+        assert option in ("tree", "bandmf") and sampling == "records" and "sampling" in str(err)
         code = privacy_cli(["epsilon", "--mechanism", option, "--dataset-size", "100",
                             "--batch-size", "8", "--epochs", "3", "--noise-multiplier", "1"])  # fmt: skip
         assert code == 2 and "is not allowed" in capsys.readouterr().err
@@ -136,7 +136,7 @@ def test_run_cli_and_recompute_agree_for_every_mechanism_and_sampling(option, sa
 REAL = [("gaussian", "poisson"), ("adaptive", "fixed"), ("tree", "shuffle"),
         ("laplace_local", "poisson"), ("gaussian_local", "shuffle"), ("dpsgd", "fixed"),
         ("input_noise", "poisson"), ("per_layer", "shuffle"), ("none", "fixed"),
-        ("dpsgd", "records")]  # fmt: skip
+        ("dpsgd", "records"), ("bandmf", "cyclic")]  # fmt: skip
 
 
 @pytest.mark.parametrize("option,sampling", REAL)

@@ -44,23 +44,23 @@ def reproduce(name: str, tmp_path) -> pd.DataFrame:
 def test_mnist_quick_reproduces_the_tutorials_epsilon_and_dpfeds_conservative_one(tmp_path):
     table = reproduce("mnist_epsilon", tmp_path)
     assert len(table) == 1 and table.loc[0, "noise"] == 1.3 and table.loc[0, "epochs"] == 15
-    tutorial = table.loc[0, "Poisson, add/remove, classic RDP"]
+    tutorial = table.loc[0, "epsilon, setting=Poisson, add/remove, classic RDP"]
     assert tutorial == pytest.approx(1.19, abs=0.005) == table.loc[0, "tutorial epsilon"]
-    assert table.loc[0, "fixed-size (dpfed), replace-one, classic RDP"] > 1.5 * tutorial
+    assert table.loc[0, "epsilon, setting=fixed-size (dpfed), replace-one, classic RDP"] > 1.5 * tutorial
 
 
 def test_tff_quick_gives_epsilon_2_at_120_clients_per_round(tmp_path):
     table = reproduce("tff_dp_clients", tmp_path).set_index("clients per round")
     assert list(table.index) == [60, 120]
-    poisson = table["Poisson, add/remove, improved RDP"]
+    poisson = table["epsilon, setting=Poisson, add/remove, improved RDP"]
     assert poisson[120] == pytest.approx(2.0, abs=0.03) and poisson[60] < poisson[120]
-    assert (table["fixed-size (dpfed), replace-one, improved RDP"] > poisson).all()
+    assert (table["epsilon, setting=fixed-size (dpfed), replace-one, improved RDP"] > poisson).all()
 
 
 def test_privacy_utility_quick_runs_and_tabulates_epsilon_4_and_inf(tmp_path):
     table = reproduce("privacy_utility", tmp_path)
     assert list(table["dataset"]) == ["smart_home"] and list(table["mechanism"]) == ["gaussian"]
-    accuracy = table[["4.0", "inf"]].iloc[0]
+    accuracy = table[["eval/accuracy, epsilon budget=4", "eval/accuracy, epsilon budget=inf"]].iloc[0]
     assert ((accuracy > 0) & (accuracy <= 1)).all()
     for kind in ("utility", "epsilon", "curves"):
         for suffix in ("png", "pdf"):
@@ -80,3 +80,12 @@ def test_communication_quick_counts_bytes_per_strategy(tmp_path):
         assert table.loc[strategy, "bytes to acc 0.5"] == pytest.approx(
             rounds * per_round[strategy]
         )
+
+
+def test_audit_quick_tabulates_the_bound_and_catches_the_planted_bug(tmp_path):
+    table = reproduce("audit", tmp_path).set_index("planted noise factor")
+    assert sorted(table.index) == [0.1, 1.0]
+    assert set(table["neighboring"]) == {"zero_out"} and set(table["mechanism"]) == {"gaussian"}
+    honest, planted = table.loc[1.0], table.loc[0.1]
+    assert honest["epsilon"] == planted["epsilon"]  # the accountant is told the same noise
+    assert honest["audit/epsilon_lower"] < honest["epsilon"] < planted["audit/epsilon_lower"]

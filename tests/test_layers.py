@@ -18,12 +18,13 @@ LAYERS = {  # lower numbers are lower floors
     "dpfed.data": 1,
     "dpfed.models": 1,
     "dpfed.io": 1,
-    "dpfed.audit": 1,
     "dpfed.privacy": 2,
+    "dpfed.audit": 3,  # canary clients wrap a mechanism's query; the round loop calls them
     "dpfed.federated": 3,
     "dpfed.config": 4,
     "dpfed.build": 4,
     "dpfed.experiments": 5,
+    "dpfed.cli": 5,  # run.py's preflight: --help and unknown keys, over composed configs
     "dpfed.report": 6,
 }
 

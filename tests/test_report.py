@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -66,3 +67,66 @@ def test_scripts_write_a_table_and_a_figure(sweep, tmp_path):
     assert plot([str(sweep), "--out", str(figure), "--x", "round", "--y", "epsilon"]) == 0
     assert figure.read_bytes()[:4] == b"\x89PNG"
     assert make_table([str(tmp_path / "empty"), "--rows", "choice/dp"]) == 2
+
+
+def split_markdown_row(line: str) -> list[str]:
+    """Cells of a Markdown table row; an escaped ``\\|`` stays inside its cell."""
+    import re
+
+    assert line.startswith("|") and line.endswith("|")
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line[1:-1])]
+
+
+def split_latex_row(line: str) -> list[str]:
+    import re
+
+    assert line.endswith(r"\\")
+    return re.split(r"(?<!\\)&", line[: -len(r"\\")])
+
+
+@pytest.fixture
+def budget_sweep(tmp_path):
+    """Two mechanisms x three budgets x two seeds, the privacy-utility layout."""
+    for i, (dp, budget, seed) in enumerate(
+        (dp, b, s) for dp in ("gaussian", "tree") for b in (2.0, 8.0, float("inf")) for s in (0, 1)
+    ):
+        run = tmp_path / str(i)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(f"- dp={dp}\n- seed={seed}\n")
+        summary = {"eval/accuracy": 0.5 + 0.01 * i, "epsilon": budget, "status": "completed",
+                   "budget": budget, "choices": {"dp": dp, "dataset": "smart_home"}}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
+    run = tmp_path / "diverged"  # a run whose loss went non-finite: left out, with a note
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- dp=gaussian\n- seed=2\n")
+    (run / "summary.json").write_text(json.dumps({
+        "eval/accuracy": float("nan"), "epsilon": 2.0, "status": "diverged", "budget": 2.0,
+        "diverged_round": 1, "choices": {"dp": "gaussian", "dataset": "smart_home"}}))
+    return tmp_path
+
+
+def test_pivoted_tables_name_metric_and_value_and_parse(budget_sweep, capsys):
+    """The first version wrote headers like `eval/accuracy | 2` that break the Markdown table."""
+    from scripts.make_table import main as make_table
+
+    args = [str(budget_sweep), "--rows", "choice/dp", "--columns", "budget", "--values",
+            "eval/accuracy", "epsilon"]  # fmt: skip
+    assert make_table([*args, "--format", "markdown"]) == 0
+    out, err = capsys.readouterr()
+    assert "leaving out diverged run" in err
+    lines = out.strip().splitlines()
+    header, rule, *rows = lines
+    cells = split_markdown_row(header)
+    assert "eval/accuracy, budget=2" in cells and "epsilon, budget=inf" in cells
+    assert len(split_markdown_row(rule)) == len(cells)
+    assert all(len(split_markdown_row(r)) == len(cells) for r in rows) and len(rows) == 2
+    assert make_table([*args, "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    spec = re.search(r"\\begin\{tabular\}\{(l+)\}", latex).group(1)
+    body = [line for line in latex.splitlines() if line.endswith(r"\\")]
+    assert len(body) == 3 and all(len(split_latex_row(line)) == len(spec) for line in body)
+    assert r"\toprule" in latex and r"\bottomrule" in latex and latex.count("{") == latex.count("}")
+    assert "eval/accuracy, budget=2" in latex and r"\_" not in latex.split(r"\toprule")[0]
+    assert not re.search(r"(?<!\\)[_#%]", latex.replace(r"\begin{tabular}", ""))
+    assert r"$\pm$" in latex  # two seeds per cell: mean and spread
+    assert "nan" not in latex.lower()  # the diverged run is not averaged in

@@ -166,8 +166,53 @@ def test_bad_input_fails_cleanly_before_training(run_cli, override, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.output
-    assert not list(result.dir.glob("**/metrics.csv"))
-    assert result.summary()["status"] == "failed" and message in result.summary()["error"]
+    assert not result.dir.exists()  # a run that never started leaves no folder
+
+
+@pytest.mark.parametrize(
+    "override,hint",
+    [
+        ("dp.noise_multiplir=1", "dp=gaussian has no setting noise_multiplir (did you mean "
+         "dp.noise_multiplier?)"),
+        ("strategy.clients_per_rnd=5", "did you mean strategy.clients_per_round?"),
+        ("+dp.clip=2", "+dp.clip adds a key, but dp.clip exists: set it with dp.clip=..."),
+        ("dp.initial_clip=0.5", "dp=gaussian has no setting initial_clip"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_is_named_with_the_closest_known_ones(override, hint):
+    from dpfed.cli import unknown_keys
+
+    (message,) = unknown_keys([override, "rounds=3"])
+    assert hint in message
+    assert unknown_keys(["dp=adaptive", "dp.initial_clip=0.5", "-m", "seed=0,1"]) == []
+
+
+def test_a_typo_stops_the_run_at_once_with_a_suggestion(run_cli):
+    result = run_cli(SMOKE, "dp.noise_multiplir=1")
+    assert result.returncode == 1 and "did you mean dp.noise_multiplier?" in result.stderr
+    assert "Traceback" not in result.output and not result.dir.exists()
+
+
+def test_a_diverged_run_stops_says_so_and_exits_non_zero(runtime, tmp_path):
+    import json
+
+    from dpfed.jobs import JobFailed, RunDiverged, recorded_failure
+    from tests.helpers import run_in_process
+
+    with pytest.raises(RunDiverged, match="after round 1"):
+        run_in_process(tmp_path, "dp=none", "strategy.client_optimizer.learning_rate=1e30",
+                       "rounds=4")  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_round"] == 1
+    assert summary["rounds"] == 1 and "after round 1" in summary["error"]
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == 1  # no rounds after the divergence
+    with pytest.raises(SystemExit) as exited:  # a single run exits 3 ...
+        with recorded_failure(tmp_path, False, dict):
+            raise RunDiverged("train/loss is nan after round 1")
+    assert exited.value.code == 3
+    with pytest.raises(JobFailed, match="diverged"):  # ... a sweep's job is a failed job
+        with recorded_failure(tmp_path, True, dict):
+            raise RunDiverged("train/loss is nan after round 1")
 
 
 def test_unknown_dataset_fails_at_compose_time_listing_the_options(run_cli):
@@ -242,20 +287,83 @@ def test_worker_dies_with_a_killed_run(tmp_path):
     proc.stdout.read()  # returns (EOF) only because no worker still holds the pipe
 
 
+def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path):
+    """SIGTERM (a cluster's time limit, `kill`) ends the run with a summary that says so."""
+    import json
+
+    before = worker_pids()
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), SMOKE, "rounds=200", f"hydra.run.dir={out}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (out / "metrics.csv").exists() and time.time() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 1 <= summary["rounds"] < 200
+    assert summary["resume_command"].startswith("python run.py debug=smoke rounds=200")
+    assert f"resume=true hydra.run.dir={out}" in summary["resume_command"]
+    assert "interrupted (SIGTERM)" in output and "Traceback" not in output
+    gone = time.time() + 15
+    while worker_pids() - before and time.time() < gone:
+        time.sleep(0.2)
+    assert not worker_pids() - before
+
+
 @pytest.mark.slow
 def test_default_experiment_learns_under_dp(run_cli):
-    """The default run (DP on, 20 rounds) beats the majority class on held-out client data."""
+    """The default run: a meaningful budget (epsilon <= 4), above the majority class, one line."""
     from hydra.utils import instantiate
 
     from tests.conftest import compose_config
 
     result = run_cli()
     assert result.returncode == 0, result.output[-3000:]
-    summary, metrics = check_dp_run(result, rounds=20)
+    summary, metrics = check_dp_run(result, rounds=summary_rounds())
+    assert summary["epsilon"] <= 4 and summary["delta"] == 1e-5
     cfg = compose_config()
     data = instantiate(cfg.dataset)
     rng = np.random.default_rng([cfg.seed, 2])  # the evaluation cohort Simulation draws
     ids = rng.choice(data.num_clients, size=cfg.strategy.eval_clients, replace=False)
     labels = np.concatenate([data.eval.arrays(i)[1] for i in ids])
     majority = max(labels.mean(), 1 - labels.mean())
+    assert summary["eval/trivial_accuracy"] == pytest.approx(majority)
     assert metrics["eval/accuracy"].iloc[-1] > majority + 0.1
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("dpfed: eval/accuracy ") and f"majority class: {majority:.3f}" in last
+    assert "at delta 1e-05 (user-level, add_remove" in last and str(result.dir) in last
+
+
+def summary_rounds() -> int:
+    from tests.conftest import compose_config
+
+    return compose_config().rounds
+
+
+def test_the_finalizer_error_of_a_reaped_worker_is_dropped_and_others_are_not(monkeypatch):
+    """After an interruption TFF's executor finalizer may signal the worker dpfed reaped."""
+    import types
+
+    from dpfed import runtime
+
+    def finalizer():
+        pass
+
+    finalizer.__module__ = runtime.executor_factory.__name__
+    passed_on = []
+    monkeypatch.setattr(runtime, "_default_unraisablehook", passed_on.append)
+    reaped = types.SimpleNamespace(exc_type=ProcessLookupError, exc_value=ProcessLookupError(3),
+                                   exc_traceback=None, err_msg=None, object=finalizer)  # fmt: skip
+    runtime._ignore_reaped_worker(reaped)
+    assert passed_on == []
+    other = types.SimpleNamespace(exc_type=ValueError, exc_value=ValueError("kept"),
+                                  exc_traceback=None, err_msg=None, object=finalizer)  # fmt: skip
+    runtime._ignore_reaped_worker(other)
+    assert passed_on == [other]

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from dpfed.data.base import FederatedDataset
-
 from dpfed.data.client_data import ArraySpec, LazyClientData
 from dpfed.errors import ConfigError, check
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dpfed.data.partition import PARTITIONS, partition
 from dpfed.data.base import window_coupling
+from dpfed.data.partition import PARTITIONS, partition
 from dpfed.data.recorded import (
     STANDARDIZE,
     RecordedDataset,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
-
+DIVERGENCE_FACTOR = 1e6  # a loss this many times the first round's means training diverged
 log = logging.getLogger(__name__)
 
 
@@ -27,11 +28,14 @@ class Simulation:
         progress: show a progress bar.
         checkpoints: where and how often to checkpoint, and what to resume
             from (`dpfed.io.checkpoint.Checkpoints`); None writes none.
+        audit: the run's audit (`dpfed.audit.base.Audit`); None audits nothing.
 
     """
 
     def __init__(self, dataset, model, plan, parts, strategy, backend, process, seed: int,
-                 progress: bool = True, checkpoints=None):  # fmt: skip
+                 progress: bool = True, checkpoints=None, audit=None):  # fmt: skip
+        from dpfed.audit.base import NoAudit
+
         self.dataset, self.model, self.plan, self.parts = dataset, model, plan, parts
         self.strategy, self.backend, self.process = strategy, backend, process
         self.sampler, self.rounds = plan.sampler, plan.rounds
@@ -40,8 +44,10 @@ class Simulation:
         self.epsilon_planned = plan.epsilon()
         self.metric = model.metrics()[0].name
         self._eval_model = None
+        self._first_loss = None  # the first training loss seen: the scale divergence is judged by
         self._noise_key = plan.client_key if parts.client_side else None
         self.checkpoints = checkpoints
+        self.audit = audit if audit is not None else NoAudit()
         self.codec = strategy.state_codec(process) if checkpoints is not None else None
 
     # ------------------------------------------------------------------ outputs
@@ -62,6 +68,7 @@ class Simulation:
             "bytes_down",
             "bytes_up",
             *self.parts.metric_columns,
+            *self.audit.columns,
         ]
 
     def privacy_record(self) -> dict:
@@ -95,6 +102,44 @@ class Simulation:
         )
         return {"eval/loss": float(loss), f"eval/{self.metric}": float(metric)}
 
+    def trivial_predictor(self) -> dict:
+        """The held-out metric of a predictor that ignores the inputs, for comparison.
+
+        Classification: always the most frequent class of the evaluation data;
+        regression: always their mean (an optimistic baseline: it knows them).
+        """
+        if self._eval_model is None:
+            self._eval_x, self._eval_y = self._eval_arrays()
+        labels = np.asarray(self._eval_y).ravel()
+        if self.metric == "mae":
+            return {"trivial_predictor": "mean", "eval/trivial_mae":
+                    float(np.mean(np.abs(labels - labels.mean())))}  # fmt: skip
+        share = np.bincount(labels.astype(np.int64)).max() / max(len(labels), 1)
+        return {"trivial_predictor": "majority class", "eval/trivial_accuracy": float(share)}
+
+    def diverged(self, state, row: dict) -> str | None:
+        """Why a round's outcome shows divergence, if it does.
+
+        A loss or weight that is not finite, or a loss more than
+        `DIVERGENCE_FACTOR` times the first round's training loss.
+        """
+        first = self._first_loss
+        if first is None and row.get("train/loss") is not None and np.isfinite(row["train/loss"]):
+            first = self._first_loss = max(float(row["train/loss"]), 1e-3)
+        for column in ("train/loss", "eval/loss"):
+            value = row.get(column)
+            if value is None:
+                continue
+            if not np.isfinite(value):
+                return f"{column} is {value} after round {row['round']}"
+            if first is not None and value > DIVERGENCE_FACTOR * first:
+                return (f"{column} is {value:.3g} after round {row['round']}, more than "
+                        f"{DIVERGENCE_FACTOR:g} times the first round's training loss")  # fmt: skip
+        weights = self.process.get_model_weights(state).trainable
+        if not all(np.isfinite(np.asarray(w)).all() for w in weights):
+            return f"the model has non-finite weights after round {row['round']}"
+        return None
+
     def _model_bytes(self, state) -> tuple[int, int]:
         weights = self.process.get_model_weights(state)
         down = sum(np.asarray(w).nbytes for w in (*weights.trainable, *weights.non_trainable))
@@ -106,13 +151,20 @@ class Simulation:
         return every > 0 and (round_num % every == 0 or round_num == self.rounds)
 
     # ------------------------------------------------------------------ loop
-    def run_round(self, state, round_num: int, cohort: list[str]):
+    def run_round(self, state, round_num: int, cohort: list[str], canaries: list[int] = ()):
         """Trains one round on ``cohort`` (an empty one still releases the aggregator's noise).
+
+        Args:
+            state: the process state.
+            round_num: the round.
+            cohort: the real clients of the round.
+            canaries: the audit's canary clients the sampler drew with them.
 
         Returns:
             (new state, metrics row without the privacy columns).
         """
         start = time.perf_counter()
+        state = self.audit.before_round(state, list(canaries))
         result = self.process.next(state, self.cohort_datasets(cohort, round_num))
         state = result.state
         train = result.metrics["client_work"]["train"] if cohort else None
@@ -132,19 +184,32 @@ class Simulation:
             "bytes_up": self._bytes_per_client[1] * len(cohort),
             **dict.fromkeys(self.parts.metric_columns),
             **mechanism_metrics,
+            **dict.fromkeys(self.audit.columns),
         }
         if self._due_for_eval(round_num):
             row.update(self.evaluate(state))
+        row.update(self.audit.after_round(state, round_num, self._due_for_eval(round_num)))
         return state, row
 
-    def run(self, writer, extra_summary: dict | None = None) -> dict:
-        """Runs all rounds, writing a metrics row and the summary after each one."""
+    def run(self, writer, extra_summary: dict | None = None, resume_command: str = "") -> dict:
+        """Runs all rounds, writing a metrics row and the summary after each one.
+
+        Args:
+            writer: the run's sinks (`dpfed.io.run_writer.RunWriter`).
+            extra_summary: fields for summary.json (provenance).
+            resume_command: what continues this run, recorded if it is interrupted.
+
+        Raises:
+            RunDiverged: a round's loss or the model became non-finite
+                (summary.json says ``diverged`` and the round).
+        """
+        from dpfed.jobs import RunDiverged
         summary = {
             "status": "running",
             "rounds": 0,
             "rounds_planned": self.rounds,
             "epsilon_planned": self.epsilon_planned,
-            **_disjoint(self.privacy_record(), self.strategy.describe()),
+            **_disjoint(self.privacy_record(), self.strategy.describe(), self.audit.describe()),
             "epsilon": None,  # set once a round has been accounted
             **(extra_summary or {}),
             "total_bytes_down": 0,
@@ -152,8 +217,13 @@ class Simulation:
             "train_seconds": 0.0,
         }
         log.info("privacy: %s", self.plan.describe_line())
+        if math.isfinite(self.epsilon_planned) and self.epsilon_planned > 10:
+            log.warning("the planned epsilon %.3g is above 10: little privacy. Poisson cohorts "
+                        "(strategy.sampling=poisson), more noise or dp.target_epsilon give a "
+                        "meaningful budget", self.epsilon_planned)  # fmt: skip
         state = self.process.initialize()
         self._bytes_per_client = self._model_bytes(state)
+        self.audit.start(self.process, state, 1)
         first = 1
         if self.checkpoints is not None and self.checkpoints.round > 0:
             state, summary = self.restore(state, summary, writer, extra_summary or {})
@@ -164,15 +234,19 @@ class Simulation:
                    total=self.rounds, disable=not self.progress, dynamic_ncols=True)  # fmt: skip
         try:
             for round_num in bar:
-                cohort = self.sampler.sample(round_num)
+                cohort, canaries = self.audit.split(self.sampler.sample(round_num))
                 events = self.ledger.preview(round_num, cohort)  # changes nothing yet
                 if reason := self.ledger.over_budget(events):
                     summary.update(status="stopped", stop_reason=reason)
                     log.warning("stopping: %s", reason)
                     break
-                state, row = self.run_round(state, round_num, cohort)
+                state, row = self.run_round(state, round_num, cohort, canaries)
                 row.update(self.ledger.record(round_num, cohort, events))
                 writer.write_round(row)
+                if reason := self.diverged(state, row):
+                    summary.update(status="diverged", diverged_round=round_num, error=reason,
+                                   rounds=round_num, **self.ledger.describe())  # fmt: skip
+                    raise RunDiverged(reason)
                 summary.update(
                     {k: v for k, v in row.items() if "/" in k and v is not None},
                     rounds=round_num,
@@ -186,13 +260,21 @@ class Simulation:
                     self.save_checkpoint(state, summary, writer)
                 loss = row["train/loss"]
                 bar.set_postfix(eps=f"{row['epsilon']:.3g}", loss=f"{loss:.4f}" if loss else "-")
+        except RunDiverged:
+            raise
         except BaseException as err:  # keep what finished; say why the run ended early
-            summary["status"] = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            interrupted = isinstance(err, KeyboardInterrupt) or type(err).__name__ == (
+                "RunInterrupted")  # fmt: skip
+            summary["status"] = "interrupted" if interrupted else "failed"
             summary["error"] = f"{type(err).__name__}: {err}"
+            if interrupted and resume_command:
+                summary["resume_command"] = resume_command
             raise
         else:
             if summary["status"] == "running":
                 summary["status"] = "completed"
+            if summary.get(f"eval/{self.metric}") is not None:  # beside what was evaluated
+                summary.update(self.trivial_predictor())
             writer.write_summary(summary)  # before the checkpoint that says the run is over
             self.save_checkpoint(state, summary, writer, finished=True)
         finally:
@@ -217,6 +299,7 @@ class Simulation:
             "finished": finished,
             "sampler": self.sampler.state_dict(),
             "ledger": self.ledger.state_dict(),
+            "audit": self.audit.state_dict(),
             # the DP seed (a secret one too, or a resumed run could not continue its noise)
             "dp_seed": str(self.plan.dp_seed),
             "summary": summary,
@@ -239,6 +322,7 @@ class Simulation:
         state = self.codec.restore_from_arrays(self.checkpoints.arrays)
         self.sampler.load_state_dict(meta["sampler"])
         self.ledger.load_state_dict(meta["ledger"])
+        self.audit.load_state_dict(meta.get("audit", {}))
         writer.resume(rounds)
         resumed = [*meta["summary"].get("resumed_from_round", []), rounds]
         summary = {**summary, **meta["summary"], **extra_summary, "status": "running",

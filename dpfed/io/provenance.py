@@ -40,3 +40,25 @@ def provenance(cfg: DictConfig, choices: dict | None = None) -> dict:
         "git_commit": git_commit(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+
+
+def result_line(summary: dict, output_dir: str) -> str:
+    """The last line of a run: held-out metric beside the trivial predictor's, privacy, rounds, folder."""
+    metric = next((k for k in ("eval/accuracy", "eval/mae") if summary.get(k) is not None), None)
+    parts = []
+    if metric:
+        trivial = summary.get(metric.replace("eval/", "eval/trivial_"))
+        note = f" ({summary['trivial_predictor']}: {trivial:.3f})" if trivial is not None else ""
+        parts.append(f"{metric} {summary[metric]:.3f}{note}")
+    epsilon = summary.get("epsilon")
+    if epsilon is None or epsilon == float("inf"):
+        parts.append("epsilon inf (not private)")
+    else:
+        parts.append(f"epsilon {epsilon:.3g} at delta {summary['delta']:g} ({summary['unit']}-level, "
+                     f"{summary['neighboring']}, {summary['accountant']})")  # fmt: skip
+    for extra in ("epsilon_record",):
+        if summary.get(extra) is not None:
+            parts.append(f"{extra} {summary[extra]:.3g}")
+    parts.append(f"{summary['rounds']} rounds ({summary['status']})")
+    parts.append(output_dir)
+    return "dpfed: " + " | ".join(parts)

@@ -13,6 +13,9 @@ Examples:
         --sample-size 50 --steps 20 --neighboring zero_out
     python -m dpfed.privacy epsilon --dataset-size 60000 --batch-size 256 --epochs 60 \\
         --noise-multiplier 1.1 --conversion classic --orders 1.1:10.9:0.1,12:63
+    python -m dpfed.privacy epsilon --mechanism bandmf --bands 1000 --steps 2000 \\
+        --participations 2 --noise-multiplier 8.35 --neighboring zero_out --accountant pld \\
+        --delta 1e-10
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sys
 
 from dpfed.errors import ConfigError
 
-SAMPLINGS = ("poisson", "fixed", "shuffle")
+SAMPLINGS = ("poisson", "fixed", "shuffle", "cyclic")
 # run config keys -> the flag that sets them (for error messages)
 FLAGS = {
     "dp.noise_multiplier": "--noise-multiplier",
@@ -37,6 +40,9 @@ FLAGS = {
     "dp.pld_discretization": "--pld-discretization",
     "dp.user_noise_multiplier": "--user-noise-multiplier",
     "dp.clipped_count_stddev": "--clipped-count-stddev",
+    "dp.factorization": "--factorization",
+    "dp.bands": "--bands",
+    "dp.buffers": "--buffers",
     "dp": "--mechanism",
     "strategy.clients_per_round": "--sample-size",
     "strategy.sampling": "--sampling",
@@ -62,10 +68,19 @@ def parse_orders(text: str) -> list[float]:
     return orders
 
 
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, once: a help text that names its own default is left as it is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return text if "default" in text or action.default is None else super()._get_help_string(
+            action)  # fmt: skip
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m dpfed.privacy", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsShown,
     )  # fmt: skip
     parser.add_argument("command", choices=("epsilon", "noise"),
                         help="epsilon: privacy loss of a run; noise: noise multiplier for a target")  # fmt: skip
@@ -75,7 +90,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the dp= option")  # fmt: skip
     parser.add_argument("--sampling", choices=SAMPLINGS, default=None,
                         help="strategy.sampling (default: the mechanism's: shuffle for tree, "
-                             "else poisson)")  # fmt: skip
+                             "cyclic for bandmf, else poisson)")  # fmt: skip
     parser.add_argument("--population", type=int, default=None, help="clients in the population")
     parser.add_argument("--sample-size", type=int, default=None,
                         help="clients per round (poisson: expected)")  # fmt: skip
@@ -108,6 +123,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="adaptive: clipped-count noise (default 0.05 x sample size)")  # fmt: skip
     parser.add_argument("--noise", choices=("laplace", "gaussian"), default=None,
                         help="input_noise: its noise")  # fmt: skip
+    parser.add_argument("--factorization", choices=("banded", "blt", "sqrt_toeplitz"),
+                        default=None, help="bandmf: the strategy matrix (default: banded)")  # fmt: skip
+    parser.add_argument("--bands", type=int, default=None,
+                        help="bandmf: bands of a banded factorization (default: the rounds of "
+                             "an epoch)")  # fmt: skip
+    parser.add_argument("--buffers", type=int, default=None,
+                        help="bandmf: buffers of a blt factorization (default: 4)")  # fmt: skip
     group = parser.add_argument_group("DP-SGD on pooled records (strategy=centralized)")
     group.add_argument("--dataset-size", type=int, default=None, help="training records n")
     group.add_argument("--batch-size", type=int, default=None, help="expected Poisson batch size")
@@ -125,6 +147,7 @@ def overrides(args) -> tuple[list[str], object]:
           "conversion": args.conversion, "pld_discretization": args.pld_discretization,
           "user_noise_multiplier": args.user_noise_multiplier,
           "clipped_count_stddev": args.clipped_count_stddev, "noise": args.noise,
+          "factorization": args.factorization, "bands": args.bands, "buffers": args.buffers,
           "seed": 0}  # fmt: skip
     if args.orders is not None:
         out.append(f"dp.orders=[{','.join(repr(o) for o in args.orders)}]")
@@ -154,6 +177,13 @@ def overrides(args) -> tuple[list[str], object]:
                 f"rounds={args.epochs}"]  # fmt: skip
         n = args.dataset_size
         return out, Population(1, lambda clients: n * len(clients), 1)
+    if (args.mechanism == "bandmf" and args.participations is not None
+            and args.population is None and args.sample_size is None):  # fmt: skip
+        # K participations evenly spaced over the steps: one client per round, cyclically
+        if args.steps is None or args.participations < 1:
+            raise ConfigError("--participations", args.participations, ">= 1, with --steps")
+        args.population, args.sample_size = math.ceil(args.steps / args.participations), 1
+        args.sampling = args.sampling or "cyclic"
     for flag, value in (("--population", args.population), ("--sample-size", args.sample_size),
                         ("--steps", args.steps)):  # fmt: skip
         if value is None:
@@ -191,7 +221,10 @@ def compute(args) -> dict:
     out.update({k: v for k, v in plan.describe().items()
                 if k in ("unit", "neighboring", "accounting_relation", "sampling",
                          "sampling_probability", "accountant", "conversion", "orders",
-                         "sensitivity", "accounted_noise_multiplier")})  # fmt: skip
+                         "pld_discretization",
+                         "sensitivity", "accounted_noise_multiplier", "factorization", "bands",
+                         "buffers", "participations", "min_separation", "rounds_per_epoch",
+                         "factorization_sensitivity")})  # fmt: skip
     out["noise_multiplier"] = plan.noise_multiplier
     out.update(plan.epsilons(participations=args.participations))
     if args.command == "noise":

@@ -183,12 +183,17 @@ class Accountant:
         conversions = [c.value for c in Conversion]
         check(str(conversion) in conversions, "conversion", conversion,
               f"one of {', '.join(conversions)}")  # fmt: skip
+        check(str(conversion) == Conversion.improved.value or str(kind) == "rdp", "conversion",
+              conversion, "improved (the default) unless accountant=rdp: only RDP converts to "
+              "(epsilon, delta) in more than one way")  # fmt: skip
         check(0 < pld_discretization <= 0.1, "pld_discretization", pld_discretization,
               "in (0, 0.1]")  # fmt: skip
         if orders is not None:
             orders = [float(o) for o in orders]
             check(len(orders) > 0 and all(o > 1 for o in orders), "orders", orders,
                   "null or a non-empty list of numbers > 1")  # fmt: skip
+            check(str(kind) == "rdp", "orders", orders, "null unless accountant=rdp (only RDP "
+                  "has orders)")  # fmt: skip
         self.kind, self.delta, self.orders = str(kind), delta, orders
         self.conversion = str(conversion)
         self.pld_discretization = pld_discretization

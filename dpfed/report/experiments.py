@@ -104,6 +104,23 @@ def _communication(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
                                  "bytes_to_target": f"bytes to acc {target:g}"})  # fmt: skip
 
 
+def _audit(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Rows mechanism x noise x planted-bug factor, with the relation the epsilons are under."""
+    planted = frame.get("audit_planted_noise_factor", pd.Series(1.0, index=frame.index))
+    return frame.assign(**{"mechanism": frame["choice/dp"],
+                           "noise multiplier": frame["noise_multiplier"],
+                           "planted noise factor": planted.fillna(1.0),
+                           "neighboring": frame["neighboring"]})  # fmt: skip
+
+
+AUDIT_MECHANISMS = "dp=gaussian,adaptive,tree,bandmf"
+AUDIT_SWEEPS = (
+    (AUDIT_MECHANISMS, "dp.noise_multiplier=0.5,1,2"),
+    # the planted bug: the aggregator adds a tenth of (or no) noise, the accountant is told 1
+    ("dp=gaussian", "dp.noise_multiplier=1", "audit.planted_noise_factor=0,0.1"),
+)
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One paper table: how its folder is filled and how its table is laid out.
@@ -180,6 +197,20 @@ EXPERIMENTS = {
             ),  # fmt: skip
             derive=_communication,
             plots=("curves",),
+        ),
+        Experiment(
+            "audit",
+            "Accountant's epsilon and the audit's lower bound and estimates (canary clients, "
+            "delta 1e-5), per mechanism and noise",
+            rows=("mechanism", "neighboring", "noise multiplier", "planted noise factor"),
+            columns=(),
+            values=("epsilon", "audit/epsilon_lower", "audit/epsilon_estimate",
+                    "audit/epsilon_estimate_iterates", "eval/accuracy"),  # fmt: skip
+            sweeps=AUDIT_SWEEPS,
+            quick_sweeps=(("dp=gaussian", "dp.noise_multiplier=1"),
+                          ("dp=gaussian", "dp.noise_multiplier=1",
+                           "audit.planted_noise_factor=0.1")),  # fmt: skip
+            derive=_audit,
         ),
     )
 }

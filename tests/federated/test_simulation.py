@@ -11,6 +11,7 @@ import pytest
 
 from dpfed.errors import ConfigError
 from dpfed.privacy.mechanisms import SCHEMAS
+from tests.conftest import compose_config
 from tests.helpers import build, first_rounds, independent_epsilon, one_round_update, run_in_process
 
 FIXED = "strategy.sampling=fixed"
@@ -211,9 +212,10 @@ def test_centralized_reproduces_tf_privacy_compute_dp_sgd_privacy(runtime):
 
     # textbook: n = 60000 (1000 clients x 60 training records), batch 128, noise 1.0, 10 epochs
     orders = [str(1 + x / 10.0) for x in range(1, 100)] + [str(o) for o in range(11, 64)]
+    from hydra.utils import instantiate
+
     from dpfed.build import build_privacy
     from dpfed.config import compose
-    from hydra.utils import instantiate
 
     cfg = compose("strategy=centralized", "dp=dpsgd", "rounds=10", "strategy.batch_size=128",
                   "dataset.num_clients=1000", "dataset.examples_mean=75",
@@ -249,7 +251,10 @@ def noise_free(option: str) -> tuple[str, ...]:
 @pytest.mark.parametrize("option", sorted(set(SCHEMAS) - {"none"}))
 def test_without_noise_or_clipping_every_mechanism_is_its_non_private_counterpart(runtime, option):
     """Taken from the registry: a new mechanism is checked without being listed here."""
-    common = ("strategy.batch_size=1", FIXED) if option != "tree" else ("strategy.batch_size=1",)
+    # a mechanism that needs epochs (tree: shuffle, bandmf: cyclic) selects its sampling
+    chosen = str(compose_config(f"dp={option}").strategy.sampling)
+    sampling = FIXED if chosen == "poisson" else f"strategy.sampling={chosen}"
+    common = ("strategy.batch_size=1", sampling)
     private = noise_free(option)
     if option.endswith("_local"):
         private += ("dp.accountant=rdp",)
@@ -258,8 +263,7 @@ def test_without_noise_or_clipping_every_mechanism_is_its_non_private_counterpar
     except ConfigError as err:  # a mechanism that cannot be noise-free must say so
         assert "noise_multiplier" in str(err)
         return
-    reference = ("dp=none", "strategy.sampling=shuffle") if option == "tree" else ("dp=none",)
-    want, _, _ = one_round_update(*reference, *common)
+    want, _, _ = one_round_update("dp=none", *common)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 

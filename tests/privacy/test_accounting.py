@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from dp_accounting.pld import PLDAccountant
 
+from dpfed.data.base import Population
 from dpfed.errors import ConfigError
 from dpfed.privacy.accounting import (
     Accountant,
@@ -17,7 +18,6 @@ from dpfed.privacy.accounting import (
     event_from_dict,
     event_to_dict,
 )
-from dpfed.data.base import Population
 from dpfed.privacy.sampling import FixedSizeSampler, PoissonSampler, ShuffleSampler
 from tests.helpers import independent_epsilon
 

@@ -123,6 +123,10 @@ def test_every_mechanism_a_run_accepts_is_available(capsys, mechanism):
         (["epsilon", "--dataset-size", "100", "--noise-multiplier", "1"], "--dataset-size"),
         (["epsilon", "--mechanism", "none", *COHORT, "--noise-multiplier", "1"],
          "--noise-multiplier"),
+        (["epsilon", *COHORT, "--noise-multiplier", "1", "--accountant", "pld",
+          "--conversion", "classic"], "--conversion"),
+        (["epsilon", *COHORT, "--noise-multiplier", "1", "--accountant", "pld",
+          "--orders", "2:8"], "--orders"),
     ],
 )  # fmt: skip
 def test_impossible_settings_are_rejected_with_the_flag_named(capsys, args, flag):
@@ -142,3 +146,4 @@ def test_module_entry_point_prints_one_json_object_and_shows_defaults_in_help():
     helped = subprocess.run([sys.executable, "-m", "dpfed.privacy", "--help"],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert "(default: 1e-05)" in helped.stdout and "1.1:10.9:0.1,12:63" in helped.stdout
+    assert "(default: None)" not in helped.stdout  # a default is shown once, in words

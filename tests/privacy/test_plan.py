@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 
 from dpfed.build import build_privacy
 from dpfed.config import compose
+from dpfed.data.base import Population
 from dpfed.errors import ConfigError
 from dpfed.privacy.mechanisms import SCHEMAS
-from dpfed.data.base import Population
 from tests.helpers import independent_epsilon
 
 N, M, ROUNDS, Z = 200, 20, 25, 1.3  # shuffle: 10 rounds per epoch, so 3 epochs (the last partial)
@@ -311,6 +311,8 @@ def test_adaptive_effective_noise_splits_exactly_under_both_relations():
         rel=1e-9)  # fmt: skip
     got = plan("dp=adaptive", "dp.noise_multiplier=1", f"dp.clipped_count_stddev={count_std}")
     assert got.describe()["clipped_count_stddev"] == count_std
+    default = plan("dp=adaptive", "dp.noise_multiplier=0.1")  # null: TFF's 0.05 x cohort, recorded
+    assert default.describe()["clipped_count_stddev"] == pytest.approx(0.05 * M)
 
 
 def test_adaptive_refuses_count_noise_that_the_budget_cannot_afford():

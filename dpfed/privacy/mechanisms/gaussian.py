@@ -10,9 +10,9 @@ from dpfed.privacy.mechanisms.base import (
     MechanismParts,
     NoisyConfig,
     central_account,
+    central_parts,
     check_clip,
     check_noise,
-    central_parts,
     finite_clip,
 )
 from dpfed.privacy.plan import Account

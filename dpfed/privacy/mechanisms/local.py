@@ -12,12 +12,13 @@ from dpfed.privacy.mechanisms.base import (
     Mechanism,
     MechanismParts,
     NoisyConfig,
+    central_parts,
     check_clip,
     check_noise,
-    central_parts,
     finite_clip,
 )
 from dpfed.privacy.plan import Account, participation_account
+
 
 class LocalMechanism(Mechanism):
     """Local DP: a client clips its update to ``clip`` and adds noise of scale ``z * clip`` itself.

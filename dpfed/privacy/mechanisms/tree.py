@@ -11,9 +11,9 @@ from dpfed.privacy.mechanisms.base import (
     Mechanism,
     MechanismParts,
     NoisyConfig,
+    central_parts,
     check_clip,
     check_noise,
-    central_parts,
     finite_clip,
 )
 from dpfed.privacy.neighboring import Neighboring, Relation, sensitivity_factor

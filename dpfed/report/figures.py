@@ -1,0 +1,154 @@
+"""Paper-ready figures from run folders: one panel per dataset, one style per mechanism.
+
+Every figure uses the same colour, marker and line style for a mechanism
+(`STYLES`), shows the mean over seeds with its standard deviation, keeps the
+legend outside the data, and is saved as vector PDF and PNG.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
+
+# one look per mechanism, kept across every figure
+STYLES = {
+    "none": ("black", "o", "-"),
+    "gaussian": ("#1f77b4", "o", "-"),
+    "adaptive": ("#ff7f0e", "s", "--"),
+    "tree": ("#2ca02c", "^", "-."),
+    "per_layer": ("#d62728", "D", ":"),
+    "bandmf": ("#9467bd", "v", "-"),
+    "blt": ("#8c564b", "P", "--"),
+    "dpsgd": ("#e377c2", "X", "-"),
+    "laplace_local": ("#7f7f7f", "<", "--"),
+    "gaussian_local": ("#bcbd22", ">", "-."),
+    "input_noise": ("#17becf", "*", ":"),
+}
+_EXTRA = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
+
+
+def style(name: str) -> tuple[str, str, str]:
+    """(colour, marker, line style) of a series, the same in every figure."""
+    if name in STYLES:
+        return STYLES[name]
+    return _EXTRA[sum(map(ord, name)) % len(_EXTRA)], "o", "-"
+
+
+def save(fig, out: str | Path) -> list[Path]:
+    """Saves ``fig`` as ``out`` (with a suffix) or as ``out.pdf`` and ``out.png``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if out.suffix else [out.with_suffix(".pdf"), out.with_suffix(".png")]
+    for path in paths:
+        fig.savefig(path, dpi=200, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _panels(keys: list) -> tuple:
+    n = max(1, len(keys))
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 1.6, 3.2), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _legend(fig, axes) -> None:
+    handles, labels = {}, {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+            labels[label] = label
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center left",
+                   bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)  # fmt: skip
+
+
+def utility_figure(frame: pd.DataFrame, x: str, y: str, out, *, panel: str = "dataset",
+                   series: str = "mechanism", xlabel: str, ylabel: str,
+                   baselines: dict | None = None) -> list[Path]:  # fmt: skip
+    """``y`` against a swept ``x`` (e.g. the epsilon budget): mean ± std over seeds per series.
+
+    Args:
+        frame: one row per run, with ``panel``, ``series``, ``x`` and ``y`` columns.
+        x, y: the swept setting and the metric.
+        out: the figure's path (no suffix: PDF and PNG).
+        panel: one panel per value of this column.
+        series: one line per value of this column.
+        xlabel, ylabel: axis labels (name the delta and the neighbouring relation).
+        baselines: per panel, ``{label: value}`` drawn as labelled horizontal lines
+            (e.g. the non-private result and the trivial predictor).
+    """
+    keys = sorted(frame[panel].unique())
+    fig, axes = _panels(keys)
+    ticks = sorted({float(v) for v in frame[x] if math.isfinite(float(v))})
+    for ax, key in zip(axes, keys, strict=True):
+        part = frame[frame[panel] == key]
+        for name, runs in sorted(part.groupby(series), key=lambda item: str(item[0])):
+            stats = runs.groupby(x)[y].agg(["mean", "std"]).reset_index()
+            stats = stats[np.isfinite(stats[x].astype(float))]
+            colour, marker, line = style(str(name))
+            ax.errorbar(stats[x].astype(float), stats["mean"], yerr=stats["std"].fillna(0),
+                        color=colour, marker=marker, linestyle=line, capsize=3, markersize=5,
+                        label=str(name))  # fmt: skip
+        for i, (label, value) in enumerate((baselines or {}).get(key, {}).items()):
+            ax.axhline(value, color="black" if i == 0 else "grey", lw=1,
+                       ls="--" if i == 0 else ":", label=label)  # fmt: skip
+        if ticks and min(ticks) > 0:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.set_title(str(key), fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel, fontsize=9)
+    _legend(fig, axes)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "dataset",
+                  series: str = "mechanism", xlabel: str | None = None,
+                  ylabel: str | None = None) -> list[Path]:  # fmt: skip
+    """Per-round curves, mean ± std over seeds (a band) per series, one panel per ``panel``.
+
+    Args:
+        data: stacked metrics.csv rows with ``panel`` and ``series`` columns
+            (`dpfed.report.collect.curves` plus the runs' labels).
+        x, y: columns of metrics.csv (``round``, ``eval/accuracy``, ``epsilon``).
+        out: the figure's path.
+    """
+    keys = sorted(data[panel].unique())
+    fig, axes = _panels(keys)
+    for ax, key in zip(axes, keys, strict=True):
+        part = data[(data[panel] == key)].dropna(subset=[y])
+        groups = sorted(part.groupby(series), key=lambda item: str(item[0]))
+        for index, (name, runs) in enumerate(groups):
+            stats = runs.groupby(x)[y].agg(["mean", "std"]).reset_index()
+            stats = stats[np.isfinite(stats["mean"].astype(float))]
+            if stats.empty:
+                continue
+            colour, marker, line = style(str(name).split(",")[0])
+            every = max(1, len(stats) // 8)
+            # staggered markers keep series that coincide distinguishable
+            ax.plot(stats[x], stats["mean"], color=colour, marker=marker, linestyle=line,
+                    markersize=4, markevery=(index % every, every), label=str(name))  # fmt: skip
+            spread = stats["std"].fillna(0)
+            if spread.any():
+                ax.fill_between(stats[x], stats["mean"] - spread, stats["mean"] + spread,
+                                color=colour, alpha=0.15, linewidth=0)  # fmt: skip
+        ax.set_title(str(key), fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel or x, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel or y, fontsize=9)
+    _legend(fig, axes)
+    fig.tight_layout()
+    return save(fig, out)
