@@ -47,6 +47,18 @@ def check_run(cfg: DictConfig) -> None:
           ">= 0 (0: only after the last round)")  # fmt: skip
 
 
+# keys of the dataset node that configure the run, not the dataset object
+RUN_LEVEL_DATASET_KEYS = ("default_cohort",)
+
+
+def build_dataset(cfg: DictConfig):
+    """The run's dataset (``dataset`` group), without its run-level keys."""
+    node = OmegaConf.to_container(cfg.dataset, resolve=True)  # ${seed} resolves in the run
+    for key in RUN_LEVEL_DATASET_KEYS:
+        node.pop(key, None)
+    return _build("dataset", OmegaConf.create(node))
+
+
 def build_audit(cfg: DictConfig):
     """The run's audit (``audit`` group; `dpfed.audit.base.NoAudit` when the config has none)."""
     from dpfed.audit.base import NoAudit
@@ -151,7 +163,7 @@ def prepare(cfg: DictConfig, checkpoints=None) -> Prepared:
         ConfigError: a setting is out of range; the message names its key.
     """
     check_run(cfg)
-    dataset = _build("dataset", cfg.dataset)
+    dataset = build_dataset(cfg)
     resumed_seed = None
     if checkpoints is not None and checkpoints.round > 0:
         resumed_seed = int(checkpoints.meta["dp_seed"]) if "dp_seed" in checkpoints.meta else None

@@ -18,7 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 # Hydra flags that take a value (the value is not an override)
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}  # fmt: skip
-GROUPS = ("dataset", "model", "dp", "strategy", "backend", "sim", "logger", "debug", "experiment")
+def _groups() -> tuple[str, ...]:
+    """The config groups: the folders of conf/ (hydra's own aside)."""
+    from dpfed.config import CONF
+
+    return tuple(sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"))
+
+
+GROUPS = _groups()
 
 
 def overrides_of(argv: list[str]) -> list[str]:
@@ -104,7 +111,7 @@ def help_text() -> str:
              "python run.py experiment=<name>                        a paper-table preset",
              "python run.py --cfg job                                the composed config", "",
              "== Configuration groups ==", "Choose one option per group (group=option):", ""]  # fmt: skip
-    for group in (*GROUPS, "optimizer", "hydra/launcher"):
+    for group in (*GROUPS, "hydra/launcher"):
         options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
         lines.append(f"{group}: {', '.join(options)}")
     lines += ["",

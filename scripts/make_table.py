@@ -15,6 +15,8 @@ Example:
         --rows override/dp.noise_multiplier --values epsilon eval/accuracy \\
         --format markdown --out results/tables/noise.md
     python scripts/make_table.py privacy_utility
+    python scripts/make_table.py results/sweeps/lr --rows override/strategy.client_optimizer.learning_rate \
+        --tuning poisson   # + the epsilon of releasing the best run (Papernot & Steinke 2022)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dpfed.report.collect import format_cells, summaries, table
+from dpfed.report.collect import format_cells, summaries, table, tuning_cost
 from dpfed.report.experiments import EXPERIMENTS, ROOT, experiment_table, resolve
 
 FORMATS = ("markdown", "latex", "csv")
@@ -130,6 +132,22 @@ def write_experiment_tables(
     return paths
 
 
+def tuning_lines(run_folders: list[str], distribution: str) -> list[str]:
+    """The tuning cost of each account, one sentence each (`dpfed.report.collect.tuning_cost`)."""
+    lines = []
+    for row in tuning_cost(run_folders, distribution):
+        if "error" in row:
+            lines.append(f"tuning cost of {row['account']}: not computed: {row['error']}")
+            continue
+        lines.append(
+            f"tuning cost of {row['account']} (Papernot & Steinke 2022): releasing the best of "
+            f"a random search with {distribution}-distributed trials, mean {row['runs']} (these "
+            f"runs), is epsilon {row['epsilon_tuned']:.4g} at delta {row['delta']:g} "
+            f"({row['neighboring']}), against at most {row['epsilon_one_run_max']:.4g} for one run"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="a results folder (runs or a sweep), or an experiment name")
@@ -141,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write here (the folder is created); default: stdout")
     parser.add_argument("--tables-dir", default=str(ROOT / "results" / "tables"),
                         help="where an experiment's tables go")  # fmt: skip
+    parser.add_argument("--tuning", choices=("poisson", "geometric", "logarithmic"),
+                        help="also print the epsilon of releasing the best of the runs, read as "
+                             "a random search whose number of trials has this law with mean the "
+                             "number of runs (Papernot & Steinke 2022)")  # fmt: skip
     args = parser.parse_args(argv)
     base = args.root.removesuffix("_quick")
     if not Path(args.root).exists() and base in EXPERIMENTS:
@@ -167,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2
     text = render(result, args.format, args.digits)
+    if args.tuning:
+        text += "\n\n" + "\n".join(tuning_lines(list(frame["run"]), args.tuning))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")

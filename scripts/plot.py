@@ -9,6 +9,8 @@ figure (`dpfed.report.figures.STYLES`), mean ± std over seeds:
   the trivial predictor as labelled horizontal lines;
 - ``epsilon``: epsilon against rounds per mechanism;
 - ``curves``: learning curves, held-out accuracy against rounds per mechanism and budget;
+- ``audit``: runs with ``audit=canaries``: the audit's lower bound and one-shot
+  estimate against the accountant's epsilon, planted-bug runs marked;
 - or any ``--x`` / ``--y`` pair of metrics.csv columns, one line per run,
   labelled by the overrides that differ between runs.
 """
@@ -27,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from dpfed.report.collect import curves, summaries  # noqa: E402
-from dpfed.report.figures import curves_figure, save, utility_figure  # noqa: E402
+from dpfed.report.figures import audit_figure, curves_figure, save, utility_figure  # noqa: E402
 
 KINDS = {"epsilon": ("round", "epsilon"), "curves": ("round", "eval/accuracy")}
 
@@ -134,10 +136,22 @@ def plot_curves(root, y: str, out) -> list[Path]:
     return curves_figure(data, "round", y, out, ylabel=ylabel)
 
 
+def plot_audit(root, out) -> list[Path]:
+    """The audit's epsilons against the accountant's, per mechanism (runs with canaries)."""
+    frame = labelled_runs(root)
+    if "audit/epsilon_lower" not in frame.columns:
+        raise FileNotFoundError(f"no run with audit=canaries under {root}")
+    frame = frame[frame["audit/epsilon_lower"].notna()].copy()
+    frame["planted"] = frame.get("audit_planted_noise_factor", 1.0).fillna(1.0)
+    return audit_figure(frame, out, xlabel=privacy_axis(frame).replace("\n", " "))
+
+
 def plot_kind(kind: str, root, out) -> list[Path]:
-    """Draws one of `KINDS` or ``utility`` for the runs under ``root``."""
+    """Draws one of `KINDS`, ``utility`` or ``audit`` for the runs under ``root``."""
     if kind == "utility":
         return plot_utility(root, out)
+    if kind == "audit":
+        return plot_audit(root, out)
     return plot_curves(root, KINDS[kind][1], out)
 
 
@@ -146,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root")
     parser.add_argument("--out", required=True,
                         help="figure (.png, .pdf, .svg); no suffix: .png and .pdf")  # fmt: skip
-    parser.add_argument("--kind", choices=[*KINDS, "utility"])
+    parser.add_argument("--kind", choices=[*KINDS, "utility", "audit"])
     parser.add_argument("--x", default="epsilon")
     parser.add_argument("--y", default="eval/accuracy")
     args = parser.parse_args(argv)

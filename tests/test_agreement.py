@@ -61,13 +61,12 @@ class NoTraining:
 
 def loop_run(cfg, tmp_path):
     """The summary of a run of ``cfg`` through `Simulation` with a non-training process."""
-    from hydra.utils import instantiate
-
+    from dpfed.build import build_dataset
     from dpfed.federated.simulation import Simulation
     from dpfed.io.run_writer import RunWriter
     from dpfed.privacy.mechanisms.base import MechanismParts
 
-    dataset = instantiate(cfg.dataset)
+    dataset = build_dataset(cfg)
     plan = build_privacy(cfg, dataset.population())
     strategy = SimpleNamespace(client_update=None, eval_every=0, weighted=False,
                                describe=lambda: {}, state_codec=lambda p: None)  # fmt: skip

@@ -89,3 +89,17 @@ def test_audit_quick_tabulates_the_bound_and_catches_the_planted_bug(tmp_path):
     honest, planted = table.loc[1.0], table.loc[0.1]
     assert honest["epsilon"] == planted["epsilon"]  # the accountant is told the same noise
     assert honest["audit/epsilon_lower"] < honest["epsilon"] < planted["audit/epsilon_lower"]
+    for suffix in ("png", "pdf"):
+        assert (tmp_path / "figures" / f"audit_quick_audit.{suffix}").stat().st_size
+
+
+def test_mf_error_quick_shows_banded_mf_below_tree_and_independent_noise(tmp_path):
+    table = reproduce("mf_error", tmp_path).set_index("mechanism")
+    assert set(table["neighboring"]) == {"zero_out"}
+    for epochs in (1, 2):
+        rmse = table[f"prefix_sum_rmse, epochs={epochs}"]
+        assert rmse["bandmf banded"] < rmse["tree"] and rmse["bandmf banded"] < rmse["gaussian"]
+        # one participation per epoch, equal epsilon: independent noise and banded MF (b = an
+        # epoch's rounds) are both one Gaussian release per epoch, so they need the same noise
+        noise = table[f"noise_multiplier, epochs={epochs}"]
+        assert noise["bandmf banded"] == pytest.approx(noise["gaussian"], rel=1e-6)

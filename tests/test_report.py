@@ -130,3 +130,33 @@ def test_pivoted_tables_name_metric_and_value_and_parse(budget_sweep, capsys):
     assert not re.search(r"(?<!\\)[_#%]", latex.replace(r"\begin{tabular}", ""))
     assert r"$\pm$" in latex  # two seeds per cell: mean and spread
     assert "nan" not in latex.lower()  # the diverged run is not averaged in
+
+
+def test_make_table_prints_the_tuning_cost_of_releasing_the_best_run(tmp_path, capsys):
+    """--tuning reads the runs as a random search's trials (Papernot & Steinke 2022)."""
+    import json
+
+    import dp_accounting
+
+    from dpfed.privacy.accounting import event_to_dict
+    from dpfed.privacy.tuning import tuning_epsilon
+    from scripts.make_table import main
+
+    runs = []
+    for i, noise in enumerate((0.8, 1.2, 2.0)):
+        event = dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(noise))
+        run = tmp_path / f"{i}_lr"
+        run.mkdir()
+        account = {"column": "epsilon", "unit": "user", "neighboring": "add_remove",
+                   "accounting_relation": "add_or_remove_one",
+                   "dp_events": [{"event": event_to_dict(event), "count": 50}]}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps({
+            "status": "completed", "accountant": "rdp", "delta": 1e-5, "epsilon": 1.0 + i,
+            "eval/accuracy": 0.5, "choices": {"dp": "gaussian"}, "accounts": [account]}))  # fmt: skip
+        runs.append([(event, 50)])
+    assert main([str(tmp_path), "--values", "epsilon", "--tuning", "geometric"]) == 0
+    out = capsys.readouterr().out
+    want = tuning_epsilon(runs, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, 1e-5,
+                          distribution="geometric")  # fmt: skip
+    assert f"is epsilon {want:.4g} at delta 1e-05 (add_remove)" in out
+    assert "mean 3 (these runs)" in out and "at most 3 for one run" in out

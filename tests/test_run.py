@@ -16,7 +16,7 @@ import psutil
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-from tests.conftest import ROOT, worker_pids
+from tests.conftest import ROOT, compose_config, worker_pids
 
 SMOKE = "debug=smoke"
 
@@ -320,8 +320,7 @@ def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path):
 @pytest.mark.slow
 def test_default_experiment_learns_under_dp(run_cli):
     """The default run: a meaningful budget (epsilon <= 4), above the majority class, one line."""
-    from hydra.utils import instantiate
-
+    from dpfed.build import build_dataset
     from tests.conftest import compose_config
 
     result = run_cli()
@@ -329,7 +328,7 @@ def test_default_experiment_learns_under_dp(run_cli):
     summary, metrics = check_dp_run(result, rounds=summary_rounds())
     assert summary["epsilon"] <= 4 and summary["delta"] == 1e-5
     cfg = compose_config()
-    data = instantiate(cfg.dataset)
+    data = build_dataset(cfg)
     rng = np.random.default_rng([cfg.seed, 2])  # the evaluation cohort Simulation draws
     ids = rng.choice(data.num_clients, size=cfg.strategy.eval_clients, replace=False)
     labels = np.concatenate([data.eval.arrays(i)[1] for i in ids])
@@ -367,3 +366,17 @@ def test_the_finalizer_error_of_a_reaped_worker_is_dropped_and_others_are_not(mo
                                   exc_traceback=None, err_msg=None, object=finalizer)  # fmt: skip
     runtime._ignore_reaped_worker(other)
     assert passed_on == [other]
+
+
+@pytest.mark.parametrize("dataset", ["smart_home", "health", "finance", "shakespeare", "watch",
+                                     "vowels", "markets"])  # fmt: skip
+def test_every_packaged_dataset_runs_with_no_other_override(dataset):
+    """Each dataset brings the cohort its population allows (``dataset.default_cohort``)."""
+    from dpfed.build import prepare
+
+    cfg = compose_config(f"dataset={dataset}")
+    prepared = prepare(cfg)
+    assert cfg.strategy.clients_per_round == cfg.dataset.default_cohort
+    assert 1 <= prepared.plan.sampler.clients_per_round <= prepared.dataset.num_clients
+    # an explicit cohort still wins
+    assert compose_config(f"dataset={dataset}", "strategy.clients_per_round=3").strategy.clients_per_round == 3

@@ -40,9 +40,12 @@ class SyntheticDatasetConfig:
         eval_fraction: share of each client's examples held out for evaluation.
         labels: ``last`` (one label per sequence) or ``every_step``.
         seed: seed of the generator; client ``i`` depends only on (seed, i).
+        default_cohort: the cohort this population is run with unless
+            ``strategy.clients_per_round`` is set (not passed to the dataset).
     """
 
     _target_: str = MISSING
+    default_cohort: int = 50
     num_clients: int = 1000
     examples_mean: float = 40.0
     examples_spread: float = 0.5
@@ -103,9 +106,12 @@ class RecordedDatasetConfig:
         eval_fraction: share of each client's data held out for evaluation.
         labels: ``last`` (one target per example) or ``every_step``.
         seed: seed of client selection, thinning and partitioning.
+        default_cohort: the cohort this population is run with unless
+            ``strategy.clients_per_round`` is set (not passed to the dataset).
     """
 
     _target_: str = MISSING
+    default_cohort: int = 50
     num_clients: int | None = None
     examples_mean: float | None = None
     seq_len: int = 24
@@ -128,9 +134,11 @@ class TFFStackOverflowConfig:
         eval_fraction: accepted for debug=smoke (TFF fixes the split).
         labels: every_step.
         seed: seed of the subset.
+        default_cohort: the cohort unless ``strategy.clients_per_round`` is set.
     """
 
     _target_: str = "dpfed.data.stackoverflow.TFFStackOverflow"
+    default_cohort: int = 50
     cache_dir: str = MISSING
     vocab_size: int = 10_000
     seq_len: int = 20
@@ -180,6 +188,7 @@ class WatchConfig(RecordedDatasetConfig):
     """
 
     _target_: str = "dpfed.data.watch.Watch"
+    default_cohort: int = 5  # 10 subjects
     seq_len: int = 50
     stride: int = 25
     standardize: Standardize = Standardize.client
@@ -199,6 +208,7 @@ class VowelsConfig(RecordedDatasetConfig):
     """
 
     _target_: str = "dpfed.data.vowels.Vowels"
+    default_cohort: int = 5  # 9 speakers for next_frame, 20 partitions for speaker
     num_clients: int | None = 20
     seq_len: int = 20
     task: str = "speaker"
@@ -223,6 +233,7 @@ class MarketsConfig(RecordedDatasetConfig):
     """
 
     _target_: str = "dpfed.data.markets.Markets"
+    default_cohort: int = 10  # 75 windows of 250 days (client_by=instrument: 4 clients)
     seq_len: int = 20
     instruments: list[str] = field(default_factory=lambda: ["sp500", "nasdaq", "wti", "vix"])
     client_by: str = "window"
@@ -253,6 +264,7 @@ class TableConfig(RecordedDatasetConfig):
     """
 
     _target_: str = "dpfed.data.table.Table"
+    default_cohort: int = 10
     path: str = MISSING
     feature_columns: list[str] = MISSING
     target_column: str = MISSING

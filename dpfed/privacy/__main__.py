@@ -224,7 +224,8 @@ def compute(args) -> dict:
                          "pld_discretization",
                          "sensitivity", "accounted_noise_multiplier", "factorization", "bands",
                          "buffers", "participations", "min_separation", "rounds_per_epoch",
-                         "factorization_sensitivity")})  # fmt: skip
+                         "factorization_sensitivity", "prefix_sum_rmse",
+                         "prefix_sum_max_error")})  # fmt: skip
     out["noise_multiplier"] = plan.noise_multiplier
     out.update(plan.epsilons(participations=args.participations))
     if args.command == "noise":

@@ -119,3 +119,47 @@ def _cell(mean, std, digits: int) -> str:
         return "-"
     text = f"{mean:.{digits}g}"
     return text if std is None or std != std else f"{text} ± {std:.2g}"
+
+
+def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson") -> list[dict]:
+    """Per account: the epsilon of releasing the best of these runs (`dpfed.privacy.tuning`).
+
+    The runs are read as the trials of a random search whose number of trials
+    is random with mean ``len(run_folders)`` and law ``distribution``
+    (Papernot & Steinke 2022); the per-trial RDP is the worst run's.
+
+    Returns:
+        One dict per account column (``epsilon``, ``epsilon_record``): ``runs``,
+        ``neighboring``, ``delta``, ``epsilon_one_run_max`` and ``epsilon_tuned``,
+        or ``error`` where the runs cannot be combined (other accountants, deltas
+        or relations).
+    """
+    import math
+
+    from dpfed.privacy.accounting import event_from_dict
+    from dpfed.privacy.neighboring import RELATIONS_BY_NAME
+    from dpfed.privacy.tuning import tuning_epsilon
+
+    loaded = [json.loads((Path(d) / "summary.json").read_text()) for d in run_folders]
+    columns = sorted({a["column"] for s in loaded for a in s.get("accounts", [])})
+    out = []
+    for column in columns:
+        accounts = [(s, a) for s in loaded for a in s.get("accounts", []) if a["column"] == column]
+        row = {"account": column, "runs": len(accounts), "distribution": distribution}
+        keys = {(s["accountant"], s["delta"], a["accounting_relation"], a["neighboring"])
+                for s, a in accounts}  # fmt: skip
+        if len(keys) != 1 or next(iter(keys))[0] != "rdp":
+            row["error"] = ("the runs differ in accountant, delta or relation, or do not use "
+                            f"the rdp accountant: {sorted(map(str, keys))}")  # fmt: skip
+            out.append(row)
+            continue
+        _, delta, relation, neighboring = next(iter(keys))
+        runs = [[(event_from_dict(e["event"]), e["count"]) for e in a["dp_events"]]
+                for _, a in accounts]  # fmt: skip
+        reported = [s.get(column) for s, _ in accounts]
+        row.update(neighboring=neighboring, delta=delta,
+                   epsilon_one_run_max=max(math.inf if e is None else e for e in reported),
+                   epsilon_tuned=tuning_epsilon(runs, RELATIONS_BY_NAME[relation], delta,
+                                                distribution=distribution))  # fmt: skip
+        out.append(row)
+    return out

@@ -490,11 +490,11 @@ def test_bad_class_label_and_order_value_name_their_line(tmp_path):
     ],
 )
 def test_smoke_configs_build_their_datasets(overrides, clients):
-    from hydra.utils import instantiate
+    from dpfed.build import build_dataset
 
     cfg = compose_config(*overrides, "debug=smoke")
     with config_group("dataset"):
-        d = instantiate(cfg.dataset)
+        d = build_dataset(cfg)
     assert d.num_clients == clients and d.seq_len == 8
     check_contract(d)
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from hydra.utils import instantiate
 
-from dpfed.build import build_simulation
+from dpfed.build import build_dataset, build_simulation
 from dpfed.errors import ConfigError
 from dpfed.federated.backends.base import batch_seeds, client_dataset
 from dpfed.federated.backends.vectorized import VectorizedBackend, _batches
@@ -22,7 +22,7 @@ FIXED = ("strategy.sampling=fixed",)
 
 def bound_model(*overrides):
     cfg = compose_config("debug=smoke", *overrides)
-    dataset = instantiate(cfg.dataset)
+    dataset = build_dataset(cfg)
     return instantiate(cfg.model).bind(dataset), dataset
 
 

@@ -212,16 +212,14 @@ def test_centralized_reproduces_tf_privacy_compute_dp_sgd_privacy(runtime):
 
     # textbook: n = 60000 (1000 clients x 60 training records), batch 128, noise 1.0, 10 epochs
     orders = [str(1 + x / 10.0) for x in range(1, 100)] + [str(o) for o in range(11, 64)]
-    from hydra.utils import instantiate
-
-    from dpfed.build import build_privacy
+    from dpfed.build import build_dataset, build_privacy
     from dpfed.config import compose
 
     cfg = compose("strategy=centralized", "dp=dpsgd", "rounds=10", "strategy.batch_size=128",
                   "dataset.num_clients=1000", "dataset.examples_mean=75",
                   "dataset.examples_spread=0", "dataset.seq_len=4",
                   "dp.orders=[" + ",".join([*orders, "128", "256", "512"]) + "]")  # fmt: skip
-    plan = build_privacy(cfg, instantiate(cfg.dataset).population())
+    plan = build_privacy(cfg, build_dataset(cfg).population())
     assert plan.sampler.num_records == 60000
     expected, _ = compute_dp_sgd_privacy(n=60000, batch_size=128, noise_multiplier=1.0, epochs=10,
                                          delta=1e-5)  # fmt: skip

@@ -152,10 +152,11 @@ def test_ghost_covers_every_model_the_configs_build(overrides):
     """The configured GRU stacks (embedding, GRUs, head) as `GRUModel` builds them."""
     from hydra.utils import instantiate
 
+    from dpfed.build import build_dataset
     from tests.conftest import compose_config
 
     cfg = compose_config(*overrides, "debug=smoke")
-    dataset = instantiate(cfg.dataset)
+    dataset = build_dataset(cfg)
     model = instantiate(cfg.model).bind(dataset)
     keras, loss = model.keras_model(), model.loss("none")
     x, y = dataset.train.arrays(dataset.train.client_ids[0])

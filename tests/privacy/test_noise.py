@@ -42,7 +42,9 @@ def test_batches_carry_their_own_seed_per_client_round_and_step():
     cfg = compose("debug=smoke", "dp=dpsgd", "strategy.local_epochs=2")
     from hydra.utils import instantiate
 
-    dataset = instantiate(cfg.dataset)
+    from dpfed.build import build_dataset
+
+    dataset = build_dataset(cfg)
     strategy = instantiate(cfg.strategy)
     backend: ClientBackend = ReferenceBackend()
     key = stream_key(0, "client")

@@ -29,6 +29,7 @@ from dpfed.privacy.mechanisms.base import (
     finite_clip,
 )
 from dpfed.privacy.neighboring import Neighboring, sensitivity_factor
+from dpfed.privacy.mechanisms.gaussian import prefix_sum_errors
 from dpfed.privacy.plan import Account
 
 
@@ -249,13 +250,16 @@ class BandMFMechanism(Mechanism):
         strategy = self.strategy(ctx)
         sens = float(self.epoch_sensitivities(ctx)[-1])
         rmse = mf.toeplitz_prefix_sum_error(strategy.coefficients, ctx.rounds, "rmse")
+        unit = {"rmse": rmse,
+                "max": mf.toeplitz_prefix_sum_error(strategy.coefficients, ctx.rounds, "max")}
         return {"clip": self.clip, "factorization": str(self.factorization),
                 "bands": self.bands_for(ctx) if strategy.stream == "banded" else None,
                 "buffers": strategy.state_size if strategy.stream == "blt" else None,
                 "noise_state_vectors": strategy.state_size,
                 "participations": participations, "min_separation": separation,
                 "rounds_per_epoch": per_epoch, "factorization_sensitivity": sens,
-                "prefix_sum_rmse_per_noise_multiplier": sens * rmse}  # fmt: skip
+                "prefix_sum_rmse_per_noise_multiplier": sens * rmse,
+                **prefix_sum_errors(plan.noise_multiplier, unit)}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import dp_accounting
@@ -90,7 +91,18 @@ class TreeMechanism(Mechanism):
         return central_parts(query, plan)
 
     def describe(self, plan) -> dict:
-        return {"clip": self.clip, "restart_period": plan.sampler.rounds_per_epoch}
+        from dpfed.privacy import factorization as mf
+        from dpfed.privacy.mechanisms.gaussian import prefix_sum_errors
+
+        period = plan.sampler.rounds_per_epoch
+        out = {"clip": self.clip, "restart_period": period}
+        if plan.rounds % period == 0:  # whole epochs: one tree per epoch
+            epochs = plan.rounds // period
+            scale = math.sqrt(mf.tree_sensitivity_squared(plan.rounds, epochs))
+            unit = {kind: mf.tree_prefix_sum_error(plan.rounds, kind, epochs) / scale
+                    for kind in ("rmse", "max")}  # fmt: skip
+            out.update(prefix_sum_errors(plan.noise_multiplier, unit))
+        return out
 
 
 @dataclass

@@ -1,0 +1,75 @@
+"""The privacy cost of tuning: releasing the best of a random number of runs.
+
+Papernot and Steinke, "Hyperparameter tuning with Renyi differential privacy"
+(ICLR 2022, https://arxiv.org/abs/2110.03620): run a random number K of trials,
+each with hyperparameters drawn independently, and release only the best one.
+If every trial is (lambda, eps(lambda))-RDP, the released best is RDP with the
+bound of their Theorem 2 (K truncated negative binomial: geometric, logarithmic)
+or Theorem 6 (K Poisson), which grows with log E[K], not with E[K]. A sweep that
+picks its best run on private data pays this, not one run's epsilon; a sweep with
+a fixed, non-random number of runs is not covered by the theorem (run a random
+number of trials to claim it).
+
+The per-trial RDP is the largest, order by order, over the runs' recorded events
+(each trial may be any of the runs), composed with dp-accounting's RDP accountant;
+the bound itself is dp-accounting's implementation of both theorems
+(``RepeatAndSelectDpEvent``), applied to that curve.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import dp_accounting
+import numpy as np
+from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
+
+DISTRIBUTIONS = {"poisson": math.inf, "geometric": 1.0, "logarithmic": 0.0}
+
+
+def run_rdp(events: Sequence[tuple[dp_accounting.DpEvent, int]], relation, orders) -> np.ndarray:
+    """The RDP curve at ``orders`` of one run's composed ``(event, count)`` releases."""
+    accountant = dp_accounting.rdp.RdpAccountant(list(orders), relation)
+    for event, count in events:
+        accountant.compose(event, count)
+    return np.asarray(accountant._rdp, dtype=np.float64)  # noqa: SLF001 (no public getter)
+
+
+def tuning_epsilon(runs: Sequence[Sequence[tuple[dp_accounting.DpEvent, int]]], relation,
+                   delta: float, mean: float | None = None, distribution: str = "poisson",
+                   orders: Sequence[float] | None = None) -> float:  # fmt: skip
+    """Epsilon at ``delta`` of releasing the best of K trials, each one of ``runs``.
+
+    Args:
+        runs: per run, its composed ``(event, count)`` releases (one account's).
+        relation: the dp-accounting neighbouring relation they compose under.
+        delta: target delta, in (0, 1).
+        mean: E[K], the mean number of trials (default: the number of runs), >= 1.
+        distribution: ``poisson``, ``geometric`` or ``logarithmic`` (K's law).
+        orders: RDP orders (default: dp-accounting's).
+
+    Returns:
+        The epsilon; inf if any run is not private.
+
+    Raises:
+        ValueError: no runs, a bad distribution, mean < 1 or delta outside (0, 1).
+    """
+    if not runs:
+        raise ValueError("tuning_epsilon needs at least one run")
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {sorted(DISTRIBUTIONS)}, got {distribution!r}")
+    mean = float(len(runs) if mean is None else mean)
+    if not mean >= 1:
+        raise ValueError(f"the mean number of trials must be >= 1, got {mean}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    orders = list(rdp_lib.DEFAULT_RDP_ORDERS if orders is None else orders)
+    worst = np.max([run_rdp(events, relation, orders) for events in runs], axis=0)
+    if not np.all(np.isfinite(worst)):
+        return math.inf
+    best_of = rdp_lib._compute_rdp_repeat_and_select(  # noqa: SLF001
+        orders, worst, mean, DISTRIBUTIONS[distribution]
+    )
+    eps, _ = rdp_lib.compute_epsilon(orders, best_of, delta)
+    return math.inf if eps is None or math.isnan(eps) else float(eps)

@@ -1,0 +1,88 @@
+"""The privacy cost of releasing the best of a random number of runs (Papernot & Steinke 2022)."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting.dp_event import RepeatAndSelectDpEvent
+from dp_accounting.rdp import RdpAccountant
+
+from dpfed.privacy.tuning import tuning_epsilon
+
+ADD_REMOVE = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+ORDERS = [1 + x / 10 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024]
+
+
+def run(noise: float, rounds: int = 100, q: float = 0.05):
+    return [(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(noise)), rounds)]
+
+
+@pytest.mark.parametrize(("distribution", "shape"), [("poisson", math.inf), ("geometric", 1.0),
+                                                     ("logarithmic", 0.0)])  # fmt: skip
+def test_identical_runs_equal_dp_accountings_repeat_and_select_event(distribution, shape):
+    """The public event of dp-accounting on one run's composed releases gives the same number."""
+    events = run(1.0)
+    ours = tuning_epsilon([events] * 10, ADD_REMOVE, 1e-5, distribution=distribution)
+    composed = dp_accounting.ComposedDpEvent([dp_accounting.SelfComposedDpEvent(e, c)
+                                              for e, c in events])  # fmt: skip
+    reference = RdpAccountant(ORDERS, ADD_REMOVE)
+    reference.compose(RepeatAndSelectDpEvent(composed, 10.0, shape))
+    assert ours == pytest.approx(reference.get_epsilon(1e-5), rel=1e-12)
+
+
+def test_geometric_bound_follows_theorem_2_of_the_paper():
+    """Papernot & Steinke (2022), Theorem 2 with eta = 1 (geometric K, gamma = 1/E[K]):
+    eps'(l) = eps(l) + 2 min_lh [(1 - 1/lh) eps(lh) + log(1/gamma)/lh] + log(E[K])/(l - 1),
+    computed here for a Gaussian mechanism, whose RDP is l / (2 sigma^2), with the standard
+    conversion to (epsilon, delta)."""
+    sigma, mean, delta = 5.0, 20.0, 1e-6
+    events = [(dp_accounting.GaussianDpEvent(sigma), 1)]
+    orders = np.array(ORDERS)
+    rdp = orders / (2 * sigma**2)
+    c = 2 * np.min((1 - 1 / orders) * rdp + math.log(mean) / orders)
+    tuned = rdp + c + math.log(mean) / (orders - 1)
+    tuned = np.minimum.accumulate(tuned[::-1])[::-1]  # RDP is monotone in the order
+    # the conversion dp-accounting uses (Canonne, Kamath, Steinke 2020, Proposition 12)
+    usable = orders > 1.01  # below, the conversion is numerically unstable and not used
+    hand = np.min((tuned + np.log1p(-1 / orders) - np.log(delta * orders) / (orders - 1))[usable])
+    ours = tuning_epsilon([events], dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, delta,
+                          mean=mean, distribution="geometric", orders=ORDERS)  # fmt: skip
+    assert ours == pytest.approx(max(hand, 0.0), rel=1e-9)
+
+
+@pytest.mark.parametrize("distribution", ["geometric", "logarithmic"])
+def test_tuning_costs_more_than_one_run_and_grows_with_the_log_of_the_trials(distribution):
+    """Theorem 2: the truncated negative binomial's cost grows with log E[K]."""
+    one = RdpAccountant(ORDERS, ADD_REMOVE)
+    for event, count in run(1.0):
+        one.compose(event, count)
+    single = one.get_epsilon(1e-5)
+    costs = [tuning_epsilon([run(1.0)], ADD_REMOVE, 1e-5, mean=m, distribution=distribution)
+             for m in (10, 100, 1000)]  # fmt: skip
+    assert single < costs[0] < costs[1] < costs[2] < 5 * single
+    steps = np.diff(costs)
+    assert steps[1] < 1.5 * steps[0]  # x10 trials adds about the same each time: log, not linear
+
+
+def test_the_worst_run_sets_the_per_trial_curve():
+    """A sweep over noise: every trial may be the least private run."""
+    low, high = run(0.8), run(2.0)
+    both = tuning_epsilon([low, high], ADD_REMOVE, 1e-5, mean=2)
+    assert both == tuning_epsilon([low, low], ADD_REMOVE, 1e-5, mean=2)
+    assert both > tuning_epsilon([high, high], ADD_REMOVE, 1e-5, mean=2)
+
+
+def test_non_private_runs_and_bad_arguments():
+    non_private = [(dp_accounting.NonPrivateDpEvent(), 1)]
+    assert tuning_epsilon([non_private], ADD_REMOVE, 1e-5) == math.inf
+    for kwargs, match in [({"mean": 0.5}, "mean number of trials"),
+                          ({"distribution": "uniform"}, "distribution must be one of"),
+                          ({"delta": 0.0}, "delta must be in")]:  # fmt: skip
+        args = {"delta": 1e-5, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            tuning_epsilon([run(1.0)], ADD_REMOVE, **args)
+    with pytest.raises(ValueError, match="at least one run"):
+        tuning_epsilon([], ADD_REMOVE, 1e-5)
