@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 # Hydra flags that take a value (the value is not an override)
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}  # fmt: skip
+
+
 def _groups() -> tuple[str, ...]:
     """The config groups: the folders of conf/ (hydra's own aside)."""
     from dpfed.config import CONF

@@ -181,8 +181,11 @@ def dpsgd_step(quick: bool = False) -> dict:
         "workload": f"DP-SGD step / plain SGD step, GRU({units})x2 -> Dense(10), "
         f"{steps}x{features} inputs, batch {batch}",
         **result,
-        "headline": {"reference": "tf_privacy_microbatched", "fast": "ghost_dpsgd",
-                     "target": 1.25},  # fmt: skip
+        "headline": {
+            "reference": "tf_privacy_microbatched",
+            "fast": "ghost_dpsgd",
+            "target": 1.25,
+        },  # fmt: skip
     }
 
 
@@ -270,8 +273,9 @@ def _fedavg(dp: str, quick: bool) -> dict:
         "seconds": times,
         "details": details,
         "ratios": {k: v / central for k, v in times.items() if k not in baselines},
-        "ratios_large_batch": {k: v / times["centralized_large_batch"] for k, v in times.items()
-                               if k not in baselines},  # fmt: skip
+        "ratios_large_batch": {
+            k: v / times["centralized_large_batch"] for k, v in times.items() if k not in baselines
+        },  # fmt: skip
         "headline": {
             "reference": "tff_reference",
             "fast": "vectorized",

@@ -28,7 +28,9 @@ from tests.conftest import ROOT
 SAMPLINGS = ("fixed", "poisson", "shuffle", "cyclic", "records")
 SMALL = ("debug=smoke", "rounds=3", "strategy.eval_every=0", "logger.tensorboard=false",
          "logger.progress=false")  # fmt: skip
-spec = importlib.util.spec_from_file_location("recompute", ROOT / "scripts" / "recompute_epsilon.py")
+spec = importlib.util.spec_from_file_location(
+    "recompute", ROOT / "scripts" / "recompute_epsilon.py"
+)
 recompute = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(recompute)
 

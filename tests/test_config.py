@@ -13,8 +13,17 @@ from tests.conftest import CONF, compose_config
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    for group in ("dataset", "model", "dp", "strategy", "backend", "sim", "logger", "debug",
-                  "experiment")
+    for group in (
+        "dataset",
+        "model",
+        "dp",
+        "strategy",
+        "backend",
+        "sim",
+        "logger",
+        "debug",
+        "experiment",
+    )
 }
 
 

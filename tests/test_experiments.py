@@ -46,7 +46,10 @@ def test_mnist_quick_reproduces_the_tutorials_epsilon_and_dpfeds_conservative_on
     assert len(table) == 1 and table.loc[0, "noise"] == 1.3 and table.loc[0, "epochs"] == 15
     tutorial = table.loc[0, "epsilon, setting=Poisson, add/remove, classic RDP"]
     assert tutorial == pytest.approx(1.19, abs=0.005) == table.loc[0, "tutorial epsilon"]
-    assert table.loc[0, "epsilon, setting=fixed-size (dpfed), replace-one, classic RDP"] > 1.5 * tutorial
+    assert (
+        table.loc[0, "epsilon, setting=fixed-size (dpfed), replace-one, classic RDP"]
+        > 1.5 * tutorial
+    )
 
 
 def test_tff_quick_gives_epsilon_2_at_120_clients_per_round(tmp_path):
@@ -60,7 +63,9 @@ def test_tff_quick_gives_epsilon_2_at_120_clients_per_round(tmp_path):
 def test_privacy_utility_quick_runs_and_tabulates_epsilon_4_and_inf(tmp_path):
     table = reproduce("privacy_utility", tmp_path)
     assert list(table["dataset"]) == ["smart_home"] and list(table["mechanism"]) == ["gaussian"]
-    accuracy = table[["eval/accuracy, epsilon budget=4", "eval/accuracy, epsilon budget=inf"]].iloc[0]
+    accuracy = table[["eval/accuracy, epsilon budget=4", "eval/accuracy, epsilon budget=inf"]].iloc[
+        0
+    ]
     assert ((accuracy > 0) & (accuracy <= 1)).all()
     for kind in ("utility", "epsilon", "curves"):
         for suffix in ("png", "pdf"):

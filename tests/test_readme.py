@@ -93,7 +93,9 @@ def user_table(tmp_path, monkeypatch):
     rows = ["user,time,x1,x2,label"]
     for user in range(60):  # more than the default cohort (50)
         for t in range(60):
-            rows.append(f"u{user},{t},{rng.normal():.4f},{rng.normal():.4f},{int(rng.random() < .5)}")
+            rows.append(
+                f"u{user},{t},{rng.normal():.4f},{rng.normal():.4f},{int(rng.random() < 0.5)}"
+            )
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     monkeypatch.chdir(tmp_path)
 

@@ -99,9 +99,18 @@ def budget_sweep(tmp_path):
     run = tmp_path / "diverged"  # a run whose loss went non-finite: left out, with a note
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- dp=gaussian\n- seed=2\n")
-    (run / "summary.json").write_text(json.dumps({
-        "eval/accuracy": float("nan"), "epsilon": 2.0, "status": "diverged", "budget": 2.0,
-        "diverged_round": 1, "choices": {"dp": "gaussian", "dataset": "smart_home"}}))
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "eval/accuracy": float("nan"),
+                "epsilon": 2.0,
+                "status": "diverged",
+                "budget": 2.0,
+                "diverged_round": 1,
+                "choices": {"dp": "gaussian", "dataset": "smart_home"},
+            }
+        )
+    )
     return tmp_path
 
 

@@ -379,4 +379,9 @@ def test_every_packaged_dataset_runs_with_no_other_override(dataset):
     assert cfg.strategy.clients_per_round == cfg.dataset.default_cohort
     assert 1 <= prepared.plan.sampler.clients_per_round <= prepared.dataset.num_clients
     # an explicit cohort still wins
-    assert compose_config(f"dataset={dataset}", "strategy.clients_per_round=3").strategy.clients_per_round == 3
+    assert (
+        compose_config(
+            f"dataset={dataset}", "strategy.clients_per_round=3"
+        ).strategy.clients_per_round
+        == 3
+    )

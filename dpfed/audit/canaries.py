@@ -258,12 +258,20 @@ class CanaryAudit(Audit):
         final = canary_cosines(self.directions[:m], weights - self.initial, negate=True)
         iterates = self._max_cosines
         return {
-            "audit/epsilon_lower": _estimate(jeffreys_epsilon_lower_bound, final, None, self.delta,
-                                             self.significance / m, dim=self.dim),  # fmt: skip
-            "audit/epsilon_estimate": _estimate(one_shot_epsilon, final, None, self.delta,
-                                                dim=self.dim),  # fmt: skip
-            "audit/epsilon_estimate_iterates": _estimate(one_shot_epsilon, iterates[:m],
-                                                         iterates[m:], self.delta),  # fmt: skip
+            "audit/epsilon_lower": _estimate(
+                jeffreys_epsilon_lower_bound,
+                final,
+                None,
+                self.delta,
+                self.significance / m,
+                dim=self.dim,
+            ),  # fmt: skip
+            "audit/epsilon_estimate": _estimate(
+                one_shot_epsilon, final, None, self.delta, dim=self.dim
+            ),  # fmt: skip
+            "audit/epsilon_estimate_iterates": _estimate(
+                one_shot_epsilon, iterates[:m], iterates[m:], self.delta
+            ),  # fmt: skip
         }
 
     def describe(self) -> dict:

@@ -30,7 +30,6 @@ class Population:
     coupled_records: str | None = None
 
 
-
 class FederatedDataset:
     """The contract of a dataset: per-client train and eval data, shapes and task.
 

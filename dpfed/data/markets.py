@@ -125,10 +125,12 @@ class Markets(RecordedDataset):
             self.task, self.num_classes = "regression", 1
         self._finish()
 
-
     def coupled_records(self) -> str | None:
-        return ("each day's returns appear in several records (lags, overlapping windows and a "
-                "trailing standardization over past days)")
+        return (
+            "each day's returns appear in several records (lags, overlapping windows and a "
+            "trailing standardization over past days)"
+        )
+
     def _examples(self, feats: np.ndarray, nxt: np.ndarray, starts: np.ndarray):
         length = self.seq_len
         x = np.stack([feats[s : s + length] for s in starts]).astype(np.float32)

@@ -123,6 +123,7 @@ class Table(RecordedDataset):
 
     def coupled_records(self) -> str | None:
         return window_coupling(self.seq_len, self.stride, self.standardize)
+
     def _where(self, index: int) -> str:
         """Where row ``index`` (0-based, data rows) is in the file, for messages."""
         if self._csv:

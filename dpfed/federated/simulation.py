@@ -204,6 +204,7 @@ class Simulation:
                 (summary.json says ``diverged`` and the round).
         """
         from dpfed.jobs import RunDiverged
+
         summary = {
             "status": "running",
             "rounds": 0,

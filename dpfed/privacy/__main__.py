@@ -108,8 +108,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "else rdp)")  # fmt: skip
     parser.add_argument("--conversion", choices=("improved", "classic"), default=None,
                         help="RDP to (epsilon, delta) conversion (rdp only; default improved)")  # fmt: skip
-    parser.add_argument("--orders", type=parse_orders, default=None,
-                        help="RDP orders, e.g. 1.1:10.9:0.1,12:63 (default: dp-accounting's)")
+    parser.add_argument(
+        "--orders",
+        type=parse_orders,
+        default=None,
+        help="RDP orders, e.g. 1.1:10.9:0.1,12:63 (default: dp-accounting's)",
+    )
     parser.add_argument("--pld-discretization", type=float, default=None,
                         help="PLD value discretization (pld only; default 1e-4)")  # fmt: skip
     parser.add_argument("--participations", type=int, default=None,
@@ -208,8 +212,11 @@ def compute(args) -> dict:
     try:
         cfg = compose(*args_overrides)
     except Exception as err:  # Hydra's composition errors: a value of a wrong type
-        raise ConfigError("--flags", " ".join(args_overrides),
-                          f"values of the right types ({str(err).splitlines()[0]})") from None
+        raise ConfigError(
+            "--flags",
+            " ".join(args_overrides),
+            f"values of the right types ({str(err).splitlines()[0]})",
+        ) from None
     plan = build_privacy(cfg, population)
     if args.participations is not None and args.participations < 0:
         raise ConfigError("--participations", args.participations, ">= 0")

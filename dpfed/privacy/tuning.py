@@ -58,7 +58,9 @@ def tuning_epsilon(runs: Sequence[Sequence[tuple[dp_accounting.DpEvent, int]]], 
     if not runs:
         raise ValueError("tuning_epsilon needs at least one run")
     if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"distribution must be one of {sorted(DISTRIBUTIONS)}, got {distribution!r}")
+        raise ValueError(
+            f"distribution must be one of {sorted(DISTRIBUTIONS)}, got {distribution!r}"
+        )
     mean = float(len(runs) if mean is None else mean)
     if not mean >= 1:
         raise ValueError(f"the mean number of trials must be >= 1, got {mean}")

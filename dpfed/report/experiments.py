@@ -223,8 +223,11 @@ EXPERIMENTS = {
             columns=("epochs",),
             values=("prefix_sum_rmse", "prefix_sum_max_error", "noise_multiplier"),
             sweeps=MF_ERROR_SWEEPS,
-            quick_sweeps=(("dp=gaussian", "strategy.sampling=shuffle"), ("dp=tree",),
-                          ("dp=bandmf",)),  # fmt: skip
+            quick_sweeps=(
+                ("dp=gaussian", "strategy.sampling=shuffle"),
+                ("dp=tree",),
+                ("dp=bandmf",),
+            ),  # fmt: skip
             accounting_only=True,
             derive=_mf_error,
         ),
@@ -234,12 +237,18 @@ EXPERIMENTS = {
             "delta 1e-5), per mechanism and noise",
             rows=("mechanism", "neighboring", "noise multiplier", "planted noise factor"),
             columns=(),
-            values=("epsilon", "audit/epsilon_lower", "audit/epsilon_estimate",
-                    "audit/epsilon_estimate_iterates", "eval/accuracy"),  # fmt: skip
+            values=(
+                "epsilon",
+                "audit/epsilon_lower",
+                "audit/epsilon_estimate",
+                "audit/epsilon_estimate_iterates",
+                "eval/accuracy",
+            ),  # fmt: skip
             sweeps=AUDIT_SWEEPS,
-            quick_sweeps=(("dp=gaussian", "dp.noise_multiplier=1"),
-                          ("dp=gaussian", "dp.noise_multiplier=1",
-                           "audit.planted_noise_factor=0.1")),  # fmt: skip
+            quick_sweeps=(
+                ("dp=gaussian", "dp.noise_multiplier=1"),
+                ("dp=gaussian", "dp.noise_multiplier=1", "audit.planted_noise_factor=0.1"),
+            ),  # fmt: skip
             derive=_audit,
             plots=("audit",),
         ),

@@ -109,7 +109,9 @@ def test_an_audited_run_reports_its_estimates_beside_epsilon(runtime, tmp_path):
     # records it
     from omegaconf import OmegaConf
 
-    cfg = compose_config("debug=smoke", "logger.tensorboard=false", *AUDIT, "dp.noise_multiplier=1.0")
+    cfg = compose_config(
+        "debug=smoke", "logger.tensorboard=false", *AUDIT, "dp.noise_multiplier=1.0"
+    )
     path = tmp_path / "summary.json"
     path.write_text(json.dumps({**json.loads(path.read_text()),
                                 "config": OmegaConf.to_container(cfg, resolve=True)}))  # fmt: skip

@@ -71,11 +71,13 @@ def assert_same_run(got: pd.DataFrame, want: pd.DataFrame) -> None:
 # ---------------------------------------------------------------------- in process, with TFF
 @pytest.mark.parametrize(
     "overrides",
-    [("dp=adaptive", "dp.clipped_count_stddev=2.0", "dp.initial_clip=0.05"),
-     ("dp=dpsgd", "strategy.sampling=fixed", "dp.user_noise_multiplier=0.5"),
-     ("dp=laplace_local", "dp.seed=null"),
-     ("dp=bandmf", "dp.noise_multiplier=0.5", "strategy.clients_per_round=20"),
-     ("audit=canaries", "audit.inserted=10", "audit.held_out=10")],
+    [
+        ("dp=adaptive", "dp.clipped_count_stddev=2.0", "dp.initial_clip=0.05"),
+        ("dp=dpsgd", "strategy.sampling=fixed", "dp.user_noise_multiplier=0.5"),
+        ("dp=laplace_local", "dp.seed=null"),
+        ("dp=bandmf", "dp.noise_multiplier=0.5", "strategy.clients_per_round=20"),
+        ("audit=canaries", "audit.inserted=10", "audit.held_out=10"),
+    ],
     ids=["adaptive", "dpsgd", "local_secret_seed", "bandmf", "audit"],
 )
 def test_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(runtime, tmp_path, overrides):
@@ -206,7 +208,13 @@ def seeded_queries(seed):
     return {
         "gaussian": SeededGaussianSumQuery(1.0, 2.0, stream_key(seed, "sum")),
         "adaptive": SeededQuantileAdaptiveClipSumQuery(
-            1.0, 2.0, 0.5, 0.2, 1.0, 5.0, sum_key=stream_key(seed, "sum"),
+            1.0,
+            2.0,
+            0.5,
+            0.2,
+            1.0,
+            5.0,
+            sum_key=stream_key(seed, "sum"),
             count_key=stream_key(seed, "clipped_count"),
         ),  # fmt: skip
         "tree": tfp.TreeResidualSumQuery.build_l2_gaussian_query(

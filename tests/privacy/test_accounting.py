@@ -48,7 +48,9 @@ def test_the_pure_accountant_refuses_what_it_cannot_compose_instead_of_skipping_
 def test_the_pure_accountant_composes_laplace_releases_and_their_compositions():
     accountant = Accountant("pure", 1e-5, ADD)
     laplace = dp_accounting.LaplaceDpEvent(4.0)
-    composed = dp_accounting.ComposedDpEvent((laplace, dp_accounting.SelfComposedDpEvent(laplace, 2)))
+    composed = dp_accounting.ComposedDpEvent(
+        (laplace, dp_accounting.SelfComposedDpEvent(laplace, 2))
+    )
     assert accountant.record(laplace) == pytest.approx(0.25)
     assert accountant.record(composed) == pytest.approx(1.0)
     assert accountant.record(dp_accounting.NoOpDpEvent()) == pytest.approx(1.0)
@@ -58,7 +60,9 @@ def test_the_pure_accountant_composes_laplace_releases_and_their_compositions():
 def test_tree_events_need_replace_special_and_are_refused_elsewhere():
     tree = dp_accounting.SingleEpochTreeAggregationDpEvent(2.0, 8)
     assert not Accountant("rdp", 1e-5, REPLACE_ONE).supports(tree)
-    assert not Accountant("pld", 1e-5, dp_accounting.NeighboringRelation.REPLACE_SPECIAL).supports(tree)
+    assert not Accountant("pld", 1e-5, dp_accounting.NeighboringRelation.REPLACE_SPECIAL).supports(
+        tree
+    )
     special = Accountant("rdp", 1e-5, dp_accounting.NeighboringRelation.REPLACE_SPECIAL)
     assert special.record(tree) == pytest.approx(
         independent_epsilon([(tree, 1)], "replace_special"), rel=1e-12

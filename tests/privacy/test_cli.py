@@ -57,9 +57,10 @@ def test_dp_ftrl_stackoverflow_row(capsys):
     assert code == 0 and round(out["epsilon"], 2) == 19.74
 
 
-@pytest.mark.parametrize("sampling,accountant", [("poisson", "rdp"),
-                                                 ("fixed", "rdp"), ("shuffle", "rdp"),
-                                                 ("shuffle", "pld")])
+@pytest.mark.parametrize(
+    "sampling,accountant",
+    [("poisson", "rdp"), ("fixed", "rdp"), ("shuffle", "rdp"), ("shuffle", "pld")],
+)
 def test_noise_then_epsilon_round_trip(capsys, sampling, accountant):
     common = ["--sampling", sampling, *COHORT, "--accountant", accountant]
     code, noise, _ = cli(capsys, "noise", "--epsilon", "3", *common)

@@ -57,7 +57,8 @@ def expected_central(sampling, neighboring, z=Z, rounds=ROUNDS):
     release = dpa.GaussianDpEvent(z / factor(neighboring))
     if sampling == "fixed":
         return independent_epsilon(
-            [(dpa.SampledWithoutReplacementDpEvent(N, M, release), rounds)], "replace_one")
+            [(dpa.SampledWithoutReplacementDpEvent(N, M, release), rounds)], "replace_one"
+        )
     if sampling == "poisson":
         return independent_epsilon([(dpa.PoissonSampledDpEvent(M / N, release), rounds)])
     return independent_epsilon([(release, math.ceil(rounds / (N // M)))], "replace_one")
@@ -123,8 +124,10 @@ def test_andrew_et_al_fixed_cohorts_under_zero_out_give_their_epsilon_5():
     assert strict.epsilon() > 10 * got.epsilon()  # replace-one: the noise counts half
 
 
-@pytest.mark.parametrize("mechanism,release", [("laplace_local", dpa.LaplaceDpEvent),
-                                               ("gaussian_local", dpa.GaussianDpEvent)])
+@pytest.mark.parametrize(
+    "mechanism,release",
+    [("laplace_local", dpa.LaplaceDpEvent), ("gaussian_local", dpa.GaussianDpEvent)],
+)
 @pytest.mark.parametrize("sampling", list(ALLOWED))
 @pytest.mark.parametrize("neighboring", [*RELATIONS, None])
 def test_local_dp_composes_one_release_per_participation(mechanism, release, sampling,
@@ -150,8 +153,9 @@ def test_laplace_local_with_the_pure_accountant_is_two_over_z_per_participation(
     assert got.epsilon(participations=3) == pytest.approx(3 * 2 / 10)
 
 
-@pytest.mark.parametrize("neighboring,accounted", [("replace_one", Z / 2), ("zero_out", Z),
-                                                   (None, Z / 2)])
+@pytest.mark.parametrize(
+    "neighboring,accounted", [("replace_one", Z / 2), ("zero_out", Z), (None, Z / 2)]
+)
 @pytest.mark.parametrize("local_epochs", [1, 2])
 def test_dpsgd_in_clients_accounts_local_epochs_releases_per_participation(neighboring, accounted,
                                                                            local_epochs):  # fmt: skip
@@ -174,7 +178,8 @@ def test_audit_case_record_level_epsilon_is_the_replace_one_one():
     """z=1, 2 local epochs, 10 participations: 48.8 where the first version reported 30.1."""
     got = plan("dp=dpsgd", "dp.noise_multiplier=1", "strategy.local_epochs=2")
     assert got.epsilon("epsilon_record", participations=10) == pytest.approx(
-        independent_epsilon([(dpa.GaussianDpEvent(0.5), 20)]), rel=1e-9)
+        independent_epsilon([(dpa.GaussianDpEvent(0.5), 20)]), rel=1e-9
+    )
     assert got.epsilon("epsilon_record", participations=10) > 45
 
 
@@ -235,10 +240,17 @@ def test_accountants_that_cannot_compose_a_mechanism_are_refused_at_build(overri
     assert err.value.key == key
 
 
-@pytest.mark.parametrize("overrides", [("strategy.sampling=poisson",),
-                                       ("strategy.sampling=fixed",), ("dp=tree",),
-                                       ("dp=dpsgd",), ("dp=laplace_local", "dp.accountant=rdp"),
-                                       ("strategy=centralized", "strategy.batch_size=60")])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("strategy.sampling=poisson",),
+        ("strategy.sampling=fixed",),
+        ("dp=tree",),
+        ("dp=dpsgd",),
+        ("dp=laplace_local", "dp.accountant=rdp"),
+        ("strategy=centralized", "strategy.batch_size=60"),
+    ],
+)
 def test_calibration_reaches_the_target_from_below_and_round_trips(overrides):
     population = Population(N, lambda clients: 30 * len(clients), 24)
     got = plan(*overrides, "dp.target_epsilon=2", population=population)
@@ -254,9 +266,14 @@ def test_unreachable_target_is_refused():
              f"strategy.clients_per_round={N}")  # fmt: skip
 
 
-@pytest.mark.parametrize("overrides", [("dp=none", "dp.max_epsilon=2"),
-                                       ("dp.noise_multiplier=0", "dp.max_epsilon=2"),
-                                       ("dp=none", "dp.target_epsilon=2")])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("dp=none", "dp.max_epsilon=2"),
+        ("dp.noise_multiplier=0", "dp.max_epsilon=2"),
+        ("dp=none", "dp.target_epsilon=2"),
+    ],
+)
 def test_budgets_without_anything_private_are_refused(overrides):
     with pytest.raises(ConfigError, match=r"dp\.(max|target)_epsilon"):
         plan(*overrides)

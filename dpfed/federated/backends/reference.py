@@ -218,6 +218,7 @@ class ReferenceBackend(ClientBackend):
         if parts.local is None:
             return build(model_fn, optimizer, strategy.server_optimizer,
                          model_aggregator=parts.aggregator)  # fmt: skip
+
         # Local DP: FedAvg's composition, with the randomizer after TFF's client work.
         @tff.tensorflow.computation()
         def initial_model_weights_fn():

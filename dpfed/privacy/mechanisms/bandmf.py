@@ -28,8 +28,8 @@ from dpfed.privacy.mechanisms.base import (
     check_noise,
     finite_clip,
 )
-from dpfed.privacy.neighboring import Neighboring, sensitivity_factor
 from dpfed.privacy.mechanisms.gaussian import prefix_sum_errors
+from dpfed.privacy.neighboring import Neighboring, sensitivity_factor
 from dpfed.privacy.plan import Account
 
 
@@ -250,8 +250,10 @@ class BandMFMechanism(Mechanism):
         strategy = self.strategy(ctx)
         sens = float(self.epoch_sensitivities(ctx)[-1])
         rmse = mf.toeplitz_prefix_sum_error(strategy.coefficients, ctx.rounds, "rmse")
-        unit = {"rmse": rmse,
-                "max": mf.toeplitz_prefix_sum_error(strategy.coefficients, ctx.rounds, "max")}
+        unit = {
+            "rmse": rmse,
+            "max": mf.toeplitz_prefix_sum_error(strategy.coefficients, ctx.rounds, "max"),
+        }
         return {"clip": self.clip, "factorization": str(self.factorization),
                 "bands": self.bands_for(ctx) if strategy.stream == "banded" else None,
                 "buffers": strategy.state_size if strategy.stream == "blt" else None,

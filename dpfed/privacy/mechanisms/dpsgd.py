@@ -104,7 +104,9 @@ class DPSGDMechanism(Mechanism):
         out = {"clip": self.user_clip if user_z else None, "user_noise_multiplier": user_z,
                "example_noise_multiplier": example_z, "example_clip": self.clip}  # fmt: skip
         if plan.population.coupled_records:
-            out["record_note"] = f"a record is one window as released; {plan.population.coupled_records}"
+            out["record_note"] = (
+                f"a record is one window as released; {plan.population.coupled_records}"
+            )
         return out
 
 

@@ -67,6 +67,7 @@ class LocalMechanism(Mechanism):
         return {"clip": self.clip, "clip_norm": self.norm, "local": True,
                 "epsilon_per_participation": one}  # fmt: skip
 
+
 class LaplaceLocalMechanism(LocalMechanism):
     """Local DP with L1 clipping and Laplace noise: pure ``2 / z`` per participation (replace-one)."""
 
@@ -75,6 +76,7 @@ class LaplaceLocalMechanism(LocalMechanism):
     def release(self, accounted_noise_multiplier: float) -> dp_accounting.DpEvent:
         return dp_accounting.LaplaceDpEvent(accounted_noise_multiplier)
 
+
 class GaussianLocalMechanism(LocalMechanism):
     """Local DP with L2 clipping and Gaussian noise, (epsilon, delta) per client."""
 
@@ -82,6 +84,7 @@ class GaussianLocalMechanism(LocalMechanism):
 
     def release(self, accounted_noise_multiplier: float) -> dp_accounting.DpEvent:
         return dp_accounting.GaussianDpEvent(accounted_noise_multiplier)
+
 
 @dataclass
 class LaplaceLocalConfig(NoisyConfig):
@@ -96,6 +99,7 @@ class LaplaceLocalConfig(NoisyConfig):
     clip: float = 1.0
     accountant: AccountantKind = AccountantKind.pure
 
+
 @dataclass
 class GaussianLocalConfig(NoisyConfig):
     """Local DP: each client clips its update in L2 and adds Gaussian noise itself.
@@ -106,5 +110,6 @@ class GaussianLocalConfig(NoisyConfig):
 
     _target_: str = "dpfed.privacy.mechanisms.local.GaussianLocalMechanism"
     clip: float = 1.0
+
 
 CONFIGS = {"laplace_local": LaplaceLocalConfig, "gaussian_local": GaussianLocalConfig}
