@@ -129,7 +129,11 @@ def plot_curves(root, y: str, out) -> list[Path]:
     data["dataset"] = data["run"].map(frame["dataset"])
     budgets = frame["budget"].map(lambda b: "" if not math.isfinite(b) else f", eps {b:g}")
     swept = frame.get("override/dp.target_epsilon") is not None
-    data["mechanism"] = data["run"].map(frame["mechanism"] + (budgets if swept else ""))
+    series = frame["mechanism"]
+    strategies = frame.get("choice/strategy")
+    if strategies is not None and strategies.nunique() > 1:  # e.g. the communication table
+        series = strategies if series.nunique() == 1 else strategies + ", " + series
+    data["mechanism"] = data["run"].map(series + (budgets if swept else ""))
     if y == "epsilon":  # non-private runs have no curve to draw
         data = data[data["run"].map(frame["mechanism"]) != "none"]
     ylabel = privacy_axis(frame) if y == "epsilon" else y

@@ -19,10 +19,14 @@ google-research/federated, ``one_shot_epe/``), built into the run:
 
   * ``audit/epsilon_lower``: a lower bound on epsilon that holds with probability
     at least ``1 - audit.significance``: threshold tests on the final-model
-    statistic, the false-negative rate bounded by a one-sided Jeffreys interval,
-    the false-positive rate exact (a random direction's cosine with a fixed
-    vector), and a Bonferroni correction over the ``inserted`` thresholds tried
-    (the reference code makes none);
+    statistic, the false-negative rate bounded by a one-sided Clopper-Pearson
+    interval (exact; the reference's Jeffreys interval can undercover), the
+    false-positive rate from the null of a random direction's cosine with a fixed
+    vector (N(0, 1/d), whose tail is heavier than the exact one for d >= 1000),
+    and a Bonferroni correction over the ``inserted`` thresholds tried (the
+    reference code makes none). The binomial interval treats the canaries'
+    scores as independent; they share the model's noise and, with fixed or
+    shuffled cohorts, weakly coupled participation, which the bound ignores;
   * ``audit/epsilon_estimate``: the paper's one-shot estimate from the final
     model, a Gaussian fit to the inserted canaries' cosines against that exact null;
   * ``audit/epsilon_estimate_iterates``: the one-shot estimate from all iterates,
@@ -41,13 +45,14 @@ plants exactly that bug, as a control).
 from __future__ import annotations
 
 import collections
+import hashlib
 import math
 from dataclasses import replace
 
 import numpy as np
 
 from dpfed.audit.base import Audit, with_noise_factor
-from dpfed.audit.estimators import canary_cosines, jeffreys_epsilon_lower_bound, one_shot_epsilon
+from dpfed.audit.estimators import canary_cosines, one_shot_epsilon, threshold_epsilon_lower_bound
 from dpfed.errors import ConfigError, check
 from dpfed.privacy.noise import position_seed, stream_key
 
@@ -255,17 +260,21 @@ class CanaryAudit(Audit):
     def estimates(self, weights: np.ndarray) -> dict:
         """The audit's epsilons for a model with ``weights`` (after the rounds seen so far)."""
         m = self.inserted
-        final = canary_cosines(self.directions[:m], weights - self.initial, negate=True)
+        moved = weights - self.initial
+        if not np.any(moved):  # nothing released moved the model: no statistic to test
+            return dict.fromkeys(COLUMNS[1:], math.nan)
+        final = canary_cosines(self.directions[:m], moved, negate=True)
         iterates = self._max_cosines
         return {
             "audit/epsilon_lower": _estimate(
-                jeffreys_epsilon_lower_bound,
+                threshold_epsilon_lower_bound,
                 final,
                 None,
                 self.delta,
                 self.significance / m,
                 dim=self.dim,
-            ),  # fmt: skip
+                interval="clopper_pearson",
+            ),
             "audit/epsilon_estimate": _estimate(
                 one_shot_epsilon, final, None, self.delta, dim=self.dim
             ),  # fmt: skip
@@ -285,9 +294,23 @@ class CanaryAudit(Audit):
             "audit_planted_noise_factor": self.planted_noise_factor,
         }
 
+    def _initial_digest(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.initial).tobytes()).hexdigest()
+
     def state_dict(self) -> dict:
-        return {"max_cosines": [float(c) for c in self._max_cosines]}
+        return {"max_cosines": [float(c) for c in self._max_cosines],
+                "initial_model_sha256": self._initial_digest()}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
+        """Restores the statistics; the initial model must be the checkpointed run's.
+
+        Raises:
+            RuntimeError: this process's initial model differs from the one the
+                audit measured from (the final-model statistic would be wrong).
+        """
         if "max_cosines" in state:
             self._max_cosines = np.asarray(state["max_cosines"], np.float64)
+        saved = state.get("initial_model_sha256")
+        if saved is not None and saved != self._initial_digest():
+            raise RuntimeError("the resumed run's initial model differs from the checkpointed "
+                               "run's: the audit's statistics cannot be continued")  # fmt: skip

@@ -36,6 +36,7 @@ __all__ = [
     "one_run_audit",
     "one_run_epsilon_lower_bound",
     "one_shot_epsilon",
+    "threshold_epsilon_lower_bound",
 ]
 
 # Dimension from which the exact null distribution of the cosine between a fixed vector and a
@@ -598,15 +599,31 @@ def _jeffreys_upper(k: np.ndarray, n: int, significance: float) -> np.ndarray:
     return stats.beta.ppf(1.0 - significance, k + 0.5, n - k + 0.5)
 
 
-def jeffreys_epsilon_lower_bound(
+def _clopper_pearson_upper(k: np.ndarray, n: int, significance: float) -> np.ndarray:
+    """One-sided Clopper-Pearson (exact) upper confidence bound on a binomial rate from k of n.
+
+    Conservative: it covers with probability at least ``1 - significance`` for
+    every rate, where Jeffreys' interval can undercover.
+    """
+    k = np.asarray(k)
+    with np.errstate(invalid="ignore"):
+        upper = stats.beta.ppf(1.0 - significance, k + 1, np.maximum(n - k, 1))
+    return np.where(k >= n, 1.0, upper)
+
+
+_UPPER_BOUNDS = {"jeffreys": _jeffreys_upper, "clopper_pearson": _clopper_pearson_upper}
+
+
+def threshold_epsilon_lower_bound(
     observed_scores: ArrayLike,
     unobserved_scores: ArrayLike | None,
     delta: float,
     significance: float = 0.05,
     *,
     dim: int | None = None,
+    interval: str = "jeffreys",
 ) -> float:
-    """Epsilon lower bound from threshold tests on canary scores, with Jeffreys intervals.
+    """Epsilon lower bound from threshold tests on canary scores, with binomial intervals.
 
     The classic membership-test bound (Jagielski, Ullman, Oprea, "Auditing differentially
     private machine learning", NeurIPS 2020) as used by Andrew et al. (ICLR 2024) for
@@ -624,6 +641,9 @@ def jeffreys_epsilon_lower_bound(
         delta: delta of the DP claim under test, in (0, 1).
         significance: level of each one-sided interval, in (0, 0.5).
         dim: model dimension, only (and then required) when ``unobserved_scores`` is None.
+        interval: ``jeffreys`` (the reference's; can undercover) or ``clopper_pearson``
+            (exact, conservative: the bound then holds with probability at least
+            ``1 - significance`` per threshold for independent scores).
 
     Returns:
         The epsilon lower bound; 0.0 if nothing can be certified.
@@ -635,6 +655,9 @@ def jeffreys_epsilon_lower_bound(
     observed = _check_scores(observed_scores, "observed_scores")
     delta = _check_probability(delta, "delta")
     significance = _check_probability(significance, "significance", upper=0.5)
+    if interval not in _UPPER_BOUNDS:
+        raise ValueError(f"interval must be one of {sorted(_UPPER_BOUNDS)}, got {interval!r}.")
+    upper = _UPPER_BOUNDS[interval]
     n_seen = observed.size
 
     if unobserved_scores is None:
@@ -645,7 +668,7 @@ def jeffreys_epsilon_lower_bound(
         # only the strictly smaller observed scores as false negatives.
         thresholds = np.sort(observed)
         log_fpr = _cosine_null_logsf(thresholds, dim)
-        fnr = _jeffreys_upper(np.arange(n_seen), n_seen, significance)
+        fnr = upper(np.arange(n_seen), n_seen, significance)
         return _epsilon_from_rates(log_fpr, fnr, delta)
 
     if dim is not None:
@@ -659,6 +682,10 @@ def jeffreys_epsilon_lower_bound(
     order = np.lexsort((is_seen, pooled))
     seen_below = np.concatenate([[0], np.cumsum(is_seen[order])])
     unseen_below = np.arange(pooled.size + 1) - seen_below
-    fpr = _jeffreys_upper(n_unseen - unseen_below, n_unseen, significance)
-    fnr = _jeffreys_upper(seen_below, n_seen, significance)
+    fpr = upper(n_unseen - unseen_below, n_unseen, significance)
+    fnr = upper(seen_below, n_seen, significance)
     return _epsilon_from_rates(np.log(fpr), fnr, delta)
+
+
+# The reference's name (Jeffreys intervals are its default).
+jeffreys_epsilon_lower_bound = threshold_epsilon_lower_bound

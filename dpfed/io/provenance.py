@@ -59,6 +59,10 @@ def result_line(summary: dict, output_dir: str) -> str:
     for extra in ("epsilon_record",):
         if summary.get(extra) is not None:
             parts.append(f"{extra} {summary[extra]:.3g}")
+    lower = summary.get("audit/epsilon_lower")
+    if lower is not None:
+        confidence = 1 - summary.get("audit_significance", 0.05)
+        parts.append(f"audit: epsilon >= {lower:.3g} ({confidence:.0%} confidence)")
     parts.append(f"{summary['rounds']} rounds ({summary['status']})")
     parts.append(output_dir)
     return "dpfed: " + " | ".join(parts)

@@ -31,6 +31,13 @@ STYLES = {
     "laplace_local": ("#7f7f7f", "<", "--"),
     "gaussian_local": ("#bcbd22", ">", "-."),
     "input_noise": ("#17becf", "*", ":"),
+    # strategies, for figures whose series are strategies (communication)
+    "fedavg": ("#1f77b4", "o", "-"),
+    "fedprox": ("#ff7f0e", "s", "--"),
+    "fedadam": ("#2ca02c", "^", "-."),
+    "fedyogi": ("#d62728", "D", ":"),
+    "fedsgd": ("#9467bd", "v", "-"),
+    "centralized": ("#8c564b", "P", "--"),
 }
 _EXTRA = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
 

@@ -142,3 +142,40 @@ def test_the_audit_finds_a_planted_noise_bug(runtime, tmp_path):
     assert planted["audit_planted_noise_factor"] == 0.1
     assert honest["audit/epsilon_lower"] < honest["epsilon"] < planted["audit/epsilon_lower"]
     assert planted["audit/epsilon_estimate"] > planted["epsilon"]
+
+
+def test_the_vectorized_backend_audits_the_same_run(runtime, tmp_path):
+    """Canaries enter the same DP query when users train in lockstep (UserLevelQuery)."""
+    _, reference, _ = run_in_process(tmp_path / "reference", *AUDIT, "dp.noise_multiplier=1.0")
+    _, vectorized, _ = run_in_process(tmp_path / "vectorized", *AUDIT, "dp.noise_multiplier=1.0",
+                                      "backend=vectorized")  # fmt: skip
+    for key in ("audit/epsilon_lower", "audit/epsilon_estimate", "audit/epsilon_estimate_iterates"):
+        assert vectorized[key] == pytest.approx(reference[key], rel=1e-3, abs=1e-6)
+
+
+def test_clopper_pearson_bound_is_below_jeffreys_and_a_still_model_proves_nothing():
+    from dpfed.audit.canaries import CanaryAudit
+    from dpfed.audit.estimators import threshold_epsilon_lower_bound
+
+    scores = np.linspace(0.02, 0.06, 40)
+    args = (scores, None, 1e-5, 0.05 / 40)
+    exact = threshold_epsilon_lower_bound(*args, dim=20_000, interval="clopper_pearson")
+    jeffreys = threshold_epsilon_lower_bound(*args, dim=20_000, interval="jeffreys")
+    assert 0 < exact < jeffreys
+    audit = CanaryAudit(inserted=3, held_out=2)
+    audit.initial = np.ones(10)
+    assert all(math.isnan(v) for v in audit.estimates(np.ones(10)).values())
+
+
+def test_the_last_line_of_an_audited_run_names_the_bound():
+    from dpfed.io.provenance import result_line
+
+    summary = {"epsilon": 2.03, "delta": 1e-5, "unit": "user", "neighboring": "add_remove",
+               "accountant": "rdp", "rounds": 10, "status": "completed",
+               "audit/epsilon_lower": 0.1777, "audit_significance": 0.05}  # fmt: skip
+    line = result_line(summary, "out")
+    assert (
+        "epsilon 2.03 at delta 1e-05" in line and "audit: epsilon >= 0.178 (95% confidence)" in line
+    )
+    del summary["audit/epsilon_lower"]
+    assert "audit" not in result_line(summary, "out")

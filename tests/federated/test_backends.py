@@ -128,6 +128,7 @@ def assert_same_round(reference, vectorized):
         ("dataset=health", "dataset.labels=every_step", "model.outputs=every_step",
          "dp=per_layer", "dp.noise_multiplier=0.5", "dp.clip=0.01"),
         ("dp=tree", "dp.noise_multiplier=0.5"),
+        ("dp=bandmf", "dp.noise_multiplier=0.5", "strategy.clients_per_round=10"),
         ("dp=laplace_local", "dp.noise_multiplier=5", "dp.clip=0.05"),  # seeded per client
         ("strategy=fedadam", "dp=none"),  # TFF's server optimizer state carries over
         ("dp=dpsgd", "dp.noise_multiplier=0", "dp.clip=0.05", "strategy.local_epochs=2"),
@@ -135,12 +136,14 @@ def assert_same_round(reference, vectorized):
          "strategy.client_optimizer.momentum=0.5", "dp.user_noise_multiplier=0.5"),
         ("dp=dpsgd", "dataset=shakespeare", "model.units=[8]", "dp.noise_multiplier=1"),
     ],
-    ids=["weighted-momentum", "regression-every-step", "per-layer", "tree", "local", "fedadam",
+    ids=["weighted-momentum", "regression-every-step", "per-layer", "tree", "bandmf", "local",
+         "fedadam",
          "dpsgd-binding-clip", "dpsgd-noise-fedprox-user-level", "dpsgd-text"],
 )  # fmt: skip
 def test_a_round_is_the_reference_round(runtime, overrides):
     server = () if "strategy=fedadam" in overrides else PLAIN_SERVER
-    cohorts = () if "dp=tree" in overrides else FIXED  # the tree draws shuffled epochs
+    # tree and bandmf draw their own epochs (shuffled, cyclic)
+    cohorts = () if {"dp=tree", "dp=bandmf"} & set(overrides) else FIXED
     reference = first_rounds(*cohorts, *overrides, server=server, rounds=2)
     vectorized = first_rounds(*cohorts, *overrides, *VECTORIZED, server=server, rounds=2)
     assert change(reference) > 1e-3
