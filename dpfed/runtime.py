@@ -93,8 +93,12 @@ def worker_processes() -> list[psutil.Process]:
     return found
 
 
-def reap_workers(timeout: float = 5.0) -> int:
-    """Stops every ``worker_binary`` this process started; returns how many."""
+def reap_workers(timeout: float = 1.0) -> int:
+    """Stops every ``worker_binary`` this process started; returns how many.
+
+    SIGTERM first; a worker still alive after ``timeout`` seconds (a busy one can
+    take several) gets SIGKILL: it holds no state dpfed needs.
+    """
     workers = worker_processes()
     for proc in workers:
         with contextlib.suppress(psutil.Error):

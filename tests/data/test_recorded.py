@@ -501,7 +501,7 @@ def test_smoke_configs_build_their_datasets(overrides, clients):
 
 def test_too_large_cohort_for_a_small_population_names_the_key():
     with pytest.raises(ConfigError) as err:
-        build_simulation(compose_config("dataset=watch"))
+        build_simulation(compose_config("dataset=watch", "strategy.clients_per_round=50"))
     assert err.value.key == "strategy.clients_per_round" and "10" in str(err.value)
 
 
