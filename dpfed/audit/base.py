@@ -36,8 +36,8 @@ class Audit:
         """The mechanism's parts with the audit's additions (here: unchanged)."""
         return parts
 
-    def start(self, process, state, first_round: int) -> None:
-        """Called once before the first round this process runs (also after resuming)."""
+    def start(self, process, state) -> None:
+        """Called once with the process's initial state, before any round (also when resuming)."""
 
     def split(self, cohort: list[str]) -> tuple[list[str], list[int]]:
         """The real clients of a sampled cohort, and the audit's own among them."""

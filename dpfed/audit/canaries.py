@@ -217,7 +217,7 @@ class CanaryAudit(Audit):
                        aggregator=tff.aggregators.DifferentiallyPrivateFactory(query))  # fmt: skip
 
     # ------------------------------------------------------------------ run
-    def start(self, process, state, first_round: int) -> None:
+    def start(self, process, state) -> None:
         import tensorflow as tf
 
         self.process = process

@@ -186,9 +186,10 @@ class Simulation:
             **mechanism_metrics,
             **dict.fromkeys(self.audit.columns),
         }
-        if self._due_for_eval(round_num):
+        evaluate = self._due_for_eval(round_num)
+        if evaluate:
             row.update(self.evaluate(state))
-        row.update(self.audit.after_round(state, round_num, self._due_for_eval(round_num)))
+        row.update(self.audit.after_round(state, round_num, evaluate))
         return state, row
 
     def run(self, writer, extra_summary: dict | None = None, resume_command: str = "") -> dict:
@@ -224,7 +225,7 @@ class Simulation:
                         "meaningful budget", self.epsilon_planned)  # fmt: skip
         state = self.process.initialize()
         self._bytes_per_client = self._model_bytes(state)
-        self.audit.start(self.process, state, 1)
+        self.audit.start(self.process, state)
         first = 1
         if self.checkpoints is not None and self.checkpoints.round > 0:
             state, summary = self.restore(state, summary, writer, extra_summary or {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -134,8 +135,6 @@ def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson") ->
         or ``error`` where the runs cannot be combined (other accountants, deltas
         or relations).
     """
-    import math
-
     from dpfed.privacy.accounting import event_from_dict
     from dpfed.privacy.neighboring import RELATIONS_BY_NAME
     from dpfed.privacy.tuning import tuning_epsilon

@@ -27,8 +27,8 @@ from dpfed.privacy.mechanisms.base import (
     check_clip,
     check_noise,
     finite_clip,
+    prefix_sum_errors,
 )
-from dpfed.privacy.mechanisms.gaussian import prefix_sum_errors
 from dpfed.privacy.neighboring import Neighboring, sensitivity_factor
 from dpfed.privacy.plan import Account
 
@@ -249,11 +249,11 @@ class BandMFMechanism(Mechanism):
         per_epoch, participations, separation = self.pattern(ctx)
         strategy = self.strategy(ctx)
         sens = float(self.epoch_sensitivities(ctx)[-1])
-        rmse = mf.toeplitz_prefix_sum_error(strategy.coefficients, ctx.rounds, "rmse")
-        unit = {
-            "rmse": rmse,
-            "max": mf.toeplitz_prefix_sum_error(strategy.coefficients, ctx.rounds, "max"),
-        }
+
+        def unit_error(kind: str) -> float:
+            return mf.toeplitz_prefix_sum_error(strategy.coefficients, ctx.rounds, kind)
+
+        rmse = unit_error("rmse")
         return {"clip": self.clip, "factorization": str(self.factorization),
                 "bands": self.bands_for(ctx) if strategy.stream == "banded" else None,
                 "buffers": strategy.state_size if strategy.stream == "blt" else None,
@@ -261,7 +261,7 @@ class BandMFMechanism(Mechanism):
                 "participations": participations, "min_separation": separation,
                 "rounds_per_epoch": per_epoch, "factorization_sensitivity": sens,
                 "prefix_sum_rmse_per_noise_multiplier": sens * rmse,
-                **prefix_sum_errors(plan.noise_multiplier, unit)}  # fmt: skip
+                **prefix_sum_errors(plan.noise_multiplier, unit_error)}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=64)

@@ -234,6 +234,17 @@ def central_account(ctx: PlanContext, noise_multiplier: float, column: str = "ep
                    noise_multiplier, factor)  # fmt: skip
 
 
+def prefix_sum_errors(noise_multiplier: float, unit_error: Callable[[str], float]) -> dict:
+    """The noise of the released prefix sums, per coordinate in units of the clip.
+
+    ``unit_error(kind)`` is the error for unit noise, ``kind`` ``rmse`` (over
+    rounds) or ``max``; the mechanism's noise std is ``noise_multiplier * clip``.
+    Comparable across mechanisms at equal epsilon (the ``mf_error`` experiment).
+    """
+    return {"prefix_sum_rmse": noise_multiplier * unit_error("rmse"),
+            "prefix_sum_max_error": noise_multiplier * unit_error("max")}  # fmt: skip
+
+
 def central_parts(query, plan, **parts) -> MechanismParts:
     """Parts of a mechanism whose release is ``query``'s sum divided by the expected cohort.
 

@@ -14,6 +14,7 @@ from dpfed.privacy.mechanisms.base import (
     check_clip,
     check_noise,
     finite_clip,
+    prefix_sum_errors,
 )
 from dpfed.privacy.plan import Account
 
@@ -60,20 +61,9 @@ class GaussianMechanism(Mechanism):
         from dpfed.privacy import factorization as mf
 
         # independent noise every round: C = I in the matrix-factorization view
-        unit = {kind: mf.toeplitz_prefix_sum_error([1.0], plan.rounds, kind)
-                for kind in ("rmse", "max")}  # fmt: skip
-        return {"clip": self.clip, **prefix_sum_errors(plan.noise_multiplier, unit)}
-
-
-def prefix_sum_errors(noise_multiplier: float, unit: dict) -> dict:
-    """The noise of the released prefix sums, per coordinate in units of the clip.
-
-    ``unit`` holds the errors (``rmse`` over rounds, ``max``) for unit noise; the
-    mechanism's noise std is ``noise_multiplier * clip``. Comparable across
-    mechanisms at equal epsilon (the ``mf_error`` experiment).
-    """
-    return {"prefix_sum_rmse": noise_multiplier * unit["rmse"],
-            "prefix_sum_max_error": noise_multiplier * unit["max"]}  # fmt: skip
+        errors = prefix_sum_errors(plan.noise_multiplier,
+                                   lambda kind: mf.toeplitz_prefix_sum_error([1.0], plan.rounds, kind))  # fmt: skip
+        return {"clip": self.clip, **errors}
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dpfed.privacy.mechanisms.base import (
     check_clip,
     check_noise,
     finite_clip,
+    prefix_sum_errors,
 )
 from dpfed.privacy.neighboring import Neighboring, Relation, sensitivity_factor
 from dpfed.privacy.plan import Account
@@ -92,16 +93,15 @@ class TreeMechanism(Mechanism):
 
     def describe(self, plan) -> dict:
         from dpfed.privacy import factorization as mf
-        from dpfed.privacy.mechanisms.gaussian import prefix_sum_errors
 
         period = plan.sampler.rounds_per_epoch
         out = {"clip": self.clip, "restart_period": period}
         if plan.rounds % period == 0:  # whole epochs: one tree per epoch
             epochs = plan.rounds // period
             scale = math.sqrt(mf.tree_sensitivity_squared(plan.rounds, epochs))
-            unit = {kind: mf.tree_prefix_sum_error(plan.rounds, kind, epochs) / scale
-                    for kind in ("rmse", "max")}  # fmt: skip
-            out.update(prefix_sum_errors(plan.noise_multiplier, unit))
+            out.update(prefix_sum_errors(
+                plan.noise_multiplier,
+                lambda kind: mf.tree_prefix_sum_error(plan.rounds, kind, epochs) / scale))  # fmt: skip
         return out
 
 
