@@ -9,8 +9,9 @@ figure (`dpfed.report.figures.STYLES`), mean ± std over seeds:
   the trivial predictor as labelled horizontal lines;
 - ``epsilon``: epsilon against rounds per mechanism;
 - ``curves``: learning curves, held-out accuracy against rounds per mechanism and budget;
-- ``audit``: runs with ``audit=canaries``: the audit's lower bound and one-shot
-  estimate against the accountant's epsilon, planted-bug runs marked;
+- ``audit``: runs with ``audit=canaries`` or ``audit=canary_gradients``: the audit's
+  lower bound (the largest of its bounds) and one-shot estimate (canary clients)
+  against the accountant's epsilon, planted-bug runs marked;
 - or any ``--x`` / ``--y`` pair of metrics.csv columns, one line per run,
   labelled by the overrides that differ between runs.
 """
@@ -144,8 +145,10 @@ def plot_audit(root, out) -> list[Path]:
     """The audit's epsilons against the accountant's, per mechanism (runs with canaries)."""
     frame = labelled_runs(root)
     if "audit/epsilon_lower" not in frame.columns:
-        raise FileNotFoundError(f"no run with audit=canaries under {root}")
-    frame = frame[frame["audit/epsilon_lower"].notna()].copy()
+        raise FileNotFoundError(f"no audited run (audit=canaries or canary_gradients) under {root}")
+    bounds = [c for c in ("audit/epsilon_lower", "audit/epsilon_lower_iterates") if c in frame]
+    frame = frame.assign(bound=frame[bounds].max(axis=1))  # every bound holds together
+    frame = frame[frame["bound"].notna()].copy()
     frame["planted"] = frame.get("audit_planted_noise_factor", 1.0).fillna(1.0)
     return audit_figure(frame, out, xlabel=privacy_axis(frame).replace("\n", " "))
 

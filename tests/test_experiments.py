@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -88,12 +89,22 @@ def test_communication_quick_counts_bytes_per_strategy(tmp_path):
 
 
 def test_audit_quick_tabulates_the_bound_and_catches_the_planted_bug(tmp_path):
-    table = reproduce("audit", tmp_path).set_index("planted noise factor")
-    assert sorted(table.index) == [0.1, 1.0]
-    assert set(table["neighboring"]) == {"zero_out"} and set(table["mechanism"]) == {"gaussian"}
-    honest, planted = table.loc[1.0], table.loc[0.1]
-    assert honest["epsilon"] == planted["epsilon"]  # the accountant is told the same noise
-    assert honest["audit/epsilon_lower"] < honest["epsilon"] < planted["audit/epsilon_lower"]
+    """Canary clients (gaussian) and canary records (centralized DP-SGD), each honest and with
+    a tenth of the noise the accountant is told: the bound is below the claimed epsilon in the
+    honest run and above it in the planted one."""
+    table = reproduce("audit", tmp_path).set_index(["audit", "planted noise factor"])
+    assert sorted(table.index) == [("canary clients", 0.1), ("canary clients", 1.0),
+                                   ("canary records", 0.1), ("canary records", 1.0)]  # fmt: skip
+    assert set(table["neighboring"]) == {"zero_out"}
+    assert set(table["mechanism"]) == {"gaussian", "dpsgd"}
+    for audit, bounds in (("canary clients", ["audit/epsilon_lower"]),
+                          ("canary records", ["audit/epsilon_lower",
+                                              "audit/epsilon_lower_iterates"])):  # fmt: skip
+        honest, planted = table.loc[(audit, 1.0)], table.loc[(audit, 0.1)]
+        assert honest["epsilon"] == planted["epsilon"]  # the accountant is told the same noise
+        assert max(honest[b] for b in bounds) < honest["epsilon"], audit
+        assert max(planted[b] for b in bounds) > planted["epsilon"], audit
+    assert np.isnan(table.loc[("canary records", 1.0), "audit/epsilon_estimate"])
     for suffix in ("png", "pdf"):
         assert (tmp_path / "figures" / f"audit_quick_audit.{suffix}").stat().st_size
 

@@ -1,7 +1,9 @@
-"""Empirical privacy auditing: canary clients in runs (`canaries`), estimators (`estimators`).
+"""Empirical privacy auditing: canary clients (`canaries`) and canary records (`records`) in
+runs, and the estimators (`estimators`).
 
 The schemas of the ``audit`` config group live here so that composing a config
-imports no TensorFlow: ``audit=none`` (default) and ``audit=canaries``.
+imports no TensorFlow: ``audit=none`` (default), ``audit=canaries`` (canary clients,
+federated runs) and ``audit=canary_gradients`` (canary records, DP-SGD on pooled records).
 """
 
 from __future__ import annotations
@@ -42,4 +44,28 @@ class CanaryAuditConfig:
     planted_noise_factor: float = 1.0
 
 
-SCHEMAS = {"none": NoAuditConfig, "canaries": CanaryAuditConfig}
+@dataclass
+class GradientCanaryAuditConfig:
+    """Canary records in DP-SGD and one-run auditing (``audit=canary_gradients``).
+
+    Attributes:
+        canaries: canary records, each on its own model coordinate and included in
+            training independently with probability 1/2 (at most the model's size).
+        delta: delta of the bounds; null: the run's ``dp.delta``.
+        significance: both lower bounds hold together with probability at least
+            ``1 - significance``.
+        seed: seeds the canaries' coordinates, inclusion and batches; null: the run's ``seed``.
+        planted_noise_factor: a deliberate privacy bug for checking the audit: DP-SGD
+            adds this times the noise the accountant is told about (1: no bug).
+    """
+
+    _target_: str = "dpfed.audit.records.GradientCanaryAudit"
+    canaries: int = 1000
+    delta: float | None = None
+    significance: float = 0.05
+    seed: int | None = None
+    planted_noise_factor: float = 1.0
+
+
+SCHEMAS = {"none": NoAuditConfig, "canaries": CanaryAuditConfig,
+           "canary_gradients": GradientCanaryAuditConfig}  # fmt: skip

@@ -9,7 +9,10 @@ measurements as ``audit/*`` columns of metrics.csv and keys of summary.json.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
+
+import numpy as np
 
 
 class Audit:
@@ -70,3 +73,43 @@ class NoAudit(Audit):
 def with_noise_factor(plan, factor: float):
     """``plan`` whose noise multiplier is ``factor`` times the accounted one (planted bug)."""
     return replace(plan, noise_multiplier=plan.noise_multiplier * factor)
+
+
+def flat_weights(leaves) -> np.ndarray:
+    """Model weights (a list of arrays or tensors) as one float64 vector."""
+    return np.concatenate([np.asarray(v, np.float64).ravel() for v in leaves])
+
+
+class ModelStatistics(Audit):
+    """An audit whose statistics are measured from the initial model ``self.initial``
+    (set by `start`): its checkpoint holds the statistics (`statistics`) and the initial
+    model's digest, which a resumed run must match."""
+
+    initial: np.ndarray
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        """The audit's running statistics, by name (float64 arrays)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {**{k: [float(v) for v in a] for k, a in self.statistics().items()},
+                "initial_model_sha256": _digest(self.initial)}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the statistics; the initial model must be the checkpointed run's.
+
+        Raises:
+            RuntimeError: this process's initial model differs from the one the
+                audit measured from (the final-model statistic would be wrong).
+        """
+        for name, current in self.statistics().items():
+            if name in state:
+                current[...] = np.asarray(state[name], np.float64)
+        saved = state.get("initial_model_sha256")
+        if saved is not None and saved != _digest(self.initial):
+            raise RuntimeError("the resumed run's initial model differs from the checkpointed "
+                               "run's: the audit's statistics cannot be continued")  # fmt: skip
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()

@@ -45,13 +45,12 @@ plants exactly that bug, as a control).
 from __future__ import annotations
 
 import collections
-import hashlib
 import math
 from dataclasses import replace
 
 import numpy as np
 
-from dpfed.audit.base import Audit, with_noise_factor
+from dpfed.audit.base import ModelStatistics, flat_weights, with_noise_factor
 from dpfed.audit.estimators import canary_cosines, one_shot_epsilon, threshold_epsilon_lower_bound
 from dpfed.errors import ConfigError, check
 from dpfed.privacy.noise import position_seed, stream_key
@@ -145,10 +144,6 @@ def canary_query(query, seeds: np.ndarray, shapes):
     return CanaryQuery()
 
 
-def _flat(leaves) -> np.ndarray:
-    return np.concatenate([np.asarray(v, np.float64).ravel() for v in leaves])
-
-
 def _estimate(estimator, *args, **kwargs) -> float:
     """An estimator's value; NaN where the statistics allow none (e.g. a model that never moved)."""
     try:
@@ -157,7 +152,7 @@ def _estimate(estimator, *args, **kwargs) -> float:
         return math.nan
 
 
-class CanaryAudit(Audit):
+class CanaryAudit(ModelStatistics):
     """``audit=canaries`` (args: `dpfed.audit.CanaryAuditConfig`).
 
     Args:
@@ -194,9 +189,9 @@ class CanaryAudit(Audit):
 
     def check(self, plan) -> None:
         if plan.sampler.unit == "record":
-            raise ConfigError("audit", "canaries", "none with strategy=centralized: canary records "
-                              "(one-run auditing of DP-SGD) are not built into runs yet",
-                              absolute=True)  # fmt: skip
+            raise ConfigError("audit", "canaries", "canary_gradients with strategy=centralized "
+                              "(canary clients audit federated runs; canary records audit "
+                              "DP-SGD on pooled records)", absolute=True)  # fmt: skip
 
     def mechanism_plan(self, plan):
         return with_noise_factor(plan, self.planted_noise_factor)
@@ -227,12 +222,13 @@ class CanaryAudit(Audit):
         if len(found) != 1:
             raise RuntimeError(f"expected one canary mask in the process state, found {len(found)}")
         self._mask_leaf = found[0]
-        self.directions = np.stack([_flat(canary_direction(s, self.shapes)) for s in self.seeds])
+        directions = [flat_weights(canary_direction(s, self.shapes)) for s in self.seeds]
+        self.directions = np.stack(directions)
         self.initial = self._weights(state)
         self.dim = self.initial.size
 
     def _weights(self, state) -> np.ndarray:
-        return _flat(self.process.get_model_weights(state).trainable)
+        return flat_weights(self.process.get_model_weights(state).trainable)
 
     def split(self, cohort: list[str]) -> tuple[list[str], list[int]]:
         real = [c for c in cohort if int(c) < self.first_canary]
@@ -294,23 +290,5 @@ class CanaryAudit(Audit):
             "audit_planted_noise_factor": self.planted_noise_factor,
         }
 
-    def _initial_digest(self) -> str:
-        return hashlib.sha256(np.ascontiguousarray(self.initial).tobytes()).hexdigest()
-
-    def state_dict(self) -> dict:
-        return {"max_cosines": [float(c) for c in self._max_cosines],
-                "initial_model_sha256": self._initial_digest()}  # fmt: skip
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restores the statistics; the initial model must be the checkpointed run's.
-
-        Raises:
-            RuntimeError: this process's initial model differs from the one the
-                audit measured from (the final-model statistic would be wrong).
-        """
-        if "max_cosines" in state:
-            self._max_cosines = np.asarray(state["max_cosines"], np.float64)
-        saved = state.get("initial_model_sha256")
-        if saved is not None and saved != self._initial_digest():
-            raise RuntimeError("the resumed run's initial model differs from the checkpointed "
-                               "run's: the audit's statistics cannot be continued")  # fmt: skip
+    def statistics(self) -> dict[str, np.ndarray]:
+        return {"max_cosines": self._max_cosines}

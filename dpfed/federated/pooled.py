@@ -64,29 +64,49 @@ class CentralizedProcess:
     def get_model_weights(self, state):
         return state
 
-    def _train_step(self, x, y, noise_seed):
+    def _train_step(self, x, y, noise_seed, extra=None):
         if self.dpsgd is None:
             with tf.GradientTape() as tape:
                 predictions = self.keras(x, training=True)
                 loss = tf.reduce_mean(self.loss(y, predictions))
             grads = tape.gradient(loss, self.keras.trainable_variables)
+            residual = None
         else:  # DP-SGD; the ghost clipper's forward pass also gives the loss and predictions
-            clip, z = self.dpsgd.clip, self.dpsgd.noise_multiplier
-            summed, _, losses, predictions = self._clipper(x, y, clip)
-            expected = float(self.sampler.batch_size)
-            grads = [s / expected for s in add_seeded_noise(summed, z * clip, noise_seed)]
+            summed, _, losses, predictions = self._clipper(x, y, self.dpsgd.clip)
+            grads, residual = self._noised_mean(summed, noise_seed, extra)
             loss = tf.reduce_mean(losses)
         self.optimizer.apply_gradients(zip(grads, self.keras.trainable_variables, strict=True))
-        return loss, predictions
+        return loss, predictions, residual
 
-    def _noise_only_step(self, noise_seed):
-        """The DP-SGD step of an empty Poisson batch: the noise alone, as the analysis assumes."""
+    def _noised_mean(self, summed, noise_seed, extra):
+        """DP-SGD's update from the clipped sum: plus an audit's canary gradients (flat
+        ``extra``, or None), plus noise, over the expected batch size; and the noised sum
+        minus ``summed``, flat (what the audit's probe observes), or None without a probe."""
         clip, z = self.dpsgd.clip, self.dpsgd.noise_multiplier
+        total = summed
+        if extra is not None:
+            shapes = [tf.shape(s) for s in summed]
+            sizes = [int(np.prod(v.shape)) for v in self.keras.trainable_variables]
+            parts = tf.split(extra, sizes)
+            total = [
+                s + tf.reshape(p, shape) for s, p, shape in zip(summed, parts, shapes, strict=True)
+            ]
+        noised = add_seeded_noise(total, z * clip, noise_seed)
+        expected = float(self.sampler.batch_size)
+        residual = None
+        if extra is not None:
+            noise = [n - s for n, s in zip(noised, summed, strict=True)]
+            residual = tf.concat([tf.reshape(n, [-1]) for n in noise], 0)
+        return [s / expected for s in noised], residual
+
+    def _noise_only_step(self, noise_seed, extra=None):
+        """The DP-SGD step of an empty Poisson batch: the noise alone, as the analysis assumes
+        (with an audit, plus the canaries its batch drew)."""
         variables = self.keras.trainable_variables
         zeros = [tf.zeros_like(v) for v in variables]
-        expected = float(self.sampler.batch_size)
-        grads = [s / expected for s in add_seeded_noise(zeros, z * clip, noise_seed)]
+        grads, residual = self._noised_mean(zeros, noise_seed, extra)
         self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return residual
 
     def _batches(self, round_num: int):
         rng = np.random.default_rng([self.seed, round_num, 41])
@@ -127,12 +147,19 @@ class CentralizedProcess:
         self.metric.reset_state()
         total, count = 0.0, 0
         self._round += 1
+        probe = None if self.dpsgd is None else self.dpsgd.probe
         for step, idx in enumerate(self._batches(self._round)):
             seed = tf.constant(position_seed(self.noise_key, self._round, step), tf.int64)
+            extra = None if probe is None else tf.constant(probe.step_gradient(self._round, step))
             if len(idx) == 0:  # an empty Poisson batch still releases its noise
-                self._noise_step(seed)
+                residual = self._noise_step(seed, extra)
+                if probe is not None:
+                    probe.observe(residual.numpy())
                 continue
-            loss, predictions = self._step(tf.constant(self.x[idx]), tf.constant(self.y[idx]), seed)
+            x, y = tf.constant(self.x[idx]), tf.constant(self.y[idx])
+            loss, predictions, residual = self._step(x, y, seed, extra)
+            if probe is not None:
+                probe.observe(residual.numpy())
             self.metric.update_state(self.y[idx], predictions)
             total, count = total + float(loss) * len(idx), count + len(idx)
         train = {"loss": total / max(count, 1), self.metric.name: float(self.metric.result()),

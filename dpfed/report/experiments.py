@@ -106,20 +106,38 @@ def _communication(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
 
 
 def _audit(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """Rows mechanism x noise x planted-bug factor, with the relation the epsilons are under."""
+    """Rows audit x mechanism x noise x planted-bug factor, with the relation of the epsilons."""
     planted = frame.get("audit_planted_noise_factor", pd.Series(1.0, index=frame.index))
-    return frame.assign(**{"mechanism": frame["choice/dp"],
+    names = {"canaries": "canary clients", "canary_gradients": "canary records"}
+    return frame.assign(**{"audit": frame["choice/audit"].map(names).fillna(frame["choice/audit"]),
+                           "mechanism": frame["choice/dp"],
                            "noise multiplier": frame["noise_multiplier"],
                            "planted noise factor": planted.fillna(1.0),
                            "neighboring": frame["neighboring"]})  # fmt: skip
 
 
 AUDIT_MECHANISMS = "dp=gaussian,adaptive,tree,bandmf"
+_CANARY_CLIENTS = ("audit=canaries", "audit.inserted=200", "audit.held_out=200")
+# DP-SGD on the pooled records of all 1000 clients (about 32,000), 20 epochs of batches of 256
+_CANARY_RECORDS = ("strategy=centralized", "backend=reference", "dp=dpsgd",
+                   "audit=canary_gradients", "audit.canaries=2000")  # fmt: skip
 AUDIT_SWEEPS = (
-    (AUDIT_MECHANISMS, "dp.noise_multiplier=0.5,1,2"),
-    # the planted bug: the aggregator adds a tenth of (or no) noise, the accountant is told 1
-    ("dp=gaussian", "dp.noise_multiplier=1", "audit.planted_noise_factor=0,0.1"),
+    (*_CANARY_CLIENTS, AUDIT_MECHANISMS, "dp.noise_multiplier=0.5,1,2"),
+    (*_CANARY_RECORDS, "dp.noise_multiplier=0.5,1,2"),
+    # the planted bug: the mechanism adds a tenth of (or no) noise, the accountant is told 1
+    (*_CANARY_CLIENTS, "dp=gaussian", "dp.noise_multiplier=1", "audit.planted_noise_factor=0,0.1"),
+    (*_CANARY_RECORDS, "dp.noise_multiplier=1", "audit.planted_noise_factor=0,0.1"),
 )
+AUDIT_QUICK_SWEEPS = (
+    ("audit=canaries", "audit.inserted=40", "audit.held_out=40", "strategy.sampling=shuffle",
+     "strategy.clients_per_round=20", "dp=gaussian", "dp.noise_multiplier=1",
+     "audit.planted_noise_factor=1,0.1"),
+    # every smoke client's records (about 480), 4 epochs of batches of 32: about 60 steps
+    ("strategy=centralized", "strategy.clients_per_round=null", "strategy.sampling=records",
+     "strategy.batch_size=32", "rounds=4", "strategy.eval_every=2", "dp=dpsgd",
+     "audit=canary_gradients", "audit.canaries=1000", "dp.noise_multiplier=2",
+     "audit.planted_noise_factor=1,0.1"),
+)  # fmt: skip
 
 
 def _mf_error(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -233,22 +251,21 @@ EXPERIMENTS = {
         ),
         Experiment(
             "audit",
-            "Accountant's epsilon and the audit's lower bound and estimates (canary clients, "
-            "delta 1e-5), per mechanism and noise",
-            rows=("mechanism", "neighboring", "noise multiplier", "planted noise factor"),
+            "Accountant's epsilon and the audits' lower bounds (95%, delta 1e-5): canary clients "
+            "(user level, with the one-shot estimates) and canary records in DP-SGD (record "
+            "level), per mechanism and noise",
+            rows=("audit", "mechanism", "neighboring", "noise multiplier", "planted noise factor"),
             columns=(),
             values=(
                 "epsilon",
                 "audit/epsilon_lower",
+                "audit/epsilon_lower_iterates",
                 "audit/epsilon_estimate",
                 "audit/epsilon_estimate_iterates",
                 "eval/accuracy",
             ),  # fmt: skip
             sweeps=AUDIT_SWEEPS,
-            quick_sweeps=(
-                ("dp=gaussian", "dp.noise_multiplier=1"),
-                ("dp=gaussian", "dp.noise_multiplier=1", "audit.planted_noise_factor=0.1"),
-            ),  # fmt: skip
+            quick_sweeps=AUDIT_QUICK_SWEEPS,
             derive=_audit,
             plots=("audit",),
         ),

@@ -162,39 +162,45 @@ def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "data
 
 
 def audit_figure(frame: pd.DataFrame, out, *, xlabel: str) -> list[Path]:
-    """The audit's lower bound (filled) and one-shot estimate (hollow) against the accountant's
-    epsilon, one style per mechanism; planted-bug runs in red; the diagonal y = x.
+    """The audit's lower bound (filled) and one-shot estimate (hollow, where there is one)
+    against the accountant's epsilon, one style per mechanism; planted-bug runs in red; the
+    diagonal y = x.
 
-    ``frame``: one row per run with ``mechanism``, ``epsilon``, ``audit/epsilon_lower``,
-    ``audit/epsilon_estimate`` and ``planted`` (the planted noise factor, 1 = none).
+    ``frame``: one row per run with ``mechanism``, ``epsilon``, ``bound`` (the largest of the
+    run's audit lower bounds), ``audit/epsilon_estimate`` (NaN for canary records) and
+    ``planted`` (the planted noise factor, 1 = none).
     """
     fig, ax = plt.subplots(figsize=(5.0, 4.0))
     data = frame[np.isfinite(frame["epsilon"].astype(float))]
+    estimate = data.get("audit/epsilon_estimate", pd.Series(np.nan, index=data.index))
+    data = data.assign(estimate=estimate.astype(float))
     floor = 1e-2  # a bound of 0 (nothing proved) drawn at the axis floor
     for mechanism, part in data.groupby("mechanism"):
         colour, marker, _ = style(str(mechanism))
         honest = part[part["planted"] == 1]
-        ax.scatter(honest["epsilon"], honest["audit/epsilon_lower"].clip(lower=floor),
+        ax.scatter(honest["epsilon"], honest["bound"].clip(lower=floor),
                    color=colour, marker=marker, label=f"{mechanism}: lower bound")  # fmt: skip
-        ax.scatter(honest["epsilon"], honest["audit/epsilon_estimate"].clip(lower=floor),
-                   facecolors="none", edgecolors=colour, marker=marker,
-                   label=f"{mechanism}: one-shot estimate")  # fmt: skip
+        honest = honest[honest["estimate"].notna()]
+        if not honest.empty:
+            ax.scatter(honest["epsilon"], honest["estimate"].clip(lower=floor),
+                       facecolors="none", edgecolors=colour, marker=marker,
+                       label=f"{mechanism}: one-shot estimate")  # fmt: skip
     planted = data[data["planted"] < 1]
     if not planted.empty:
-        ax.scatter(planted["epsilon"], planted["audit/epsilon_lower"].clip(lower=floor),
+        ax.scatter(planted["epsilon"], planted["bound"].clip(lower=floor),
                    color="red", marker="X", s=60, label="planted bug: lower bound")  # fmt: skip
         for _, row in planted.iterrows():
-            ax.annotate(f"noise x{row['planted']:g}", (row["epsilon"], row["audit/epsilon_lower"]),
-                        textcoords="offset points", xytext=(5, -10), fontsize=7, color="red")  # fmt: skip
-    values = pd.concat([data["epsilon"], data["audit/epsilon_lower"],
-                        data["audit/epsilon_estimate"]]).astype(float)  # fmt: skip
+            ax.annotate(f"{row['mechanism']}, noise x{row['planted']:g}",
+                        (row["epsilon"], row["bound"]), textcoords="offset points",
+                        xytext=(5, -10), fontsize=7, color="red")  # fmt: skip
+    values = pd.concat([data["epsilon"], data["bound"], data["estimate"]]).astype(float)
     top = float(values[np.isfinite(values)].max()) * 2
     ax.plot([floor, top], [floor, top], color="grey", linestyle=":", linewidth=1,
             label="audit = accountant")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("audited epsilon (canary clients)")
+    ax.set_ylabel("audited epsilon (canary clients / records)")
     ax.grid(True, which="major", alpha=0.3)
     _legend(fig, [ax])
     return save(fig, out)

@@ -57,7 +57,7 @@ def test_canary_query_adds_the_sampled_canaries_clipped_before_the_noise():
     [(("audit.inserted=1",), r"^audit\.inserted=1 .* >= 2"),
      (("audit.significance=0.5",), r"^audit\.significance=0\.5 .* in \(0, 0\.5\)"),
      (("audit.planted_noise_factor=2",), r"^audit\.planted_noise_factor=2\.0 .* in \[0, 1\]"),
-     (("strategy=centralized",), r"^audit='canaries' .* none with strategy=centralized")],
+     (("strategy=centralized",), r"^audit='canaries' .* canary_gradients with strategy=centralized")],
 )  # fmt: skip
 def test_bad_audit_settings_are_refused_before_training(overrides, match):
     from dpfed.data.base import Population

@@ -91,10 +91,17 @@ class NoisyConfig(PrivacyConfig):
 # --------------------------------------------------------------------------- parts
 @dataclass(frozen=True)
 class ExampleDP:
-    """Example-level DP-SGD (Abadi et al. 2016): per-example clip and noise multiplier."""
+    """Example-level DP-SGD (Abadi et al. 2016): per-example clip and noise multiplier.
+
+    ``probe`` is an audit's hook into every step (`dpfed.audit.records.GradientCanaryAudit`):
+    ``step_gradient(round, step)`` adds canary records' clipped gradients (flat) to the
+    clipped sum before the noise, and ``observe(flat)`` receives the noised sum minus the
+    real records' clipped sum. None (no audit) leaves DP-SGD as it is.
+    """
 
     clip: float
     noise_multiplier: float
+    probe: Any = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,179 @@
+"""Canary records in DP-SGD on pooled records: one-run auditing (``audit=canary_gradients``).
+
+Steinke, Nasr, Jagielski, "Privacy auditing with one (1) training run" (NeurIPS 2023), in
+its white-box setting with Dirac canaries, built into ``strategy=centralized`` runs:
+
+- ``audit.canaries`` (m) canary records each get their own model coordinate (drawn
+  without replacement, seeded) and are included in the training set independently
+  with probability 1/2. An included canary is a record whose clipped gradient is
+  ``clip`` times its coordinate's unit vector (the worst-case record DP-SGD's
+  analysis allows: any record's clipped gradient has norm at most ``clip``). Each
+  DP-SGD step draws its Poisson batch of canaries like that of real records (each
+  independently with probability q) and adds their gradients to the clipped sum
+  before the noise. Excluded canaries are the zero-gradient records of the
+  zero-out relation; for Poisson-sampled DP-SGD that is also add/remove, so the
+  bound is one on the epsilon the run's accountant states under zero-out or
+  add/remove, and below it under replace-one.
+- After each evaluation round every canary is scored, and the auditor guesses
+  "included" for the canaries above a threshold (jax_privacy's rule: every
+  threshold on the ROC curve's convex hull, Bonferroni-corrected;
+  `dpfed.audit.estimators.one_run_audit`), which gives a lower bound on epsilon
+  at ``audit.delta`` holding with probability at least ``1 - audit.significance``:
+
+  * ``audit/epsilon_lower``: from the final model alone (minus the change of the
+    canary's coordinate since the initial model; SGD moves against the gradient);
+  * ``audit/epsilon_lower_iterates``: from every step's noised gradient sum minus
+    the real records' clipped sum, on the canary's coordinate, summed over steps.
+    An adversary who knows every other record and sees every iterate can compute
+    this: given the iterate and the other records' batch, the real sum is fixed,
+    and the canary's Poisson inclusion is independent of it, which is exactly the
+    subsampled Gaussian mechanism the accountant analyses.
+
+  Each bound is computed at ``significance / 2``, so both hold together with
+  probability at least ``1 - significance``.
+
+What the audit does not check: the canaries' gradients are clipped by construction,
+so a bug in the clipping of real records' gradients is invisible to it; a bug in
+the noise (too little, or noise correlated with the data) or in the sampling
+shows. ``audit.planted_noise_factor`` plants too little noise, as a control.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dpfed.audit.base import ModelStatistics, flat_weights, with_noise_factor
+from dpfed.audit.estimators import one_run_audit
+from dpfed.errors import ConfigError, check
+from dpfed.privacy.noise import stream_key
+
+COLUMNS = ("audit/canaries", "audit/epsilon_lower", "audit/epsilon_lower_iterates")
+
+
+class GradientCanaryAudit(ModelStatistics):
+    """``audit=canary_gradients`` (args: `dpfed.audit.GradientCanaryAuditConfig`).
+
+    It is also the probe `dpfed.federated.pooled.CentralizedProcess` calls at
+    every DP-SGD step (`step_gradient`, `observe`).
+
+    Args:
+        run_seed: the run's seed (the canaries' when ``seed`` is None).
+        dp_delta: the run's delta (the bound's when ``delta`` is None).
+    """
+
+    columns = COLUMNS
+
+    def __init__(self, canaries: int = 1000, delta: float | None = None,
+                 significance: float = 0.05, seed: int | None = None,
+                 planted_noise_factor: float = 1.0, run_seed: int = 0,
+                 dp_delta: float = 1e-5):  # fmt: skip
+        check(canaries >= 2, "canaries", canaries, ">= 2")
+        check(delta is None or 0 < delta < 1, "delta", delta, "null (dp.delta) or in (0, 1)")
+        check(0 < significance < 0.5, "significance", significance, "in (0, 0.5)")
+        check(seed is None or seed >= 0, "seed", seed, "null (the run's seed) or >= 0")
+        check(0 <= planted_noise_factor <= 1, "planted_noise_factor", planted_noise_factor,
+              "in [0, 1] (1: no planted bug)")  # fmt: skip
+        self.canaries, self.significance = int(canaries), float(significance)
+        self.delta = float(dp_delta if delta is None else delta)
+        self.seed = int(run_seed if seed is None else seed)
+        self.planted_noise_factor = float(planted_noise_factor)
+        self._key = stream_key(self.seed, "audit/canary_gradients")
+        rng = np.random.default_rng([self._key, 0])
+        self.included = rng.random(self.canaries) < 0.5  # each independently, probability 1/2
+        self._residual = np.zeros(self.canaries)  # the iterates' statistic, summed over steps
+        self._count = 0
+
+    # ------------------------------------------------------------------ plan and build
+    def check(self, plan) -> None:
+        if plan.sampler.unit != "record":
+            raise ConfigError("audit", "canary_gradients", "canaries with federated strategies "
+                              "(canary records audit DP-SGD on pooled records: "
+                              "strategy=centralized)", absolute=True)  # fmt: skip
+
+    def mechanism_plan(self, plan):
+        return with_noise_factor(plan, self.planted_noise_factor)
+
+    def wrap(self, parts, plan, model):
+        from dataclasses import replace
+
+        if parts.example_dp is None:
+            raise ConfigError("audit", "canary_gradients", f"none with dp={plan.label}: canary "
+                              "records audit DP-SGD (dp=dpsgd or dp=gaussian with "
+                              "strategy=centralized); for a non-private control use "
+                              "dp.noise_multiplier=0", absolute=True)  # fmt: skip
+        sizes = [int(np.prod(w.shape)) for w in model.keras_model().trainable_weights]
+        self.dim = sum(sizes)
+        allowed = f"<= {self.dim}, the model's trainable weights (one coordinate per canary)"
+        check(self.canaries <= self.dim, "canaries", self.canaries, allowed)
+        rng = np.random.default_rng([self._key, 1])
+        self.coordinates = np.sort(rng.choice(self.dim, self.canaries, replace=False))
+        self.clip = float(parts.example_dp.clip)
+        self.q = float(plan.sampler.q)
+        return replace(parts, example_dp=replace(parts.example_dp, probe=self))
+
+    # ------------------------------------------------------------------ DP-SGD steps
+    def step_gradient(self, round_num: int, step: int) -> np.ndarray:
+        """The included canaries' clipped gradients in step ``step`` of round ``round_num``.
+
+        Each included canary is in the step's Poisson batch with probability q, drawn
+        from the step's position alone; returns the flat float32 sum over the model.
+        """
+        rng = np.random.default_rng([self._key, 2, round_num, step])
+        sampled = self.included & (rng.random(self.canaries) < self.q)
+        self._count += int(sampled.sum())
+        extra = np.zeros(self.dim, np.float32)
+        extra[self.coordinates[sampled]] = self.clip
+        return extra
+
+    def observe(self, residual: np.ndarray) -> None:
+        """Adds a step's noised sum minus the real records' clipped sum (flat) to the statistic."""
+        self._residual += np.asarray(residual, np.float64)[self.coordinates]
+
+    # ------------------------------------------------------------------ run
+    def start(self, process, state) -> None:
+        self.process = process
+        self.initial = self._weights(state)
+
+    def _weights(self, state) -> np.ndarray:
+        return flat_weights(self.process.get_model_weights(state).trainable)
+
+    def before_round(self, state, canaries: list[int]):
+        self._count = 0
+        return state
+
+    def after_round(self, state, round_num: int, evaluate: bool) -> dict:
+        row = {"audit/canaries": self._count}
+        if evaluate:
+            row.update(self.estimates(self._weights(state)))
+        return row
+
+    def estimates(self, weights: np.ndarray) -> dict:
+        """The two lower bounds for a model with ``weights`` (after the steps seen so far)."""
+        final = -(weights - self.initial)[self.coordinates]
+        alpha = self.significance / 2
+        out = {}
+        for column, scores in (("audit/epsilon_lower", final),
+                               ("audit/epsilon_lower_iterates", self._residual)):  # fmt: skip
+            if not np.all(np.isfinite(scores)) or not np.any(scores):
+                out[column] = math.nan  # nothing was released that moved these coordinates
+                continue
+            out[column] = one_run_audit(scores[self.included], scores[~self.included],
+                                        self.delta, alpha)  # fmt: skip
+        return out
+
+    def describe(self) -> dict:
+        return {
+            "audit": "canary_gradients (one-run auditing, Steinke et al. 2023, Dirac canaries)",
+            "audit_canaries": self.canaries,
+            "audit_included": int(self.included.sum()),
+            "audit_neighboring": "zero_out (a canary's gradient present or zero)",
+            "audit_delta": self.delta,
+            "audit_significance": self.significance,
+            "audit_seed": self.seed,
+            "audit_planted_noise_factor": self.planted_noise_factor,
+        }
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        return {"residual": self._residual}

@@ -1,0 +1,152 @@
+"""Canary records in DP-SGD on pooled records (``audit=canary_gradients``): one-run auditing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dpfed.build import build_privacy
+from dpfed.errors import ConfigError
+from tests.conftest import compose_config
+from tests.helpers import build, run_in_process
+
+# DP-SGD on the pooled records of 40 smoke-sized clients (about 480 records), 4 epochs of
+# Poisson batches of 32 (about 60 steps): each included canary is drawn about 4 times.
+AUDIT = ("strategy=centralized", "strategy.clients_per_round=null", "dp=dpsgd",
+         "audit=canary_gradients", "audit.canaries=1000", "rounds=4", "strategy.batch_size=32",
+         "strategy.eval_every=2")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [(("audit.canaries=1",), r"^audit\.canaries=1 .* >= 2"),
+     (("audit.significance=0.5",), r"^audit\.significance=0\.5 .* in \(0, 0\.5\)"),
+     (("audit.planted_noise_factor=-1",), r"^audit\.planted_noise_factor=-1\.0 .* in \[0, 1\]"),
+     (("strategy=fedavg",), r"^audit='canary_gradients' .* canaries with federated strategies")],
+)  # fmt: skip
+def test_bad_audit_settings_are_refused_before_training(overrides, match):
+    from dpfed.data.base import Population
+
+    base = AUDIT if "strategy=fedavg" not in overrides else ("audit=canary_gradients",)
+    cfg = compose_config(*base, *overrides)
+    with pytest.raises(ConfigError, match=match):
+        build_privacy(cfg, Population(1000, lambda clients: 5000, 80), dp_seed=0)
+
+
+def test_canary_records_leave_the_accountant_and_population_alone():
+    """Canaries are records the accountant's Poisson rate q already covers: same plan."""
+    from dpfed.data.base import Population
+
+    population = Population(1000, lambda clients: 5000, 80)
+    overrides = ("strategy=centralized", "dp=dpsgd", "dp.seed=0")
+    plain = build_privacy(compose_config(*overrides), population)
+    audited = build_privacy(compose_config(*overrides, "audit=canary_gradients"), population)
+    assert audited.epsilon() == plain.epsilon()
+    assert audited.sampler.q == plain.sampler.q
+
+
+def test_more_canaries_than_model_weights_and_non_dpsgd_mechanisms_are_refused(runtime):
+    with pytest.raises(ConfigError, match=r"^audit\.canaries=100000000 .* <= \d+, the model's"):
+        build(*AUDIT, "audit.canaries=100000000")
+    with pytest.raises(ConfigError, match=r"^audit='canary_gradients' .* none with dp=none"):
+        build(*AUDIT, "dp=none")
+
+
+def test_canary_draws_are_a_function_of_their_position_and_only_the_included_are_drawn():
+    from types import SimpleNamespace
+
+    from dpfed.audit.records import GradientCanaryAudit
+    from dpfed.privacy.mechanisms.base import ExampleDP, MechanismParts
+
+    class Model:
+        def keras_model(self):
+            return SimpleNamespace(trainable_weights=[np.zeros((30, 20)), np.zeros(400)])
+
+    plan = SimpleNamespace(sampler=SimpleNamespace(q=0.25, unit="record"), label="dpsgd")
+
+    def wrapped(seed):
+        audit = GradientCanaryAudit(canaries=500, run_seed=seed)
+        parts = audit.wrap(MechanismParts(example_dp=ExampleDP(0.7, 1.0)), plan, Model())
+        assert parts.example_dp.probe is audit and parts.example_dp.clip == 0.7
+        return audit
+
+    audit, again, other = wrapped(3), wrapped(3), wrapped(4)
+    assert 200 < audit.included.sum() < 300  # each canary included with probability 1/2
+    assert len(set(audit.coordinates)) == 500 and audit.coordinates.max() < 1000
+    draws = np.stack([audit.step_gradient(1, step) for step in range(40)])
+    np.testing.assert_array_equal(draws, np.stack([again.step_gradient(1, s) for s in range(40)]))
+    assert not np.array_equal(draws, np.stack([other.step_gradient(1, s) for s in range(40)]))
+    assert set(np.unique(draws)) == {0.0, np.float32(0.7)}  # a canary's gradient is the clip
+    drawn = draws[:, audit.coordinates] > 0
+    assert not drawn[:, ~audit.included].any()  # excluded canaries are never in a batch
+    rate = drawn[:, audit.included].mean()
+    assert abs(rate - 0.25) < 0.03, rate  # included ones in each Poisson batch with q
+    assert not np.any(np.delete(draws, audit.coordinates, axis=1))  # nothing off the canaries
+
+
+def test_without_noise_the_iterates_statistic_is_exactly_the_canaries_gradients(runtime, tmp_path):
+    """Noise 0: every step's residual (noised sum minus the real clipped sum) is the canaries'
+    gradients alone, so an included canary scores clip x (times drawn) and an excluded one 0."""
+    sim, summary, rows = run_in_process(tmp_path, *AUDIT, "dp.noise_multiplier=0")
+    audit = sim.audit
+    clip = summary["example_clip"]
+    drawn = audit._residual / clip
+    np.testing.assert_allclose(drawn, np.round(drawn), atol=1e-5)
+    assert (drawn[~audit.included] == 0).all()
+    assert (
+        drawn[audit.included].mean() > 1 and rows["audit/canaries"].sum() == np.round(drawn).sum()
+    )
+    assert summary["epsilon"] == math.inf  # noise 0 claims nothing; the bound is finite
+    assert summary["audit/epsilon_lower_iterates"] > 0
+
+
+def test_the_bound_stays_below_epsilon_and_finds_a_planted_noise_bug(runtime, tmp_path):
+    """The honest run's bounds are below the accountant's epsilon; with a tenth of the noise
+    (the accountant told the original) both bounds exceed the claimed epsilon."""
+    from scripts.recompute_epsilon import check_run
+
+    _, honest, rows = run_in_process(tmp_path / "honest", *AUDIT, "dp.noise_multiplier=2.0")
+    _, planted, _ = run_in_process(tmp_path / "planted", *AUDIT, "dp.noise_multiplier=2.0",
+                                   "audit.planted_noise_factor=0.1")  # fmt: skip
+    for column in ("audit/canaries", "audit/epsilon_lower", "audit/epsilon_lower_iterates"):
+        assert column in rows.columns and column in honest
+    assert list(rows["audit/epsilon_lower"].notna()) == [False, True] * 2
+    assert planted["epsilon"] == honest["epsilon"]
+    for key in ("audit/epsilon_lower", "audit/epsilon_lower_iterates"):
+        assert 0 <= honest[key] < honest["epsilon"], (key, honest[key], honest["epsilon"])
+    assert planted["audit/epsilon_lower_iterates"] > planted["epsilon"], planted
+    assert planted["audit/epsilon_lower"] > planted["epsilon"], planted
+    assert honest["audit_neighboring"].startswith("zero_out")
+    assert honest["num_clients"] == 40  # canaries are records, not clients
+    records = check_run(tmp_path / "honest")  # the epsilon is recomputable as before
+    assert records and all(r["match"] for r in records), records
+
+
+def test_the_audit_statistic_survives_a_checkpoint():
+    from dpfed.audit.records import GradientCanaryAudit
+
+    audit = GradientCanaryAudit(canaries=5)
+    audit.initial = np.arange(10.0)
+    audit._residual = np.array([1.0, -2.0, 0.5, 0.0, 3.0])
+    restored = GradientCanaryAudit(canaries=5)
+    restored.initial = np.arange(10.0)
+    restored.load_state_dict(audit.state_dict())
+    np.testing.assert_array_equal(restored._residual, audit._residual)
+    moved = GradientCanaryAudit(canaries=5)
+    moved.initial = np.ones(10)
+    with pytest.raises(RuntimeError, match="initial model differs"):
+        moved.load_state_dict(audit.state_dict())
+
+
+def test_the_last_line_names_the_larger_of_the_two_bounds():
+    from dpfed.io.provenance import result_line
+
+    summary = {"epsilon": 2.5, "delta": 1e-5, "unit": "record", "neighboring": "add_remove",
+               "accountant": "rdp", "rounds": 20, "status": "completed",
+               "audit/epsilon_lower": 0.17, "audit/epsilon_lower_iterates": 0.42,
+               "audit_significance": 0.05}  # fmt: skip
+    assert "audit: epsilon >= 0.42 (95% confidence)" in result_line(summary, "out")
+    summary["audit/epsilon_lower_iterates"] = math.nan
+    assert "audit: epsilon >= 0.17 (95% confidence)" in result_line(summary, "out")
