@@ -25,7 +25,7 @@ from dpfed.privacy.__main__ import main as privacy_cli
 from dpfed.privacy.mechanisms import SCHEMAS
 from tests.conftest import ROOT
 
-SAMPLINGS = ("fixed", "poisson", "shuffle", "cyclic", "records")
+SAMPLINGS = ("fixed", "poisson", "shuffle", "cyclic", "min_sep_poisson", "records")
 SMALL = ("debug=smoke", "rounds=3", "strategy.eval_every=0", "logger.tensorboard=false",
          "logger.progress=false")  # fmt: skip
 spec = importlib.util.spec_from_file_location(
@@ -43,6 +43,8 @@ def overrides_for(option: str, sampling: str) -> list[str]:
         out += ["strategy=centralized", "strategy.batch_size=8"]
     else:
         out += [f"strategy.sampling={sampling}", "strategy.local_epochs=2"]
+    if sampling == "min_sep_poisson":  # 40 smoke clients in 4 groups of 10, 5 per round
+        out.append("strategy.sampling_groups=4")
     return out
 
 
@@ -92,6 +94,8 @@ def cli_flags(cfg, summary) -> list[str]:
     if str(strategy.sampling) == "records":
         return flags + ["--dataset-size", str(summary["num_records"]), "--batch-size",
                         str(strategy.batch_size), "--epochs", str(cfg.rounds)]  # fmt: skip
+    if strategy.get("sampling_groups") is not None:
+        flags += ["--sampling-groups", str(strategy.sampling_groups)]
     return flags + ["--sampling", str(strategy.sampling), "--population",
                     str(summary["num_clients"]), "--sample-size", str(strategy.clients_per_round),
                     "--steps", str(cfg.rounds), "--local-epochs", str(strategy.local_epochs)]  # fmt: skip
@@ -137,7 +141,7 @@ def test_run_cli_and_recompute_agree_for_every_mechanism_and_sampling(option, sa
 REAL = [("gaussian", "poisson"), ("adaptive", "fixed"), ("tree", "shuffle"),
         ("laplace_local", "poisson"), ("gaussian_local", "shuffle"), ("dpsgd", "fixed"),
         ("input_noise", "poisson"), ("per_layer", "shuffle"), ("none", "fixed"),
-        ("dpsgd", "records"), ("bandmf", "cyclic")]  # fmt: skip
+        ("dpsgd", "records"), ("bandmf", "cyclic"), ("bandmf", "min_sep_poisson")]  # fmt: skip
 
 
 @pytest.mark.parametrize("option,sampling", REAL)

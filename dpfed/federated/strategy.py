@@ -71,7 +71,8 @@ class FederatedStrategy(Strategy):
     """A strategy with clients; the backend runs their `ClientUpdate` (args: `StrategyConfig`)."""
 
     def __init__(self, weighted: bool, clients_per_round: int, sampling: str, batch_size: int,
-                 eval_every: int, eval_clients: int, server_optimizer):  # fmt: skip
+                 eval_every: int, eval_clients: int, server_optimizer,
+                 sampling_groups: int | None = None):  # fmt: skip
         check(batch_size >= 1, "batch_size", batch_size, ">= 1")
         check(clients_per_round >= 1, "clients_per_round", clients_per_round, ">= 1")
         _check_evaluation(eval_every, eval_clients)
@@ -170,7 +171,11 @@ class StrategyConfig:
         sampling: how cohorts are drawn: ``fixed`` (TFF's uniform fixed-size
             sampling without replacement), ``poisson`` (each client joins with
             probability clients_per_round / num_clients) or ``shuffle``
-            (shuffled epochs, every client once per epoch, no amplification).
+            (shuffled epochs, every client once per epoch, no amplification),
+            ``cyclic`` (one permutation visited in order every epoch) or
+            ``min_sep_poisson`` (``sampling_groups`` groups take turns, Poisson
+            within the group: rounds of one client at least that far apart).
+        sampling_groups: the groups of ``min_sep_poisson`` (null otherwise).
         batch_size: client batch size.
         eval_every: evaluate on held-out client data every k rounds (and after
             the last round); 0 disables evaluation.
@@ -183,6 +188,7 @@ class StrategyConfig:
     weighted: bool = False
     clients_per_round: int = 50
     sampling: Sampling = Sampling.poisson
+    sampling_groups: int | None = None
     batch_size: int = 16
     eval_every: int = 2
     eval_clients: int = 200

@@ -16,6 +16,8 @@ Examples:
     python -m dpfed.privacy epsilon --mechanism bandmf --bands 1000 --steps 2000 \\
         --participations 2 --noise-multiplier 8.35 --neighboring zero_out --accountant pld \\
         --delta 1e-10
+    python -m dpfed.privacy epsilon --mechanism bandmf --sampling min_sep_poisson \\
+        --sampling-groups 10 --population 1000 --sample-size 20 --steps 100 --noise-multiplier 1
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 
 from dpfed.errors import ConfigError
 
-SAMPLINGS = ("poisson", "fixed", "shuffle", "cyclic")
+SAMPLINGS = ("poisson", "fixed", "shuffle", "cyclic", "min_sep_poisson")
 # run config keys -> the flag that sets them (for error messages)
 FLAGS = {
     "dp.noise_multiplier": "--noise-multiplier",
@@ -46,6 +48,7 @@ FLAGS = {
     "dp": "--mechanism",
     "strategy.clients_per_round": "--sample-size",
     "strategy.sampling": "--sampling",
+    "strategy.sampling_groups": "--sampling-groups",
     "strategy.batch_size": "--batch-size",
     "strategy.local_epochs": "--local-epochs",
     "rounds": "--steps",
@@ -91,6 +94,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--sampling", choices=SAMPLINGS, default=None,
                         help="strategy.sampling (default: the mechanism's: shuffle for tree, "
                              "cyclic for bandmf, else poisson)")  # fmt: skip
+    parser.add_argument("--sampling-groups", type=int, default=None,
+                        help="min_sep_poisson: groups of clients taking turns (a client's "
+                             "rounds are at least this far apart)")  # fmt: skip
     parser.add_argument("--population", type=int, default=None, help="clients in the population")
     parser.add_argument("--sample-size", type=int, default=None,
                         help="clients per round (poisson: expected)")  # fmt: skip
@@ -199,6 +205,8 @@ def overrides(args) -> tuple[list[str], object]:
             f"strategy.local_epochs={args.local_epochs}"]  # fmt: skip
     if args.sampling is not None:
         out.append(f"strategy.sampling={args.sampling}")
+    if args.sampling_groups is not None:
+        out.append(f"strategy.sampling_groups={args.sampling_groups}")
     return out, Population(args.population, None, 1)
 
 
@@ -229,6 +237,7 @@ def compute(args) -> dict:
                 if k in ("unit", "neighboring", "accounting_relation", "sampling",
                          "sampling_probability", "accountant", "conversion", "orders",
                          "pld_discretization",
+                         "sampling_groups", "amplified",
                          "sensitivity", "accounted_noise_multiplier", "factorization", "bands",
                          "buffers", "participations", "min_separation", "rounds_per_epoch",
                          "factorization_sensitivity", "prefix_sum_rmse",

@@ -27,6 +27,7 @@ class Sampling(enum.StrEnum):
     poisson = "poisson"
     shuffle = "shuffle"
     cyclic = "cyclic"
+    min_sep_poisson = "min_sep_poisson"
 
 
 class RecordSampling(enum.StrEnum):
@@ -46,11 +47,15 @@ class Sampler(abc.ABC):
             with the dp-accounting relation its events are composed under.
         epochs: cohorts come in epochs in which every client takes part at most
             once (what tree aggregation and matrix factorizations need).
+        separated_poisson: Poisson cohorts from groups of clients taking turns, so a
+            client's rounds are at least ``min_separation`` apart (what amplified
+            banded matrix factorizations need).
     """
 
     label: ClassVar[str]
     unit: ClassVar[str] = "client"
     epochs: ClassVar[bool] = False
+    separated_poisson: ClassVar[bool] = False
     default_neighboring: ClassVar[Neighboring]
     relations: ClassVar[dict[Neighboring, Relation]]
 
@@ -286,6 +291,80 @@ class CyclicSampler(ShuffleSampler):
         return self.rounds_per_epoch
 
 
+class MinSepPoissonSampler(CohortSampler):
+    """Poisson cohorts from groups taking turns: b-min-separation Poisson sampling.
+
+    A seeded permutation splits the clients into ``groups`` groups of
+    ``population // groups`` (the clients left over never take part); round
+    ``t`` draws from group ``(t - 1) mod groups`` only, each of its clients
+    independently with probability ``q = clients_per_round / group size``. A
+    client's rounds are therefore at least ``groups`` apart, and it can take
+    part in at most ``ceil(rounds / groups)`` of them, each Poisson-sampled:
+    the sampling of amplified banded matrix factorization (Choquette-Choo et
+    al., "(Amplified) Banded Matrix Factorization", NeurIPS 2023, Section 4),
+    and for mechanisms whose rounds are independent releases, DP-SGD-style
+    amplification over fewer rounds. The first group's rounds (the most of
+    any group) carry ``PoissonSampledDpEvent(q, release)``, every other round
+    a no-op, under add/remove adjacency (``zero_out`` equals it here).
+
+    Args:
+        population: number of clients.
+        clients_per_round: expected cohort size, in [1, population // groups].
+        seed: sampling seed (the groups and each round's draw).
+        groups: ``strategy.sampling_groups``, in [1, population].
+    """
+
+    label = "min_sep_poisson"
+    separated_poisson = True
+    default_neighboring = PoissonSampler.default_neighboring
+    relations = PoissonSampler.relations
+    why_not = PoissonSampler.why_not
+
+    def __init__(self, population: int, clients_per_round: int, seed: int, groups: int):
+        check(1 <= groups <= population, "sampling_groups", groups,
+              f"in [1, {population}] with strategy.sampling=min_sep_poisson "
+              "(the clients are split into this many groups taking turns)")  # fmt: skip
+        self.groups = int(groups)
+        self.group_size = population // self.groups
+        check(1 <= clients_per_round <= self.group_size, "clients_per_round", clients_per_round,
+              f"in [1, {self.group_size}] (one group of {population} clients in "
+              f"{self.groups} groups)")  # fmt: skip
+        super().__init__(population, clients_per_round, seed)
+        self.q = clients_per_round / self.group_size
+
+    @property
+    def min_separation(self) -> int:
+        """The fewest rounds between two participations of one client."""
+        return self.groups
+
+    def group(self, round_num: int) -> int:
+        """The group drawn from in round ``round_num`` (from 0)."""
+        return (round_num - 1) % self.groups
+
+    def members(self, group: int) -> np.ndarray:
+        """The clients of ``group``."""
+        order = np.random.default_rng([self.seed, 0, 29]).permutation(self.population)
+        return order[group * self.group_size : (group + 1) * self.group_size]
+
+    def sample(self, round_num: int) -> list[str]:
+        members = self.members(self.group(round_num))
+        joins = np.random.default_rng([self.seed, round_num, 19]).random(members.size) < self.q
+        return [str(i) for i in members[joins]]
+
+    def round_event(self, round_num: int, release: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
+        if self.group(round_num) != 0:
+            return dp_accounting.NoOpDpEvent()
+        return dp_accounting.PoissonSampledDpEvent(self.q, release)
+
+    def max_participations(self, rounds: int) -> int:
+        return math.ceil(rounds / self.groups)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "sampling_probability": self.q,
+                "sampling_groups": self.groups, "group_size": self.group_size,
+                "min_separation": self.min_separation}  # fmt: skip
+
+
 class RecordPoissonSampler(Sampler):
     """Pooled records (``strategy=centralized``): Poisson batches, every record independently.
 
@@ -364,6 +443,14 @@ def build_sampler(strategy_cfg, population, seed: int) -> Sampler:
     if str(sampling) == RecordSampling.records:
         return RecordPoissonSampler(population, strategy_cfg.clients_per_round,
                                     strategy_cfg.batch_size, seed)  # fmt: skip
+    groups = strategy_cfg.get("sampling_groups")
+    if str(sampling) == Sampling.min_sep_poisson:
+        check(groups is not None, "sampling_groups", groups,
+              ">= 1 with strategy.sampling=min_sep_poisson")  # fmt: skip
+        return MinSepPoissonSampler(population.num_clients, strategy_cfg.clients_per_round,
+                                    seed, groups)  # fmt: skip
+    check(groups is None, "sampling_groups", groups,
+          "null unless strategy.sampling=min_sep_poisson")  # fmt: skip
     return SAMPLERS[Sampling(str(sampling))](
         population.num_clients, strategy_cfg.clients_per_round, seed
     )

@@ -1,4 +1,5 @@
-"""Matrix-factorization DP-FTRL: banded, buffered-linear-Toeplitz (BLT) and square-root factors.
+"""Matrix-factorization DP-FTRL: banded (optionally amplified), buffered-linear-Toeplitz (BLT)
+and square-root factors.
 
 Choquette-Choo et al., "(Amplified) Banded Matrix Factorization", NeurIPS 2023 and
 "Multi-epoch matrix factorization mechanisms", ICML 2023; Dvijotham et al. 2024 and
@@ -130,6 +131,12 @@ class BandMFMechanism(Mechanism):
     sens_(e-1)^2)``, so the composition after epoch ``e`` is exactly the
     Gaussian of ``z / sens_e`` (RDP and PLD compose Gaussians exactly).
 
+    Amplified (``strategy.sampling=min_sep_poisson``, Choquette-Choo et al. 2023,
+    Section 4): groups of clients take turns and each round Poisson-samples its
+    group, so a client's rounds are ``sampling_groups`` apart; with at most that
+    many bands its participations touch disjoint rows of ``C x``, and each is a
+    Poisson-sampled Gaussian of noise ``z / max_i ||C e_i||`` (`_amplified_account`).
+
     Args:
         noise_multiplier: std of ``z`` divided by ``clip``, >= 0.
         clip: L2 clipping norm of client updates, > 0.
@@ -161,11 +168,14 @@ class BandMFMechanism(Mechanism):
             ConfigError: a sampling without epochs.
         """
         sampler = ctx.sampler
+        if sampler.separated_poisson:  # amplified: a client's rounds are >= groups apart
+            return sampler.min_separation, sampler.max_participations(ctx.rounds), (
+                sampler.min_separation)  # fmt: skip
         if not sampler.epochs:
             raise ConfigError("strategy.sampling", sampler.label,
                               "cyclic or shuffle with dp=bandmf (matrix factorizations "
-                              "account each client once per epoch, without sampling "
-                              "amplification)", absolute=True)  # fmt: skip
+                              "account each client once per epoch), or min_sep_poisson "
+                              "(amplified banded)", absolute=True)  # fmt: skip
         return sampler.rounds_per_epoch, sampler.max_participations(ctx.rounds), (
             sampler.min_separation)  # fmt: skip
 
@@ -183,6 +193,17 @@ class BandMFMechanism(Mechanism):
                               f"<= {separation} (strategy.sampling=cyclic brings a client back "
                               f"every {separation} rounds; more bands make its participations "
                               "interact)")  # fmt: skip
+        if ctx.sampler.separated_poisson:
+            if self.factorization != Factorization.banded:
+                raise ConfigError("factorization", str(self.factorization),
+                                  "banded with strategy.sampling=min_sep_poisson (amplification "
+                                  "needs at most sampling_groups bands)")  # fmt: skip
+            if bands > separation:
+                raise ConfigError("bands", bands,
+                                  f"<= {separation} (strategy.sampling_groups: with "
+                                  "min_sep_poisson sampling a client's rounds are that far "
+                                  "apart; more bands make them interact and void the "
+                                  "amplification)")  # fmt: skip
         return bands
 
     def strategy(self, ctx) -> Strategy:
@@ -204,9 +225,16 @@ class BandMFMechanism(Mechanism):
         epochs = math.ceil(rounds / per_epoch)
         return _epoch_sensitivities(tuple(coefficients), per_epoch, separation, epochs, rounds)
 
+    def column_norm(self, ctx) -> float:
+        """The largest column norm of ``C`` over the planned rounds (one participation's
+        sensitivity, in clips)."""
+        return prefix_sensitivity(self.strategy(ctx).coefficients, ctx.rounds, 1, 1)
+
     # ------------------------------------------------------------------ the mechanism
     def accounts(self, ctx, noise_multiplier: float) -> tuple[Account, ...]:
         sampler = ctx.sampler
+        if sampler.separated_poisson:
+            return (self._amplified_account(ctx, noise_multiplier),)
         per_epoch, participations, separation = self.pattern(ctx)
         neighboring = ctx.neighboring or Neighboring.replace_one
         if neighboring not in sampler.relations:
@@ -231,6 +259,25 @@ class BandMFMechanism(Mechanism):
         return (Account("epsilon", "user", neighboring, sampler.relations[neighboring], False,
                         event, noise_multiplier, factor * float(sens[-1])),)  # fmt: skip
 
+    def _amplified_account(self, ctx, noise_multiplier: float) -> Account:
+        """Amplified banded MF (Choquette-Choo et al. 2023, Section 4): with at most
+        ``sampling_groups`` bands, a client's participations touch disjoint rows of ``C x``,
+        and the release is the composition of one Poisson-sampled Gaussian of noise
+        ``z / ||C e_i||`` per round of its group: ``sampler.round_event`` of that Gaussian."""
+        sampler = ctx.sampler
+        self.bands_for(ctx)  # refuses more bands than groups, and other factorizations
+        neighboring = sampler.neighboring(ctx.neighboring)
+        norm = self.column_norm(ctx)
+
+        def event(round_num):
+            if noise_multiplier == 0:
+                return dp_accounting.NonPrivateDpEvent()
+            return sampler.round_event(round_num,
+                                       dp_accounting.GaussianDpEvent(noise_multiplier / norm))  # fmt: skip
+
+        return Account("epsilon", "user", neighboring, sampler.relations[neighboring], False,
+                       event, noise_multiplier, norm)  # fmt: skip
+
     def setup(self, plan, model) -> MechanismParts:
         from dpfed.privacy.queries import FactorizedGaussianSumQuery
 
@@ -248,7 +295,8 @@ class BandMFMechanism(Mechanism):
         ctx = plan.context
         per_epoch, participations, separation = self.pattern(ctx)
         strategy = self.strategy(ctx)
-        sens = float(self.epoch_sensitivities(ctx)[-1])
+        amplified = ctx.sampler.separated_poisson
+        sens = self.column_norm(ctx) if amplified else float(self.epoch_sensitivities(ctx)[-1])
 
         def unit_error(kind: str) -> float:
             return mf.toeplitz_prefix_sum_error(strategy.coefficients, ctx.rounds, kind)
@@ -259,7 +307,8 @@ class BandMFMechanism(Mechanism):
                 "buffers": strategy.state_size if strategy.stream == "blt" else None,
                 "noise_state_vectors": strategy.state_size,
                 "participations": participations, "min_separation": separation,
-                "rounds_per_epoch": per_epoch, "factorization_sensitivity": sens,
+                "rounds_per_epoch": None if amplified else per_epoch,
+                "amplified": amplified, "factorization_sensitivity": sens,
                 "prefix_sum_rmse_per_noise_multiplier": sens * rmse,
                 **prefix_sum_errors(plan.noise_multiplier, unit_error)}  # fmt: skip
 
