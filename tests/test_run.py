@@ -272,9 +272,12 @@ def test_worker_dies_with_a_killed_run(tmp_path):
     )
     try:
         deadline = time.time() + 300
-        while not (out / "metrics.csv").exists() and time.time() < deadline:
+        metrics = out / "metrics.csv"  # written with its header before round 1: wait for a row
+        while time.time() < deadline and not (
+            metrics.exists() and len(metrics.read_text().splitlines()) >= 2
+        ):
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            time.sleep(0.5)
+            time.sleep(0.1)
         started = worker_pids() - before
         assert started, "the run should have started a worker"
     finally:
@@ -299,9 +302,12 @@ def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path):
     )  # fmt: skip
     try:
         deadline = time.time() + 300
-        while not (out / "metrics.csv").exists() and time.time() < deadline:
+        metrics = out / "metrics.csv"  # written with its header before round 1: wait for a row
+        while time.time() < deadline and not (
+            metrics.exists() and len(metrics.read_text().splitlines()) >= 2
+        ):
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            time.sleep(0.5)
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=120)[0].decode()
