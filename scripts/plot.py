@@ -12,6 +12,8 @@ figure (`dpfed.report.figures.STYLES`), mean ± std over seeds:
 - ``audit``: runs with ``audit=canaries`` or ``audit=canary_gradients``: the audit's
   lower bound (the largest of its bounds) and one-shot estimate (canary clients)
   against the accountant's epsilon, planted-bug runs marked;
+- ``clip``: runs with ``dp=gaussian`` at several ``dp.clip`` and ``dp=adaptive``: final
+  accuracy against the fixed clip, the adaptive clip's result as a band at its final clip;
 - or any ``--x`` / ``--y`` pair of metrics.csv columns, one line per run,
   labelled by the overrides that differ between runs.
 """
@@ -30,7 +32,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from dpfed.report.collect import curves, summaries  # noqa: E402
-from dpfed.report.figures import audit_figure, curves_figure, save, utility_figure  # noqa: E402
+from dpfed.report.figures import (  # noqa: E402
+    audit_figure,
+    clip_figure,
+    curves_figure,
+    save,
+    utility_figure,
+)
 
 KINDS = {"epsilon": ("round", "epsilon"), "curves": ("round", "eval/accuracy")}
 
@@ -153,12 +161,34 @@ def plot_audit(root, out) -> list[Path]:
     return audit_figure(frame, out, xlabel=privacy_axis(frame).replace("\n", " "))
 
 
+def plot_clip(root, out, y: str = "eval/accuracy") -> list[Path]:
+    """``y`` against the fixed clip, with the adaptive clip's result (runs with dp=gaussian and
+    dp=adaptive)."""
+    frame = labelled_runs(root)
+    fixed = frame[frame["mechanism"] == "gaussian"]
+    adaptive = frame[frame["mechanism"] == "adaptive"]
+    if fixed.empty or y not in frame.columns:
+        raise FileNotFoundError(f"no dp=gaussian run with {y!r} under {root}")
+    epsilons = sorted({f"{e:.3g}" for e in frame["epsilon"].dropna()})
+    what, privacy = privacy_axis(frame).splitlines()
+    note = f"{what} {'/'.join(epsilons)} {privacy}"
+    trivial_column = y.replace("eval/", "eval/trivial_")
+    trivial = None
+    if trivial_column in frame and frame[trivial_column].notna().any():
+        name = str(frame["trivial_predictor"].dropna().iloc[0])
+        trivial = (name, float(frame[trivial_column].mean()))
+    ylabel = "held-out accuracy (last round)" if y == "eval/accuracy" else f"{y} (last round)"
+    return clip_figure(fixed, adaptive, out, y=y, ylabel=ylabel, note=note, trivial=trivial)
+
+
 def plot_kind(kind: str, root, out) -> list[Path]:
-    """Draws one of `KINDS`, ``utility`` or ``audit`` for the runs under ``root``."""
+    """Draws one of `KINDS`, ``utility``, ``audit`` or ``clip`` for the runs under ``root``."""
     if kind == "utility":
         return plot_utility(root, out)
     if kind == "audit":
         return plot_audit(root, out)
+    if kind == "clip":
+        return plot_clip(root, out)
     return plot_curves(root, KINDS[kind][1], out)
 
 
@@ -167,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root")
     parser.add_argument("--out", required=True,
                         help="figure (.png, .pdf, .svg); no suffix: .png and .pdf")  # fmt: skip
-    parser.add_argument("--kind", choices=[*KINDS, "utility", "audit"])
+    parser.add_argument("--kind", choices=[*KINDS, "utility", "audit", "clip"])
     parser.add_argument("--x", default="epsilon")
     parser.add_argument("--y", default="eval/accuracy")
     args = parser.parse_args(argv)

@@ -109,6 +109,19 @@ def test_audit_quick_tabulates_the_bound_and_catches_the_planted_bug(tmp_path):
         assert (tmp_path / "figures" / f"audit_quick_audit.{suffix}").stat().st_size
 
 
+def test_adaptive_clip_quick_tabulates_fixed_clips_and_the_adaptive_one(tmp_path):
+    """Fixed clips 0.1 and 1 and the adaptive clip (from 0.1), at the same noise multiplier:
+    one epsilon for all rows, the adaptive run's final clip moved from its start, a figure."""
+    table = reproduce("adaptive_clip", tmp_path).set_index("clip")
+    assert sorted(table.index) == ["0.1", "1", "adaptive (median)"]
+    assert table["epsilon"].nunique() == 1  # the count noise is paid inside the same budget
+    assert table.loc["1", "final clip"] == 1 and table.loc["0.1", "final clip"] == 0.1
+    final = table.loc["adaptive (median)", "final clip"]
+    assert 0 < final and final != pytest.approx(0.1)  # initial_clip 0.1, then adapted
+    for suffix in ("png", "pdf"):
+        assert (tmp_path / "figures" / f"adaptive_clip_quick_clip.{suffix}").stat().st_size
+
+
 def test_mf_error_quick_shows_banded_mf_below_tree_and_independent_noise(tmp_path):
     table = reproduce("mf_error", tmp_path).set_index("mechanism")
     assert set(table["neighboring"]) == {"zero_out"}

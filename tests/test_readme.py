@@ -158,7 +158,9 @@ def readme_sweep(tmp_path, monkeypatch):
         eps = np.sqrt(rounds) / noise
         accuracy = 0.5 + 0.3 * (1 - np.exp(-rounds / (5 * noise)))
         lines = ["round,epsilon,delta,eval/accuracy,train/loss,bytes_up"]
-        lines += [f"{r},{e},1e-05,{a},{1 - a},1000" for r, e, a in zip(rounds, eps, accuracy)]
+        lines += [
+            f"{r},{e},1e-05,{a},{1 - a},1000" for r, e, a in zip(rounds, eps, accuracy, strict=True)
+        ]
         (run / "metrics.csv").write_text("\n".join(lines) + "\n")
         summary = {"status": "completed", "rounds": 20, "epsilon": float(eps[-1]),
                    "delta": 1e-5, "eval/accuracy": float(accuracy[-1]), "total_bytes_up": 20000,

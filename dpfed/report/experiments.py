@@ -140,6 +140,19 @@ AUDIT_QUICK_SWEEPS = (
 )  # fmt: skip
 
 
+def _adaptive_clip(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Rows clip (fixed values, then ``adaptive``), with the adaptive runs' final clip."""
+    adaptive = frame["choice/dp"] == "adaptive"
+    clip = frame["clip"].map(lambda c: f"{c:g}" if pd.notna(c) else "")
+    final = frame.get("dp/clip", pd.Series(np.nan, index=frame.index))
+    return frame.assign(**{"clip": clip.where(~adaptive, "adaptive (median)"),
+                           "final clip": final.where(adaptive, frame["clip"]),
+                           "mechanism": frame["choice/dp"]})  # fmt: skip
+
+
+ADAPTIVE_CLIP_SWEEPS = (("dp=gaussian", "dp.clip=0.01,0.03,0.1,0.3,1,3"), ("dp=adaptive",))
+
+
 def _mf_error(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Rows mechanism (and factorization), columns epochs; the relation is in every row."""
     factorization = frame.get("factorization", pd.Series(None, index=frame.index))
@@ -248,6 +261,21 @@ EXPERIMENTS = {
             ),  # fmt: skip
             accounting_only=True,
             derive=_mf_error,
+        ),
+        Experiment(
+            "adaptive_clip",
+            "Held-out accuracy with a fixed clip against adaptive clipping at the median "
+            "(Andrew et al. 2021), user-level noise multiplier 1, 100 of 1000 clients per round",
+            rows=("mechanism", "clip"),
+            columns=(),
+            values=("eval/accuracy", "final clip", "epsilon"),
+            sweeps=ADAPTIVE_CLIP_SWEEPS,
+            quick_sweeps=(
+                ("dp=gaussian", "dp.clip=0.1,1"),
+                ("dp=adaptive", "dp.clipped_count_stddev=1"),
+            ),
+            derive=_adaptive_clip,
+            plots=("clip",),
         ),
         Experiment(
             "audit",

@@ -13,7 +13,7 @@ import pytest
 from dpfed.errors import ConfigError
 from dpfed.privacy.sampling import MinSepPoissonSampler
 from tests.helpers import independent_epsilon
-from tests.privacy.test_plan import N, ROUNDS, Z, plan
+from tests.privacy.test_plan import ROUNDS, N, Z, plan
 
 GROUPS = 5  # 200 clients in 5 groups of 40; 20 expected per round: q = 1/2
 AMPLIFIED = ("strategy.sampling=min_sep_poisson", f"strategy.sampling_groups={GROUPS}")
