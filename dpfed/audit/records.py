@@ -79,7 +79,8 @@ class GradientCanaryAudit(ModelStatistics):
         self.delta = float(dp_delta if delta is None else delta)
         self.seed = int(run_seed if seed is None else seed)
         self.planted_noise_factor = float(planted_noise_factor)
-        self._key = stream_key(self.seed, "audit/canary_gradients")
+        # numpy's generators take non-negative entropy; stream keys are signed int64
+        self._key = int(np.int64(stream_key(self.seed, "audit/canary_gradients")).view(np.uint64))
         rng = np.random.default_rng([self._key, 0])
         self.included = rng.random(self.canaries) < 0.5  # each independently, probability 1/2
         self._residual = np.zeros(self.canaries)  # the iterates' statistic, summed over steps
@@ -154,10 +155,11 @@ class GradientCanaryAudit(ModelStatistics):
         final = -(weights - self.initial)[self.coordinates]
         alpha = self.significance / 2
         out = {}
+        one_sided = self.included.all() or not self.included.any()  # no in (or out) scores
         for column, scores in (("audit/epsilon_lower", final),
                                ("audit/epsilon_lower_iterates", self._residual)):  # fmt: skip
-            if not np.all(np.isfinite(scores)) or not np.any(scores):
-                out[column] = math.nan  # nothing was released that moved these coordinates
+            if one_sided or not np.all(np.isfinite(scores)) or not np.any(scores):
+                out[column] = math.nan  # no test to make, or nothing moved these coordinates
                 continue
             out[column] = one_run_audit(scores[self.included], scores[~self.included],
                                         self.delta, alpha)  # fmt: skip

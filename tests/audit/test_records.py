@@ -150,3 +150,23 @@ def test_the_last_line_names_the_larger_of_the_two_bounds():
     assert "audit: epsilon >= 0.42 (95% confidence)" in result_line(summary, "out")
     summary["audit/epsilon_lower_iterates"] = math.nan
     assert "audit: epsilon >= 0.17 (95% confidence)" in result_line(summary, "out")
+
+
+def test_every_seed_builds_and_too_few_canaries_on_one_side_prove_nothing():
+    """Stream keys are signed: every seed must give the canaries a generator (a review found
+    half of them raising), and an audit whose canaries all fell in (or out) reports NaN."""
+    from types import SimpleNamespace
+
+    from dpfed.audit.records import GradientCanaryAudit
+    from dpfed.privacy.mechanisms.base import ExampleDP, MechanismParts
+
+    model = SimpleNamespace(keras_model=lambda: SimpleNamespace(trainable_weights=[np.zeros(50)]))
+    plan = SimpleNamespace(sampler=SimpleNamespace(q=0.5, unit="record"), label="dpsgd")
+    for seed in range(20):
+        audit = GradientCanaryAudit(canaries=10, run_seed=seed)
+        audit.wrap(MechanismParts(example_dp=ExampleDP(1.0, 1.0)), plan, model)
+        assert audit.step_gradient(1, 0).shape == (50,)
+    audit.initial = np.zeros(50)
+    audit._residual = np.arange(1.0, 11.0)
+    audit.included = np.ones(10, bool)
+    assert all(math.isnan(v) for v in audit.estimates(np.ones(50)).values())

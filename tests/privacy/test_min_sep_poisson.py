@@ -66,6 +66,7 @@ def test_gaussian_with_separated_poisson_composes_only_the_first_groups_rounds()
     ("overrides", "key"),
     [(("dp=bandmf", *AMPLIFIED, "dp.bands=6"), "dp.bands"),
      (("dp=bandmf", *AMPLIFIED, "dp.factorization=blt"), "dp.factorization"),
+     (("dp=bandmf", *AMPLIFIED, "dp.factorization=sqrt_toeplitz"), "dp.factorization"),
      (("dp=bandmf", *AMPLIFIED, "dp.neighboring=replace_one"), "dp.neighboring"),
      (("dp=tree", *AMPLIFIED), "strategy.sampling"),
      (("dp=gaussian", "strategy.sampling=min_sep_poisson"), "strategy.sampling_groups"),

@@ -182,6 +182,10 @@ class BandMFMechanism(Mechanism):
     def bands_for(self, ctx) -> int:
         """The number of bands of a banded ``C`` (``rounds`` for sqrt_toeplitz)."""
         per_epoch, participations, separation = self.pattern(ctx)
+        if ctx.sampler.separated_poisson and self.factorization != Factorization.banded:
+            raise ConfigError("factorization", str(self.factorization),
+                              "banded with strategy.sampling=min_sep_poisson (amplification "
+                              "needs at most sampling_groups bands)")  # fmt: skip
         if self.factorization == Factorization.sqrt_toeplitz:
             return ctx.rounds
         bands = min(self.bands or per_epoch, ctx.rounds)
@@ -193,17 +197,11 @@ class BandMFMechanism(Mechanism):
                               f"<= {separation} (strategy.sampling=cyclic brings a client back "
                               f"every {separation} rounds; more bands make its participations "
                               "interact)")  # fmt: skip
-        if ctx.sampler.separated_poisson:
-            if self.factorization != Factorization.banded:
-                raise ConfigError("factorization", str(self.factorization),
-                                  "banded with strategy.sampling=min_sep_poisson (amplification "
-                                  "needs at most sampling_groups bands)")  # fmt: skip
-            if bands > separation:
-                raise ConfigError("bands", bands,
-                                  f"<= {separation} (strategy.sampling_groups: with "
-                                  "min_sep_poisson sampling a client's rounds are that far "
-                                  "apart; more bands make them interact and void the "
-                                  "amplification)")  # fmt: skip
+        if ctx.sampler.separated_poisson and bands > separation:
+            raise ConfigError("bands", bands,
+                              f"<= {separation} (strategy.sampling_groups: with min_sep_poisson "
+                              "sampling a client's rounds are that far apart; more bands make "
+                              "them interact and void the amplification)")  # fmt: skip
         return bands
 
     def strategy(self, ctx) -> Strategy:
@@ -265,8 +263,10 @@ class BandMFMechanism(Mechanism):
         and the release is the composition of one Poisson-sampled Gaussian of noise
         ``z / ||C e_i||`` per round of its group: ``sampler.round_event`` of that Gaussian."""
         sampler = ctx.sampler
-        self.bands_for(ctx)  # refuses more bands than groups, and other factorizations
-        neighboring = sampler.neighboring(ctx.neighboring)
+        bands = self.bands_for(ctx)  # refuses more bands than groups, and other factorizations
+        if self.factorization != Factorization.banded or bands > sampler.min_separation:
+            raise AssertionError("amplified accounting of a factorization with interacting bands")
+        neighboring = sampler.neighboring(ctx.neighboring, private=noise_multiplier > 0)
         norm = self.column_norm(ctx)
 
         def event(round_num):
