@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from dpfed.report.collect import curves, summaries  # noqa: E402
+from dpfed.report.collect import curves, mechanism_labels, summaries  # noqa: E402
 from dpfed.report.figures import (  # noqa: E402
     audit_figure,
     clip_figure,
@@ -89,7 +89,7 @@ def labelled_runs(root) -> pd.DataFrame:
         raise FileNotFoundError(f"no run with a summary.json under {root}")
     frame = frame[frame.get("status", "completed").isin(["completed", "stopped"])].copy()
     frame["dataset"] = frame.get("choice/dataset", "runs")
-    frame["mechanism"] = frame.get("choice/dp", "runs")
+    frame["mechanism"] = mechanism_labels(frame)
     missing = pd.Series(float("nan"), index=frame.index)
     target = pd.to_numeric(frame.get("override/dp.target_epsilon", missing), errors="coerce")
     epsilon = pd.to_numeric(frame.get("epsilon", missing), errors="coerce")

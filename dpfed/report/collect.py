@@ -43,6 +43,15 @@ def summaries(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def mechanism_labels(frame: pd.DataFrame) -> pd.Series:
+    """Each run's ``dp`` option, or its factorization where that is not the option's default
+    (``dp=bandmf dp.factorization=blt`` is ``blt``), as tables and figures name mechanisms."""
+    mechanism = frame.get("choice/dp", pd.Series("runs", index=frame.index))
+    factorization = frame.get("factorization", pd.Series(None, index=frame.index))
+    other = factorization.notna() & (factorization.astype(str) != "banded")
+    return mechanism.where(~other, factorization.astype(str))
+
+
 def curves(root: str | Path) -> pd.DataFrame:
     """Every run's metrics.csv stacked, with a ``run`` column (for per-round plots)."""
     frames = [pd.read_csv(d / "metrics.csv").assign(run=str(d))

@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dpfed.report.collect import curves, reach_target, summaries, table
+from dpfed.report.collect import curves, mechanism_labels, reach_target, summaries, table
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _privacy_utility(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Rows dataset x mechanism; the non-private runs fill every mechanism's epsilon=inf column."""
-    frame = frame.assign(dataset=frame["choice/dataset"], mechanism=frame["choice/dp"])
+    frame = frame.assign(dataset=frame["choice/dataset"], mechanism=mechanism_labels(frame))
     target = frame.get("override/dp.target_epsilon", pd.Series(np.nan, index=frame.index))
     frame["epsilon budget"] = pd.to_numeric(target, errors="coerce")
     private = frame[frame["mechanism"] != "none"]
@@ -65,6 +65,8 @@ PRIVACY_UTILITY_SWEEPS = tuple(
     for sweep in (
         (f"dataset={dataset}", f"strategy.clients_per_round={m}", "dp=gaussian,tree,bandmf",
          _BUDGETS, _SAME_RELATION),
+        (f"dataset={dataset}", f"strategy.clients_per_round={m}", "dp=bandmf",
+         "dp.factorization=blt", _BUDGETS, _SAME_RELATION),
         (f"dataset={dataset}", f"strategy.clients_per_round={m}", "dp=adaptive", _BUDGETS,
          f"dp.clipped_count_stddev={m / 2}", _SAME_RELATION),
         (f"dataset={dataset}", f"strategy.clients_per_round={m}", "dp=none"),
