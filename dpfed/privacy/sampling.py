@@ -294,22 +294,24 @@ class CyclicSampler(ShuffleSampler):
 class MinSepPoissonSampler(CohortSampler):
     """Poisson cohorts from groups taking turns: b-min-separation Poisson sampling.
 
-    A seeded permutation splits the clients into ``groups`` groups of
-    ``population // groups`` (the clients left over never take part); round
-    ``t`` draws from group ``(t - 1) mod groups`` only, each of its clients
-    independently with probability ``q = clients_per_round / group size``. A
-    client's rounds are therefore at least ``groups`` apart, and it can take
-    part in at most ``ceil(rounds / groups)`` of them, each Poisson-sampled:
-    the sampling of amplified banded matrix factorization (Choquette-Choo et
-    al., "(Amplified) Banded Matrix Factorization", NeurIPS 2023, Section 4),
-    and for mechanisms whose rounds are independent releases, DP-SGD-style
-    amplification over fewer rounds. The first group's rounds (the most of
-    any group) carry ``PoissonSampledDpEvent(q, release)``, every other round
-    a no-op, under add/remove adjacency (``zero_out`` equals it here).
+    Every client is assigned to one of ``groups`` groups by a seeded draw of its
+    own (a function of the seed and its id alone, so adding or removing a client
+    moves no other client); round ``t`` draws from group ``(t - 1) mod groups``
+    only, each of its clients independently with probability
+    ``q = clients_per_round * groups / population`` (its own coin, keyed by the
+    round and its id), so cohorts average ``clients_per_round``. A client's
+    rounds are therefore at least ``groups`` apart, and it can take part in at
+    most ``ceil(rounds / groups)`` of them, each Poisson-sampled: the sampling of
+    amplified banded matrix factorization (Choquette-Choo et al., "(Amplified)
+    Banded Matrix Factorization", NeurIPS 2023, Section 4), and for mechanisms
+    whose rounds are independent releases, DP-SGD-style amplification over fewer
+    rounds. The first group's rounds (the most of any group) carry
+    ``PoissonSampledDpEvent(q, release)``, every other round a no-op, under
+    add/remove adjacency (``zero_out`` equals it here).
 
     Args:
         population: number of clients.
-        clients_per_round: expected cohort size, in [1, population // groups].
+        clients_per_round: expected cohort size, in [1, population / groups].
         seed: sampling seed (the groups and each round's draw).
         groups: ``strategy.sampling_groups``, in [1, population].
     """
@@ -325,12 +327,15 @@ class MinSepPoissonSampler(CohortSampler):
               f"in [1, {population}] with strategy.sampling=min_sep_poisson "
               "(the clients are split into this many groups taking turns)")  # fmt: skip
         self.groups = int(groups)
-        self.group_size = population // self.groups
-        check(1 <= clients_per_round <= self.group_size, "clients_per_round", clients_per_round,
-              f"in [1, {self.group_size}] (one group of {population} clients in "
-              f"{self.groups} groups)")  # fmt: skip
+        limit = population // self.groups
+        check(1 <= clients_per_round <= limit, "clients_per_round", clients_per_round,
+              f"in [1, {limit}] ({population} clients in {self.groups} groups: a group "
+              "averages that many)")  # fmt: skip
         super().__init__(population, clients_per_round, seed)
-        self.q = clients_per_round / self.group_size
+        self.q = clients_per_round * self.groups / population
+        self._assignment = np.random.default_rng([seed, 0, 29]).integers(
+            0, self.groups, size=population
+        )
 
     @property
     def min_separation(self) -> int:
@@ -343,13 +348,12 @@ class MinSepPoissonSampler(CohortSampler):
 
     def members(self, group: int) -> np.ndarray:
         """The clients of ``group``."""
-        order = np.random.default_rng([self.seed, 0, 29]).permutation(self.population)
-        return order[group * self.group_size : (group + 1) * self.group_size]
+        return np.flatnonzero(self._assignment == group)
 
     def sample(self, round_num: int) -> list[str]:
-        members = self.members(self.group(round_num))
-        joins = np.random.default_rng([self.seed, round_num, 19]).random(members.size) < self.q
-        return [str(i) for i in members[joins]]
+        coins = np.random.default_rng([self.seed, round_num, 19]).random(self.population)
+        joins = (self._assignment == self.group(round_num)) & (coins < self.q)
+        return [str(i) for i in np.flatnonzero(joins)]
 
     def round_event(self, round_num: int, release: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
         if self.group(round_num) != 0:
@@ -361,8 +365,7 @@ class MinSepPoissonSampler(CohortSampler):
 
     def describe(self) -> dict:
         return {**super().describe(), "sampling_probability": self.q,
-                "sampling_groups": self.groups, "group_size": self.group_size,
-                "min_separation": self.min_separation}  # fmt: skip
+                "sampling_groups": self.groups, "min_separation": self.min_separation}  # fmt: skip
 
 
 class RecordPoissonSampler(Sampler):

@@ -21,7 +21,9 @@ AMPLIFIED = ("strategy.sampling=min_sep_poisson", f"strategy.sampling_groups={GR
 
 def test_each_client_takes_part_only_in_its_groups_rounds_poisson_sampled():
     sampler = MinSepPoissonSampler(N, 20, seed=3, groups=GROUPS)
-    assert sampler.group_size == 40 and sampler.q == 0.5
+    assert sampler.q == 0.5
+    groups = [set(sampler.members(g).tolist()) for g in range(GROUPS)]
+    assert set().union(*groups) == set(range(N)) and sum(map(len, groups)) == N  # a partition
     rounds = {t: [int(c) for c in sampler.sample(t)] for t in range(1, 201)}
     seen: dict[int, list[int]] = {}
     for t, cohort in rounds.items():
@@ -34,6 +36,11 @@ def test_each_client_takes_part_only_in_its_groups_rounds_poisson_sampled():
     sizes = np.array([len(c) for c in rounds.values()])
     assert abs(sizes.mean() - 20) < 1.0 and sizes.std() > 1  # Poisson: sizes vary around 20
     assert max(len(ts) for ts in seen.values()) <= sampler.max_participations(200) == 40
+    # a client's group and coins are its own: more clients (at the same q) change no other's
+    bigger = MinSepPoissonSampler(2 * N, 40, seed=3, groups=GROUPS)
+    assert bigger.q == sampler.q
+    for t in (1, 2, 17):
+        assert [c for c in bigger.sample(t) if int(c) < N] == sampler.sample(t)
     again = MinSepPoissonSampler(N, 20, seed=3, groups=GROUPS)
     assert again.sample(17) == sampler.sample(17)
     assert MinSepPoissonSampler(N, 20, seed=4, groups=GROUPS).sample(17) != sampler.sample(17)
