@@ -63,11 +63,10 @@ class NoTraining:
         return state
 
 
-def loop_run(cfg, tmp_path):
-    """The summary of a run of ``cfg`` through `Simulation` with a non-training process."""
+def loop_simulation(cfg):
+    """`Simulation` of ``cfg`` with a non-training process, and its privacy plan."""
     from dpfed.build import build_dataset
     from dpfed.federated.simulation import Simulation
-    from dpfed.io.run_writer import RunWriter
     from dpfed.privacy.mechanisms.base import MechanismParts
 
     dataset = build_dataset(cfg)
@@ -77,6 +76,14 @@ def loop_run(cfg, tmp_path):
     model = SimpleNamespace(metrics=lambda: [SimpleNamespace(name="accuracy")])
     sim = Simulation(dataset, model, plan, MechanismParts(), strategy, None, NoTraining(),
                      seed=cfg.seed, progress=False)  # fmt: skip
+    return sim, plan
+
+
+def loop_run(cfg, tmp_path):
+    """The summary of a run of ``cfg`` through `Simulation` with a non-training process."""
+    from dpfed.io.run_writer import RunWriter
+
+    sim, _ = loop_simulation(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     return sim.run(RunWriter(tmp_path, sim.columns), {"config": config})
 
@@ -155,3 +162,29 @@ def test_real_runs_agree(runtime, option, sampling, tmp_path, capsys):
                       {"config": OmegaConf.to_container(cfg, resolve=True)})  # fmt: skip
     assert summary["status"] == "completed"
     check_agreement(summary, cfg, tmp_path, capsys)
+
+
+def test_an_interruption_after_a_rounds_accounting_still_counts_its_privacy(tmp_path):
+    """A signal between a round's release (accounted) and its summary update: the interrupted
+    summary must count that round and its epsilon, not report the rounds before it."""
+    from dpfed.io.run_writer import RunWriter
+
+    sim, plan = loop_simulation(compose(*overrides_for("gaussian", "poisson")))
+
+    class SignalledWriter(RunWriter):
+        def write_round(self, row):
+            super().write_round(row)
+            if row["round"] == 2:
+                raise KeyboardInterrupt  # SIGINT right after round 2's row
+
+    with pytest.raises(KeyboardInterrupt):
+        sim.run(SignalledWriter(tmp_path, sim.columns), {})
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rounds"] == 2
+    two_rounds = plan.new_ledger()
+    for round_num in (1, 2):
+        for account in plan.accounts:
+            for event in plan.planned_events(account)[round_num - 1 : round_num]:
+                two_rounds.accountants[account.column].record(event)
+    assert summary["epsilon"] == pytest.approx(two_rounds.describe()["epsilon"], rel=1e-12)
+    assert summary["epsilon"] > 0

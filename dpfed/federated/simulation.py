@@ -234,6 +234,7 @@ class Simulation:
             self.checkpoints.clear()
         bar = tqdm(range(first, self.rounds + 1), desc="rounds", unit="round", initial=first - 1,
                    total=self.rounds, disable=not self.progress, dynamic_ncols=True)  # fmt: skip
+        recorded = first - 1
         try:
             for round_num in bar:
                 cohort, canaries = self.audit.split(self.sampler.sample(round_num))
@@ -244,6 +245,7 @@ class Simulation:
                     break
                 state, row = self.run_round(state, round_num, cohort, canaries)
                 row.update(self.ledger.record(round_num, cohort, events))
+                recorded = round_num  # released and accounted, whatever interrupts it now
                 writer.write_round(row)
                 if reason := self.diverged(state, row):
                     summary.update(status="diverged", diverged_round=round_num, error=reason,
@@ -269,6 +271,8 @@ class Simulation:
                 "RunInterrupted")  # fmt: skip
             summary["status"] = "interrupted" if interrupted else "failed"
             summary["error"] = f"{type(err).__name__}: {err}"
+            # a signal between a round's accounting and its summary: count what was spent
+            summary.update(rounds=max(summary.get("rounds", 0), recorded), **self.ledger.describe())
             if interrupted and resume_command:
                 summary["resume_command"] = resume_command
             raise

@@ -191,17 +191,19 @@ class BandMFMechanism(Mechanism):
         bands = min(self.bands or per_epoch, ctx.rounds)
         if self.factorization == Factorization.banded and self.bands and self.bands > ctx.rounds:
             raise ConfigError("bands", self.bands, f"<= rounds={ctx.rounds}")
-        if (self.factorization == Factorization.banded and participations > 1
-                and ctx.sampler.label == "cyclic" and bands > separation):  # fmt: skip
-            raise ConfigError("bands", bands,
-                              f"<= {separation} (strategy.sampling=cyclic brings a client back "
-                              f"every {separation} rounds; more bands make its participations "
-                              "interact)")  # fmt: skip
         if ctx.sampler.separated_poisson and bands > separation:
             raise ConfigError("bands", bands,
                               f"<= {separation} (strategy.sampling_groups: with min_sep_poisson "
                               "sampling a client's rounds are that far apart; more bands make "
                               "them interact and void the amplification)")  # fmt: skip
+        # a sampling that keeps a client's rounds apart (cyclic) is worth it only with at most
+        # that many bands; one that can bring it back at once (shuffle) is accounted as such
+        if (self.factorization == Factorization.banded and participations > 1
+                and separation > 1 and bands > separation):  # fmt: skip
+            raise ConfigError("bands", bands,
+                              f"<= {separation} (strategy.sampling={ctx.sampler.label} brings a "
+                              f"client back every {separation} rounds; more bands make its "
+                              "participations interact)")  # fmt: skip
         return bands
 
     def strategy(self, ctx) -> Strategy:
