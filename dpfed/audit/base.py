@@ -14,6 +14,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from dpfed.errors import check
+
 
 class Audit:
     """The hooks a run calls; every default changes nothing (an unaudited run)."""
@@ -80,12 +82,50 @@ def flat_weights(leaves) -> np.ndarray:
     return np.concatenate([np.asarray(v, np.float64).ravel() for v in leaves])
 
 
-class ModelStatistics(Audit):
-    """An audit whose statistics are measured from the initial model ``self.initial``
-    (set by `start`): its checkpoint holds the statistics (`statistics`) and the initial
-    model's digest, which a resumed run must match."""
+class CanaryAuditBase(Audit):
+    """What both canary audits share: their settings, the planted bug, and statistics
+    measured from the initial model ``self.initial`` (set by `start`), which a checkpoint
+    holds (`statistics`) with the initial model's digest, which a resumed run must match.
+
+    Args:
+        delta: delta of the audit's epsilons; None: ``dp_delta``.
+        significance: the lower bounds hold with probability at least ``1 - significance``.
+        seed: seeds the canaries; None: ``run_seed``.
+        planted_noise_factor: the mechanism adds this times the accounted noise (1: no bug).
+        run_seed, dp_delta: the run's, passed by `dpfed.build.build_audit`.
+    """
 
     initial: np.ndarray
+    process = None
+
+    def __init__(self, delta: float | None = None, significance: float = 0.05,
+                 seed: int | None = None, planted_noise_factor: float = 1.0,
+                 run_seed: int = 0, dp_delta: float = 1e-5):  # fmt: skip
+        check(delta is None or 0 < delta < 1, "delta", delta, "null (dp.delta) or in (0, 1)")
+        check(0 < significance < 0.5, "significance", significance, "in (0, 0.5)")
+        check(seed is None or seed >= 0, "seed", seed, "null (the run's seed) or >= 0")
+        check(0 <= planted_noise_factor <= 1, "planted_noise_factor", planted_noise_factor,
+              "in [0, 1] (1: no planted bug)")  # fmt: skip
+        self.significance = float(significance)
+        self.delta = float(dp_delta if delta is None else delta)
+        self.seed = int(run_seed if seed is None else seed)
+        self.planted_noise_factor = float(planted_noise_factor)
+
+    def mechanism_plan(self, plan):
+        return with_noise_factor(plan, self.planted_noise_factor)
+
+    def _weights(self, state) -> np.ndarray:
+        """The process state's trainable weights, flat."""
+        return flat_weights(self.process.get_model_weights(state).trainable)
+
+    def describe_settings(self) -> dict:
+        """summary.json fields of the shared settings."""
+        return {
+            "audit_delta": self.delta,
+            "audit_significance": self.significance,
+            "audit_seed": self.seed,
+            "audit_planted_noise_factor": self.planted_noise_factor,
+        }
 
     def statistics(self) -> dict[str, np.ndarray]:
         """The audit's running statistics, by name (float64 arrays)."""

@@ -50,7 +50,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from dpfed.audit.base import ModelStatistics, flat_weights, with_noise_factor
+from dpfed.audit.base import CanaryAuditBase, flat_weights
 from dpfed.audit.estimators import canary_cosines, one_shot_epsilon, threshold_epsilon_lower_bound
 from dpfed.errors import ConfigError, check
 from dpfed.privacy.noise import position_seed, stream_key
@@ -152,7 +152,7 @@ def _estimate(estimator, *args, **kwargs) -> float:
         return math.nan
 
 
-class CanaryAudit(ModelStatistics):
+class CanaryAudit(CanaryAuditBase):
     """``audit=canaries`` (args: `dpfed.audit.CanaryAuditConfig`).
 
     Args:
@@ -168,15 +168,8 @@ class CanaryAudit(ModelStatistics):
                  dp_delta: float = 1e-5):  # fmt: skip
         check(inserted >= 2, "inserted", inserted, ">= 2 (a Gaussian is fit to their statistics)")
         check(held_out >= 2, "held_out", held_out, ">= 2 (a Gaussian is fit to their statistics)")
-        check(delta is None or 0 < delta < 1, "delta", delta, "null (dp.delta) or in (0, 1)")
-        check(0 < significance < 0.5, "significance", significance, "in (0, 0.5)")
-        check(seed is None or seed >= 0, "seed", seed, "null (the run's seed) or >= 0")
-        check(0 <= planted_noise_factor <= 1, "planted_noise_factor", planted_noise_factor,
-              "in [0, 1] (1: no planted bug)")  # fmt: skip
-        self.inserted, self.held_out, self.significance = inserted, held_out, significance
-        self.delta = float(dp_delta if delta is None else delta)
-        self.seed = int(run_seed if seed is None else seed)
-        self.planted_noise_factor = float(planted_noise_factor)
+        super().__init__(delta, significance, seed, planted_noise_factor, run_seed, dp_delta)
+        self.inserted, self.held_out = inserted, held_out
         key = stream_key(self.seed, "audit/canaries")
         self.seeds = np.stack([position_seed(key, i) for i in range(inserted + held_out)])
         self.first_canary = None  # client id of the first canary (set by `wrap`)
@@ -192,9 +185,6 @@ class CanaryAudit(ModelStatistics):
             raise ConfigError("audit", "canaries", "canary_gradients with strategy=centralized "
                               "(canary clients audit federated runs; canary records audit "
                               "DP-SGD on pooled records)", absolute=True)  # fmt: skip
-
-    def mechanism_plan(self, plan):
-        return with_noise_factor(plan, self.planted_noise_factor)
 
     def wrap(self, parts, plan, model):
         if parts.query is None or parts.local is not None:
@@ -226,9 +216,6 @@ class CanaryAudit(ModelStatistics):
         self.directions = np.stack(directions)
         self.initial = self._weights(state)
         self.dim = self.initial.size
-
-    def _weights(self, state) -> np.ndarray:
-        return flat_weights(self.process.get_model_weights(state).trainable)
 
     def split(self, cohort: list[str]) -> tuple[list[str], list[int]]:
         real = [c for c in cohort if int(c) < self.first_canary]
@@ -284,10 +271,7 @@ class CanaryAudit(ModelStatistics):
             "audit": "canaries (one-shot empirical privacy estimation, Andrew et al. 2024)",
             "audit_inserted": self.inserted,
             "audit_held_out": self.held_out,
-            "audit_delta": self.delta,
-            "audit_significance": self.significance,
-            "audit_seed": self.seed,
-            "audit_planted_noise_factor": self.planted_noise_factor,
+            **self.describe_settings(),
         }
 
     def statistics(self) -> dict[str, np.ndarray]:

@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from dpfed.audit.base import ModelStatistics, flat_weights, with_noise_factor
+from dpfed.audit.base import CanaryAuditBase
 from dpfed.audit.estimators import one_run_audit
 from dpfed.errors import ConfigError, check
 from dpfed.privacy.noise import stream_key
@@ -52,7 +52,7 @@ from dpfed.privacy.noise import stream_key
 COLUMNS = ("audit/canaries", "audit/epsilon_lower", "audit/epsilon_lower_iterates")
 
 
-class GradientCanaryAudit(ModelStatistics):
+class GradientCanaryAudit(CanaryAuditBase):
     """``audit=canary_gradients`` (args: `dpfed.audit.GradientCanaryAuditConfig`).
 
     It is also the probe `dpfed.federated.pooled.CentralizedProcess` calls at
@@ -70,15 +70,8 @@ class GradientCanaryAudit(ModelStatistics):
                  planted_noise_factor: float = 1.0, run_seed: int = 0,
                  dp_delta: float = 1e-5):  # fmt: skip
         check(canaries >= 2, "canaries", canaries, ">= 2")
-        check(delta is None or 0 < delta < 1, "delta", delta, "null (dp.delta) or in (0, 1)")
-        check(0 < significance < 0.5, "significance", significance, "in (0, 0.5)")
-        check(seed is None or seed >= 0, "seed", seed, "null (the run's seed) or >= 0")
-        check(0 <= planted_noise_factor <= 1, "planted_noise_factor", planted_noise_factor,
-              "in [0, 1] (1: no planted bug)")  # fmt: skip
-        self.canaries, self.significance = int(canaries), float(significance)
-        self.delta = float(dp_delta if delta is None else delta)
-        self.seed = int(run_seed if seed is None else seed)
-        self.planted_noise_factor = float(planted_noise_factor)
+        super().__init__(delta, significance, seed, planted_noise_factor, run_seed, dp_delta)
+        self.canaries = int(canaries)
         # numpy's generators take non-negative entropy; stream keys are signed int64
         self._key = int(np.int64(stream_key(self.seed, "audit/canary_gradients")).view(np.uint64))
         rng = np.random.default_rng([self._key, 0])
@@ -92,9 +85,6 @@ class GradientCanaryAudit(ModelStatistics):
             raise ConfigError("audit", "canary_gradients", "canaries with federated strategies "
                               "(canary records audit DP-SGD on pooled records: "
                               "strategy=centralized)", absolute=True)  # fmt: skip
-
-    def mechanism_plan(self, plan):
-        return with_noise_factor(plan, self.planted_noise_factor)
 
     def wrap(self, parts, plan, model):
         from dataclasses import replace
@@ -137,9 +127,6 @@ class GradientCanaryAudit(ModelStatistics):
         self.process = process
         self.initial = self._weights(state)
 
-    def _weights(self, state) -> np.ndarray:
-        return flat_weights(self.process.get_model_weights(state).trainable)
-
     def before_round(self, state, canaries: list[int]):
         self._count = 0
         return state
@@ -171,10 +158,7 @@ class GradientCanaryAudit(ModelStatistics):
             "audit_canaries": self.canaries,
             "audit_included": int(self.included.sum()),
             "audit_neighboring": "zero_out (a canary's gradient present or zero)",
-            "audit_delta": self.delta,
-            "audit_significance": self.significance,
-            "audit_seed": self.seed,
-            "audit_planted_noise_factor": self.planted_noise_factor,
+            **self.describe_settings(),
         }
 
     def statistics(self) -> dict[str, np.ndarray]:

@@ -265,9 +265,7 @@ class BandMFMechanism(Mechanism):
         and the release is the composition of one Poisson-sampled Gaussian of noise
         ``z / ||C e_i||`` per round of its group: ``sampler.round_event`` of that Gaussian."""
         sampler = ctx.sampler
-        bands = self.bands_for(ctx)  # refuses more bands than groups, and other factorizations
-        if self.factorization != Factorization.banded or bands > sampler.min_separation:
-            raise AssertionError("amplified accounting of a factorization with interacting bands")
+        self.bands_for(ctx)  # refuses more bands than groups, and other factorizations
         neighboring = sampler.neighboring(ctx.neighboring, private=noise_multiplier > 0)
         norm = self.column_norm(ctx)
 
