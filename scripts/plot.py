@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from dpfed.report.collect import curves, mechanism_labels, summaries  # noqa: E402
+from dpfed.report.collect import audited, curves, mechanism_labels, summaries  # noqa: E402
 from dpfed.report.figures import (  # noqa: E402
     audit_figure,
     clip_figure,
@@ -154,6 +154,7 @@ def plot_audit(root, out) -> list[Path]:
     frame = labelled_runs(root)
     if "audit/epsilon_lower" not in frame.columns:
         raise FileNotFoundError(f"no audited run (audit=canaries or canary_gradients) under {root}")
+    frame = audited(frame)
     bounds = [c for c in ("audit/epsilon_lower", "audit/epsilon_lower_iterates") if c in frame]
     frame = frame.assign(bound=frame[bounds].max(axis=1))  # every bound holds together
     frame = frame[frame["bound"].notna()].copy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pandas as pd
@@ -169,3 +170,18 @@ def test_make_table_prints_the_tuning_cost_of_releasing_the_best_run(tmp_path, c
                           distribution="geometric")  # fmt: skip
     assert f"is epsilon {want:.4g} at delta 1e-05 (add_remove)" in out
     assert "mean 3 (these runs)" in out and "at most 3 for one run" in out
+
+
+def test_audited_runs_compare_canary_records_in_clients_with_the_record_level_epsilon():
+    from dpfed.report.collect import audited
+
+    frame = pd.DataFrame({
+        "choice/dp": ["dpsgd", "dpsgd", "gaussian"],
+        "audit_bounds": ["epsilon_record", "epsilon", None],
+        "epsilon": [math.inf, 2.5, 1.5],
+        "epsilon_record": [3.0, None, None],
+    })  # fmt: skip
+    out = audited(frame)
+    assert list(out["epsilon"]) == [3.0, 2.5, 1.5]
+    assert list(out["mechanism"]) == ["dpsgd (in clients)", "dpsgd", "gaussian"]
+    assert frame.loc[0, "epsilon"] == math.inf  # the input is left as it was

@@ -3,7 +3,8 @@ runs, and the estimators (`estimators`).
 
 The schemas of the ``audit`` config group live here so that composing a config
 imports no TensorFlow: ``audit=none`` (default), ``audit=canaries`` (canary clients,
-federated runs) and ``audit=canary_gradients`` (canary records, DP-SGD on pooled records).
+federated runs) and ``audit=canary_gradients`` (canary records in DP-SGD: pooled
+records, or inside clients on the vectorized backend).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class CanaryAuditConfig:
 
 @dataclass
 class GradientCanaryAuditConfig:
-    """Canary records in DP-SGD and one-run auditing (``audit=canary_gradients``).
+    """Canary records in DP-SGD and one-run auditing (``audit=canary_gradients``): DP-SGD on
+    pooled records, or inside federated clients (``backend=vectorized``).
 
     Attributes:
         canaries: canary records, each on its own model coordinate and included in

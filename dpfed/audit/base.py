@@ -52,6 +52,9 @@ class Audit:
         """The process state for a round in which ``canaries`` take part."""
         return state
 
+    def observe_round(self, client_work: dict) -> None:
+        """Receives the round's client-work measurements (the process's ``client_work``)."""
+
     def after_round(self, state, round_num: int, evaluate: bool) -> dict:
         """The audit's columns after round ``round_num`` (estimates when ``evaluate``)."""
         return {}

@@ -1,7 +1,9 @@
-"""Canary records in DP-SGD on pooled records: one-run auditing (``audit=canary_gradients``).
+"""Canary records in DP-SGD: one-run auditing (``audit=canary_gradients``).
 
 Steinke, Nasr, Jagielski, "Privacy auditing with one (1) training run" (NeurIPS 2023), in
-its white-box setting with Dirac canaries, built into ``strategy=centralized`` runs:
+its white-box setting with Dirac canaries, built into DP-SGD on pooled records
+(``strategy=centralized``) and into DP-SGD inside federated clients (``dp=dpsgd`` with a
+federated strategy, ``backend=vectorized``):
 
 - ``audit.canaries`` (m) canary records each get their own model coordinate (drawn
   without replacement, seeded) and are included in the training set independently
@@ -14,6 +16,17 @@ its white-box setting with Dirac canaries, built into ``strategy=centralized`` r
   zero-out relation; for Poisson-sampled DP-SGD that is also add/remove, so the
   bound is one on the epsilon the run's accountant states under zero-out or
   add/remove, and below it under replace-one.
+- Inside federated clients, each canary record belongs to one real client (drawn
+  uniformly, seeded) and, like the client's own records, sits in exactly one of
+  its batches per local epoch (the batch drawn from the position (round, client)
+  alone), where an included canary adds ``clip`` times its unit vector to the
+  clipped sum before the noise and an excluded one adds nothing. That is the
+  release the accountant's ``epsilon_record`` analyses (local_epochs Gaussian
+  releases per record per participation of its client, zero-out), so the bounds
+  are bounds on ``epsilon_record`` (summary.json's ``audit_bounds``), not on the
+  user-level ``epsilon``. The clients measure each step's residual on their
+  canaries' coordinates and the round's measurements carry the sum per canary
+  (`observe_round`); only ``backend=vectorized`` runs this.
 - After each evaluation round every canary is scored, and the auditor guesses
   "included" for the canaries above a threshold (jax_privacy's rule: every
   threshold on the ROC curve's convex hull, Bonferroni-corrected;
@@ -23,7 +36,8 @@ its white-box setting with Dirac canaries, built into ``strategy=centralized`` r
   * ``audit/epsilon_lower``: from the final model alone (minus the change of the
     canary's coordinate since the initial model; SGD moves against the gradient);
   * ``audit/epsilon_lower_iterates``: from every step's noised gradient sum minus
-    the real records' clipped sum, on the canary's coordinate, summed over steps.
+    the real records' clipped sum, on the canary's coordinate, summed over the
+    steps (pooled records: all steps; in clients: the steps of the canary's batches).
     An adversary who knows every other record and sees every iterate can compute
     this: given the iterate and the other records' batch, the real sum is fixed,
     and the canary's Poisson inclusion is independent of it, which is exactly the
@@ -55,8 +69,9 @@ COLUMNS = ("audit/canaries", "audit/epsilon_lower", "audit/epsilon_lower_iterate
 class GradientCanaryAudit(CanaryAuditBase):
     """``audit=canary_gradients`` (args: `dpfed.audit.GradientCanaryAuditConfig`).
 
-    It is also the probe `dpfed.federated.pooled.CentralizedProcess` calls at
-    every DP-SGD step (`step_gradient`, `observe`).
+    It is also the probe DP-SGD calls: `dpfed.federated.pooled.CentralizedProcess`
+    at every step (`step_gradient`, `observe`), the vectorized client backend in every
+    round (`placements` of each client's canaries, `observe_round`).
 
     Args:
         run_seed: the run's seed (the canaries' when ``seed`` is None).
@@ -77,21 +92,19 @@ class GradientCanaryAudit(CanaryAuditBase):
         rng = np.random.default_rng([self._key, 0])
         self.included = rng.random(self.canaries) < 0.5  # each independently, probability 1/2
         self._residual = np.zeros(self.canaries)  # the iterates' statistic, summed over steps
+        self.in_clients = False  # set by `wrap`: DP-SGD inside federated clients
         self._count = 0
 
     # ------------------------------------------------------------------ plan and build
-    def check(self, plan) -> None:
-        if plan.sampler.unit != "record":
-            raise ConfigError("audit", "canary_gradients", "canaries with federated strategies "
-                              "(canary records audit DP-SGD on pooled records: "
-                              "strategy=centralized)", absolute=True)  # fmt: skip
+    def mechanism_plan(self, plan):
+        return plan  # the planted bug scales the example-level noise alone (`wrap`)
 
     def wrap(self, parts, plan, model):
         from dataclasses import replace
 
         if parts.example_dp is None:
             raise ConfigError("audit", "canary_gradients", f"none with dp={plan.label}: canary "
-                              "records audit DP-SGD (dp=dpsgd or dp=gaussian with "
+                              "records audit DP-SGD (dp=dpsgd, or dp=gaussian with "
                               "strategy=centralized); for a non-private control use "
                               "dp.noise_multiplier=0", absolute=True)  # fmt: skip
         sizes = [int(np.prod(w.shape)) for w in model.keras_model().trainable_weights]
@@ -101,8 +114,43 @@ class GradientCanaryAudit(CanaryAuditBase):
         rng = np.random.default_rng([self._key, 1])
         self.coordinates = np.sort(rng.choice(self.dim, self.canaries, replace=False))
         self.clip = float(parts.example_dp.clip)
-        self.q = float(plan.sampler.q)
-        return replace(parts, example_dp=replace(parts.example_dp, probe=self))
+        # what an included canary adds on its coordinate (an excluded one: the zero record)
+        self.values = np.where(self.included, self.clip, 0.0).astype(np.float32)
+        self.in_clients = plan.sampler.unit != "record"
+        if self.in_clients:  # each canary record belongs to one real client
+            owners = np.random.default_rng([self._key, 4]).integers(
+                plan.population.num_clients, size=self.canaries)  # fmt: skip
+            self._owned = {int(c): np.flatnonzero(owners == c) for c in np.unique(owners)}
+        else:
+            self.q = float(plan.sampler.q)
+        noise = parts.example_dp.noise_multiplier * self.planted_noise_factor
+        return replace(parts, example_dp=replace(parts.example_dp, noise_multiplier=noise,
+                                                 probe=self))  # fmt: skip
+
+    # ------------------------------------------------------------------ in clients
+    def placements(self, round_num: int, client: int, batches_per_epoch: int,
+                   epochs: int) -> list[tuple[int, int]]:  # fmt: skip
+        """``(step, canary)`` for each canary record of ``client`` in round ``round_num``.
+
+        Each canary sits in one of the client's ``batches_per_epoch`` batches in every
+        local epoch, drawn from the position (round, client) alone, as each of the
+        client's records is in exactly one batch per epoch.
+        """
+        owned = self._owned.get(int(client), ())
+        if not len(owned) or batches_per_epoch < 1:
+            return []
+        rng = np.random.default_rng([self._key, 3, round_num, int(client)])
+        batches = rng.integers(batches_per_epoch, size=(epochs, len(owned)))
+        self._count += int(self.included[owned].sum()) * epochs
+        return [(epoch * batches_per_epoch + int(batch), int(canary))
+                for epoch in range(epochs)
+                for batch, canary in zip(batches[epoch], owned, strict=True)]  # fmt: skip
+
+    def observe_round(self, client_work: dict) -> None:
+        """Adds the round's residual per canary (summed by the clients) to the statistic."""
+        residual = client_work.get("audit_residual")
+        if residual is not None:
+            self._residual += np.asarray(residual, np.float64)
 
     # ------------------------------------------------------------------ DP-SGD steps
     def step_gradient(self, round_num: int, step: int) -> np.ndarray:
@@ -158,6 +206,8 @@ class GradientCanaryAudit(CanaryAuditBase):
             "audit_canaries": self.canaries,
             "audit_included": int(self.included.sum()),
             "audit_neighboring": "zero_out (a canary's gradient present or zero)",
+            # the accountant's epsilon the bounds are lower bounds on
+            "audit_bounds": "epsilon_record" if self.in_clients else "epsilon",
             **self.describe_settings(),
         }
 

@@ -80,8 +80,10 @@ class Simulation:
         """What the process trains on in round ``round_num`` (None without clients)."""
         if self.strategy.client_update is None:
             return None  # e.g. pooled records: the process holds them
+        example_dp = self.parts.example_dp
         return self.backend.cohort_data(self.strategy, self.dataset.train, client_ids, round_num,
-                                        self.seed, self._noise_key)  # fmt: skip
+                                        self.seed, self._noise_key,
+                                        example_dp.probe if example_dp else None)  # fmt: skip
 
     def _eval_arrays(self):
         n = self.dataset.num_clients
@@ -167,6 +169,7 @@ class Simulation:
         state = self.audit.before_round(state, list(canaries))
         result = self.process.next(state, self.cohort_datasets(cohort, round_num))
         state = result.state
+        self.audit.observe_round(result.metrics["client_work"])
         train = result.metrics["client_work"]["train"] if cohort else None
         mechanism_metrics = self.parts.round_metrics(result.metrics["aggregator"])
         seconds = time.perf_counter() - start

@@ -52,6 +52,21 @@ def mechanism_labels(frame: pd.DataFrame) -> pd.Series:
     return mechanism.where(~other, factorization.astype(str))
 
 
+def audited(frame: pd.DataFrame) -> pd.DataFrame:
+    """Audited runs with ``epsilon`` the accountant's epsilon the audit bounds (summary.json's
+    ``audit_bounds``: ``epsilon_record`` for canary records in clients' DP-SGD, whose
+    user-level ``epsilon`` is another guarantee) and ``mechanism`` saying which DP-SGD
+    (``dpsgd (in clients)``)."""
+    bounds = frame.get("audit_bounds", pd.Series(None, index=frame.index))
+    record = bounds == "epsilon_record"
+    frame = frame.copy()
+    if record.any():
+        frame.loc[record, "epsilon"] = frame.loc[record, "epsilon_record"]
+    mechanism = frame.get("mechanism", mechanism_labels(frame)).astype(str)
+    frame["mechanism"] = mechanism.where(~record, mechanism + " (in clients)")
+    return frame
+
+
 def curves(root: str | Path) -> pd.DataFrame:
     """Every run's metrics.csv stacked, with a ``run`` column (for per-round plots)."""
     frames = [pd.read_csv(d / "metrics.csv").assign(run=str(d))

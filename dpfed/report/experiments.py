@@ -23,7 +23,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dpfed.report.collect import curves, mechanism_labels, reach_target, summaries, table
+from dpfed.report.collect import (
+    audited,
+    curves,
+    mechanism_labels,
+    reach_target,
+    summaries,
+    table,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,11 +115,12 @@ def _communication(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
 
 
 def _audit(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """Rows audit x mechanism x noise x planted-bug factor, with the relation of the epsilons."""
+    """Rows audit x mechanism x noise x planted-bug factor, with the relation of the epsilons
+    (``epsilon``: the one each audit bounds, record-level for canary records)."""
+    frame = audited(frame)
     planted = frame.get("audit_planted_noise_factor", pd.Series(1.0, index=frame.index))
     names = {"canaries": "canary clients", "canary_gradients": "canary records"}
     return frame.assign(**{"audit": frame["choice/audit"].map(names).fillna(frame["choice/audit"]),
-                           "mechanism": frame["choice/dp"],
                            "noise multiplier": frame["noise_multiplier"],
                            "planted noise factor": planted.fillna(1.0),
                            "neighboring": frame["neighboring"]})  # fmt: skip
@@ -123,12 +131,16 @@ _CANARY_CLIENTS = ("audit=canaries", "audit.inserted=200", "audit.held_out=200")
 # DP-SGD on the pooled records of all 1000 clients (about 32,000), 20 epochs of batches of 256
 _CANARY_RECORDS = ("strategy=centralized", "backend=reference", "dp=dpsgd",
                    "audit=canary_gradients", "audit.canaries=2000")  # fmt: skip
+# DP-SGD inside the clients of the federated runs (no user-level noise): record level
+_CANARY_RECORDS_IN_CLIENTS = ("dp=dpsgd", "audit=canary_gradients", "audit.canaries=2000")
 AUDIT_SWEEPS = (
     (*_CANARY_CLIENTS, AUDIT_MECHANISMS, "dp.noise_multiplier=0.5,1,2"),
     (*_CANARY_RECORDS, "dp.noise_multiplier=0.5,1,2"),
+    (*_CANARY_RECORDS_IN_CLIENTS, "dp.noise_multiplier=2,4,8"),
     # the planted bug: the mechanism adds a tenth of (or no) noise, the accountant is told 1
     (*_CANARY_CLIENTS, "dp=gaussian", "dp.noise_multiplier=1", "audit.planted_noise_factor=0,0.1"),
     (*_CANARY_RECORDS, "dp.noise_multiplier=1", "audit.planted_noise_factor=0,0.1"),
+    (*_CANARY_RECORDS_IN_CLIENTS, "dp.noise_multiplier=4", "audit.planted_noise_factor=0,0.1"),
 )
 AUDIT_QUICK_SWEEPS = (
     ("audit=canaries", "audit.inserted=40", "audit.held_out=40", "strategy.sampling=shuffle",
@@ -283,7 +295,8 @@ EXPERIMENTS = {
             "audit",
             "Accountant's epsilon and the audits' lower bounds (95%, delta 1e-5): canary clients "
             "(user level, with the one-shot estimates) and canary records in DP-SGD (record "
-            "level), per mechanism and noise",
+            "level: on pooled records, and inside clients, where epsilon is the accountant's "
+            "epsilon_record), per mechanism and noise",
             rows=("audit", "mechanism", "neighboring", "noise multiplier", "planted noise factor"),
             columns=(),
             values=(

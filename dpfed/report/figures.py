@@ -189,10 +189,14 @@ def audit_figure(frame: pd.DataFrame, out, *, xlabel: str) -> list[Path]:
     if not planted.empty:
         ax.scatter(planted["epsilon"], planted["bound"].clip(lower=floor),
                    color="red", marker="X", s=60, label="planted bug: lower bound")  # fmt: skip
-        for _, row in planted.iterrows():
+        # labels fanned out top to bottom in the order of their points, with leader lines
+        ordered = planted.sort_values("bound", ascending=False)
+        for i, (_, row) in enumerate(ordered.iterrows()):
             ax.annotate(f"{row['mechanism']}, noise x{row['planted']:g}",
                         (row["epsilon"], row["bound"]), textcoords="offset points",
-                        xytext=(5, -10), fontsize=7, color="red")  # fmt: skip
+                        xytext=(24, 11 * ((len(ordered) - 1) / 2 - i)), fontsize=7,
+                        color="red", va="center",
+                        arrowprops={"arrowstyle": "-", "color": "red", "lw": 0.5})  # fmt: skip
     values = pd.concat([data["epsilon"], data["bound"], data["estimate"]]).astype(float)
     top = float(values[np.isfinite(values)].max()) * 2
     ax.plot([floor, top], [floor, top], color="grey", linestyle=":", linewidth=1,

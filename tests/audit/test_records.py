@@ -12,6 +12,11 @@ from dpfed.errors import ConfigError
 from tests.conftest import compose_config
 from tests.helpers import build, run_in_process
 
+# DP-SGD inside 20 of 40 smoke-sized clients per round (about 12 records, 2 batches each), 4
+# rounds: almost every client, and so almost every canary record, takes part 1 to 4 times.
+IN_CLIENTS = ("dp=dpsgd", "backend=vectorized", "audit=canary_gradients", "audit.canaries=1000",
+              "strategy.clients_per_round=20", "strategy.sampling=fixed", "rounds=4",
+              "strategy.eval_every=2")  # fmt: skip
 # DP-SGD on the pooled records of 40 smoke-sized clients (about 480 records), 4 epochs of
 # Poisson batches of 32 (about 60 steps): each included canary is drawn about 4 times.
 AUDIT = ("strategy=centralized", "strategy.clients_per_round=null", "dp=dpsgd",
@@ -23,14 +28,12 @@ AUDIT = ("strategy=centralized", "strategy.clients_per_round=null", "dp=dpsgd",
     ("overrides", "match"),
     [(("audit.canaries=1",), r"^audit\.canaries=1 .* >= 2"),
      (("audit.significance=0.5",), r"^audit\.significance=0\.5 .* in \(0, 0\.5\)"),
-     (("audit.planted_noise_factor=-1",), r"^audit\.planted_noise_factor=-1\.0 .* in \[0, 1\]"),
-     (("strategy=fedavg",), r"^audit='canary_gradients' .* canaries with federated strategies")],
+     (("audit.planted_noise_factor=-1",), r"^audit\.planted_noise_factor=-1\.0 .* in \[0, 1\]")],
 )  # fmt: skip
 def test_bad_audit_settings_are_refused_before_training(overrides, match):
     from dpfed.data.base import Population
 
-    base = AUDIT if "strategy=fedavg" not in overrides else ("audit=canary_gradients",)
-    cfg = compose_config(*base, *overrides)
+    cfg = compose_config(*AUDIT, *overrides)
     with pytest.raises(ConfigError, match=match):
         build_privacy(cfg, Population(1000, lambda clients: 5000, 80), dp_seed=0)
 
@@ -52,6 +55,11 @@ def test_more_canaries_than_model_weights_and_non_dpsgd_mechanisms_are_refused(r
         build(*AUDIT, "audit.canaries=100000000")
     with pytest.raises(ConfigError, match=r"^audit='canary_gradients' .* none with dp=none"):
         build(*AUDIT, "dp=none")
+    # in clients: user-level mechanisms have no records to audit; TFF's client work is refused
+    with pytest.raises(ConfigError, match=r"^audit='canary_gradients' .* none with dp=gaussian"):
+        build(*IN_CLIENTS, "dp=gaussian")
+    with pytest.raises(ConfigError, match=r"^backend='reference' .* vectorized for canary rec"):
+        build(*IN_CLIENTS, "backend=reference")
 
 
 def test_canary_draws_are_a_function_of_their_position_and_only_the_included_are_drawn():
@@ -170,3 +178,66 @@ def test_every_seed_builds_and_too_few_canaries_on_one_side_prove_nothing():
     audit._residual = np.arange(1.0, 11.0)
     audit.included = np.ones(10, bool)
     assert all(math.isnan(v) for v in audit.estimates(np.ones(50)).values())
+
+
+def test_canary_records_in_clients_sit_in_one_batch_per_epoch_drawn_from_the_position():
+    from types import SimpleNamespace
+
+    from dpfed.audit.records import GradientCanaryAudit
+    from dpfed.privacy.mechanisms.base import ExampleDP, MechanismParts
+
+    model = SimpleNamespace(keras_model=lambda: SimpleNamespace(trainable_weights=[np.zeros(900)]))
+    plan = SimpleNamespace(sampler=SimpleNamespace(unit="user"), label="dpsgd",
+                           population=SimpleNamespace(num_clients=30))  # fmt: skip
+
+    def wrapped(seed):
+        audit = GradientCanaryAudit(canaries=300, run_seed=seed, planted_noise_factor=0.5)
+        parts = audit.wrap(MechanismParts(example_dp=ExampleDP(0.7, 2.0)), plan, model)
+        assert parts.example_dp.noise_multiplier == 1.0  # the planted bug: example noise only
+        return audit
+
+    audit, again = wrapped(3), wrapped(3)
+    assert audit.in_clients and audit.describe()["audit_bounds"] == "epsilon_record"
+    owned = sorted(int(c) for ids in audit._owned.values() for c in ids)
+    assert owned == list(range(300)) and set(audit._owned) <= set(range(30))  # each one owner
+    np.testing.assert_array_equal(audit.values, np.where(audit.included, np.float32(0.7), 0))
+    client = max(audit._owned, key=lambda c: len(audit._owned[c]))
+    placed = audit.placements(5, client, batches_per_epoch=4, epochs=3)
+    assert audit._count == 3 * int(audit.included[audit._owned[client]].sum())  # included ones
+    assert placed == again.placements(5, client, 4, 3)
+    assert placed != audit.placements(6, client, 4, 3)  # another round, other batches
+    for canary in audit._owned[client]:  # every canary in one batch of every epoch
+        steps = sorted(step for step, c in placed if c == canary)
+        assert [step // 4 for step in steps] == [0, 1, 2], (canary, steps)
+    assert audit.placements(5, 999, 4, 3) == [] and audit.placements(5, client, 0, 3) == []
+
+
+def test_canary_records_in_clients_without_noise_measure_exactly_their_gradients(runtime, tmp_path):
+    """Noise 0: each canary's residual, summed by the vectorized clients, is clip x (times its
+    batch was trained) for an included canary and 0 for an excluded one."""
+    sim, summary, rows = run_in_process(tmp_path, *IN_CLIENTS, "dp.noise_multiplier=0")
+    audit = sim.audit
+    drawn = audit._residual / audit.clip
+    np.testing.assert_allclose(drawn, np.round(drawn), atol=1e-5)
+    assert (drawn[~audit.included] == 0).all() and drawn[audit.included].max() >= 2
+    assert rows["audit/canaries"].sum() == np.round(drawn).sum()
+    assert summary["audit_bounds"] == "epsilon_record" and summary["epsilon_record"] == math.inf
+    assert summary["audit/epsilon_lower_iterates"] > 2
+
+
+def test_canary_records_in_clients_stay_below_epsilon_record_and_find_a_planted_bug(
+    runtime, tmp_path
+):
+    """The honest bounds are below the record-level epsilon the accountant states; with no
+    noise in the clients' DP-SGD (the accountant told noise 8), the bound exceeds it."""
+    from scripts.recompute_epsilon import check_run
+
+    _, honest, _ = run_in_process(tmp_path / "honest", *IN_CLIENTS, "dp.noise_multiplier=8")
+    _, planted, _ = run_in_process(tmp_path / "planted", *IN_CLIENTS, "dp.noise_multiplier=8",
+                                   "audit.planted_noise_factor=0")  # fmt: skip
+    assert planted["epsilon_record"] == honest["epsilon_record"] < 5
+    for key in ("audit/epsilon_lower", "audit/epsilon_lower_iterates"):
+        assert 0 <= honest[key] < honest["epsilon_record"], (key, honest)
+    assert planted["audit/epsilon_lower_iterates"] > planted["epsilon_record"], planted
+    records = check_run(tmp_path / "honest")
+    assert records and all(r["match"] for r in records), records

@@ -38,18 +38,21 @@ class ClientBackend(abc.ABC):
     # the batches a process reads carry their noise seeds (else `pack` receives them apart)
     seeds_in_data: ClassVar[bool] = True
 
-    def pack(self, strategy, datasets: list, seeds: list | None = None):
+    def pack(self, strategy, datasets: list, seeds: list | None = None,
+             canaries: list | None = None):  # fmt: skip
         """The process's client data from one batched dataset per client (identity here).
 
         Args:
             strategy: the strategy.
             datasets: one batched dataset per client.
             seeds: per client, its batches' noise seeds ``[batches, 2]`` (or None).
+            canaries: per client, its canary records' ``(step, canary)`` (or None; a
+                backend that runs them says so in `check`).
         """
         return datasets
 
     def cohort_data(self, strategy, client_data, cohort: list[str], round_num: int, seed: int,
-                    noise_key: int | None = None):  # fmt: skip
+                    noise_key: int | None = None, probe=None):  # fmt: skip
         """One shuffled, batched dataset per client of the cohort, packed for the process.
 
         An empty cohort (possible with Poisson sampling) gets one client without
@@ -65,16 +68,21 @@ class ClientBackend(abc.ABC):
             seed: the run seed (data shuffling).
             noise_key: the plan's client noise key; when given, every batch has a
                 seed pair that is a function of (key, round, client, batch) alone.
+            probe: an audit's canary records in DP-SGD (``ExampleDP.probe``), or None.
         """
         update = strategy.client_update
         ids = cohort or [None]
         datasets, seeds = [], [] if noise_key is not None else None
+        canaries = [] if probe is not None else None
         for cid in ids:
             index = -1 if cid is None else int(cid)
             ds = client_data.create_tf_dataset_for_client(cid if cid is not None else "0")
             if cid is None:
                 ds = ds.take(0)
             batches = batch_count(int(ds.cardinality()), update)
+            if probe is not None:
+                per_epoch = batches // update.local_epochs
+                canaries.append(probe.placements(round_num, index, per_epoch, update.local_epochs))
             client_seeds = None
             if noise_key is not None:
                 client_seeds = batch_seeds(noise_key, round_num, index + 1, batches)
@@ -82,7 +90,7 @@ class ClientBackend(abc.ABC):
             shuffle_seed = seed * 1_000_003 + round_num * 7919 + index
             datasets.append(client_dataset(ds, update, shuffle_seed,
                                            client_seeds if self.seeds_in_data else None))  # fmt: skip
-        return self.pack(strategy, datasets, seeds)
+        return self.pack(strategy, datasets, seeds, canaries)
 
 
 def batch_count(examples: int, update) -> int:

@@ -179,6 +179,10 @@ class ReferenceBackend(ClientBackend):
         if parts.example_dp is not None and update.work != ClientWork.local_training:
             raise ConfigError("strategy", str(update.work), "one with local training (not "
                               "fedsgd) for example-level DP-SGD", absolute=True)  # fmt: skip
+        if parts.example_dp is not None and parts.example_dp.probe is not None:
+            raise ConfigError("backend", "reference", "vectorized for canary records in "
+                              "clients' DP-SGD (audit=canary_gradients): its clients measure "
+                              "the canaries' residuals", absolute=True)  # fmt: skip
         if parts.local is not None and update.work != ClientWork.local_training:
             raise ConfigError("strategy", str(update.work), "one with local training (not "
                               "fedsgd) for local DP", absolute=True)  # fmt: skip

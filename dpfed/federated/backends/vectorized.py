@@ -72,6 +72,75 @@ def _batches(datasets: list[tf.data.Dataset]) -> list[list[tuple[np.ndarray, ...
     return users
 
 
+def _canary_steps(placements: list[list[tuple[int, int]]], steps: int) -> np.ndarray:
+    """``[steps, K, C]`` canary ids from each user's ``(step, canary)`` placements (-1: none)."""
+    per_step = [[[] for _ in placements] for _ in range(steps)]
+    for k, user in enumerate(placements):
+        for step, canary in user:
+            per_step[step][k].append(canary)
+    width = max([1, *(len(c) for row in per_step for c in row)])
+    out = np.full([steps, len(placements), width], -1, np.int32)
+    for s, row in enumerate(per_step):
+        for k, ids in enumerate(row):
+            out[s, k, : len(ids)] = ids
+    return out
+
+
+class RecordCanaries:
+    """Canary records in a lockstep DP-SGD step (`dpfed.audit.records.GradientCanaryAudit`).
+
+    Canary c adds ``values[c]`` (the clip, or 0 for an excluded one) on the flat model
+    coordinate ``coordinates[c]`` of its user's clipped sum, before the noise.
+
+    Args:
+        coordinates: each canary's coordinate in the flat trainable weights.
+        values: what each canary adds there.
+        shapes: the trainable weights' shapes, in order.
+    """
+
+    def __init__(self, coordinates, values, shapes):
+        self.count = len(coordinates)
+        self._coordinates = np.asarray(coordinates, np.int64)  # constants of the graph using them
+        self._values = np.asarray(values, np.float32)
+        self._shapes = [tuple(shape) for shape in shapes]
+        self._sizes = [int(np.prod(shape)) for shape in self._shapes]
+        self._dim = sum(self._sizes)
+
+    def _gather(self, ids):
+        """(coordinates [K, C], values [K, C]) of canary ids ``[K, C]``; -1 adds 0."""
+        present = ids >= 0
+        safe = tf.where(present, ids, 0)
+        values = tf.where(present, tf.gather(self._values, safe), 0.0)
+        return tf.gather(self._coordinates, safe), values
+
+    def _flat(self, tensors):
+        users = tf.shape(tensors[0])[0]
+        return tf.concat([tf.reshape(t, [users, -1]) for t in tensors], 1)
+
+    def add(self, summed, ids):
+        """Each user's clipped sums (per weight, ``[K, ...]``) plus its canaries' gradients."""
+        coordinates, values = self._gather(ids)
+        users = tf.shape(ids)[0]
+        rows = tf.broadcast_to(tf.range(tf.cast(users, tf.int64))[:, None], tf.shape(coordinates))
+        indices = tf.reshape(tf.stack([rows, coordinates], -1), [-1, 2])
+        flat = tf.scatter_nd(indices, tf.reshape(values, [-1]),
+                             tf.stack([tf.cast(users, tf.int64), self._dim]))  # fmt: skip
+        parts = tf.split(flat, self._sizes, axis=1)
+        return tuple(s + tf.reshape(p, [-1, *shape])
+                     for s, p, shape in zip(summed, parts, self._shapes, strict=True))  # fmt: skip
+
+    def residual(self, noised, summed, ids):
+        """Per canary ``[count]`` (float64): noised sum minus the real clipped sum, on its
+        coordinate, in the step of its user (0 for canaries not in the step)."""
+        coordinates, _ = self._gather(ids)
+        difference = self._flat(noised) - self._flat(summed)
+        measured = tf.gather(difference, coordinates, batch_dims=1)
+        measured = tf.where(ids >= 0, tf.cast(measured, tf.float64), 0.0)
+        return tf.math.unsorted_segment_sum(tf.reshape(measured, [-1]),
+                                            tf.reshape(tf.where(ids >= 0, ids, self.count), [-1]),
+                                            self.count + 1)[: self.count]  # fmt: skip
+
+
 class UserLevelQuery(tfp.SumAggregationDPQuery):
     """A DP query over shards: applies ``query`` to each user of a shard, then sums.
 
@@ -154,13 +223,15 @@ class VectorizedBackend(ClientBackend):
             raise _unsupported("this model (only the GRU stack with a dense head is vectorized)")
 
     # ------------------------------------------------------------------ data
-    def pack(self, strategy, datasets: list[tf.data.Dataset], seeds=None) -> list[tf.data.Dataset]:
+    def pack(self, strategy, datasets: list[tf.data.Dataset], seeds=None,
+             canaries=None) -> list[tf.data.Dataset]:  # fmt: skip
         """Turns the cohort's per-user batched datasets into one dataset per shard.
 
         Each shard's dataset has one element ``(x [S, K, B, ...], y [S, K, B, ...],
         mask [S, K, B], seeds [S, K, 2])``: step s of user k, zero-padded to the
         batch size and to the shard's longest user (mask 0), with the step's
-        noise seed (zeros when the batches carry none). Users are sorted by
+        noise seed (zeros when the batches carry none); with canary records, also
+        ``canaries [S, K, C]``, the canaries in step s of user k (-1: none). Users are sorted by
         their number of steps first, so that users of similar size share a
         shard and little padded work is done; the aggregate is a sum, so the
         order is immaterial.
@@ -169,6 +240,7 @@ class VectorizedBackend(ClientBackend):
             strategy: the strategy that batched ``datasets`` (its batch size).
             datasets: `ClientBackend.cohort_data`'s datasets, one per user.
             seeds: per user, its batches' noise seeds ``[batches, 2]``, or None.
+            canaries: per user, its canary records' ``(step, canary)``, or None.
         """
         x_spec, y_spec = datasets[0].element_spec
         batch = strategy.client_update.batch_size
@@ -189,11 +261,14 @@ class VectorizedBackend(ClientBackend):
                     x[s, j, :n], y[s, j, :n], mask[s, j, :n] = bx, by, 1.0
                 if seeds is not None:
                     shard_seeds[: len(seeds[i]), j] = seeds[i]
-            shards.append(tf.data.Dataset.from_tensors((x, y, mask, shard_seeds)))
+            element = (x, y, mask, shard_seeds)
+            if canaries is not None:
+                element += (_canary_steps([canaries[i] for i in members], steps),)
+            shards.append(tf.data.Dataset.from_tensors(element))
         return shards
 
-    def data_type(self, strategy, model):
-        """TFF type of one shard's dataset."""
+    def data_type(self, strategy, model, canaries: bool = False):
+        """TFF type of one shard's dataset (with a canary-record tensor when ``canaries``)."""
         x_spec, y_spec = model.input_spec
         b = strategy.client_update.batch_size
 
@@ -202,7 +277,10 @@ class VectorizedBackend(ClientBackend):
 
         mask = tff.TensorType(np.float32, [None, None, b])
         seeds = tff.TensorType(np.int64, [None, None, 2])
-        return tff.SequenceType((tensor(x_spec), tensor(y_spec), mask, seeds))
+        element = (tensor(x_spec), tensor(y_spec), mask, seeds)
+        if canaries:
+            element += (tff.TensorType(np.int32, [None, None, None]),)
+        return tff.SequenceType(element)
 
     # ------------------------------------------------------------------ process
     def build_process(self, strategy, model, parts):
@@ -247,10 +325,18 @@ class VectorizedBackend(ClientBackend):
         lr, momentum, proximal = update.learning_rate, update.momentum, update.proximal_mu
         weighted, metric = update.weighted, model.metrics()[0].name
         local, example_dp = parts.local, parts.example_dp
-        data_type = self.data_type(strategy, model)
+        probe = example_dp.probe if example_dp is not None else None
+        data_type = self.data_type(strategy, model, canaries=probe is not None)
+        if probe is not None:
+            canary = RecordCanaries(probe.coordinates, probe.values, net.shapes())
 
-        def dpsgd_gradients(w, x, y, m, seeds):
-            """Each user's DP-SGD step: clipped sum + noise from its batch's seed, over B."""
+        def dpsgd_gradients(w, x, y, m, seeds, canaries=None):
+            """Each user's DP-SGD step: clipped sum + noise from its batch's seed, over B.
+
+            With canary records (``canaries [K, C]``), their gradients join the clipped
+            sum before the noise, and the step's residual per canary (noised sum minus
+            the real records' clipped sum, on its coordinate) is returned too.
+            """
             summed, example_losses, out = stacked_clipped_gradients(net, w, x, y, m,
                                                                     example_dp.clip)  # fmt: skip
             std = example_dp.noise_multiplier * example_dp.clip
@@ -262,22 +348,30 @@ class VectorizedBackend(ClientBackend):
             spec = tuple(tf.TensorSpec(v.shape[1:], v.dtype) for v in w)
             drawn = tf.map_fn(noise, seeds, fn_output_signature=spec)
             batch = float(update.batch_size)
-            grads = tuple((g + n) / batch for g, n in zip(summed, drawn, strict=True))
-            return grads, tf.reduce_sum(example_losses * m, 1), out
+            total = summed if canaries is None else canary.add(summed, canaries)
+            noised = tuple(g + n for g, n in zip(total, drawn, strict=True))
+            grads = tuple(g / batch for g in noised)
+            residual = () if canaries is None else canary.residual(noised, summed, canaries)
+            return grads, tf.reduce_sum(example_losses * m, 1), out, residual
 
-        def train_shard(weights, x, y, mask, seeds):
+        def train_shard(weights, x, y, mask, seeds, canaries=None):
             initial = tuple(weights.trainable)
             users = tf.shape(x)[1]
             start = tuple(tf.tile(w[None], [users] + [1] * w.shape.rank) for w in initial)
             zero = tf.zeros([users])
             sums0 = (zero, zero, zero, zero, zero)  # loss*n, n, metric total, metric count, batches
+            audit0 = () if canaries is None else tf.zeros([canary.count], tf.float64)
 
-            def step(s, w, acc, sums):
+            def step(s, w, acc, sums, audit):
                 m = mask[s]
                 n = tf.reduce_sum(m, 1)
                 active = n > 0
                 if example_dp is not None:
-                    grads, losses, out = dpsgd_gradients(w, x[s], y[s], m, seeds[s])
+                    grads, losses, out, residual = dpsgd_gradients(
+                        w, x[s], y[s], m, seeds[s], None if canaries is None else canaries[s]
+                    )
+                    if canaries is not None:
+                        audit = audit + residual
                     user_loss = tf.math.divide_no_nan(losses, n)
                 else:
                     with tf.GradientTape() as tape:
@@ -305,13 +399,14 @@ class VectorizedBackend(ClientBackend):
                 metric_total, metric_count = net.metric_update(out, y[s], m)
                 step_sums = (user_loss * n, n, metric_total, metric_count,
                              tf.cast(active, tf.float32))  # fmt: skip
-                return s + 1, w, acc, tuple(a + b for a, b in zip(sums, step_sums, strict=True))
+                sums = tuple(a + b for a, b in zip(sums, step_sums, strict=True))
+                return s + 1, w, acc, sums, audit
 
             acc0 = tuple(tf.zeros_like(v) for v in start) if momentum else ()
-            _, final, _, sums = tf.while_loop(
-                lambda s, *_: s < tf.shape(x)[0], step, (tf.constant(0), start, acc0, sums0)
-            )
-            return initial, final, sums
+            _, final, _, sums, audit = tf.while_loop(
+                lambda s, *_: s < tf.shape(x)[0], step,
+                (tf.constant(0), start, acc0, sums0, audit0))  # fmt: skip
+            return initial, final, sums, audit
 
         def randomize(delta, seeds):
             """Each user's local randomizer, keyed as on the reference backend."""
@@ -328,8 +423,8 @@ class VectorizedBackend(ClientBackend):
 
         @tff.tensorflow.computation(weights_type, data_type)
         def shard_update(weights, dataset):
-            x, y, mask, seeds = dataset.get_single_element()
-            initial, final, sums = train_shard(weights, x, y, mask, seeds)
+            x, y, mask, seeds, *canaries = dataset.get_single_element()
+            initial, final, sums, audit = train_shard(weights, x, y, mask, seeds, *canaries)
             delta = tuple(v0[None] - v for v0, v in zip(initial, final, strict=True))
             finite = tf.reduce_all(
                 tf.stack([tf.reduce_all(tf.math.is_finite(tf.reshape(d, [tf.shape(d)[0], -1])), 1)
@@ -355,6 +450,8 @@ class VectorizedBackend(ClientBackend):
                 num_examples=tf.cast(tf.reduce_sum(examples), tf.int64),
                 num_batches=tf.cast(tf.reduce_sum(sums[4]), tf.int64),
             )
+            if probe is not None:
+                metrics["audit_residual"] = audit
             return tff.learning.templates.ClientResult(update=update, update_weight=weight), metrics
 
         metrics_type = shard_update.type_signature.result[1]
@@ -380,8 +477,12 @@ class VectorizedBackend(ClientBackend):
         )
         def next_fn(state, weights, data):
             result, metrics = tff.federated_map(shard_update, (weights, data))
-            train = tff.federated_map(finalize, tff.federated_sum(metrics))
-            measurements = tff.federated_zip(collections.OrderedDict(train=train))
+            summed = tff.federated_sum(metrics)
+            train = tff.federated_map(finalize, summed)
+            measured = collections.OrderedDict(train=train)
+            if probe is not None:  # the round's residual per canary record, over the cohort
+                measured["audit_residual"] = summed["audit_residual"]
+            measurements = tff.federated_zip(measured)
             return tff.templates.MeasuredProcessOutput(state, result, measurements)
 
         return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
