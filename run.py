@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from dpfed.config import register_configs
 from dpfed.errors import ConfigError
-from dpfed.jobs import JobFailed, RunInterrupted, recorded_failure
+from dpfed.jobs import RunInterrupted, optimized, recorded_failure, refuse
 
 register_configs()
 log = logging.getLogger("dpfed")
@@ -25,7 +25,13 @@ def _interrupt(signum, frame):
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> dict | float:
+    # The summary or, with optimized_metric set, its value there: what a search (Optuna) optimises.
+    return optimized(lambda: run(cfg), cfg.optimized_metric, HydraConfig.get())
+
+
+def run(cfg: DictConfig) -> dict:
+    """One run (or sweep job) to its end; returns its summary."""
     from dpfed.build import build_checkpoints, build_simulation, build_writer, prepare
     from dpfed.io.provenance import provenance, result_line
 
@@ -37,10 +43,7 @@ def main(cfg: DictConfig) -> dict:
     try:  # outside recorded_failure: a refused resumption leaves the run it names untouched
         checkpoints = build_checkpoints(cfg, out_dir, multirun)
     except ConfigError as err:
-        print(f"dpfed: invalid configuration: {err}", file=sys.stderr)
-        if multirun:
-            raise JobFailed(f"dpfed: invalid configuration: {err} (in {out_dir})") from None
-        sys.exit(2)
+        refuse(err, multirun, out_dir)
     if checkpoints.finished:  # resume=true on a run that already ended: leave it as it is
         print(f"dpfed: the run in {out_dir} is complete ({checkpoints.summary['status']} after "
               f"{checkpoints.round} rounds); nothing to resume")  # fmt: skip

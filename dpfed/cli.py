@@ -111,6 +111,7 @@ def help_text() -> str:
              "python run.py -m hydra/launcher=parallel ...           a sweep, 2 jobs at a time",
              "python run.py ... resume=true hydra.run.dir=<run dir>  continue an interrupted run",
              "python run.py experiment=<name>                        a paper-table preset",
+             "python run.py hparams_search=<dataset>                 a hyperparameter search",
              "python run.py --cfg job                                the composed config", "",
              "== Configuration groups ==", "Choose one option per group (group=option):", ""]  # fmt: skip
     for group in (*GROUPS, "hydra/launcher"):

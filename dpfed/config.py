@@ -105,12 +105,17 @@ class RunConfig:
             checkpoint (same config required).
         checkpoint_every: checkpoint every k rounds (and after the last); 0
             writes only the final checkpoint.
+        optimized_metric: a numeric key of summary.json (``eval/accuracy``,
+            ``eval/loss``, ...) that ``run.py`` returns instead of the summary,
+            for a hyperparameter search to optimise (``hparams_search``);
+            ``null`` returns the summary.
     """
 
     seed: int = 0
     rounds: int = 20
     resume: bool = False
     checkpoint_every: int = 1
+    optimized_metric: str | None = None
     dataset: Any = MISSING
     model: Any = MISSING
     dp: Any = MISSING

@@ -1,4 +1,5 @@
-"""Run and sweep jobs: failures recorded in summary.json, sweep folders named by their overrides.
+"""Run and sweep jobs: failures recorded in summary.json, sweep folders named by their overrides,
+and the value a hyperparameter search optimises.
 
 Hydra 1.3's launchers keep running the other jobs of a sweep when a job raises
 an ``Exception`` and re-raise the first failure once the batch is done (exit
@@ -8,6 +9,11 @@ job's outcome back to the parent process. `recorded_failure` turns every job
 failure into a `JobFailed` (a picklable ``RuntimeError``) in a multirun, after
 writing it to the job's ``summary.json`` and stderr; a single run keeps exit
 code 2 for an invalid configuration.
+
+Hydra's Optuna sweeper (hydra-optuna-sweeper 1.2, ``hparams_search``) is
+stricter: the first job that raises, or returns anything but a float that is
+not NaN, ends the whole study. `optimized` therefore gives a failed or
+diverged job of a search the worst value instead of raising.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
-from omegaconf import OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from dpfed.errors import ConfigError
 
@@ -93,9 +101,15 @@ def job_dirname(num, override_dirname: str, seed) -> str:
 
 
 def register_resolvers() -> None:
-    """Registers ``${dpfed.job_dirname:num,override_dirname,seed}`` for ``hydra.sweep.subdir``."""
+    """Registers ``${dpfed.job_dirname:num,override_dirname,seed}`` for ``hydra.sweep.subdir``
+    and ``${dpfed.random_trials:mean,distribution[,seed]}`` for a private search's
+    ``hydra.sweeper.n_trials`` (`dpfed.privacy.tuning.random_trials`; drawn once, cached)."""
+    from dpfed.privacy.tuning import random_trials
+
     if not OmegaConf.has_resolver("dpfed.job_dirname"):
         OmegaConf.register_new_resolver("dpfed.job_dirname", job_dirname)
+    if not OmegaConf.has_resolver("dpfed.random_trials"):
+        OmegaConf.register_new_resolver("dpfed.random_trials", random_trials, use_cache=True)
 
 
 def _json_safe(value):
@@ -130,6 +144,16 @@ def write_failure(
     tmp.replace(path)
 
 
+def refuse(err: ConfigError, multirun: bool, output_dir: str | Path | None = None) -> NoReturn:
+    """Prints an invalid configuration; fails a sweep's job (`JobFailed`), or exits with code 2."""
+    message = f"dpfed: invalid configuration: {err}"
+    print(message, file=sys.stderr)
+    if multirun:
+        where = f" (in {output_dir})" if output_dir is not None else ""
+        raise JobFailed(message + where) from None
+    sys.exit(2)
+
+
 @contextlib.contextmanager
 def recorded_failure(
     output_dir: str | Path, multirun: bool, extra: Callable[[], dict] | None = None
@@ -152,13 +176,11 @@ def recorded_failure(
     try:
         yield
     except ConfigError as err:
-        message = f"dpfed: invalid configuration: {err}"
-        print(message, file=sys.stderr)
         if multirun:
             write_failure(output_dir, err, extra)
-            raise JobFailed(f"{message} (in {output_dir})") from None
-        remove_unstarted(output_dir)
-        sys.exit(2)
+        else:
+            remove_unstarted(output_dir)
+        refuse(err, multirun, output_dir)
     except RunDiverged as err:
         message = f"dpfed: training diverged: {err} (in {output_dir})"
         print(message, file=sys.stderr)
@@ -173,3 +195,60 @@ def recorded_failure(
         message = f"dpfed: job failed: {type(err).__name__}: {err} (in {output_dir})"
         log.error(message)
         raise JobFailed(message) from None
+
+
+def metric_value(summary: dict, metric: str) -> float:
+    """The value of ``metric`` (``optimized_metric``) in a finished run's summary.
+
+    Raises:
+        ConfigError: naming ``optimized_metric`` and the summary's numeric keys,
+            when ``metric`` is not one of them (absent, null or not a number).
+    """
+
+    def number(value) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+    if number(summary.get(metric)):
+        return float(summary[metric])
+    numeric = [key for key, value in summary.items() if number(value)]
+    found = "absent" if metric not in summary else f"{summary[metric]!r}, not a number"
+    raise ConfigError("optimized_metric", metric,
+                      f"a numeric key of the run's summary.json ({metric} is {found}); "
+                      f"this run's are: {', '.join(numeric)}", absolute=True)  # fmt: skip
+
+
+def optimized(run: Callable[[], dict], metric: str | None, hydra_cfg: DictConfig) -> dict | float:
+    """Runs a job; returns its summary or, with ``optimized_metric`` set, that metric's value.
+
+    In a search (a sweeper with a ``direction``, Hydra's Optuna sweeper), a job
+    that failed or diverged, already recorded in its summary.json and on stderr,
+    scores the worst value, ``-inf`` when maximizing and ``inf`` when
+    minimizing, so that the study goes on without it. A ``metric`` the summary
+    lacks is a mistake every job would repeat: it fails the job (`JobFailed`),
+    which ends an Optuna study at once, or a single run with exit code 2.
+
+    Args:
+        run: runs the job and returns its summary.
+        metric: ``optimized_metric``, a summary.json key, or None.
+        hydra_cfg: the job's Hydra config (``HydraConfig.get()``): its mode and sweeper.
+
+    Returns:
+        The summary (``metric`` None), else the metric's value.
+    """
+    if metric is None:
+        return run()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    direction = OmegaConf.select(hydra_cfg, "sweeper.direction", default=None) if multirun else None
+    direction = getattr(direction, "name", direction)  # the sweeper schema's default is an enum
+    try:
+        summary = run()
+    except JobFailed as err:
+        if direction not in ("maximize", "minimize"):
+            raise
+        worst = -math.inf if direction == "maximize" else math.inf
+        print(f"dpfed: this trial of the search scores {metric} = {worst}: {err}", file=sys.stderr)
+        return worst
+    try:
+        return metric_value(summary, metric)
+    except ConfigError as err:
+        refuse(err, multirun)

@@ -17,6 +17,7 @@ Example:
     python scripts/make_table.py privacy_utility
     python scripts/make_table.py results/sweeps/lr --rows override/strategy.client_optimizer.learning_rate \
         --tuning poisson   # + the epsilon of releasing the best run (Papernot & Steinke 2022)
+    python scripts/make_table.py results/searches/smart_home --tuning geometric --tuning-mean 8
 """
 
 from __future__ import annotations
@@ -132,18 +133,19 @@ def write_experiment_tables(
     return paths
 
 
-def tuning_lines(run_folders: list[str], distribution: str) -> list[str]:
+def tuning_lines(run_folders: list[str], distribution: str,
+                 mean: float | None = None) -> list[str]:  # fmt: skip
     """The tuning cost of each account, one sentence each (`dpfed.report.collect.tuning_cost`)."""
     lines = []
-    for row in tuning_cost(run_folders, distribution):
+    for row in tuning_cost(run_folders, distribution, mean):
         if "error" in row:
             lines.append(f"tuning cost of {row['account']}: not computed: {row['error']}")
             continue
         lines.append(
             f"tuning cost of {row['account']} (Papernot & Steinke 2022): releasing the best of "
-            f"a random search with {distribution}-distributed trials, mean {row['runs']} (these "
-            f"runs), is epsilon {row['epsilon_tuned']:.4g} at delta {row['delta']:g} "
-            f"({row['neighboring']}), against at most {row['epsilon_one_run_max']:.4g} for one run"
+            f"a random search with {distribution}-distributed trials, mean {row['mean']:g} "
+            f"({row['runs']} runs here), is epsilon {row['epsilon_tuned']:.4g} at delta "
+            f"{row['delta']:g} ({row['neighboring']}), against at most {row['epsilon_one_run_max']:.4g} for one run"
         )
     return lines
 
@@ -163,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="also print the epsilon of releasing the best of the runs, read as "
                              "a random search whose number of trials has this law with mean the "
                              "number of runs (Papernot & Steinke 2022)")  # fmt: skip
+    parser.add_argument("--tuning-mean", type=float,
+                        help="the search's mean number of trials (the mean its "
+                             "${dpfed.random_trials:...} drew with); default: the number of "
+                             "runs")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.tuning_mean is not None and not args.tuning_mean >= 1:
+        print(f"error: --tuning-mean={args.tuning_mean} is not allowed; allowed: >= 1",
+              file=sys.stderr)  # fmt: skip
+        return 2
     base = args.root.removesuffix("_quick")
     if not Path(args.root).exists() and base in EXPERIMENTS:
         sweep_dir = ROOT / "results" / "experiments" / args.root
@@ -190,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = render(result, args.format, args.digits)
     if args.tuning:
-        text += "\n\n" + "\n".join(tuning_lines(list(frame["run"]), args.tuning))
+        text += "\n\n" + "\n".join(tuning_lines(list(frame["run"]), args.tuning,
+                                                args.tuning_mean))  # fmt: skip
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")

@@ -23,6 +23,7 @@ GROUP_OPTIONS = {
         "logger",
         "debug",
         "experiment",
+        "hparams_search",
     )
 }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,9 @@ def readme_sweep(tmp_path, monkeypatch):
                    "unit": "user", "neighboring": "add_remove", "eval/trivial_accuracy": 0.5,
                    "choices": {"dp": "gaussian", "dataset": "smart_home"}}  # fmt: skip
         (run / "summary.json").write_text(json.dumps(summary))
+    # the private search's folder, laid out like a sweep's
+    shutil.copytree(tmp_path / "results" / "sweeps" / "noise",
+                    tmp_path / "results" / "searches" / "smart_home")  # fmt: skip
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

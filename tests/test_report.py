@@ -169,7 +169,16 @@ def test_make_table_prints_the_tuning_cost_of_releasing_the_best_run(tmp_path, c
     want = tuning_epsilon(runs, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, 1e-5,
                           distribution="geometric")  # fmt: skip
     assert f"is epsilon {want:.4g} at delta 1e-05 (add_remove)" in out
-    assert "mean 3 (these runs)" in out and "at most 3 for one run" in out
+    assert "mean 3 (3 runs here)" in out and "at most 3 for one run" in out
+    # a private search states the mean it drew its number of trials with
+    assert main([str(tmp_path), "--values", "epsilon", "--tuning", "geometric",
+                 "--tuning-mean", "8"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    larger = tuning_epsilon(runs, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, 1e-5,
+                            mean=8, distribution="geometric")  # fmt: skip
+    assert larger > want and f"mean 8 (3 runs here), is epsilon {larger:.4g}" in out
+    assert main([str(tmp_path), "--tuning", "poisson", "--tuning-mean", "0.5"]) == 2
+    assert "--tuning-mean=0.5 is not allowed; allowed: >= 1" in capsys.readouterr().err
 
 
 def test_audited_runs_compare_canary_records_in_clients_with_the_record_level_epsilon():

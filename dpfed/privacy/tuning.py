@@ -28,6 +28,52 @@ from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 DISTRIBUTIONS = {"poisson": math.inf, "geometric": 1.0, "logarithmic": 0.0}
 
 
+def draw_trials(mean: float, distribution: str = "poisson", seed: int | None = None) -> int:
+    """K, the number of trials of a private random search with ``E[K] = mean``.
+
+    Poisson(mean), which may be 0 (the search then releases nothing), or the
+    truncated negative binomial on 1, 2, ... of the paper with shape 1
+    (geometric) or 0 (logarithmic), its gamma solved from the mean as
+    dp-accounting does. The theorems need K to stay secret: ``seed`` None
+    draws from the operating system; a seeded draw is reproducible, and whoever
+    knows the seed knows K.
+
+    Raises:
+        ValueError: a bad distribution or a mean below 1.
+    """
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(
+            f"distribution must be one of {sorted(DISTRIBUTIONS)}, got {distribution!r}"
+        )
+    if not mean >= 1:
+        raise ValueError(f"the mean number of trials must be >= 1, got {mean}")
+    rng = np.random.default_rng(seed)
+    if distribution == "poisson":
+        return int(rng.poisson(mean))
+    if mean == 1:
+        return 1
+    gamma = rdp_lib._gamma_truncated_negative_binomial(DISTRIBUTIONS[distribution], mean)  # noqa: SLF001
+    if distribution == "geometric":  # P(K = k) = gamma (1 - gamma)^(k - 1), k >= 1
+        return int(rng.geometric(gamma))
+    return int(rng.logseries(1 - gamma))  # P(K = k) proportional to (1 - gamma)^k / k, k >= 1
+
+
+def random_trials(mean, distribution: str = "poisson", seed=None) -> int:
+    """``${dpfed.random_trials:mean,distribution[,seed]}``: `draw_trials` for a search's
+    ``hydra.sweeper.n_trials`` (``hparams_search``), so that releasing its best run costs
+    `tuning_epsilon` (``make_table.py --tuning <distribution> --tuning-mean <mean>``).
+
+    Raises:
+        ValueError: the draw is 0 (Poisson): the search releases nothing and must not run.
+    """
+    trials = draw_trials(float(mean), str(distribution), None if seed is None else int(seed))
+    if trials == 0:
+        raise ValueError("the private random search drew 0 trials (Poisson): it releases "
+                         "nothing, by Papernot & Steinke's analysis; do not rerun it to get "
+                         "a run (that changes the distribution the bound is for)")  # fmt: skip
+    return trials
+
+
 def run_rdp(events: Sequence[tuple[dp_accounting.DpEvent, int]], relation, orders) -> np.ndarray:
     """The RDP curve at ``orders`` of one run's composed ``(event, count)`` releases."""
     accountant = dp_accounting.rdp.RdpAccountant(list(orders), relation)

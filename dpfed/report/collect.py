@@ -146,11 +146,13 @@ def _cell(mean, std, digits: int) -> str:
     return text if std is None or std != std else f"{text} ± {std:.2g}"
 
 
-def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson") -> list[dict]:
+def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
+                mean: float | None = None) -> list[dict]:  # fmt: skip
     """Per account: the epsilon of releasing the best of these runs (`dpfed.privacy.tuning`).
 
     The runs are read as the trials of a random search whose number of trials
-    is random with mean ``len(run_folders)`` and law ``distribution``
+    is random with mean ``mean`` (default: ``len(run_folders)``; a search run with
+    ``${dpfed.random_trials:mean,...}`` states its own) and law ``distribution``
     (Papernot & Steinke 2022); the per-trial RDP is the worst run's.
 
     Returns:
@@ -168,7 +170,8 @@ def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson") ->
     out = []
     for column in columns:
         accounts = [(s, a) for s in loaded for a in s.get("accounts", []) if a["column"] == column]
-        row = {"account": column, "runs": len(accounts), "distribution": distribution}
+        row = {"account": column, "runs": len(accounts), "distribution": distribution,
+               "mean": float(len(accounts) if mean is None else mean)}  # fmt: skip
         keys = {(s["accountant"], s["delta"], a["accounting_relation"], a["neighboring"])
                 for s, a in accounts}  # fmt: skip
         if len(keys) != 1 or next(iter(keys))[0] != "rdp":
@@ -183,6 +186,7 @@ def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson") ->
         row.update(neighboring=neighboring, delta=delta,
                    epsilon_one_run_max=max(math.inf if e is None else e for e in reported),
                    epsilon_tuned=tuning_epsilon(runs, RELATIONS_BY_NAME[relation], delta,
+                                                mean=row["mean"],
                                                 distribution=distribution))  # fmt: skip
         out.append(row)
     return out

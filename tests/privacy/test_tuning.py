@@ -86,3 +86,38 @@ def test_non_private_runs_and_bad_arguments():
             tuning_epsilon([run(1.0)], ADD_REMOVE, **args)
     with pytest.raises(ValueError, match="at least one run"):
         tuning_epsilon([], ADD_REMOVE, 1e-5)
+
+
+@pytest.mark.parametrize("distribution", ["poisson", "geometric", "logarithmic"])
+def test_a_private_search_draws_its_number_of_trials_with_the_stated_mean(distribution):
+    """K's law (Papernot & Steinke 2022): Poisson on 0, 1, ...; the truncated negative
+    binomial (shape 1: geometric, 0: logarithmic) on 1, 2, ...; mean E[K] as stated."""
+    from dpfed.privacy.tuning import draw_trials
+
+    draws = np.array([draw_trials(8, distribution, seed) for seed in range(4000)])
+    assert draws.mean() == pytest.approx(8, rel=0.06), draws.mean()
+    assert draws.min() >= (0 if distribution == "poisson" else 1)
+    assert draw_trials(8, distribution, 3) == draw_trials(8, distribution, 3)
+    if distribution == "geometric":  # P(K = 1) = gamma = 1 / E[K]
+        assert (draws == 1).mean() == pytest.approx(1 / 8, abs=0.02)
+    if distribution == "logarithmic":  # heavier head and tail than the geometric
+        assert (draws == 1).mean() > 0.25 and draws.max() > 40
+    with pytest.raises(ValueError, match="mean number of trials must be >= 1"):
+        draw_trials(0.5, distribution)
+
+
+def test_the_search_resolver_draws_once_and_refuses_an_empty_poisson_search():
+    from omegaconf import OmegaConf
+
+    from dpfed.jobs import register_resolvers
+    from dpfed.privacy.tuning import draw_trials, random_trials
+
+    register_resolvers()
+    cfg = OmegaConf.create({"n_trials": "${dpfed.random_trials:6,geometric}"})
+    first = cfg.n_trials
+    assert first >= 1 and all(cfg.n_trials == first for _ in range(5))  # cached: one draw
+    seeded = OmegaConf.create({"n_trials": "${dpfed.random_trials:6,poisson,11}"})
+    assert seeded.n_trials == draw_trials(6, "poisson", 11)
+    empty = next(seed for seed in range(10_000) if draw_trials(1, "poisson", seed) == 0)
+    with pytest.raises(ValueError, match="drew 0 trials"):
+        random_trials(1, "poisson", empty)

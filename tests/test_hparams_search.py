@@ -1,0 +1,177 @@
+"""Hyperparameter searches: every search config composes and builds; one runs end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.types import RunMode
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution
+
+from dpfed.errors import ConfigError
+from dpfed.jobs import JobFailed, metric_value, optimized
+from tests.conftest import CONF, compose_config, worker_pids
+
+SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
+
+
+def search_space(cfg) -> dict:
+    """The search's parameters as the Optuna sweeper reads them: name -> distribution."""
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    distributions, fixed = create_params_from_overrides(params)
+    assert not fixed, f"fixed values belong in the config, not the search space: {fixed}"
+    return distributions
+
+
+def ends(distribution) -> tuple[str, str]:
+    """The cheapest and costliest values of a distribution (by choice length, then size)."""
+    if isinstance(distribution, CategoricalDistribution):
+        ordered = sorted(distribution.choices, key=lambda c: (len(str(c)), str(c)))
+        return str(ordered[0]), str(ordered[-1])
+    return str(distribution.low), str(distribution.high)
+
+
+def test_every_dataset_that_needs_no_file_of_yours_has_a_search():
+    ready = [d for d in DATASETS if not OmegaConf.missing_keys(compose_config(f"dataset={d}"))]
+    assert SEARCHES == ready  # table and TFF's cached sets need a path first
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_search_composes_onto_optuna_and_both_ends_of_its_space_build(search):
+    from dpfed.build import prepare
+
+    full = compose_config(f"hparams_search={search}", return_hydra_config=True)
+    sweeper = full.hydra.sweeper
+    assert sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
+    assert full.hydra.mode == RunMode.MULTIRUN and sweeper.n_jobs == 1
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert isinstance(sweeper.sampler.seed, int)
+    assert 10 <= sweeper.n_trials <= 20
+    assert (full.optimized_metric, sweeper.direction) == ("eval/accuracy", "maximize")
+    choices = full.hydra.runtime.choices
+    assert (choices.dataset, choices.dp, choices.backend) == (search, "none", "vectorized")
+
+    space = search_space(full)
+    assert {"model.units", "strategy.client_optimizer.learning_rate",
+            "strategy.server_optimizer.learning_rate", "strategy.local_epochs",
+            "strategy.batch_size"} <= set(space)  # fmt: skip
+    # Both ends of the space compose (types), and the costliest passes every range check; the
+    # task is the one the metric scores.
+    low, high = ([f"{k}={ends(d)[i]}" for k, d in space.items()] for i in (0, 1))
+    assert OmegaConf.to_container(compose_config(f"hparams_search={search}", *low), resolve=True)
+    cfg = compose_config(f"hparams_search={search}", *high)
+    assert prepare(cfg).dataset.task == "classification"
+
+
+def test_a_debug_patch_shrinks_a_search_trial():
+    cfg = compose_config("hparams_search=smart_home", "debug=smoke")
+    assert (cfg.rounds, cfg.dataset.num_clients, cfg.strategy.clients_per_round) == (2, 40, 5)
+
+
+SUMMARY = {"status": "completed", "rounds": 2, "eval/accuracy": 0.75, "eval/loss": 0.5,
+           "eval/mae": None, "epsilon": math.inf}  # fmt: skip
+
+
+def hydra_cfg(mode: RunMode, direction: str | None = None):
+    return OmegaConf.create(
+        {"mode": mode, "sweeper": {"direction": direction} if direction else {}}
+    )
+
+
+def test_optimized_metric_returns_the_summary_or_the_value():
+    single = hydra_cfg(RunMode.RUN)
+    assert optimized(lambda: SUMMARY, None, single) is SUMMARY
+    assert optimized(lambda: SUMMARY, "eval/loss", single) == 0.5
+    search = hydra_cfg(RunMode.MULTIRUN, "maximize")
+    assert optimized(lambda: SUMMARY, "eval/accuracy", search) == 0.75
+
+
+@pytest.mark.parametrize("name", ["eval/acc", "eval/mae", "status"])
+def test_a_bad_optimized_metric_names_the_key_and_lists_the_summarys(name):
+    with pytest.raises(ConfigError, match="optimized_metric") as err:
+        metric_value(SUMMARY, name)
+    assert f"optimized_metric={name!r}" in str(err.value)
+    assert str(err.value).endswith("this run's are: rounds, eval/accuracy, eval/loss, epsilon")
+
+
+def test_a_bad_optimized_metric_ends_a_run_with_code_2_and_a_sweep_at_once(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        optimized(lambda: SUMMARY, "eval/acc", hydra_cfg(RunMode.RUN))
+    assert exit_.value.code == 2
+    assert "optimized_metric='eval/acc'" in capsys.readouterr().err
+    with pytest.raises(JobFailed, match="optimized_metric"):  # the Optuna study stops here
+        optimized(lambda: SUMMARY, "eval/acc", hydra_cfg(RunMode.MULTIRUN, "maximize"))
+
+
+def fail():
+    raise JobFailed("dpfed: training diverged: loss nan (in somewhere)")
+
+
+@pytest.mark.parametrize("direction,worst", [("maximize", -math.inf), ("minimize", math.inf)])
+def test_a_failed_trial_of_a_search_scores_the_worst_value(direction, worst, capsys):
+    assert optimized(fail, "eval/accuracy", hydra_cfg(RunMode.MULTIRUN, direction)) == worst
+    assert "training diverged" in capsys.readouterr().err
+
+
+def test_a_failed_job_of_a_plain_sweep_still_fails():
+    with pytest.raises(JobFailed):  # the basic sweeper runs on and exits 1 at the end
+        optimized(fail, "eval/accuracy", hydra_cfg(RunMode.MULTIRUN))
+
+
+def trials(out: Path) -> list[dict]:
+    found = []
+    for path in sorted(out.glob("*/summary.json")):
+        overrides = yaml.safe_load((path.parent / ".hydra" / "overrides.yaml").read_text())
+        found.append({"summary": json.loads(path.read_text()), "overrides": overrides})
+    return found
+
+
+def test_smoke_search_writes_the_best_trial_that_a_run_recorded(run_cli):
+    before = worker_pids()
+    result = run_cli("hparams_search=smart_home", "debug=smoke", "hydra.sweeper.n_trials=2",
+                     multirun=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.output[-3000:]
+    best = yaml.safe_load((result.dir / "optimization_results.yaml").read_text())
+    runs = trials(result.dir)
+    assert len(runs) == 2 and all(r["summary"]["status"] == "completed" for r in runs)
+    assert set(best["best_params"]) == set(search_space(compose_config(
+        "hparams_search=smart_home", return_hydra_config=True)))  # fmt: skip
+    accuracies = [r["summary"]["eval/accuracy"] for r in runs]
+    assert best["best_value"] == pytest.approx(max(accuracies), abs=1e-12), (best, accuracies)
+    winners = [r for r in runs if r["summary"]["eval/accuracy"] == max(accuracies)]
+    expected = {f"{k}={v}" for k, v in best["best_params"].items()}
+    assert any(expected <= set(r["overrides"]) for r in winners), (expected, winners)
+    deadline = time.time() + 10  # each trial stops its TFF worker; give the last one a moment
+    while (left := worker_pids() - before) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not left, f"worker_binary left by the search: {sorted(left)}"
+
+
+def test_failed_trials_do_not_end_the_search(run_cli):
+    """Both trials are refused before training (more clients per round than the smoke data has)."""
+    result = run_cli("hparams_search=smart_home", "debug=smoke", "hydra.sweeper.n_trials=2",
+                     "strategy.clients_per_round=100", multirun=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.output[-3000:]
+    assert result.stderr.count("this trial of the search scores eval/accuracy = -inf") == 2
+    assert all(r["summary"]["status"] == "failed" for r in trials(result.dir))
+    best = yaml.safe_load((result.dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == -math.inf  # every trial failed: nothing to tune from
+
+
+def test_a_private_search_draws_its_number_of_trials_when_the_sweeper_reads_it():
+    """``${dpfed.random_trials:mean,law,seed}`` in ``hydra.sweeper.n_trials`` (Papernot &
+    Steinke 2022): the sweeper's config resolves to the seeded draw."""
+    from dpfed.privacy.tuning import draw_trials
+
+    full = compose_config("hparams_search=smart_home", "dp=gaussian",
+                          "hydra.sweeper.n_trials=${dpfed.random_trials:4,poisson,3}",
+                          return_hydra_config=True)  # fmt: skip
+    assert full.hydra.sweeper.n_trials == draw_trials(4, "poisson", 3) > 0
+    assert full.dp.noise_multiplier > 0  # a private search: dp given after the search's none
