@@ -40,8 +40,10 @@ federated strategy, ``backend=vectorized``):
     steps (pooled records: all steps; in clients: the steps of the canary's batches).
     An adversary who knows every other record and sees every iterate can compute
     this: given the iterate and the other records' batch, the real sum is fixed,
-    and the canary's Poisson inclusion is independent of it, which is exactly the
-    subsampled Gaussian mechanism the accountant analyses.
+    and (pooled records) the canary's Poisson inclusion is independent of it, which
+    is exactly the subsampled Gaussian mechanism the accountant analyses; in
+    clients, the canary's batch is fixed by its position and the release is the
+    plain Gaussian mechanism ``epsilon_record`` composes.
 
   Each bound is computed at ``significance / 2``, so both hold together with
   probability at least ``1 - significance``.

@@ -16,7 +16,7 @@ from tests.helpers import build, run_in_process
 # rounds: almost every client, and so almost every canary record, takes part 1 to 4 times.
 IN_CLIENTS = ("dp=dpsgd", "backend=vectorized", "audit=canary_gradients", "audit.canaries=1000",
               "strategy.clients_per_round=20", "strategy.sampling=fixed", "rounds=4",
-              "strategy.eval_every=2")  # fmt: skip
+              "strategy.eval_every=2", "dp.neighboring=zero_out")  # fmt: skip
 # DP-SGD on the pooled records of 40 smoke-sized clients (about 480 records), 4 epochs of
 # Poisson batches of 32 (about 60 steps): each included canary is drawn about 4 times.
 AUDIT = ("strategy=centralized", "strategy.clients_per_round=null", "dp=dpsgd",
@@ -212,32 +212,57 @@ def test_canary_records_in_clients_sit_in_one_batch_per_epoch_drawn_from_the_pos
     assert audit.placements(5, 999, 4, 3) == [] and audit.placements(5, client, 0, 3) == []
 
 
-def test_canary_records_in_clients_without_noise_measure_exactly_their_gradients(runtime, tmp_path):
-    """Noise 0: each canary's residual, summed by the vectorized clients, is clip x (times its
-    batch was trained) for an included canary and 0 for an excluded one."""
-    sim, summary, rows = run_in_process(tmp_path, *IN_CLIENTS, "dp.noise_multiplier=0")
+def test_canary_records_in_clients_stay_below_epsilon_record_and_find_a_planted_bug(
+    runtime, tmp_path
+):
+    """The honest bounds are below the record-level epsilon the accountant states; with no
+    noise in the clients' DP-SGD (the accountant told noise 8), the bound exceeds it. Without
+    noise, each canary's residual, summed by the vectorized clients, is exactly clip x (times
+    its batch was trained) for an included canary and 0 for an excluded one."""
+    from scripts.recompute_epsilon import check_run
+
+    _, honest, _ = run_in_process(tmp_path / "honest", *IN_CLIENTS, "dp.noise_multiplier=8")
+    sim, planted, rows = run_in_process(tmp_path / "planted", *IN_CLIENTS,
+                                        "dp.noise_multiplier=8",
+                                        "audit.planted_noise_factor=0")  # fmt: skip
     audit = sim.audit
     drawn = audit._residual / audit.clip
     np.testing.assert_allclose(drawn, np.round(drawn), atol=1e-5)
     assert (drawn[~audit.included] == 0).all() and drawn[audit.included].max() >= 2
     assert rows["audit/canaries"].sum() == np.round(drawn).sum()
-    assert summary["audit_bounds"] == "epsilon_record" and summary["epsilon_record"] == math.inf
-    assert summary["audit/epsilon_lower_iterates"] > 2
-
-
-def test_canary_records_in_clients_stay_below_epsilon_record_and_find_a_planted_bug(
-    runtime, tmp_path
-):
-    """The honest bounds are below the record-level epsilon the accountant states; with no
-    noise in the clients' DP-SGD (the accountant told noise 8), the bound exceeds it."""
-    from scripts.recompute_epsilon import check_run
-
-    _, honest, _ = run_in_process(tmp_path / "honest", *IN_CLIENTS, "dp.noise_multiplier=8")
-    _, planted, _ = run_in_process(tmp_path / "planted", *IN_CLIENTS, "dp.noise_multiplier=8",
-                                   "audit.planted_noise_factor=0")  # fmt: skip
+    assert honest["audit_bounds"] == "epsilon_record" and math.isinf(honest["epsilon"])
     assert planted["epsilon_record"] == honest["epsilon_record"] < 5
     for key in ("audit/epsilon_lower", "audit/epsilon_lower_iterates"):
         assert 0 <= honest[key] < honest["epsilon_record"], (key, honest)
     assert planted["audit/epsilon_lower_iterates"] > planted["epsilon_record"], planted
     records = check_run(tmp_path / "honest")
     assert records and all(r["match"] for r in records), records
+
+
+def test_canary_steps_follow_each_user_of_a_shard_and_never_a_padded_step():
+    from dpfed.federated.backends.vectorized import _canary_steps
+
+    steps = _canary_steps([[(0, 7), (2, 3), (2, 5)], [], [(1, 0)]], steps=3)
+    assert steps.shape == (3, 3, 2)  # [step, user, canaries in that user's step]
+    assert sorted(steps[2, 0]) == [3, 5] and list(steps[0, 0]) == [7, -1]
+    assert (steps[:, 1] == -1).all() and list(steps[1, 2]) == [0, -1]
+    assert (steps[0, 2] == -1).all() and (steps[2, 2] == -1).all()
+
+
+def test_a_canary_placed_beyond_its_users_batches_is_refused_not_scored():
+    """A padded step releases nothing: a canary there would be scored on noise never added."""
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from dpfed.federated.backends.vectorized import VectorizedBackend
+
+    strategy = SimpleNamespace(client_update=SimpleNamespace(batch_size=2))
+    data = [tf.data.Dataset.from_tensor_slices((np.zeros((n, 3, 1), np.float32),
+                                                np.zeros(n, np.int32))).batch(2)
+            for n in (4, 2)]  # fmt: skip
+    backend = VectorizedBackend(users_per_shard=4)
+    (shard,) = backend.pack(strategy, data, None, [[(1, 0)], [(0, 1)]])
+    assert shard.get_single_element()[4].shape == (2, 2, 1)
+    with pytest.raises(RuntimeError, match="beyond user 1's 1 batches"):
+        backend.pack(strategy, data, None, [[(1, 0)], [(1, 1)]])

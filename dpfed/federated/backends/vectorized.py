@@ -263,6 +263,10 @@ class VectorizedBackend(ClientBackend):
                     shard_seeds[: len(seeds[i]), j] = seeds[i]
             element = (x, y, mask, shard_seeds)
             if canaries is not None:
+                for i, user in zip(members, group, strict=True):
+                    if any(step >= len(user) for step, _ in canaries[i]):  # never a padded step
+                        raise RuntimeError(f"a canary record placed beyond user {i}'s "
+                                           f"{len(user)} batches")  # fmt: skip
                 element += (_canary_steps([canaries[i] for i in members], steps),)
             shards.append(tf.data.Dataset.from_tensors(element))
         return shards
