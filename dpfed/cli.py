@@ -65,15 +65,17 @@ def unknown_keys(argv: list[str]) -> list[str]:
         parsed = OverridesParser.create().parse_overrides(overrides_of(argv))
     except Exception:  # Hydra reports malformed overrides itself
         return []
-    choices = []
+    choices, chosen = [], set()  # group choices (a sweep's first option), by input line
     for override in parsed:
         group = override.key_or_group
         if override.package is None and (group in GROUPS or group.startswith("hydra/")):
             value = next(iter(override.sweep_string_iterator())) if (
                 override.is_sweep_override()) else override.get_value_element_as_str()  # fmt: skip
             choices.append(f"{group}={value}")
+            chosen.add(override.input_line)
         elif override.package is not None:
             choices.append(override.input_line)
+            chosen.add(override.input_line)
     try:
         full = compose(*choices, return_hydra_config=True)
     except Exception:  # an unknown option: Hydra's message lists the options
@@ -84,7 +86,7 @@ def unknown_keys(argv: list[str]) -> list[str]:
     messages = []
     for override in parsed:
         key = override.key_or_group
-        if override.input_line in choices or key.startswith("hydra.") or key.startswith("hydra/"):
+        if override.input_line in chosen or key.startswith("hydra.") or key.startswith("hydra/"):
             continue
         if override.is_add() and key in known:
             messages.append(f"+{key} adds a key, but {key} exists: set it with {key}=...")

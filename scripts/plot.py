@@ -78,8 +78,9 @@ def plot_lines(root, x: str, y: str, out) -> list[Path]:
     return save(fig, out)
 
 
-def labelled_runs(root) -> pd.DataFrame:
-    """summary.json of every finished run, with ``dataset``, ``mechanism`` and ``budget`` columns.
+def labelled_runs(root, statuses=("completed", "stopped")) -> pd.DataFrame:
+    """summary.json of every run with one of ``statuses`` (finished ones), with ``dataset``,
+    ``mechanism`` and ``budget`` columns.
 
     ``budget`` is the swept ``dp.target_epsilon`` where there is one, else the
     run's final epsilon; non-private runs have an infinite budget.
@@ -87,7 +88,9 @@ def labelled_runs(root) -> pd.DataFrame:
     frame = summaries(root)
     if frame.empty:
         raise FileNotFoundError(f"no run with a summary.json under {root}")
-    frame = frame[frame.get("status", "completed").isin(["completed", "stopped"])].copy()
+    frame = frame[frame.get("status", "completed").isin(statuses)].copy()
+    if frame.empty:
+        raise FileNotFoundError(f"no run under {root} has status {' or '.join(statuses)}")
     frame["dataset"] = frame.get("choice/dataset", "runs")
     frame["mechanism"] = mechanism_labels(frame)
     missing = pd.Series(float("nan"), index=frame.index)
@@ -129,8 +132,9 @@ def plot_utility(root, out, y: str = "eval/accuracy") -> list[Path]:
 
 
 def plot_curves(root, y: str, out) -> list[Path]:
-    """``y`` (metrics.csv) against the round, per mechanism (and budget), mean ± std over seeds."""
-    frame = labelled_runs(root).set_index("run")
+    """``y`` (metrics.csv) against the round, per mechanism (and budget), mean ± std over seeds;
+    an interrupted run's curve up to its last round (its rows were written as rounds finished)."""
+    frame = labelled_runs(root, ("completed", "stopped", "interrupted")).set_index("run")
     data = curves(root)
     if data.empty or y not in data.columns:
         raise FileNotFoundError(f"no metrics.csv with {y!r} under {root}")

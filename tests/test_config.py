@@ -24,6 +24,7 @@ GROUP_OPTIONS = {
         "debug",
         "experiment",
         "hparams_search",
+        "baseline",
     )
 }
 

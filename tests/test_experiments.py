@@ -132,3 +132,13 @@ def test_mf_error_quick_shows_banded_mf_below_tree_and_independent_noise(tmp_pat
         # epoch's rounds) are both one Gaussian release per epoch, so they need the same noise
         noise = table[f"noise_multiplier, epochs={epochs}"]
         assert noise["bandmf banded"] == pytest.approx(noise["gaussian"], rel=1e-6)
+
+
+def test_baselines_quick_tabulates_each_baseline_beside_its_majority_class(tmp_path):
+    """Two baselines (one with Shakespeare's embedding) at smoke size, at a fresh seed."""
+    table = reproduce("baselines", tmp_path).set_index("dataset")
+    assert sorted(table.index) == ["shakespeare", "vowels"]
+    for dataset in table.index:
+        accuracy, trivial = table.loc[dataset, ["eval/accuracy", "eval/trivial_accuracy"]]
+        assert 0 < accuracy <= 1 and 0 < trivial < 1, (dataset, accuracy, trivial)
+    assert (table["rounds"] == 2).all()

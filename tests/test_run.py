@@ -185,6 +185,8 @@ def test_an_unknown_key_is_named_with_the_closest_known_ones(override, hint):
     (message,) = unknown_keys([override, "rounds=3"])
     assert hint in message
     assert unknown_keys(["dp=adaptive", "dp.initial_clip=0.5", "-m", "seed=0,1"]) == []
+    # a sweep over a global patch group (no key of that name in the config) is a choice too
+    assert unknown_keys(["-m", "experiment=baselines", "baseline=vowels,markets"]) == []
 
 
 def test_a_typo_stops_the_run_at_once_with_a_suggestion(run_cli):

@@ -213,9 +213,23 @@ class Experiment:
     plots: tuple[str, ...] = field(default=())
 
 
+def _baselines(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Rows per dataset: its baseline's accuracy beside the majority class's."""
+    return frame.assign(dataset=frame["choice/dataset"])
+
+
 EXPERIMENTS = {
     e.name: e
     for e in (
+        Experiment(
+            "baselines",
+            "Tuned non-private FedAvg baselines (baseline=<dataset>, found by hparams_search at "
+            "seed 0) at fresh seeds: final held-out accuracy and the majority class's",
+            rows=("dataset",),
+            columns=(),
+            values=("eval/accuracy", "eval/trivial_accuracy", "rounds", "train_seconds"),
+            derive=_baselines,
+        ),
         Experiment(
             "privacy_utility",
             "Final held-out accuracy at user-level epsilon (delta 1e-5) per dataset and mechanism",
