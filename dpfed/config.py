@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -148,9 +148,21 @@ def schemas() -> dict[str, dict[str, type]]:
     }
 
 
+def _random_trials(*args) -> int:
+    from dpfed.privacy.tuning import random_trials  # imported when a search draws, not before
+
+    return random_trials(*args)
+
+
 def register_configs() -> None:
-    """Registers every schema with Hydra's ConfigStore as ``schema/<group>/<option>``."""
+    """Registers every schema with Hydra's ConfigStore as ``schema/<group>/<option>``, and the
+    resolvers: `dpfed.jobs.register_resolvers` and ``${dpfed.random_trials:mean,law[,seed]}``
+    for a private search's ``hydra.sweeper.n_trials`` (`dpfed.privacy.tuning.random_trials`;
+    drawn once, cached)."""
     from dpfed.jobs import register_resolvers
+
+    if not OmegaConf.has_resolver("dpfed.random_trials"):
+        OmegaConf.register_new_resolver("dpfed.random_trials", _random_trials, use_cache=True)
 
     store = ConfigStore.instance()
     store.store(group="schema", name="config", node=RunConfig)

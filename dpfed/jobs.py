@@ -101,15 +101,9 @@ def job_dirname(num, override_dirname: str, seed) -> str:
 
 
 def register_resolvers() -> None:
-    """Registers ``${dpfed.job_dirname:num,override_dirname,seed}`` for ``hydra.sweep.subdir``
-    and ``${dpfed.random_trials:mean,distribution[,seed]}`` for a private search's
-    ``hydra.sweeper.n_trials`` (`dpfed.privacy.tuning.random_trials`; drawn once, cached)."""
-    from dpfed.privacy.tuning import random_trials
-
+    """Registers ``${dpfed.job_dirname:num,override_dirname,seed}`` for ``hydra.sweep.subdir``."""
     if not OmegaConf.has_resolver("dpfed.job_dirname"):
         OmegaConf.register_new_resolver("dpfed.job_dirname", job_dirname)
-    if not OmegaConf.has_resolver("dpfed.random_trials"):
-        OmegaConf.register_new_resolver("dpfed.random_trials", random_trials, use_cache=True)
 
 
 def _json_safe(value):

@@ -109,10 +109,10 @@ def test_a_private_search_draws_its_number_of_trials_with_the_stated_mean(distri
 def test_the_search_resolver_draws_once_and_refuses_an_empty_poisson_search():
     from omegaconf import OmegaConf
 
-    from dpfed.jobs import register_resolvers
+    from dpfed.config import register_configs
     from dpfed.privacy.tuning import draw_trials, random_trials
 
-    register_resolvers()
+    register_configs()
     cfg = OmegaConf.create({"n_trials": "${dpfed.random_trials:6,geometric}"})
     first = cfg.n_trials
     assert first >= 1 and all(cfg.n_trials == first for _ in range(5))  # cached: one draw
