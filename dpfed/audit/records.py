@@ -136,7 +136,8 @@ class GradientCanaryAudit(CanaryAuditBase):
 
         Each canary sits in one of the client's ``batches_per_epoch`` batches in every
         local epoch, drawn from the position (round, client) alone, as each of the
-        client's records is in exactly one batch per epoch.
+        client's records is in exactly one batch per epoch. Counts the included ones
+        placed into the round's ``audit/canaries`` (reset by `before_round`).
         """
         owned = self._owned.get(int(client), ())
         if not len(owned) or batches_per_epoch < 1:
