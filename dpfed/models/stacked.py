@@ -37,17 +37,26 @@ class StackedGRU:
         return [*shapes, (d, self.width), (self.width,)]
 
     @staticmethod
-    def _gru(x, kernel, recurrent_kernel, bias, sequences: bool, record=None):
-        # The input projection of every time step at once: one [K, B*T, d] x [K, d, 3u] matmul.
-        projected = tf.einsum("kbtd,kdh->kbth", x, kernel)
-        if record is not None:
-            record.watch(projected)
-        recurrent_bias = bias[:, None, 1, :]
-        steps = tf.unstack(projected + bias[:, None, None, 0, :], axis=2)
-        h = tf.zeros_like(steps[0][..., : recurrent_kernel.shape[1]])
-        previous, resets, outputs = [], [], []
+    def _gru(inputs, kernel, recurrent_kernel, bias, sequences: bool, record=None):
+        """One GRU layer over ``[K, B, T, d]`` or a list of its time steps ``[K, B, d]``.
+
+        Each step's input projection is its own ``[K, B, d] x [K, d, 3u]`` matmul:
+        on a CPU that is faster than one projection of the stacked sequence
+        followed by slicing it into steps (the slices and their gradients are
+        copies), and the recurrence needs the steps one by one anyway.
+        """
+        steps = inputs if isinstance(inputs, list) else tf.unstack(inputs, axis=2)
+        input_bias, recurrent_bias = bias[:, None, 0, :], bias[:, None, 1, :]
+        units = recurrent_kernel.shape[1]
+        h = tf.zeros(tf.concat([tf.shape(steps[0])[:-1], [units]], 0), steps[0].dtype)
+        h.set_shape(steps[0].shape[:-1].concatenate([units]))
+        projections, previous, resets, outputs = [], [], [], []
         for xt in steps:
-            x_z, x_r, x_h = tf.split(xt, 3, axis=-1)
+            projected = tf.matmul(xt, kernel)
+            if record is not None:
+                record.watch(projected)
+                projections.append(projected)
+            x_z, x_r, x_h = tf.split(projected + input_bias, 3, axis=-1)
             rec = tf.matmul(h, recurrent_kernel) + recurrent_bias
             r_z, r_r, r_h = tf.split(rec, 3, axis=-1)
             z = tf.sigmoid(x_z + r_z)
@@ -57,8 +66,11 @@ class StackedGRU:
             h = z * h + (1 - z) * tf.tanh(x_h + r * r_h)
             outputs.append(h)
         if record is not None:
-            record.add("gru", (x, tf.stack(previous, axis=2), tf.stack(resets, axis=2)), projected)
-        return tf.stack(outputs, axis=2) if sequences else h
+            if isinstance(inputs, list):
+                inputs = tf.stack(inputs, axis=2)
+            record.add("gru", (inputs, tf.stack(previous, axis=2), tf.stack(resets, axis=2)),
+                       projections)  # fmt: skip
+        return outputs if sequences else h
 
     def __call__(self, weights, x, training: bool = False, record=None) -> tf.Tensor:
         """Outputs of K models on their own batches.
@@ -69,8 +81,9 @@ class StackedGRU:
             training: apply dropout (as Keras does in training).
             record: an object with ``watch(tensor)`` and ``add(kind, inputs,
                 output)``, told every weight's layer input and (watched)
-                pre-activation output: what per-example gradient norms need
-                (`dpfed.privacy.ghost.StackedGhostClipper`).
+                pre-activation output, a tensor or a list of the time steps'
+                ``[K, B, n]``: what per-example gradient norms need
+                (`dpfed.privacy.ghost.stacked_clipped_gradients`).
 
         Returns:
             Logits ``[K, B, C]`` (``[K, B, T, C]`` per step), or ``[K, B]``
@@ -83,17 +96,22 @@ class StackedGRU:
             if record is not None:
                 record.watch(x)
                 record.add("embedding", tokens, x)
+        steps = x
         for i in range(len(self.units)):
             kernel, recurrent_kernel, bias = weights[3 * i : 3 * i + 3]
             last = i == len(self.units) - 1
-            x = self._gru(x, kernel, recurrent_kernel, bias, not last or self.every_step, record)
+            steps = self._gru(steps, kernel, recurrent_kernel, bias, not last or self.every_step,
+                              record)  # fmt: skip
             if training and self.dropout:
-                x = tf.nn.dropout(x, self.dropout)
+                steps = ([tf.nn.dropout(s, self.dropout) for s in steps]
+                         if isinstance(steps, list) else tf.nn.dropout(steps, self.dropout))  # fmt: skip
         head_kernel, head_bias = weights[-2:]
         if self.every_step:
+            x = tf.stack(steps, axis=2)
             pre = tf.einsum("kbtu,kuc->kbtc", x, head_kernel)
             bias = head_bias[:, None, None, :]
         else:
+            x = steps
             pre = tf.matmul(x, head_kernel)
             bias = head_bias[:, None, :]
         if record is not None:

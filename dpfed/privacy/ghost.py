@@ -124,6 +124,11 @@ def _gru_gradients(inputs, previous, resets, projected):
     return kernel, recurrent, tf.stack([input_bias, recurrent_bias])
 
 
+def _stacked(steps):
+    """``[B, T, d]`` from a list of time steps ``[B, d]`` (a tensor is returned as it is)."""
+    return tf.stack(steps, axis=1) if isinstance(steps, list) else steps
+
+
 def _scale(d, factors):
     return d * tf.reshape(factors, [-1] + [1] * (d.shape.rank - 1))
 
@@ -186,7 +191,13 @@ class GhostClipper:
 
     # ------------------------------------------------------------------ forward
     def _forward(self, x, training: bool, tape: tf.GradientTape):
-        """Runs the model; returns predictions and the (op, input, output) records."""
+        """Runs the model; returns predictions and the (op, input, output) records.
+
+        Between recurrent layers a sequence travels as a list of its time steps
+        ``[B, d]``: on a CPU, per-step matmuls are faster than slicing a stacked
+        ``[B, T, d]`` tensor into steps and stacking the results again (each is a
+        copy, and so is its gradient).
+        """
         records = []  # (handler, layer input, pre-activation output whose gradient we need)
         h = x
         for layer in self.model.layers:
@@ -200,6 +211,7 @@ class GhostClipper:
             elif isinstance(layer, tf.keras.layers.GRU):
                 h = self._gru(layer, h, tape, records)
             elif isinstance(layer, tf.keras.layers.Dense):
+                h = _stacked(h)
                 pre = tf.matmul(h, layer.kernel) if h.shape.rank == 2 else tf.einsum(
                     "btm,mk->btk", h, layer.kernel)  # fmt: skip
                 tape.watch(pre)
@@ -208,22 +220,24 @@ class GhostClipper:
                 h = pre + layer.bias if layer.use_bias else pre
             elif isinstance(layer, tf.keras.layers.Dropout):
                 if training and layer.rate > 0:
-                    h = tf.nn.dropout(h, rate=layer.rate)
+                    h = ([tf.nn.dropout(t, rate=layer.rate) for t in h] if isinstance(h, list)
+                         else tf.nn.dropout(h, rate=layer.rate))  # fmt: skip
             else:  # the regression head's squeeze (checked in __init__)
-                h = layer(h)
-        return h, records
+                h = layer(_stacked(h))
+        return _stacked(h), records
 
     def _gru(self, layer, inputs, tape, records):
         cell = layer.cell
         units = cell.units
         input_bias, recurrent_bias = tf.unstack(cell.bias)
-        projected = tf.einsum("btm,mk->btk", inputs, cell.kernel)
-        tape.watch(projected)
-        state = tf.zeros([tf.shape(inputs)[0], units], inputs.dtype)
-        previous, resets, outputs = [], [], []
-        # unstack, not projected[:, t]: a slice's gradient is a full-size tensor per step
-        for step in tf.unstack(tf.nn.bias_add(projected, input_bias), axis=1):
-            x_z, x_r, x_h = tf.split(step, 3, axis=-1)
+        steps = inputs if isinstance(inputs, list) else tf.unstack(inputs, axis=1)
+        state = tf.zeros([tf.shape(steps[0])[0], units], steps[0].dtype)
+        projections, previous, resets, outputs = [], [], [], []
+        for step in steps:
+            projected = tf.matmul(step, cell.kernel)
+            tape.watch(projected)
+            projections.append(projected)
+            x_z, x_r, x_h = tf.split(tf.nn.bias_add(projected, input_bias), 3, axis=-1)
             rec = tf.nn.bias_add(tf.matmul(state, cell.recurrent_kernel), recurrent_bias)
             r_z, r_r, r_h = tf.split(rec, 3, axis=-1)
             z = tf.sigmoid(x_z + r_z)
@@ -235,9 +249,9 @@ class GhostClipper:
             outputs.append(state)
         # The recurrent matmul's output gradient is the projection's, with the candidate's
         # third scaled by the reset gate (it enters as r * r_h): no per-step gradients needed.
-        records.append((("gru", cell), (inputs, tf.stack(previous, 1), tf.stack(resets, 1)),
-                        projected))  # fmt: skip
-        return tf.stack(outputs, axis=1) if layer.return_sequences else state
+        records.append((("gru", cell), (_stacked(inputs), tf.stack(previous, 1),
+                                        tf.stack(resets, 1)), projections))  # fmt: skip
+        return outputs if layer.return_sequences else state
 
     # ------------------------------------------------------------------ gradients
     def __call__(self, x, y, clip: float, training: bool = True):
@@ -258,8 +272,9 @@ class GhostClipper:
             predictions, records = self._forward(x, training, tape)
             losses = self.per_example_loss(y, predictions)
             total = tf.reduce_sum(losses)
-        outputs = [out for _, _, out in records]
+        outputs = [out for _, _, out in records]  # a GRU's: one per time step
         deltas = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        deltas = [_stacked(d) for d in deltas]
         squared = tf.add_n(
             [self._norms(op, a, d) for (op, a, _), d in zip(records, deltas, strict=True)]
         )
@@ -393,8 +408,9 @@ def stacked_clipped_gradients(net, weights, x, y, mask, clip, training: bool = T
         out = net(weights, x, training=training, record=records)
         losses = net.example_losses(out, y)
         total = tf.reduce_sum(losses * mask)
-    outputs = [output for _, _, output in records.items]
+    outputs = [output for _, _, output in records.items]  # a GRU's: one per time step
     deltas = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    deltas = [tf.stack(d, axis=2) if isinstance(d, list) else d for d in deltas]
     norms = []
     for (kind, a, _), d in zip(records.items, deltas, strict=True):
         if kind == "gru":

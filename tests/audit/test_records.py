@@ -253,13 +253,11 @@ def test_a_canary_placed_beyond_its_users_batches_is_refused_not_scored():
     """A padded step releases nothing: a canary there would be scored on noise never added."""
     from types import SimpleNamespace
 
-    import tensorflow as tf
-
+    from dpfed.federated.backends.base import ClientRound
     from dpfed.federated.backends.vectorized import VectorizedBackend
 
     strategy = SimpleNamespace(client_update=SimpleNamespace(batch_size=2))
-    data = [tf.data.Dataset.from_tensor_slices((np.zeros((n, 3, 1), np.float32),
-                                                np.zeros(n, np.int32))).batch(2)
+    data = [ClientRound([(np.zeros((n, 3, 1), np.float32), np.zeros(n, np.int32))])
             for n in (4, 2)]  # fmt: skip
     backend = VectorizedBackend(users_per_shard=4)
     (shard,) = backend.pack(strategy, data, None, [[(1, 0)], [(0, 1)]])

@@ -9,8 +9,8 @@ from hydra.utils import instantiate
 
 from dpfed.build import build_dataset, build_simulation
 from dpfed.errors import ConfigError
-from dpfed.federated.backends.base import batch_seeds, client_dataset
-from dpfed.federated.backends.vectorized import VectorizedBackend, _batches
+from dpfed.federated.backends.base import ClientRound, batch_seeds, client_dataset
+from dpfed.federated.backends.vectorized import VectorizedBackend
 from dpfed.models.stacked import StackedGRU
 from tests.conftest import compose_config
 from tests.helpers import PLAIN_SERVER, change, first_rounds
@@ -68,29 +68,53 @@ def test_stacked_forward_embeds_tokens_for_text_models():
     np.testing.assert_allclose(out[1], users[1](x[::-1]).numpy(), rtol=1e-5, atol=1e-5)
 
 
+def _rounds(strategy, sizes, round_num=1, seed=0):
+    update = strategy.client_update
+    return [ClientRound.shuffled(np.arange(n * 2, dtype=np.float32).reshape(n, 1, 2) + 100 * k,
+                                 np.arange(n, dtype=np.int32), update, seed, round_num, k)
+            for k, n in enumerate(sizes)]  # fmt: skip
+
+
+def test_a_clients_round_is_a_permutation_per_epoch_keyed_by_its_position():
+    strategy = instantiate(compose_config("debug=smoke", "strategy.local_epochs=3").strategy)
+    (client,) = _rounds(strategy, [21])
+    assert len(client.epochs) == 3
+    orders = [y for _, y in client.epochs]
+    for order in orders:  # every record exactly once per epoch
+        np.testing.assert_array_equal(np.sort(order), np.arange(21))
+    assert not np.array_equal(orders[0], orders[1])  # each epoch is reshuffled
+    for x, y in client.epochs:  # records keep their labels
+        np.testing.assert_array_equal(x[:, 0, 0], 2 * y)
+    batches = client.batches(8)  # 3 per epoch, the last of each epoch partial
+    assert [len(b[1]) for b in batches] == [8, 8, 5] * 3
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches[:3]]), orders[0])
+    same = _rounds(strategy, [21])[0].epochs[0][1]
+    np.testing.assert_array_equal(same, orders[0])  # a function of the position alone
+    for other in (_rounds(strategy, [21], round_num=2)[0], _rounds(strategy, [21], seed=1)[0],
+                  _rounds(strategy, [0, 21])[1]):  # fmt: skip
+        assert not np.array_equal(other.epochs[0][1], orders[0])
+
+
+def test_the_reference_dataset_holds_the_same_batches_with_their_seeds():
+    strategy = instantiate(compose_config("debug=smoke", "strategy.local_epochs=2").strategy)
+    (client,) = _rounds(strategy, [13])
+    seeds = batch_seeds(7, 1, 1, 4)
+    got = list(client_dataset(client, 8, seeds).as_numpy_iterator())
+    want = client.batches(8)
+    assert len(got) == len(want) == 4
+    for ((x, y), seed), (bx, by), s in zip(got, want, seeds, strict=True):
+        np.testing.assert_array_equal(x, bx)
+        np.testing.assert_array_equal(y, by)
+        np.testing.assert_array_equal(seed, s)
+
+
 def test_shards_hold_each_users_batches_in_order_padded_and_masked():
     strategy = instantiate(compose_config("debug=smoke").strategy)  # batch 8
     sizes = [13, 0, 3, 21]
-
-    def datasets():  # fresh each time: a second iteration would reshuffle
-        return [client_dataset(tf.data.Dataset.from_tensor_slices(
-            (np.arange(n * 2, dtype=np.float32).reshape(n, 1, 2) + 100 * k,
-             np.arange(n, dtype=np.int32))), strategy.client_update, k)
-            for k, n in enumerate(sizes)]  # fmt: skip
-
-    expected = [list(ds.as_numpy_iterator()) for ds in datasets()]
+    expected = [c.batches(8) for c in _rounds(strategy, sizes)]
     assert [len(u) for u in expected] == [2, 0, 1, 3]
-    for got in (
-        _batches(datasets()),
-        _batches([ds.filter(lambda x, y: True) for ds in datasets()]),
-    ):
-        assert len(got) == len(expected)
-        for a, b in zip(got, expected, strict=True):
-            assert len(a) == len(b) and all(
-                np.array_equal(p[0], q[0]) for p, q in zip(a, b, strict=True)
-            )
     seeds = [batch_seeds(7, 1, k, len(u)) for k, u in enumerate(expected)]
-    shards = VectorizedBackend(3).pack(strategy, datasets(), seeds)
+    shards = VectorizedBackend(3).pack(strategy, _rounds(strategy, sizes), seeds)
     (x1, y1, m1, s1), (x2, y2, m2, s2) = (next(iter(s)) for s in shards)
     assert s1.shape == (2, 3, 2) and s2.shape == (3, 1, 2)  # a seed per step and user
     np.testing.assert_array_equal(s2[:, 0].numpy(), seeds[3])  # the user of 21 examples

@@ -8,7 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from dpfed.errors import check
-from dpfed.privacy.noise import position_seed
+from dpfed.privacy.noise import position_seed, stream_id
 
 
 class ClientBackend(abc.ABC):
@@ -38,22 +38,27 @@ class ClientBackend(abc.ABC):
     # the batches a process reads carry their noise seeds (else `pack` receives them apart)
     seeds_in_data: ClassVar[bool] = True
 
-    def pack(self, strategy, datasets: list, seeds: list | None = None,
+    def pack(self, strategy, clients: list[ClientRound], seeds: list | None = None,
              canaries: list | None = None):  # fmt: skip
-        """The process's client data from one batched dataset per client (identity here).
+        """The process's client data from each client's shuffled epochs.
+
+        Here one batched ``tf.data`` dataset per client, as TFF's client work reads
+        it (`client_dataset`).
 
         Args:
             strategy: the strategy.
-            datasets: one batched dataset per client.
+            clients: one `ClientRound` per client.
             seeds: per client, its batches' noise seeds ``[batches, 2]`` (or None).
             canaries: per client, its canary records' ``(step, canary)`` (or None; a
                 backend that runs them says so in `check`).
         """
-        return datasets
+        batch = strategy.client_update.batch_size
+        return [client_dataset(c, batch, s if self.seeds_in_data else None)
+                for c, s in zip(clients, seeds or [None] * len(clients), strict=True)]  # fmt: skip
 
     def cohort_data(self, strategy, client_data, cohort: list[str], round_num: int, seed: int,
                     noise_key: int | None = None, probe=None):  # fmt: skip
-        """One shuffled, batched dataset per client of the cohort, packed for the process.
+        """Each client's shuffled, batched data for the round, packed for the process.
 
         An empty cohort (possible with Poisson sampling) gets one client without
         data, so the round still runs and its aggregator releases its noise: the
@@ -72,25 +77,55 @@ class ClientBackend(abc.ABC):
         """
         update = strategy.client_update
         ids = cohort or [None]
-        datasets, seeds = [], [] if noise_key is not None else None
+        clients, seeds = [], [] if noise_key is not None else None
         canaries = [] if probe is not None else None
         for cid in ids:
             index = -1 if cid is None else int(cid)
-            ds = client_data.create_tf_dataset_for_client(cid if cid is not None else "0")
+            x, y = client_data.arrays(cid if cid is not None else 0)
             if cid is None:
-                ds = ds.take(0)
-            batches = batch_count(int(ds.cardinality()), update)
+                x, y = x[:0], y[:0]
+            batches = batch_count(len(x), update)
             if probe is not None:
                 per_epoch = batches // update.local_epochs
                 canaries.append(probe.placements(round_num, index, per_epoch, update.local_epochs))
-            client_seeds = None
             if noise_key is not None:
-                client_seeds = batch_seeds(noise_key, round_num, index + 1, batches)
-                seeds.append(client_seeds)
-            shuffle_seed = seed * 1_000_003 + round_num * 7919 + index
-            datasets.append(client_dataset(ds, update, shuffle_seed,
-                                           client_seeds if self.seeds_in_data else None))  # fmt: skip
-        return self.pack(strategy, datasets, seeds, canaries)
+                seeds.append(batch_seeds(noise_key, round_num, index + 1, batches))
+            clients.append(ClientRound.shuffled(x, y, update, seed, round_num, index + 1))
+        return self.pack(strategy, clients, seeds, canaries)
+
+
+class ClientRound:
+    """One client's examples in a round, reordered for each local epoch.
+
+    ``epochs[e]`` is ``(x, y)`` in epoch e's order; its batches are consecutive
+    slices of ``batch_size`` (the last one partial), so every record is in
+    exactly one batch per local epoch, as record-level DP-SGD's accounting
+    assumes, and a batch never spans two epochs.
+    """
+
+    def __init__(self, epochs: list[tuple[np.ndarray, np.ndarray]]):
+        self.epochs = epochs
+
+    @classmethod
+    def shuffled(cls, x, y, update, seed: int, round_num: int, client: int) -> ClientRound:
+        """Epochs in orders drawn from the position ``(seed, round, client)`` alone.
+
+        Args:
+            x, y: the client's examples.
+            update: the strategy's `ClientUpdate` (local epochs).
+            seed: the run seed.
+            round_num: the round.
+            client: the client's index + 1 (0 for the data-less stand-in of an empty cohort).
+        """
+        rng = np.random.default_rng([seed, stream_id("shuffle"), round_num, client])
+        orders = (rng.permutation(len(x)) for _ in range(update.local_epochs))
+        return cls([(x[order], y[order]) for order in orders])
+
+    def batches(self, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every step's ``(x, y)``, epoch after epoch."""
+        check(batch_size >= 1, "batch_size", batch_size, ">= 1")
+        return [(x[i : i + batch_size], y[i : i + batch_size]) for x, y in self.epochs
+                for i in range(0, len(x), batch_size)]  # fmt: skip
 
 
 def batch_count(examples: int, update) -> int:
@@ -109,25 +144,23 @@ def batch_seeds(noise_key: int, round_num: int, client: int, batches: int) -> np
                         dtype=np.int64, endpoint=True)  # fmt: skip
 
 
-def client_dataset(dataset, update, shuffle_seed: int, seeds: np.ndarray | None = None):
-    """One client's data for a round: shuffled, batched within each local epoch, repeated.
-
-    Batching before repeating keeps every record in exactly one batch per local
-    epoch (a batch never spans two epochs, so no record appears twice in one
-    batch), which is what record-level DP-SGD's accounting assumes.
+def client_dataset(client: ClientRound, batch_size: int, seeds: np.ndarray | None = None):
+    """One client's round as TFF's client work reads it: its batches, epoch after epoch.
 
     Args:
-        dataset: the client's (x, y) examples.
-        update: the strategy's `ClientUpdate` (batch size, local epochs).
-        shuffle_seed: the shuffling seed.
+        client: the client's epochs.
+        batch_size: the batch size.
         seeds: the batches' noise seeds ``[batches, 2]``; each element is then
             ``((x, y), seed)``.
     """
     import tensorflow as tf
 
-    check(update.batch_size >= 1, "batch_size", update.batch_size, ">= 1")
-    ds = (dataset.shuffle(1024, seed=shuffle_seed, reshuffle_each_iteration=True)
-          .batch(update.batch_size).repeat(update.local_epochs))  # fmt: skip
+    check(batch_size >= 1, "batch_size", batch_size, ">= 1")
+    epochs = [tf.data.Dataset.from_tensor_slices(epoch).batch(batch_size)
+              for epoch in client.epochs]  # fmt: skip
+    ds = epochs[0]
+    for more in epochs[1:]:
+        ds = ds.concatenate(more)
     if seeds is None:
         return ds
     return tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(seeds)))

@@ -12,9 +12,9 @@ aggregator and its optimizer finalizer, composed with
 ``tff.learning.templates.compose_learning_process``.
 
 Equivalence with the reference backend (tested to 1e-4): each user trains on
-the very batches `dpfed.federated.backends.base.client_dataset` makes for it
-(same shuffle seed, same noise seeds), the loss of a partial last batch is the
-mean over its real examples, the update is ``initial - final`` weights (zeroed
+the very batches of its `dpfed.federated.backends.base.ClientRound` that the
+reference backend's `client_dataset` holds (same order, same noise seeds), the
+loss of a partial last batch is the mean over its real examples, the update is ``initial - final`` weights (zeroed
 if not finite), SGD with optional momentum is applied with TFF's formulas, and
 FedProx adds `dpfed.federated.client_update.proximal_gradient`. User-level DP
 keeps the mechanism's own TF Privacy query: a shard sends its users' updates
@@ -36,7 +36,7 @@ import tensorflow as tf
 import tensorflow_privacy as tfp
 
 from dpfed.errors import ConfigError, check
-from dpfed.federated.backends.base import ClientBackend
+from dpfed.federated.backends.base import ClientBackend, ClientRound
 from dpfed.federated.client_update import ClientWork, check_weighting, proximal_gradient
 from dpfed.models.stacked import StackedGRU
 from dpfed.privacy.ghost import stacked_clipped_gradients
@@ -46,30 +46,6 @@ from dpfed.runtime import tff
 
 def _unsupported(what: str) -> ConfigError:
     return ConfigError("backend", "vectorized", f"reference for {what}", absolute=True)
-
-
-def _batches(datasets: list[tf.data.Dataset]) -> list[list[tuple[np.ndarray, ...]]]:
-    """Every dataset's batches as numpy arrays, from its first iteration.
-
-    One ``choose_from_datasets`` iterator reads them all, user after user: about
-    ten times faster than one Python iterator per dataset, in the same order
-    (each dataset's shuffle seeds are its own). A dataset is iterated once only:
-    a second iteration would reshuffle (``reshuffle_each_iteration``).
-    """
-    steps = [int(ds.cardinality()) for ds in datasets]
-    if min(steps) < 0:  # unknown length (not what `client_dataset` makes): one by one
-        return [list(ds.as_numpy_iterator()) for ds in datasets]
-    choice = np.repeat(np.arange(len(datasets), dtype=np.int64), steps)
-    if not len(choice):
-        return [[] for _ in datasets]
-    chosen = tf.data.Dataset.choose_from_datasets(
-        datasets, tf.data.Dataset.from_tensor_slices(choice)
-    )
-    flat, users, start = list(chosen.as_numpy_iterator()), [], 0
-    for n in steps:
-        users.append(flat[start : start + n])
-        start += n
-    return users
 
 
 def _canary_steps(placements: list[list[tuple[int, int]]], steps: int) -> np.ndarray:
@@ -223,9 +199,9 @@ class VectorizedBackend(ClientBackend):
             raise _unsupported("this model (only the GRU stack with a dense head is vectorized)")
 
     # ------------------------------------------------------------------ data
-    def pack(self, strategy, datasets: list[tf.data.Dataset], seeds=None,
+    def pack(self, strategy, clients: list[ClientRound], seeds=None,
              canaries=None) -> list[tf.data.Dataset]:  # fmt: skip
-        """Turns the cohort's per-user batched datasets into one dataset per shard.
+        """Turns the cohort's users into one dataset per shard.
 
         Each shard's dataset has one element ``(x [S, K, B, ...], y [S, K, B, ...],
         mask [S, K, B], seeds [S, K, 2])``: step s of user k, zero-padded to the
@@ -237,22 +213,22 @@ class VectorizedBackend(ClientBackend):
         order is immaterial.
 
         Args:
-            strategy: the strategy that batched ``datasets`` (its batch size).
-            datasets: `ClientBackend.cohort_data`'s datasets, one per user.
+            strategy: the strategy (its batch size).
+            clients: `ClientBackend.cohort_data`'s users, one `ClientRound` each.
             seeds: per user, its batches' noise seeds ``[batches, 2]``, or None.
             canaries: per user, its canary records' ``(step, canary)``, or None.
         """
-        x_spec, y_spec = datasets[0].element_spec
         batch = strategy.client_update.batch_size
-        users = _batches(datasets)
+        x_first, y_first = clients[0].epochs[0]
+        users = [client.batches(batch) for client in clients]
         order = sorted(range(len(users)), key=lambda i: len(users[i]))
         shards = []
         for start in range(0, len(order), self.users_per_shard):
             members = order[start : start + self.users_per_shard]
             group = [users[i] for i in members]
             steps, k = max(1, max(len(u) for u in group)), len(group)
-            x = np.zeros([steps, k, batch, *x_spec.shape[1:]], x_spec.dtype.as_numpy_dtype)
-            y = np.zeros([steps, k, batch, *y_spec.shape[1:]], y_spec.dtype.as_numpy_dtype)
+            x = np.zeros([steps, k, batch, *x_first.shape[1:]], x_first.dtype)
+            y = np.zeros([steps, k, batch, *y_first.shape[1:]], y_first.dtype)
             mask = np.zeros([steps, k, batch], np.float32)
             shard_seeds = np.zeros([steps, k, 2], np.int64)
             for j, (i, user) in enumerate(zip(members, group, strict=True)):
