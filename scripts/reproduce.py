@@ -1,4 +1,4 @@
-"""Reproduce a paper table: python scripts/reproduce.py EXPERIMENT [--quick] [--tables-only].
+"""Reproduce a paper table: python scripts/reproduce.py EXPERIMENT [--quick] [--resume|--tables-only].
 
 Runs the experiment's sweeps (``python run.py -m experiment=<name> ...``, one
 call per entry of its ``sweeps`` in `dpfed.report.experiments`; accounting-only
@@ -6,7 +6,11 @@ experiments compute epsilon per sweep point without training) into
 ``results/experiments/<name>``, then writes ``results/tables/<name>.{csv,md,tex}``
 and its figures ``results/figures/<name>_<kind>.{png,pdf}``. ``--quick`` runs the
 ``<name>_quick`` variant. A failing job is recorded (summary.json ``failed``) and
-left out of the table; the script then exits with code 1.
+left out of the table; the script then exits with code 1. ``--resume`` continues an
+interrupted reproduction: it keeps the runs already in ``results/experiments/<name>``
+(a finished run is left as it is), continues the interrupted ones from their last
+checkpoint and starts the missing ones (``run.py ... resume=true``); without it the
+folder is emptied first, so that runs of an older grid cannot end up in the table.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="root of experiments/, tables/ and figures/")  # fmt: skip
     parser.add_argument("--tables-only", action="store_true",
                         help="remake the table and figures from the existing runs")  # fmt: skip
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished runs, continue the interrupted ones and run "
+                        "the missing ones (after an interruption, with the same grid)")  # fmt: skip
     args = parser.parse_args(argv)
     experiment = EXPERIMENTS[args.experiment]
     name = f"{experiment.name}_quick" if args.quick else experiment.name
@@ -37,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_dir = results / "experiments" / name
     failed = False
     if not args.tables_only:
-        if sweep_dir.exists():  # stale jobs of an older grid would end up in the table
+        if sweep_dir.exists() and not args.resume:  # stale jobs of an older grid: not in a table
             print(f"removing the previous runs in {sweep_dir}", file=sys.stderr)
             shutil.rmtree(sweep_dir)
         sweeps = experiment.quick_sweeps if args.quick else experiment.sweeps
@@ -47,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for extra in sweeps:
                 cmd = [sys.executable, str(ROOT / "run.py"), "-m", f"experiment={name}", *extra,
-                       f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+                       f"hydra.sweep.dir={sweep_dir}",
+                       *(["resume=true"] if args.resume else [])]  # fmt: skip
                 print("+", " ".join(cmd[1:]), file=sys.stderr, flush=True)
                 failed |= subprocess.run(cmd, cwd=ROOT).returncode != 0
     for path in write_experiment_tables(name, sweep_dir, results / "tables"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -32,9 +33,9 @@ def test_every_experiment_has_a_quick_variant_and_a_readme_row():
         assert f"results/tables/{name}.md" in readme
 
 
-def reproduce(name: str, tmp_path) -> pd.DataFrame:
+def reproduce(name: str, tmp_path, *flags: str) -> pd.DataFrame:
     cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), name, "--quick",
-           "--results", str(tmp_path)]  # fmt: skip
+           "--results", str(tmp_path), *flags]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     for suffix in ("md", "tex"):
@@ -144,6 +145,21 @@ def test_baselines_quick_tabulates_each_baseline_beside_its_majority_class(tmp_p
         # table must hold a real accuracy (not NaN) and the majority class beside it
         assert 0 <= accuracy <= 1 and 0 < trivial < 1, (dataset, accuracy, trivial)
     assert (table["rounds"] == 2).all()
+
+    # --resume after an interruption: a finished run is kept as it is, a missing one is run
+    runs = sorted((tmp_path / "experiments" / "baselines_quick").glob("*/summary.json"))
+    assert len(runs) == 2
+    kept, lost = sorted((r.parent for r in runs), key=lambda d: "vowels" not in d.name)
+    assert "vowels" in kept.name and "shakespeare" in lost.name
+    stamp = (kept / "metrics.csv").stat().st_mtime_ns
+    shutil.rmtree(lost)
+    resumed = reproduce("baselines", tmp_path, "--resume").set_index("dataset")
+    assert (kept / "metrics.csv").stat().st_mtime_ns == stamp
+    assert (lost / "summary.json").exists()
+    assert resumed.loc["vowels", "train_seconds"] == table.loc["vowels", "train_seconds"]
+    # seeded: the rerun is the same run, up to its time
+    pd.testing.assert_frame_equal(resumed.drop(columns="train_seconds"),
+                                  table.drop(columns="train_seconds"))  # fmt: skip
 
 
 def _first_values(sweep):
