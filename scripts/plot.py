@@ -83,12 +83,15 @@ def labelled_runs(root, statuses=("completed", "stopped")) -> pd.DataFrame:
     ``mechanism`` and ``budget`` columns.
 
     ``budget`` is the swept ``dp.target_epsilon`` where there is one, else the
-    run's final epsilon; non-private runs have an infinite budget.
+    run's final epsilon; non-private runs have an infinite budget. A run private
+    only at record level (DP-SGD in clients without user-level noise: epsilon inf,
+    epsilon_record finite) gets ``unit`` record and its ``epsilon_record``.
     """
     frame = summaries(root)
     if frame.empty:
         raise FileNotFoundError(f"no run with a summary.json under {root}")
-    frame = frame[frame.get("status", "completed").isin(statuses)].copy()
+    status = frame.get("status", pd.Series("completed", index=frame.index))
+    frame = frame[status.isin(statuses)].copy()
     if frame.empty:
         raise FileNotFoundError(f"no run under {root} has status {' or '.join(statuses)}")
     frame["dataset"] = frame.get("choice/dataset", "runs")
@@ -96,7 +99,12 @@ def labelled_runs(root, statuses=("completed", "stopped")) -> pd.DataFrame:
     missing = pd.Series(float("nan"), index=frame.index)
     target = pd.to_numeric(frame.get("override/dp.target_epsilon", missing), errors="coerce")
     epsilon = pd.to_numeric(frame.get("epsilon", missing), errors="coerce")
-    frame["budget"] = target.fillna(epsilon)
+    epsilon_record = pd.to_numeric(frame.get("epsilon_record", missing), errors="coerce")
+    record_only = (frame["mechanism"] != "none") & (epsilon == math.inf) & (
+        epsilon_record < math.inf)  # fmt: skip
+    frame.loc[record_only, "unit"] = "record"
+    frame["record_only"] = record_only
+    frame["budget"] = target.fillna(epsilon.mask(record_only, epsilon_record))
     return frame
 
 
@@ -148,7 +156,10 @@ def plot_curves(root, y: str, out) -> list[Path]:
         series = strategies if series.nunique() == 1 else strategies + ", " + series
     data["mechanism"] = data["run"].map(series + (budgets if swept else ""))
     if y == "epsilon":  # non-private runs have no curve to draw
-        data = data[data["run"].map(frame["mechanism"]) != "none"]
+        data = data[data["run"].map(frame["mechanism"]) != "none"].copy()
+        if "epsilon_record" in data.columns:  # record-level runs: their epsilon_record
+            record = data["run"].map(frame["record_only"]).fillna(False).astype(bool)
+            data.loc[record, "epsilon"] = data.loc[record, "epsilon_record"]
     ylabel = privacy_axis(frame) if y == "epsilon" else y
     return curves_figure(data, "round", y, out, ylabel=ylabel)
 

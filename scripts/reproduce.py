@@ -1,4 +1,4 @@
-"""Reproduce a paper table: python scripts/reproduce.py EXPERIMENT [--quick] [--resume|--tables-only].
+"""Reproduce a paper table: scripts/reproduce.py EXPERIMENT [--quick] [--resume|--tables-only].
 
 Runs the experiment's sweeps (``python run.py -m experiment=<name> ...``, one
 call per entry of its ``sweeps`` in `dpfed.report.experiments`; accounting-only

@@ -195,12 +195,15 @@ def test_privacy_utility_protects_watch_and_vowels_records_under_their_baseline(
 def test_privacy_utility_table_says_each_rows_unit_of_privacy():
     from dpfed.report.experiments import _privacy_utility
 
-    frame = pd.DataFrame({"choice/dataset": ["watch", "watch", "health"],
-                          "choice/dp": ["dpsgd", "none", "gaussian"],
-                          "override/dp.target_epsilon": ["2", None, "2"]})  # fmt: skip
+    frame = pd.DataFrame({"choice/dataset": ["watch", "watch", "health", "health"],
+                          "choice/dp": ["dpsgd", "none", "gaussian", "none"],
+                          "override/dp.target_epsilon": ["2", None, "2", None]})  # fmt: skip
     out = _privacy_utility(frame, ROOT)
     units = dict(zip(out["choice/dp"] + "/" + out["dataset"], out["unit of privacy"],
                      strict=False))  # fmt: skip
     assert units["dpsgd/watch"] == units["none/watch"] == "record (DP-SGD in clients)"
     assert units["gaussian/health"] == "user"
-    assert set(out.loc[out["choice/dp"] == "none", "mechanism"]) == {"dpsgd", "gaussian"}
+    # each dataset's non-private run fills the inf column of its own mechanisms' rows only
+    plain = out[out["choice/dp"] == "none"]
+    assert set(plain.loc[plain["dataset"] == "watch", "mechanism"]) == {"dpsgd"}
+    assert set(plain.loc[plain["dataset"] == "health", "mechanism"]) == {"gaussian"}

@@ -194,3 +194,30 @@ def test_audited_runs_compare_canary_records_in_clients_with_the_record_level_ep
     assert list(out["epsilon"]) == [3.0, 2.5, 1.5]
     assert list(out["mechanism"]) == ["dpsgd (in clients)", "dpsgd", "gaussian"]
     assert frame.loc[0, "epsilon"] == math.inf  # the input is left as it was
+
+
+def test_plots_put_record_level_runs_on_their_epsilon_record(tmp_path):
+    """DP-SGD in clients without user-level noise: epsilon is inf, the run's privacy is its
+    epsilon_record; the utility and epsilon plots must use it and say record-level."""
+    from scripts.plot import labelled_runs, plot_kind, privacy_axis
+
+    fake_run(tmp_path, "0", 1.0, "gaussian", 2.0, 0.80)
+    fake_run(tmp_path, "1", 3.0, "dpsgd", math.inf, 0.40)
+    fake_run(tmp_path, "2", 0.0, "none", math.inf, 0.90)
+    for name, unit in (("0", "user"), ("1", "user"), ("2", None)):
+        path = tmp_path / name / "summary.json"
+        summary = json.loads(path.read_text())
+        summary.update(unit=unit, delta=1e-5, neighboring="zero_out")
+        if name == "1":
+            summary["epsilon_record"] = 4.0
+            metrics = pd.read_csv(tmp_path / name / "metrics.csv")
+            metrics["epsilon_record"] = [1.0, 2.5, 4.0]
+            metrics.to_csv(tmp_path / name / "metrics.csv", index=False)
+        path.write_text(json.dumps(summary))
+    frame = labelled_runs(tmp_path).set_index("mechanism")
+    assert frame.loc["dpsgd", "budget"] == 4.0 and frame.loc["dpsgd", "unit"] == "record"
+    assert frame.loc["gaussian", "budget"] == 2.0 and frame.loc["gaussian", "unit"] == "user"
+    assert math.isinf(frame.loc["none", "budget"])
+    assert privacy_axis(frame.reset_index()).startswith("record/user-level epsilon")
+    assert plot_kind("epsilon", tmp_path, tmp_path / "figures" / "eps")
+    assert plot_kind("utility", tmp_path, tmp_path / "figures" / "utility")

@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _privacy_utility(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """Rows dataset x unit x mechanism; the non-private runs fill every mechanism's epsilon=inf
-    column. The unit is the dataset's: record-level DP-SGD for `RECORD_LEVEL`, else user-level."""
+    """Rows dataset x unit x mechanism; a dataset's non-private runs fill the epsilon=inf column
+    of each mechanism run on it. The unit is the dataset's: record-level DP-SGD for
+    `RECORD_LEVEL`, else user-level."""
     frame = frame.assign(dataset=frame["choice/dataset"], mechanism=mechanism_labels(frame))
     record = frame["choice/dataset"].isin(RECORD_LEVEL)
     frame["unit of privacy"] = np.where(record, "record (DP-SGD in clients)", "user")
@@ -45,8 +46,10 @@ def _privacy_utility(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     frame["epsilon budget"] = pd.to_numeric(target, errors="coerce")
     private = frame[frame["mechanism"] != "none"]
     baseline = frame[frame["mechanism"] == "none"].assign(**{"epsilon budget": math.inf})
-    mechanisms = sorted(private["mechanism"].unique()) or ["none"]
-    copies = [baseline.assign(mechanism=m) for m in mechanisms]
+    copies = []
+    for dataset, runs in baseline.groupby("dataset"):
+        mechanisms = sorted(private.loc[private["dataset"] == dataset, "mechanism"].unique())
+        copies += [runs.assign(mechanism=m) for m in mechanisms or ["none"]]
     return pd.concat([private, *copies], ignore_index=True)
 
 
