@@ -158,7 +158,7 @@ def plot_curves(root, y: str, out) -> list[Path]:
     if y == "epsilon":  # non-private runs have no curve to draw
         data = data[data["run"].map(frame["mechanism"]) != "none"].copy()
         if "epsilon_record" in data.columns:  # record-level runs: their epsilon_record
-            record = data["run"].map(frame["record_only"]).fillna(False).astype(bool)
+            record = data["run"].map(frame["record_only"]).astype(bool)
             data.loc[record, "epsilon"] = data.loc[record, "epsilon_record"]
     ylabel = privacy_axis(frame) if y == "epsilon" else y
     return curves_figure(data, "round", y, out, ylabel=ylabel)

@@ -137,16 +137,22 @@ def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "data
     for ax, key in zip(axes, keys, strict=True):
         part = data[(data[panel] == key)].dropna(subset=[y])
         groups = sorted(part.groupby(series), key=lambda item: str(item[0]))
+        families = [str(name).split(",")[0] for name, _ in groups]
         for index, (name, runs) in enumerate(groups):
             stats = runs.groupby(x)[y].agg(["mean", "std"]).reset_index()
             stats = stats[np.isfinite(stats["mean"].astype(float))]
             if stats.empty:
                 continue
-            colour, marker, line = style(str(name).split(",")[0])
+            colour, marker, line = style(families[index])
+            # a mechanism's series (e.g. its budgets) share its style, from light to dark
+            siblings = families.count(families[index])
+            rank = families[:index].count(families[index])
+            shade = 1.0 if siblings == 1 else 0.3 + 0.7 * rank / (siblings - 1)
             every = max(1, len(stats) // 8)
             # staggered markers keep series that coincide distinguishable
             ax.plot(stats[x], stats["mean"], color=colour, marker=marker, linestyle=line,
-                    markersize=4, markevery=(index % every, every), label=str(name))  # fmt: skip
+                    alpha=shade, markersize=4, markevery=(index % every, every),
+                    label=str(name))  # fmt: skip
             spread = stats["std"].fillna(0)
             if spread.any():
                 ax.fill_between(stats[x], stats["mean"] - spread, stats["mean"] + spread,
