@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from dpfed.report.experiments import EXPERIMENTS
 from tests.conftest import CONF, ROOT, compose_config
@@ -31,6 +32,10 @@ def test_every_experiment_has_a_quick_variant_and_a_readme_row():
         assert {name, f"{name}_quick"} <= set(PRESETS)
         assert f"python scripts/reproduce.py {name}" in readme
         assert f"results/tables/{name}.md" in readme
+        full, quick = (compose_config(f"experiment={e}", return_hydra_config=True)
+                       for e in (name, f"{name}_quick"))  # fmt: skip
+        # the smoke test runs what the experiment runs, only smaller
+        assert quick.hydra.runtime.choices.backend == full.hydra.runtime.choices.backend, name
 
 
 def reproduce(name: str, tmp_path, *flags: str) -> pd.DataFrame:
@@ -162,29 +167,33 @@ def test_baselines_quick_tabulates_each_baseline_beside_its_majority_class(tmp_p
                                   table.drop(columns="train_seconds"))  # fmt: skip
 
 
-def _first_values(sweep):
-    return [o if "," not in o else o.split(",")[0] for o in sweep]
-
-
 @pytest.mark.parametrize("dataset", ["watch", "vowels"])
 def test_privacy_utility_protects_watch_and_vowels_records_under_their_baseline(dataset):
-    """The record-level rows: DP-SGD in clients on the tuned baseline, calibrated on
-    epsilon_record (zero-out), with the baseline's own rounds, beside its non-private run."""
+    """The record-level rows: DP-SGD in clients on the tuned baseline (its data and cohort),
+    one sweep per budget with that budget's searched settings, calibrated on
+    epsilon_record (zero-out), beside the baseline's own non-private run."""
     from dpfed.build import build_dataset, build_privacy
-    from dpfed.report.experiments import PRIVACY_UTILITY_SWEEPS, RECORD_LEVEL
+    from dpfed.report.experiments import BASELINE_ROUNDS, PRIVACY_UTILITY_SWEEPS, RECORD_LEVEL
 
     sweeps = [s for s in PRIVACY_UTILITY_SWEEPS if f"dataset={dataset}" in s]
     assert {o for s in sweeps for o in s if o.startswith("dp=")} == {"dp=dpsgd", "dp=none"}
-    private = next(s for s in sweeps if "dp=dpsgd" in s)
     baseline = compose_config(f"baseline={dataset}")
-    for epsilon in (1, 8):
-        overrides = [o if not o.startswith("dp.target_epsilon") else f"dp.target_epsilon={epsilon}"
-                     for o in _first_values(private)]  # fmt: skip
-        cfg = compose_config("experiment=privacy_utility", *overrides)
+    plain = compose_config("experiment=privacy_utility", *next(s for s in sweeps if "dp=none" in s))
+    assert plain.rounds == baseline.rounds == BASELINE_ROUNDS[dataset]
+    assert plain.strategy == baseline.strategy and plain.model == baseline.model
+    private = [s for s in sweeps if "dp=dpsgd" in s]
+    assert sorted(float(o.split("=")[1]) for s in private for o in s
+                  if o.startswith("dp.target_epsilon")) == [1, 2, 4, 8]  # fmt: skip
+    for sweep in private:
+        assert not any("," in o for o in sweep)  # one setting per budget
+        epsilon = float(next(o for o in sweep if o.startswith("dp.target_epsilon")).split("=")[1])
+        cfg = compose_config("experiment=privacy_utility", *sweep)
         assert cfg.dataset == baseline.dataset  # the baseline's data, not the experiment's
-        assert cfg.rounds == baseline.rounds == int(RECORD_LEVEL[dataset][0].split("=")[1])
         assert cfg.strategy.clients_per_round == baseline.strategy.clients_per_round
-        assert cfg.model.units == baseline.model.units
+        assert cfg.model.outputs == baseline.model.outputs
+        for setting in RECORD_LEVEL[dataset][epsilon]:  # the searched settings arrive
+            key, value = setting.split("=")
+            assert str(OmegaConf.select(cfg, key)) == value, setting
         plan = build_privacy(cfg, build_dataset(cfg).population())
         budget = plan.budget_account
         assert budget.column == "epsilon_record" and budget.neighboring.value == "zero_out"

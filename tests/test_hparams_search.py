@@ -70,6 +70,60 @@ def test_search_composes_onto_optuna_and_both_ends_of_its_space_build(search):
     assert prepare(cfg).dataset.task == "classification"
 
 
+RECORD_SEARCHES = sorted(p.stem for p in (CONF / "hparams_search" / "record").glob("*.yaml"))
+
+
+def test_every_record_level_row_of_the_privacy_utility_table_has_a_search():
+    from dpfed.report.experiments import RECORD_LEVEL
+
+    assert RECORD_SEARCHES == sorted(RECORD_LEVEL)
+
+
+def _inside(distribution, value: str) -> bool:
+    if isinstance(distribution, CategoricalDistribution):
+        return value in {str(c) for c in distribution.choices}
+    return distribution.low <= float(value) <= distribution.high
+
+
+@pytest.mark.parametrize("dataset", RECORD_SEARCHES)
+def test_record_search_tunes_dpsgd_in_its_baselines_clients_at_the_budget_given(dataset):
+    """hparams_search=record/<dataset>: DP-SGD in the clients of baseline=<dataset> (its model,
+    cohort and server optimizer), calibrated on epsilon_record under zero-out to the budget on
+    the command line; every per-budget setting of the privacy-utility table lies in its space."""
+    from dpfed.build import build_dataset, build_privacy
+    from dpfed.report.experiments import RECORD_LEVEL
+
+    full = compose_config(f"hparams_search=record/{dataset}", "dp.target_epsilon=2",
+                          return_hydra_config=True)  # fmt: skip
+    choices = full.hydra.runtime.choices
+    assert (choices.dataset, choices.dp, choices.backend) == (dataset, "dpsgd", "vectorized")
+    assert full.hydra.sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
+    assert 10 <= full.hydra.sweeper.n_trials <= 20 and full.optimized_metric == "eval/accuracy"
+    baseline = compose_config(f"baseline={dataset}")
+    for key in ("strategy.clients_per_round", "strategy.server_optimizer.learning_rate"):
+        assert OmegaConf.select(full, key) == OmegaConf.select(baseline, key), key
+
+    space = search_space(full)
+    searched = {"rounds", "strategy.local_epochs", "strategy.batch_size", "dp.clip",
+                "strategy.client_optimizer.learning_rate"}  # fmt: skip
+    assert searched <= set(space)
+    for key, distribution in space.items():  # a key held at one value holds the baseline's
+        if isinstance(distribution, CategoricalDistribution) and len(distribution.choices) == 1:
+            held = str(OmegaConf.select(baseline, key)).replace(" ", "")
+            assert [str(c) for c in distribution.choices] == [held], key
+    for i in (0, 1):
+        cfg = compose_config(f"hparams_search=record/{dataset}", "dp.target_epsilon=2",
+                             *[f"{k}={ends(d)[i]}" for k, d in space.items()])  # fmt: skip
+        plan = build_privacy(cfg, build_dataset(cfg).population())
+        budget = plan.budget_account
+        assert (budget.column, budget.neighboring.value) == ("epsilon_record", "zero_out")
+        assert plan.epsilon(budget) == pytest.approx(2, rel=0.01)
+    for budget, settings in RECORD_LEVEL[dataset].items():
+        for setting in settings:
+            key, value = setting.split("=")
+            assert key in space and _inside(space[key], value), (budget, setting)
+
+
 def test_a_debug_patch_shrinks_a_search_trial():
     cfg = compose_config("hparams_search=smart_home", "debug=smoke")
     assert (cfg.rounds, cfg.dataset.num_clients, cfg.strategy.clients_per_round) == (2, 40, 5)

@@ -74,11 +74,35 @@ _SAME_RELATION = "dp.neighboring=zero_out"
 # watch (10 subjects) and vowels (9 speakers) have too few users for user-level DP (10 clients
 # need noise multipliers of 6 to 36 and stay at chance); what their story protects is each
 # sensitive record, so they get record-level DP-SGD inside every client on their tuned
-# non-private baseline (baseline=<dataset>, whose rounds the experiment's 20 would replace).
-# Per-example clips: the best of a few at epsilon_record 4, seed 0 (experiments/README.md):
-# watch 0.03 / 0.1 / 0.3 gave 0.455 / 0.46 / 0.34; vowels 0.01 / 0.03 / 0.1 / 1 gave
-# 0.24 / 0.36 / 0.33 / 0.21.
-RECORD_LEVEL = {"watch": ("rounds=20", "dp.clip=0.1"), "vowels": ("rounds=50", "dp.clip=0.03")}
+# non-private baseline (baseline=<dataset>: its model, cohort and server optimizer). No sampling
+# amplification is credited, so a record's epsilon depends on its releases (rounds x local
+# epochs) alone; per budget, the rounds, local epochs, batch, per-example clip and client
+# learning rate are the best trial of `python run.py hparams_search=record/<dataset>
+# dp.target_epsilon=<budget>` (seed 0; experiments/README.md, Record-level rows).
+RECORD_LEVEL: dict[str, dict[float, tuple[str, ...]]] = {
+    "watch": {
+        1: ("rounds=20", "strategy.local_epochs=2", "strategy.batch_size=512", "dp.clip=0.397",
+            "strategy.client_optimizer.learning_rate=0.792"),
+        2: ("rounds=20", "strategy.local_epochs=2", "strategy.batch_size=512", "dp.clip=0.397",
+            "strategy.client_optimizer.learning_rate=0.792"),
+        4: ("rounds=20", "strategy.local_epochs=2", "strategy.batch_size=64", "dp.clip=0.207",
+            "strategy.client_optimizer.learning_rate=0.399"),
+        8: ("rounds=20", "strategy.local_epochs=2", "strategy.batch_size=64", "dp.clip=0.207",
+            "strategy.client_optimizer.learning_rate=0.399"),
+    },
+    "vowels": {
+        1: ("model.units=[8]", "rounds=20", "strategy.local_epochs=1", "strategy.batch_size=16",
+            "dp.clip=0.0247", "strategy.client_optimizer.learning_rate=0.188"),
+        2: ("model.units=[16]", "rounds=10", "strategy.local_epochs=2", "strategy.batch_size=32",
+            "dp.clip=0.637", "strategy.client_optimizer.learning_rate=1.58"),
+        4: ("model.units=[16]", "rounds=10", "strategy.local_epochs=2", "strategy.batch_size=32",
+            "dp.clip=0.772", "strategy.client_optimizer.learning_rate=0.506"),
+        8: ("model.units=[32]", "rounds=50", "strategy.local_epochs=1", "strategy.batch_size=16",
+            "dp.clip=0.0416", "strategy.client_optimizer.learning_rate=1.54"),
+    },
+}  # fmt: skip
+# the non-private column runs the baseline itself, whose rounds the experiment's 20 would replace
+BASELINE_ROUNDS = {"watch": 20, "vowels": 50}
 PRIVACY_UTILITY_SWEEPS = tuple(
     sweep
     for dataset, m in _COHORTS.items()
@@ -93,11 +117,12 @@ PRIVACY_UTILITY_SWEEPS = tuple(
     )
 ) + tuple(
     sweep
-    for dataset, (rounds, clip) in RECORD_LEVEL.items()
+    for dataset, budgets in RECORD_LEVEL.items()
     for sweep in (
-        (f"baseline={dataset}", f"dataset={dataset}", rounds, "dp=dpsgd", clip, _BUDGETS,
-         _SAME_RELATION),
-        (f"baseline={dataset}", f"dataset={dataset}", rounds, "dp=none"),
+        *((f"baseline={dataset}", f"dataset={dataset}", "dp=dpsgd", f"dp.target_epsilon={b:g}",
+           *settings, _SAME_RELATION) for b, settings in budgets.items()),
+        (f"baseline={dataset}", f"dataset={dataset}", f"rounds={BASELINE_ROUNDS[dataset]}",
+         "dp=none"),
     )
 )  # fmt: skip
 
@@ -168,9 +193,9 @@ AUDIT_QUICK_SWEEPS = (
      "strategy.clients_per_round=20", "dp=gaussian", "dp.noise_multiplier=1",
      "audit.planted_noise_factor=1,0.1"),
     # every smoke client's records (about 480), 4 epochs of batches of 32: about 60 steps
-    ("strategy=centralized", "strategy.clients_per_round=null", "strategy.sampling=records",
-     "strategy.batch_size=32", "rounds=4", "strategy.eval_every=2", "dp=dpsgd",
-     "audit=canary_gradients", "audit.canaries=1000", "dp.noise_multiplier=2",
+    ("strategy=centralized", "backend=reference", "strategy.clients_per_round=null",
+     "strategy.sampling=records", "strategy.batch_size=32", "rounds=4", "strategy.eval_every=2",
+     "dp=dpsgd", "audit=canary_gradients", "audit.canaries=1000", "dp.noise_multiplier=2",
      "audit.planted_noise_factor=1,0.1"),
 )  # fmt: skip
 
