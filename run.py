@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from dpfed.config import register_configs
 from dpfed.errors import ConfigError
-from dpfed.jobs import RunInterrupted, optimized, recorded_failure, refuse
+from dpfed.jobs import RunInterrupted, optimized, over_seeds, recorded_failure, refuse
 
 register_configs()
 log = logging.getLogger("dpfed")
@@ -26,20 +26,27 @@ def _interrupt(signum, frame):
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict | float:
-    # The summary or, with optimized_metric set, its value there: what a search (Optuna) optimises.
-    return optimized(lambda: run(cfg), cfg.optimized_metric, HydraConfig.get())
+    # The summary or, with optimized_metric set, its value there (the mean over optimized_seeds
+    # seeds): what a search (Optuna) optimises.
+    hydra_cfg = HydraConfig.get()
+    trial = lambda: over_seeds(run, cfg, hydra_cfg.runtime.output_dir)  # noqa: E731
+    return optimized(trial, cfg.optimized_metric, hydra_cfg)
 
 
-def run(cfg: DictConfig) -> dict:
-    """One run (or sweep job) to its end; returns its summary."""
+def run(cfg: DictConfig, out_dir: str) -> dict:
+    """One run (or sweep job, or one seed of a search's trial) to its end in ``out_dir``;
+    returns its summary."""
     from dpfed.build import build_checkpoints, build_simulation, build_writer, prepare
     from dpfed.io.provenance import provenance, result_line
 
     # TFF logs every model build at INFO; set here so joblib's worker processes get it too.
     logging.getLogger("absl").setLevel(logging.WARNING)
     hydra_cfg = HydraConfig.get()
-    out_dir, choices = hydra_cfg.runtime.output_dir, dict(hydra_cfg.runtime.choices)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    choices, multirun = dict(hydra_cfg.runtime.choices), hydra_cfg.mode == RunMode.MULTIRUN
+    task = list(hydra_cfg.overrides.task)
+    if out_dir != hydra_cfg.runtime.output_dir:  # one seed of a trial: it resumes on its own
+        task = [o for o in task if o.split("=", 1)[0] not in ("seed", "optimized_seeds")]
+        task += [f"seed={cfg.seed}", "optimized_seeds=1"]
     try:  # outside recorded_failure: a refused resumption leaves the run it names untouched
         checkpoints = build_checkpoints(cfg, out_dir, multirun)
     except ConfigError as err:
@@ -48,14 +55,13 @@ def run(cfg: DictConfig) -> dict:
         print(f"dpfed: the run in {out_dir} is complete ({checkpoints.summary['status']} after "
               f"{checkpoints.round} rounds); nothing to resume")  # fmt: skip
         return checkpoints.summary
-    resume = " ".join(["python run.py", *hydra_cfg.overrides.task, "resume=true",
-                       f"hydra.run.dir={out_dir}"])  # fmt: skip
+    resume = " ".join(["python run.py", *task, "resume=true", f"hydra.run.dir={out_dir}"])
     # A failing job writes summary.json status "failed"; in a sweep the other jobs run on.
     with recorded_failure(out_dir, multirun,
                           lambda: {"status": "failed", **provenance(cfg, choices)}):  # fmt: skip
         prepared = prepare(cfg, checkpoints)  # bad values and data fail here, before TensorFlow
         simulation = build_simulation(cfg, checkpoints, prepared)
-        writer = build_writer(cfg, hydra_cfg.runtime.output_dir, simulation)
+        writer = build_writer(cfg, out_dir, simulation)
         from dpfed.runtime import tff_runtime
 
         with tff_runtime():

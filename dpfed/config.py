@@ -109,6 +109,11 @@ class RunConfig:
             ``eval/loss``, ...) that ``run.py`` returns instead of the summary,
             for a hyperparameter search to optimise (``hparams_search``);
             ``null`` returns the summary.
+        optimized_seeds: with ``optimized_metric``, the seeds each call (a search's
+            trial) runs, ``seed`` to ``seed + n - 1``, each in ``seed_<s>/`` of the
+            trial's folder; the trial scores their mean, so that a search does not pick
+            settings that only its one seed's draw favoured (>= 1; 1: one run, in the
+            trial's folder).
     """
 
     seed: int = 0
@@ -116,6 +121,7 @@ class RunConfig:
     resume: bool = False
     checkpoint_every: int = 1
     optimized_metric: str | None = None
+    optimized_seeds: int = 1
     dataset: Any = MISSING
     model: Any = MISSING
     dp: Any = MISSING

@@ -13,12 +13,15 @@ code 2 for an invalid configuration.
 Hydra's Optuna sweeper (hydra-optuna-sweeper 1.2, ``hparams_search``) is
 stricter: the first job that raises, or returns anything but a float that is
 not NaN, ends the whole study. `optimized` therefore gives a failed or
-diverged job of a search the worst value instead of raising.
+diverged job of a search the worst value instead of raising. With
+``optimized_seeds`` n > 1, `over_seeds` makes a trial n runs, one per seed in
+``seed_<s>/`` of the trial's folder, scored by their mean.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -33,7 +36,7 @@ from typing import NoReturn
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dpfed.errors import ConfigError
+from dpfed.errors import ConfigError, check
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +214,45 @@ def metric_value(summary: dict, metric: str) -> float:
                       f"this run's are: {', '.join(numeric)}", absolute=True)  # fmt: skip
 
 
+SEED_FOLDER = re.compile(r"seed_(\d+)")  # one seed of a search's trial (optimized_seeds)
+
+
+def over_seeds(run: Callable[[DictConfig, str], dict], cfg: DictConfig, output_dir: str) -> dict:
+    """``run(cfg, output_dir)``, or with ``optimized_seeds`` n > 1 one run per seed.
+
+    The seeds are ``seed`` to ``seed + n - 1`` (the data, the model's initial
+    weights, the cohorts and the DP noise all follow the seed), each run in
+    ``<output_dir>/seed_<s>`` with its own summary.json; the trial's folder gets
+    none, so that tables and the tuning cost (`dpfed.report.collect`) read each
+    seed as a run and the n of them as one trial.
+
+    Returns:
+        The run's summary, or with n > 1 one for the trial: ``optimized_metric``
+        the runs' mean, ``<metric>/per_seed`` their values and ``seeds``.
+
+    Raises:
+        ConfigError: ``optimized_seeds`` < 1, or > 1 without ``optimized_metric``.
+        JobFailed: a seed's run failed (in a multirun), as `recorded_failure` says.
+    """
+    seeds, metric = cfg.get("optimized_seeds", 1), cfg.get("optimized_metric")
+    check(isinstance(seeds, int) and seeds >= 1, "optimized_seeds", seeds, ">= 1")
+    check(seeds == 1 or metric is not None, "optimized_seeds", seeds,
+          "1 unless optimized_metric is set (the seeds' mean is what a search optimises)")  # fmt: skip
+    if seeds == 1:
+        return run(cfg, output_dir)
+    values = []
+    for seed in range(cfg.seed, cfg.seed + seeds):
+        seeded = copy.deepcopy(cfg)
+        seeded.seed = seed  # ${seed} interpolations (dataset, dp.seed) follow
+        summary = run(seeded, str(Path(output_dir) / f"seed_{seed}"))
+        values.append(metric_value(summary, metric))
+    mean = sum(values) / len(values)
+    print(f"dpfed: {metric} {mean:.4g}, the mean over seeds {cfg.seed} to {cfg.seed + seeds - 1} "
+          f"({', '.join(f'{v:.4g}' for v in values)}), in {output_dir}")  # fmt: skip
+    return {"status": "completed", metric: mean, f"{metric}/per_seed": values,
+            "seeds": list(range(cfg.seed, cfg.seed + seeds))}  # fmt: skip
+
+
 def optimized(run: Callable[[], dict], metric: str | None, hydra_cfg: DictConfig) -> dict | float:
     """Runs a job; returns its summary or, with ``optimized_metric`` set, that metric's value.
 
@@ -218,8 +260,9 @@ def optimized(run: Callable[[], dict], metric: str | None, hydra_cfg: DictConfig
     that failed or diverged, already recorded in its summary.json and on stderr,
     scores the worst value, ``-inf`` when maximizing and ``inf`` when
     minimizing, so that the study goes on without it. A ``metric`` the summary
-    lacks is a mistake every job would repeat: it fails the job (`JobFailed`),
-    which ends an Optuna study at once, or a single run with exit code 2.
+    lacks, or a `ConfigError` from ``run`` (`over_seeds`: ``optimized_seeds``), is
+    a mistake every job would repeat: it fails the job (`JobFailed`), which ends
+    an Optuna study at once, or a single run with exit code 2.
 
     Args:
         run: runs the job and returns its summary.
@@ -229,9 +272,12 @@ def optimized(run: Callable[[], dict], metric: str | None, hydra_cfg: DictConfig
     Returns:
         The summary (``metric`` None), else the metric's value.
     """
-    if metric is None:
-        return run()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if metric is None:
+        try:
+            return run()
+        except ConfigError as err:  # optimized_seeds: every job would repeat it
+            refuse(err, multirun)
     direction = OmegaConf.select(hydra_cfg, "sweeper.direction", default=None) if multirun else None
     direction = getattr(direction, "name", direction)  # the sweeper schema's default is an enum
     try:
@@ -242,6 +288,8 @@ def optimized(run: Callable[[], dict], metric: str | None, hydra_cfg: DictConfig
         worst = -math.inf if direction == "maximize" else math.inf
         print(f"dpfed: this trial of the search scores {metric} = {worst}: {err}", file=sys.stderr)
         return worst
+    except ConfigError as err:  # optimized_seeds or a seed's missing metric: every trial would
+        refuse(err, multirun)  # repeat it, so it ends the study (JobFailed) or the run (code 2)
     try:
         return metric_value(summary, metric)
     except ConfigError as err:

@@ -144,10 +144,17 @@ def tuning_lines(run_folders: list[str], distribution: str,
         lines.append(
             f"tuning cost of {row['account']} (Papernot & Steinke 2022): releasing the best of "
             f"a random search with {distribution}-distributed trials, mean {row['mean']:g} "
-            f"({row['runs']} runs here), is epsilon {row['epsilon_tuned']:.4g} at delta "
-            f"{row['delta']:g} ({row['neighboring']}), against at most {row['epsilon_one_run_max']:.4g} for one run"
+            f"({_trials_here(row)}), is epsilon {row['epsilon_tuned']:.4g} at delta "
+            f"{row['delta']:g} ({row['neighboring']}), against at most "
+            f"{row['epsilon_one_trial_max']:.4g} for one trial"
         )
     return lines
+
+
+def _trials_here(row: dict) -> str:
+    if row["trials"] == row["runs"]:
+        return f"{row['runs']} runs here"
+    return f"{row['trials']} trials of {row['runs']} runs here, a trial's seeds composed"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,29 @@ def test_tff_quick_gives_epsilon_2_at_120_clients_per_round(tmp_path):
     assert (table["epsilon, setting=fixed-size (dpfed), replace-one, improved RDP"] > poisson).all()
 
 
+def test_published_epsilons_beside_the_papers(tmp_path):
+    """Andrew et al. 2021 Table 1 (5.0 at zero-out, fixed-size cohorts) and Kairouz et al.
+    2021's StackOverflow setting (19.74, 2.04: dp-accounting's test of it), recomputed by the
+    privacy plan a run builds; replace-one and Poisson rows of Andrew's setting for contrast."""
+    table = reproduce("published_epsilons", tmp_path)
+    classic, improved = table["epsilon, conversion=classic"], table["epsilon, conversion=improved"]
+    andrew = (table["mechanism"] == "gaussian") & (table["noise"] == 0.51)
+    own = andrew & (table["sampling"] == "fixed") & (table["neighboring"] == "zero_out")
+    assert table.loc[own, "published epsilon"].tolist() == ["5.0"]
+    assert improved[own].item() == pytest.approx(5.0, abs=0.05)  # the paper: epsilon 5.0
+    replace = andrew & (table["neighboring"] == "replace_one")
+    poisson = andrew & (table["sampling"] == "poisson")
+    assert improved[replace].item() > 100 * improved[own].item()  # half the accounted noise
+    assert improved[poisson].item() < improved[own].item()  # add/remove of a Poisson cohort
+    assert table.loc[replace | poisson, "paper"].str.endswith("(contrast)").all()
+    tree = table[table["mechanism"] == "tree"].set_index("noise")
+    for noise, published in ((1.13, 19.74), (8.83, 2.04)):
+        assert tree.loc[noise, "published epsilon"] == str(published)
+        assert round(tree.loc[noise, "epsilon, conversion=classic"], 2) == published
+        assert tree.loc[noise, "epsilon, conversion=improved"] < published  # dp-accounting's test
+    assert (classic >= improved).all()
+
+
 def test_privacy_utility_quick_runs_and_tabulates_epsilon_4_and_inf(tmp_path):
     table = reproduce("privacy_utility", tmp_path)
     assert list(table["dataset"]) == ["smart_home"] and list(table["mechanism"]) == ["gaussian"]

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution
 
 from dpfed.errors import ConfigError
-from dpfed.jobs import JobFailed, metric_value, optimized
+from dpfed.jobs import JobFailed, metric_value, optimized, over_seeds
 from tests.conftest import CONF, compose_config, worker_pids
 
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
@@ -99,6 +99,8 @@ def test_record_search_tunes_dpsgd_in_its_baselines_clients_at_the_budget_given(
     assert (choices.dataset, choices.dp, choices.backend) == (dataset, "dpsgd", "vectorized")
     assert full.hydra.sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
     assert 10 <= full.hydra.sweeper.n_trials <= 20 and full.optimized_metric == "eval/accuracy"
+    # vowels' trials score the mean of 3 seeds: on seed 0 alone its winners were lucky draws
+    assert full.optimized_seeds == (3 if dataset == "vowels" else 1)
     baseline = compose_config(f"baseline={dataset}")
     for key in ("strategy.clients_per_round", "strategy.server_optimizer.learning_rate"):
         assert OmegaConf.select(full, key) == OmegaConf.select(baseline, key), key
@@ -155,6 +157,44 @@ def test_a_bad_optimized_metric_names_the_key_and_lists_the_summarys(name):
     assert str(err.value).endswith("this run's are: rounds, eval/accuracy, eval/loss, epsilon")
 
 
+def test_over_seeds_runs_each_seed_in_its_folder_and_returns_their_mean(tmp_path):
+    cfg = OmegaConf.create({"seed": 3, "optimized_seeds": 3, "optimized_metric": "eval/accuracy",
+                            "dataset": {"seed": "${seed}"}, "dp": {"seed": "${seed}"}})  # fmt: skip
+    calls = []
+
+    def run(seeded, out_dir):
+        calls.append((seeded.seed, seeded.dataset.seed, seeded.dp.seed, out_dir))
+        return {**SUMMARY, "eval/accuracy": 0.1 * seeded.seed}
+
+    trial = over_seeds(run, cfg, str(tmp_path))
+    assert calls == [(s, s, s, str(tmp_path / f"seed_{s}")) for s in (3, 4, 5)]
+    assert trial["eval/accuracy"] == pytest.approx(0.4)
+    assert trial["eval/accuracy/per_seed"] == pytest.approx([0.3, 0.4, 0.5])
+    assert trial["seeds"] == [3, 4, 5] and cfg.seed == 3  # the trial's config is untouched
+    cfg.optimized_seeds = 1  # one seed: the run itself, in the trial's folder
+    assert over_seeds(run, cfg, str(tmp_path)) == {**SUMMARY, "eval/accuracy": 0.1 * 3}
+    assert calls[-1] == (3, 3, 3, str(tmp_path))
+
+
+@pytest.mark.parametrize("seeds,metric,allowed", [
+    (0, "eval/accuracy", ">= 1"),
+    (2, None, "1 unless optimized_metric is set"),
+])  # fmt: skip
+def test_a_bad_optimized_seeds_stops_a_run_and_a_search_before_any_run(seeds, metric, allowed,
+                                                                       capsys):  # fmt: skip
+    cfg = OmegaConf.create({"seed": 0, "optimized_seeds": seeds, "optimized_metric": metric})
+    ran = []
+    trial = lambda: over_seeds(lambda c, d: ran.append(d) or SUMMARY, cfg, "out")  # noqa: E731
+    with pytest.raises(SystemExit) as exit_:
+        optimized(trial, metric, hydra_cfg(RunMode.RUN))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"optimized_seeds={seeds}" in err and allowed in err
+    with pytest.raises(JobFailed, match="optimized_seeds"):  # not a -inf trial: the study ends
+        optimized(trial, metric, hydra_cfg(RunMode.MULTIRUN, "maximize"))
+    assert not ran
+
+
 def test_a_bad_optimized_metric_ends_a_run_with_code_2_and_a_sweep_at_once(capsys):
     with pytest.raises(SystemExit) as exit_:
         optimized(lambda: SUMMARY, "eval/acc", hydra_cfg(RunMode.RUN))
@@ -187,21 +227,43 @@ def trials(out: Path) -> list[dict]:
     return found
 
 
-def test_smoke_search_writes_the_best_trial_that_a_run_recorded(run_cli):
+def seeded_trials(out: Path) -> list[dict]:
+    """Trials run with optimized_seeds > 1: each seed's summary in <trial>/seed_<s>/."""
+    found = []
+    for trial in sorted(p.parent.parent for p in out.glob("*/.hydra/overrides.yaml")):
+        overrides = yaml.safe_load((trial / ".hydra" / "overrides.yaml").read_text())
+        seeds = {
+            p.parent.name: json.loads(p.read_text()) for p in trial.glob("seed_*/summary.json")
+        }
+        found.append({"trial": trial, "seeds": seeds, "overrides": overrides})
+    return found
+
+
+def test_smoke_search_scores_each_trial_on_its_seeds_and_writes_the_best(run_cli):
+    """optimized_seeds=2: each trial runs seeds 5 and 6 in its own seed_<s>/ folders and
+    scores their mean; the best trial and value are the runs' records."""
     before = worker_pids()
     result = run_cli("hparams_search=smart_home", "debug=smoke", "hydra.sweeper.n_trials=2",
-                     multirun=True, timeout=300)  # fmt: skip
+                     "seed=5", "optimized_seeds=2", multirun=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.output[-3000:]
     best = yaml.safe_load((result.dir / "optimization_results.yaml").read_text())
-    runs = trials(result.dir)
-    assert len(runs) == 2 and all(r["summary"]["status"] == "completed" for r in runs)
+    found = seeded_trials(result.dir)
+    assert len(found) == 2 and all(set(t["seeds"]) == {"seed_5", "seed_6"} for t in found)
+    assert not list(result.dir.glob("*/summary.json"))  # a trial is its seeds, not a run
+    for trial in found:
+        assert {s["seed"] for s in trial["seeds"].values()} == {5, 6}
+        assert all(s["status"] == "completed" for s in trial["seeds"].values())
+        assert all(s["config"]["dataset"]["seed"] == s["seed"] for s in trial["seeds"].values())
+        assert "resume=true" in trial["seeds"]["seed_6"].get("resume_command", "resume=true")
     assert set(best["best_params"]) == set(search_space(compose_config(
         "hparams_search=smart_home", return_hydra_config=True)))  # fmt: skip
-    accuracies = [r["summary"]["eval/accuracy"] for r in runs]
-    assert best["best_value"] == pytest.approx(max(accuracies), abs=1e-12), (best, accuracies)
-    winners = [r for r in runs if r["summary"]["eval/accuracy"] == max(accuracies)]
+    means = [sum(s["eval/accuracy"] for s in t["seeds"].values()) / 2 for t in found]
+    assert best["best_value"] == pytest.approx(max(means), abs=1e-12), (best, means)
+    winners = [t for t, m in zip(found, means, strict=True) if m == max(means)]
     expected = {f"{k}={v}" for k, v in best["best_params"].items()}
-    assert any(expected <= set(r["overrides"]) for r in winners), (expected, winners)
+    assert any(expected <= set(t["overrides"]) for t in winners), (expected, winners)
+    accuracies = {s["eval/accuracy"] for t in found for s in t["seeds"].values()}
+    assert len(accuracies) > 1  # the seeds are different runs
     deadline = time.time() + 10  # each trial stops its TFF worker; give the last one a moment
     while (left := worker_pids() - before) and time.time() < deadline:
         time.sleep(0.5)

@@ -149,7 +149,7 @@ def test_make_table_prints_the_tuning_cost_of_releasing_the_best_run(tmp_path, c
     import dp_accounting
 
     from dpfed.privacy.accounting import event_to_dict
-    from dpfed.privacy.tuning import tuning_epsilon
+    from dpfed.privacy.tuning import composed_epsilon, tuning_epsilon
     from scripts.make_table import main
 
     runs = []
@@ -169,7 +169,9 @@ def test_make_table_prints_the_tuning_cost_of_releasing_the_best_run(tmp_path, c
     want = tuning_epsilon(runs, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, 1e-5,
                           distribution="geometric")  # fmt: skip
     assert f"is epsilon {want:.4g} at delta 1e-05 (add_remove)" in out
-    assert "mean 3 (3 runs here)" in out and "at most 3 for one run" in out
+    one = composed_epsilon(runs[0], dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, 1e-5)
+    assert "mean 3 (3 runs here)" in out and f"at most {one:.4g} for one trial" in out
+    assert one < want  # releasing the best of several costs more than one run
     # a private search states the mean it drew its number of trials with
     assert main([str(tmp_path), "--values", "epsilon", "--tuning", "geometric",
                  "--tuning-mean", "8"]) == 0  # fmt: skip
@@ -179,6 +181,59 @@ def test_make_table_prints_the_tuning_cost_of_releasing_the_best_run(tmp_path, c
     assert larger > want and f"mean 8 (3 runs here), is epsilon {larger:.4g}" in out
     assert main([str(tmp_path), "--tuning", "poisson", "--tuning-mean", "0.5"]) == 2
     assert "--tuning-mean=0.5 is not allowed; allowed: >= 1" in capsys.readouterr().err
+
+
+def test_the_seeds_of_a_trial_compose_in_the_tuning_cost(tmp_path):
+    """A search run with optimized_seeds > 1 writes each trial's seeds in <trial>/seed_<s>/:
+    the tuning cost reads each trial as one release whose runs compose (same data)."""
+    import json
+
+    import dp_accounting
+
+    from dpfed.privacy.accounting import event_to_dict
+    from dpfed.privacy.tuning import composed_epsilon, tuning_epsilon
+    from dpfed.report.collect import run_dirs, summaries, trial_dir, tuning_cost
+
+    relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    trials = []
+    for t, noise in enumerate((1.0, 1.5)):
+        trial = tmp_path / str(t)
+        (trial / ".hydra").mkdir(parents=True)
+        (trial / ".hydra" / "overrides.yaml").write_text(f"- dp.noise_multiplier={noise}\n")
+        events = []
+        for seed in (0, 1):
+            event = dp_accounting.PoissonSampledDpEvent(
+                0.05, dp_accounting.GaussianDpEvent(noise + 0.1 * seed)
+            )
+            account = {"column": "epsilon", "unit": "user", "neighboring": "add_remove",
+                       "accounting_relation": "add_or_remove_one",
+                       "dp_events": [{"event": event_to_dict(event), "count": 40}]}  # fmt: skip
+            run = trial / f"seed_{seed}"
+            run.mkdir()
+            (run / "summary.json").write_text(json.dumps({
+                "status": "completed", "accountant": "rdp", "delta": 1e-5, "seed": seed,
+                "epsilon": composed_epsilon([(event, 40)], relation, 1e-5),
+                "choices": {"dp": "gaussian"}, "accounts": [account]}))  # fmt: skip
+            events.append((event, 40))
+        trials.append(events)
+    folders = run_dirs(tmp_path)
+    assert len(folders) == 4 and {trial_dir(f).name for f in folders} == {"0", "1"}
+    frame = summaries(tmp_path)  # a seed reads its trial's overrides and its own seed
+    pairs = zip(frame["override/dp.noise_multiplier"], frame["seed"], strict=True)
+    assert sorted(pairs) == [("1.0", 0), ("1.0", 1), ("1.5", 0), ("1.5", 1)]
+    (row,) = tuning_cost(folders, "poisson")
+    assert (row["runs"], row["trials"], row["mean"]) == (4, 2, 2.0)
+    assert row["epsilon_tuned"] == tuning_epsilon(trials, relation, 1e-5, distribution="poisson")
+    worst_trial = composed_epsilon(trials[0], relation, 1e-5)
+    assert row["epsilon_one_trial_max"] == pytest.approx(worst_trial)
+    assert row["epsilon_one_run_max"] < worst_trial < row["epsilon_tuned"]
+    # read as four independent one-run trials, the same runs would cost less: not composed
+    assert tuning_epsilon([[e] for t in trials for e in t], relation, 1e-5,
+                          mean=2.0) < row["epsilon_tuned"]  # fmt: skip
+    # a folder named seed_<s> that is not a trial's seed (no Hydra config above) is a run
+    lone = tmp_path / "other" / "seed_3"
+    lone.mkdir(parents=True)
+    assert trial_dir(lone) == lone
 
 
 def test_audited_runs_compare_canary_records_in_clients_with_the_record_level_epsilon():

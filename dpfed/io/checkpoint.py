@@ -30,9 +30,10 @@ DIRNAME = "checkpoint"
 FILENAME = "checkpoint.npz"
 META = "meta"
 # Keys that may differ between an interrupted run and its resumption: they
-# change neither what is computed nor what is written (optimized_metric only
-# picks what run.py returns to a search).
-IGNORED_KEYS = ("resume", "checkpoint_every", "logger.progress", "optimized_metric")
+# change neither what is computed nor what is written (optimized_metric and
+# optimized_seeds pick what run.py returns to a search; a seed of a trial resumes alone).
+IGNORED_KEYS = ("resume", "checkpoint_every", "logger.progress", "optimized_metric",
+                "optimized_seeds")  # fmt: skip
 # Hydra rewrites these on every call, a refused resumption included; the
 # checkpoint keeps the first call's, so the run dir keeps its true record.
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml")

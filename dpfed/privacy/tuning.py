@@ -82,6 +82,17 @@ def run_rdp(events: Sequence[tuple[dp_accounting.DpEvent, int]], relation, order
     return np.asarray(accountant._rdp, dtype=np.float64)  # noqa: SLF001 (no public getter)
 
 
+def composed_epsilon(events: Sequence[tuple[dp_accounting.DpEvent, int]], relation,
+                     delta: float) -> float:  # fmt: skip
+    """Epsilon at ``delta`` of ``(event, count)`` releases composed (dp-accounting's RDP
+    accountant, its orders and conversion): one trial's, whose seeds' runs all compose."""
+    accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+    for event, count in events:
+        accountant.compose(event, count)
+    eps = accountant.get_epsilon(delta)
+    return math.inf if eps is None or math.isnan(eps) else float(eps)
+
+
 def tuning_epsilon(runs: Sequence[Sequence[tuple[dp_accounting.DpEvent, int]]], relation,
                    delta: float, mean: float | None = None, distribution: str = "poisson",
                    orders: Sequence[float] | None = None) -> float:  # fmt: skip

@@ -15,8 +15,22 @@ def run_dirs(root: str | Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob("summary.json"))
 
 
+def trial_dir(run_dir: str | Path) -> Path:
+    """The search trial a run belongs to: its parent for one seed of a trial run with
+    ``optimized_seeds`` > 1 (``<trial>/seed_<s>``, the trial's folder holding the Hydra
+    config but no summary.json; `dpfed.jobs.over_seeds`), else the run itself."""
+    from dpfed.jobs import SEED_FOLDER
+
+    run_dir = Path(run_dir)
+    trial = run_dir.parent
+    if (SEED_FOLDER.fullmatch(run_dir.name) and (trial / ".hydra").is_dir()
+            and not (trial / "summary.json").exists()):  # fmt: skip
+        return trial
+    return run_dir
+
+
 def _overrides(run_dir: Path) -> dict:
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = trial_dir(run_dir) / ".hydra" / "overrides.yaml"  # a trial's seeds share its own
     if not path.exists():
         return {}
     pairs = (o.split("=", 1) for o in yaml.safe_load(path.read_text()) or [] if "=" in o)
@@ -148,44 +162,55 @@ def _cell(mean, std, digits: int) -> str:
 
 def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
                 mean: float | None = None) -> list[dict]:  # fmt: skip
-    """Per account: the epsilon of releasing the best of these runs (`dpfed.privacy.tuning`).
+    """Per account: the epsilon of releasing the best of these runs' trials (Papernot & Steinke).
 
     The runs are read as the trials of a random search whose number of trials
-    is random with mean ``mean`` (default: ``len(run_folders)``; a search run with
+    is random with mean ``mean`` (default: the number of trials; a search run with
     ``${dpfed.random_trials:mean,...}`` states its own) and law ``distribution``
-    (Papernot & Steinke 2022); the per-trial RDP is the worst run's.
+    (Papernot & Steinke 2022). A trial is one run, or the seeds of one trial run
+    with ``optimized_seeds`` > 1 (`trial_dir`), whose releases compose: they all
+    touch the same data. The per-trial RDP is the worst trial's.
 
     Returns:
         One dict per account column (``epsilon``, ``epsilon_record``): ``runs``,
-        ``neighboring``, ``delta``, ``epsilon_one_run_max`` and ``epsilon_tuned``,
-        or ``error`` where the runs cannot be combined (other accountants, deltas
-        or relations).
+        ``trials``, ``neighboring``, ``delta``, ``epsilon_one_run_max``,
+        ``epsilon_one_trial_max`` and ``epsilon_tuned``, or ``error`` where the
+        runs cannot be combined (other accountants, deltas or relations).
     """
     from dpfed.privacy.accounting import event_from_dict
     from dpfed.privacy.neighboring import RELATIONS_BY_NAME
-    from dpfed.privacy.tuning import tuning_epsilon
+    from dpfed.privacy.tuning import composed_epsilon, tuning_epsilon
 
-    loaded = [json.loads((Path(d) / "summary.json").read_text()) for d in run_folders]
+    folders = [Path(d) for d in run_folders]
+    loaded = [json.loads((d / "summary.json").read_text()) for d in folders]
+    trial_of = [trial_dir(d) for d in folders]
     columns = sorted({a["column"] for s in loaded for a in s.get("accounts", [])})
     out = []
     for column in columns:
-        accounts = [(s, a) for s in loaded for a in s.get("accounts", []) if a["column"] == column]
-        row = {"account": column, "runs": len(accounts), "distribution": distribution,
-               "mean": float(len(accounts) if mean is None else mean)}  # fmt: skip
+        accounts = [(s, t, a) for s, t in zip(loaded, trial_of, strict=True)
+                    for a in s.get("accounts", []) if a["column"] == column]  # fmt: skip
+        trials: dict[Path, list] = {}
+        for _, trial, account in accounts:
+            events = [(event_from_dict(e["event"]), e["count"]) for e in account["dp_events"]]
+            trials.setdefault(trial, []).extend(events)  # a trial's seeds compose
+        row = {"account": column, "runs": len(accounts), "trials": len(trials),
+               "distribution": distribution,
+               "mean": float(len(trials) if mean is None else mean)}  # fmt: skip
         keys = {(s["accountant"], s["delta"], a["accounting_relation"], a["neighboring"])
-                for s, a in accounts}  # fmt: skip
+                for s, _, a in accounts}  # fmt: skip
         if len(keys) != 1 or next(iter(keys))[0] != "rdp":
             row["error"] = ("the runs differ in accountant, delta or relation, or do not use "
                             f"the rdp accountant: {sorted(map(str, keys))}")  # fmt: skip
             out.append(row)
             continue
         _, delta, relation, neighboring = next(iter(keys))
-        runs = [[(event_from_dict(e["event"]), e["count"]) for e in a["dp_events"]]
-                for _, a in accounts]  # fmt: skip
-        reported = [s.get(column) for s, _ in accounts]
+        relation = RELATIONS_BY_NAME[relation]
+        reported = [s.get(column) for s, _, _ in accounts]
         row.update(neighboring=neighboring, delta=delta,
                    epsilon_one_run_max=max(math.inf if e is None else e for e in reported),
-                   epsilon_tuned=tuning_epsilon(runs, RELATIONS_BY_NAME[relation], delta,
+                   epsilon_one_trial_max=max(composed_epsilon(events, relation, delta)
+                                             for events in trials.values()),
+                   epsilon_tuned=tuning_epsilon(list(trials.values()), relation, delta,
                                                 mean=row["mean"],
                                                 distribution=distribution))  # fmt: skip
         out.append(row)

@@ -225,6 +225,48 @@ MF_ERROR_SWEEPS = (
 )
 
 
+# Published settings, each point the paper's own (population, cohort, noise, rounds, delta).
+_ANDREW_2021 = ("dp=gaussian", "dataset.num_clients=1000000", "strategy.clients_per_round=510",
+                "dp.noise_multiplier=0.510", "rounds=1200",
+                "dp.delta=2.51188643150958e-7")  # 10^-6.6  # fmt: skip
+_KAIROUZ_2021 = ("dp=tree", "dataset.num_clients=342477", "strategy.clients_per_round=100",
+                 "dp.noise_multiplier=1.13,8.83", "rounds=1600", "dp.delta=1e-6",
+                 "dp.neighboring=zero_out")  # fmt: skip
+PUBLISHED_SWEEPS = (
+    (*_ANDREW_2021, "strategy.sampling=fixed", "dp.neighboring=zero_out,replace_one"),
+    (*_ANDREW_2021, "strategy.sampling=poisson", "dp.neighboring=add_remove"),  # contrast
+    _KAIROUZ_2021,
+)
+# The published epsilon of each paper's own setting: (noise, rounds, sampling, neighboring) ->
+# (paper, epsilon). Kairouz et al.'s two are the values dp-accounting's test_compute_eps_tree
+# gives for "the StackOverflow setting" of the paper (and holds its own accountant below).
+PUBLISHED = {
+    (0.51, 1200, "fixed", "zero_out"): ("Andrew et al. 2021, Table 1", 5.0),
+    (1.13, 1600, "shuffle", "zero_out"): ("Kairouz et al. 2021, StackOverflow", 19.74),
+    (8.83, 1600, "shuffle", "zero_out"): ("Kairouz et al. 2021, StackOverflow", 2.04),
+}
+
+
+def _published(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
+    """Rows per published setting and relation; the paper's epsilon where it is its own."""
+    keys = zip(frame["noise_multiplier"].round(4), frame["rounds"], frame["sampling"],
+               frame["neighboring"], strict=True)  # fmt: skip
+    papers = [PUBLISHED.get(key) for key in keys]
+    mechanism = frame["choice/dp"].map({"gaussian": "Andrew et al. 2021, Table 1",
+                                        "tree": "Kairouz et al. 2021, StackOverflow"})  # fmt: skip
+    return frame.assign(**{
+        "paper": [p[0] if p else f"{m} (contrast)" for p, m in zip(papers, mechanism, strict=True)],
+        "mechanism": frame["choice/dp"],
+        "sampling": frame["sampling"],
+        "neighboring": frame["neighboring"],
+        "noise": frame["noise_multiplier"],
+        "clients per round": frame["clients_per_round"],
+        "population": frame["num_clients"],
+        "published epsilon": [str(p[1]) if p else "-" for p in papers],
+        "conversion": frame["override/dp.conversion"],
+    })  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One paper table: how its folder is filled and how its table is laid out.
@@ -302,6 +344,29 @@ EXPERIMENTS = {
             values=("epsilon",),
             accounting_only=True,
             derive=_tff_clients,
+        ),
+        Experiment(
+            "published_epsilons",
+            "Published epsilons recomputed by dpfed's accountant beside the paper's: Andrew et al. "
+            "2021 Table 1 (z=0.510, 510 of 10^6, 1200 rounds, delta 10^-6.6) and Kairouz et al. "
+            "2021 StackOverflow (DP-FTRL, 100 of 342,477, 1600 rounds, delta 1e-6)",
+            rows=(
+                "paper",
+                "mechanism",
+                "population",
+                "clients per round",
+                "rounds",
+                "noise",
+                "sampling",
+                "neighboring",
+                "published epsilon",
+            ),
+            columns=("conversion",),
+            values=("epsilon",),
+            sweeps=PUBLISHED_SWEEPS,
+            quick_sweeps=PUBLISHED_SWEEPS,
+            accounting_only=True,
+            derive=_published,
         ),
         Experiment(
             "communication",

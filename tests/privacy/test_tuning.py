@@ -53,6 +53,19 @@ def test_geometric_bound_follows_theorem_2_of_the_paper():
     assert ours == pytest.approx(max(hand, 0.0), rel=1e-9)
 
 
+@pytest.mark.parametrize(("distribution", "shape"), [("geometric", 1.0), ("logarithmic", 0.0)])
+@pytest.mark.parametrize(("eps", "mean"), [(0.5, 10.0), (1.0, 1000.0), (2.0, 3.0)])
+def test_a_pure_dp_base_costs_2_plus_eta_times_its_epsilon(distribution, shape, eps, mean):
+    """Papernot & Steinke (2022), Corollary 3: K from the truncated negative binomial with
+    shape eta and an eps-DP base release give a (2 + eta) eps-DP best-of-K, whatever E[K]
+    (dp-accounting checks its event against the same corollary). A Laplace release of scale
+    1/eps is eps-DP; a single huge RDP order stands for pure DP."""
+    runs = [[(dp_accounting.LaplaceDpEvent(1 / eps), 1)]] * 3
+    ours = tuning_epsilon(runs, ADD_REMOVE, 1e-10, mean=mean, distribution=distribution,
+                          orders=[1e10])  # fmt: skip
+    assert ours == pytest.approx((2 + shape) * eps, rel=1e-6)
+
+
 @pytest.mark.parametrize("distribution", ["geometric", "logarithmic"])
 def test_tuning_costs_more_than_one_run_and_grows_with_the_log_of_the_trials(distribution):
     """Theorem 2: the truncated negative binomial's cost grows with log E[K]."""
