@@ -125,7 +125,8 @@ def test_an_audited_run_reports_its_estimates_beside_epsilon(runtime, tmp_path):
                                        ("dp=bandmf", "dp.noise_multiplier=1.0")],
                          ids=["gaussian", "adaptive", "tree", "bandmf"])  # fmt: skip
 def test_the_lower_bound_stays_below_the_accountants_epsilon(runtime, tmp_path, mechanism):
-    _, summary, rows = run_in_process(tmp_path, *AUDIT, *mechanism)
+    """On the audit experiment's backend; the reference backend audits the same run (below)."""
+    _, summary, rows = run_in_process(tmp_path, *AUDIT, *mechanism, "backend=vectorized")
     bounds = rows["audit/epsilon_lower"].dropna()
     assert len(bounds) == 2 and (bounds >= 0).all()
     assert (bounds <= rows.loc[bounds.index, "epsilon"]).all()
@@ -135,8 +136,9 @@ def test_the_lower_bound_stays_below_the_accountants_epsilon(runtime, tmp_path, 
 def test_the_audit_finds_a_planted_noise_bug(runtime, tmp_path):
     """The noise cut to a tenth while the accountant is told the original: the lower bound
     exceeds the claimed epsilon (and the same run with the noise it claims stays below)."""
-    _, honest, _ = run_in_process(tmp_path / "honest", *AUDIT, "dp.noise_multiplier=1.0")
-    _, planted, _ = run_in_process(tmp_path / "planted", *AUDIT, "dp.noise_multiplier=1.0",
+    vectorized = ("dp.noise_multiplier=1.0", "backend=vectorized")  # as the audit experiment
+    _, honest, _ = run_in_process(tmp_path / "honest", *AUDIT, *vectorized)
+    _, planted, _ = run_in_process(tmp_path / "planted", *AUDIT, *vectorized,
                                    "audit.planted_noise_factor=0.1")  # fmt: skip
     assert planted["epsilon"] == honest["epsilon"]  # the accountant is told the same noise
     assert planted["audit_planted_noise_factor"] == 0.1
