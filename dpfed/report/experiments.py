@@ -78,24 +78,28 @@ _SAME_RELATION = "dp.neighboring=zero_out"
 # amplification is credited, so a record's epsilon depends on its releases (rounds x local
 # epochs) alone; per budget, the rounds, local epochs, batch, per-example clip and client
 # learning rate (on vowels also the width) are the best trial of `python run.py
-# hparams_search=record/<dataset> dp.target_epsilon=<budget>` (seed 0; experiments/README.md,
-# Record-level rows). On watch one setting won at 1 and 2, another at 4 and 8.
+# hparams_search=record/<dataset> dp.target_epsilon=<budget>` (experiments/README.md,
+# Record-level searches). watch's trials score seed 0; one setting won at 1 and 2, another at 4
+# and 8.
 _WATCH_FEW_STEPS = ("rounds=20", "strategy.local_epochs=2", "strategy.batch_size=512",
                     "dp.clip=0.397", "strategy.client_optimizer.learning_rate=0.792")  # fmt: skip
 _WATCH_MANY_STEPS = ("rounds=20", "strategy.local_epochs=2", "strategy.batch_size=64",
                      "dp.clip=0.207", "strategy.client_optimizer.learning_rate=0.399")  # fmt: skip
+# vowels' trials score the mean of seeds 10 to 12 (optimized_seeds=3): the table's seeds 0 to 2
+# are fresh draws; one setting won at 2 and 4
+_VOWELS_FEW_ROUNDS = ("model.units=[16]", "rounds=10", "strategy.local_epochs=1",
+                      "strategy.batch_size=32", "dp.clip=0.012",
+                      "strategy.client_optimizer.learning_rate=4.47")  # fmt: skip
+_VOWELS_MANY_ROUNDS = ("model.units=[16]", "rounds=20", "strategy.local_epochs=1",
+                       "strategy.batch_size=32", "dp.clip=0.288",
+                       "strategy.client_optimizer.learning_rate=1.27")  # fmt: skip
+_VOWELS_MOST_ROUNDS = ("model.units=[8]", "rounds=50", "strategy.local_epochs=2",
+                       "strategy.batch_size=16", "dp.clip=0.0754",
+                       "strategy.client_optimizer.learning_rate=1.53")  # fmt: skip
 RECORD_LEVEL: dict[str, dict[float, tuple[str, ...]]] = {
     "watch": {1: _WATCH_FEW_STEPS, 2: _WATCH_FEW_STEPS, 4: _WATCH_MANY_STEPS, 8: _WATCH_MANY_STEPS},
-    "vowels": {
-        1: ("model.units=[8]", "rounds=20", "strategy.local_epochs=1", "strategy.batch_size=16",
-            "dp.clip=0.0247", "strategy.client_optimizer.learning_rate=0.188"),
-        2: ("model.units=[16]", "rounds=10", "strategy.local_epochs=2", "strategy.batch_size=32",
-            "dp.clip=0.637", "strategy.client_optimizer.learning_rate=1.58"),
-        4: ("model.units=[16]", "rounds=10", "strategy.local_epochs=2", "strategy.batch_size=32",
-            "dp.clip=0.772", "strategy.client_optimizer.learning_rate=0.506"),
-        8: ("model.units=[32]", "rounds=50", "strategy.local_epochs=1", "strategy.batch_size=16",
-            "dp.clip=0.0416", "strategy.client_optimizer.learning_rate=1.54"),
-    },
+    "vowels": {1: _VOWELS_FEW_ROUNDS, 2: _VOWELS_MANY_ROUNDS, 4: _VOWELS_MANY_ROUNDS,
+               8: _VOWELS_MOST_ROUNDS},
 }  # fmt: skip
 # the non-private column runs the baseline itself, whose rounds the experiment's 20 would replace
 BASELINE_ROUNDS = {"watch": 20, "vowels": 50}
