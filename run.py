@@ -14,7 +14,15 @@ from omegaconf import DictConfig
 
 from dpfed.config import register_configs
 from dpfed.errors import ConfigError
-from dpfed.jobs import RunInterrupted, optimized, over_seeds, recorded_failure, refuse
+from dpfed.jobs import (
+    RunInterrupted,
+    optimized,
+    over_seeds,
+    recorded_failure,
+    refuse,
+    resume_command,  # fmt: skip
+    seed_overrides,
+)
 
 register_configs()
 log = logging.getLogger("dpfed")
@@ -45,8 +53,7 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
     choices, multirun = dict(hydra_cfg.runtime.choices), hydra_cfg.mode == RunMode.MULTIRUN
     task = list(hydra_cfg.overrides.task)
     if out_dir != hydra_cfg.runtime.output_dir:  # one seed of a trial: it resumes on its own
-        task = [o for o in task if o.split("=", 1)[0] not in ("seed", "optimized_seeds")]
-        task += [f"seed={cfg.seed}", "optimized_seeds=1"]
+        task = seed_overrides(task, cfg.seed)
     try:  # outside recorded_failure: a refused resumption leaves the run it names untouched
         checkpoints = build_checkpoints(cfg, out_dir, multirun)
     except ConfigError as err:
@@ -55,7 +62,7 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
         print(f"dpfed: the run in {out_dir} is complete ({checkpoints.summary['status']} after "
               f"{checkpoints.round} rounds); nothing to resume")  # fmt: skip
         return checkpoints.summary
-    resume = " ".join(["python run.py", *task, "resume=true", f"hydra.run.dir={out_dir}"])
+    resume = resume_command(task, out_dir)
     # A failing job writes summary.json status "failed"; in a sweep the other jobs run on.
     with recorded_failure(out_dir, multirun,
                           lambda: {"status": "failed", **provenance(cfg, choices)}):  # fmt: skip

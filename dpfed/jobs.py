@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -215,6 +216,26 @@ def metric_value(summary: dict, metric: str) -> float:
 
 
 SEED_FOLDER = re.compile(r"seed_(\d+)")  # one seed of a search's trial (optimized_seeds)
+
+
+def resume_command(task: list[str], output_dir: str | Path) -> str:
+    """The shell command that resumes the run in ``output_dir``: its command-line overrides,
+    ``resume=true`` and the folder, quoted for the shell and for Hydra's override grammar (a
+    sweep job's folder name holds ``=`` and ``,``)."""
+    folder = str(output_dir).replace("\\", "\\\\").replace("'", "\\'")
+    override = f"hydra.run.dir='{folder}'"  # Hydra reads the quoted folder verbatim
+    plain = not set(override) & set('"$`\\!')  # then double quotes keep it as it is
+    return " ".join(["python run.py", *map(shlex.quote, task), "resume=true",
+                     f'"{override}"' if plain else shlex.quote(override)])  # fmt: skip
+
+
+def seed_overrides(task: list[str], seed: int) -> list[str]:
+    """The command-line overrides that rerun one seed of a trial on its own (its resume
+    command): the trial's, with ``seed=<s>``, one seed, and a single run, not the search its
+    ``hparams_search`` config would start."""
+    own = ("seed", "optimized_seeds", "hydra.mode")
+    return [o for o in task if o.split("=", 1)[0].lstrip("+~") not in own] + [
+        f"seed={seed}", "optimized_seeds=1", "hydra.mode=RUN"]  # fmt: skip
 
 
 def over_seeds(run: Callable[[DictConfig, str], dict], cfg: DictConfig, output_dir: str) -> dict:

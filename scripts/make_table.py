@@ -169,13 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables-dir", default=str(ROOT / "results" / "tables"),
                         help="where an experiment's tables go")  # fmt: skip
     parser.add_argument("--tuning", choices=("poisson", "geometric", "logarithmic"),
-                        help="also print the epsilon of releasing the best of the runs, read as "
+                        help="also print the epsilon of releasing the best of the runs' "
+                             "trials (a run, or the seeds of an optimized_seeds trial), read as "
                              "a random search whose number of trials has this law with mean the "
-                             "number of runs (Papernot & Steinke 2022)")  # fmt: skip
+                             "number of trials (Papernot & Steinke 2022)")  # fmt: skip
     parser.add_argument("--tuning-mean", type=float,
                         help="the search's mean number of trials (the mean its "
                              "${dpfed.random_trials:...} drew with); default: the number of "
-                             "runs")  # fmt: skip
+                             "trials")  # fmt: skip
     args = parser.parse_args(argv)
     if args.tuning_mean is not None and not args.tuning_mean >= 1:
         print(f"error: --tuning-mean={args.tuning_mean} is not allowed; allowed: >= 1",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,8 +18,15 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution
 
 from dpfed.errors import ConfigError
-from dpfed.jobs import JobFailed, metric_value, optimized, over_seeds
-from tests.conftest import CONF, compose_config, worker_pids
+from dpfed.jobs import (
+    JobFailed,
+    metric_value,
+    optimized,
+    over_seeds,
+    resume_command,
+    seed_overrides,  # fmt: skip
+)
+from tests.conftest import CONF, ROOT, compose_config, worker_pids
 
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
@@ -195,6 +205,22 @@ def test_a_bad_optimized_seeds_stops_a_run_and_a_search_before_any_run(seeds, me
     assert not ran
 
 
+@pytest.mark.parametrize("folder", ["/r/0_dp.clip=0.1,rounds=5_seed0", "/r/a b/it's $HOME"])
+def test_a_resume_command_gives_hydra_the_folder_and_a_seed_runs_alone(folder):
+    """A sweep job's folder holds '=' and ',' (Hydra's override grammar) and may hold what a
+    shell expands: the command quotes it for both."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = seed_overrides(["hparams_search=record/vowels", "model.units=[16]", "seed=10",
+                           "optimized_seeds=3"], 11)  # fmt: skip
+    assert task == ["hparams_search=record/vowels", "model.units=[16]", "seed=11",
+                    "optimized_seeds=1", "hydra.mode=RUN"]  # fmt: skip
+    args = shlex.split(resume_command(task, folder))
+    assert args[:2] == ["python", "run.py"] and args[2:-2] == task and args[-2] == "resume=true"
+    parsed = OverridesParser.create().parse_overrides(args[2:])
+    assert {o.key_or_group: o.value() for o in parsed}["hydra.run.dir"] == folder
+
+
 def test_a_bad_optimized_metric_ends_a_run_with_code_2_and_a_sweep_at_once(capsys):
     with pytest.raises(SystemExit) as exit_:
         optimized(lambda: SUMMARY, "eval/acc", hydra_cfg(RunMode.RUN))
@@ -254,7 +280,6 @@ def test_smoke_search_scores_each_trial_on_its_seeds_and_writes_the_best(run_cli
         assert {s["seed"] for s in trial["seeds"].values()} == {5, 6}
         assert all(s["status"] == "completed" for s in trial["seeds"].values())
         assert all(s["config"]["dataset"]["seed"] == s["seed"] for s in trial["seeds"].values())
-        assert "resume=true" in trial["seeds"]["seed_6"].get("resume_command", "resume=true")
     assert set(best["best_params"]) == set(search_space(compose_config(
         "hparams_search=smart_home", return_hydra_config=True)))  # fmt: skip
     means = [sum(s["eval/accuracy"] for s in t["seeds"].values()) / 2 for t in found]
@@ -264,6 +289,16 @@ def test_smoke_search_scores_each_trial_on_its_seeds_and_writes_the_best(run_cli
     assert any(expected <= set(t["overrides"]) for t in winners), (expected, winners)
     accuracies = {s["eval/accuracy"] for t in found for s in t["seeds"].values()}
     assert len(accuracies) > 1  # the seeds are different runs
+    # a seed's resume command (what an interrupted one records) reruns that seed alone, as a
+    # single run in its folder, not the search: here it finds the seed finished
+    trial = found[0]["trial"]
+    command = resume_command(seed_overrides(found[0]["overrides"], 6), trial / "seed_6")
+    args = shlex.split(command)
+    assert args[:2] == ["python", "run.py"] and "optimized_seeds=1" in args
+    again = subprocess.run([sys.executable, str(ROOT / "run.py"), *args[2:]], cwd=result.dir,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert f"the run in {trial / 'seed_6'} is complete" in again.stdout
     deadline = time.time() + 10  # each trial stops its TFF worker; give the last one a moment
     while (left := worker_pids() - before) and time.time() < deadline:
         time.sleep(0.5)

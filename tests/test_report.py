@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -213,6 +214,7 @@ def test_the_seeds_of_a_trial_compose_in_the_tuning_cost(tmp_path):
             (run / "summary.json").write_text(json.dumps({
                 "status": "completed", "accountant": "rdp", "delta": 1e-5, "seed": seed,
                 "epsilon": composed_epsilon([(event, 40)], relation, 1e-5),
+                "config": {"seed": seed, "optimized_seeds": 2},
                 "choices": {"dp": "gaussian"}, "accounts": [account]}))  # fmt: skip
             events.append((event, 40))
         trials.append(events)
@@ -230,10 +232,28 @@ def test_the_seeds_of_a_trial_compose_in_the_tuning_cost(tmp_path):
     # read as four independent one-run trials, the same runs would cost less: not composed
     assert tuning_epsilon([[e] for t in trials for e in t], relation, 1e-5,
                           mean=2.0) < row["epsilon_tuned"]  # fmt: skip
-    # a folder named seed_<s> that is not a trial's seed (no Hydra config above) is a run
+    from scripts.make_table import tuning_lines
+
+    (line,) = tuning_lines([str(f) for f in folders], "poisson")
+    assert "mean 2 (2 trials of 4 runs here, a trial's seeds composed)" in line
+    assert f"is epsilon {row['epsilon_tuned']:.4g}" in line
+    assert f"at most {worst_trial:.4g} for one trial" in line
+    # the grouping follows each run's recorded optimized_seeds, not the folders' Hydra files
+    shutil.rmtree(tmp_path / "0" / ".hydra")
+    assert tuning_cost(folders, "poisson")[0]["epsilon_tuned"] == row["epsilon_tuned"]
+    # a multi-seed run outside a seed_<s> folder cannot be grouped: refused, not undercounted
+    moved = tmp_path / "1_moved"
+    shutil.copytree(folders[-1], moved)
+    (bad,) = tuning_cost([*folders, moved], "poisson")
+    assert "error" in bad and "1_moved" in bad["error"] and "epsilon_tuned" not in bad
+    # a folder named seed_<s> holding a run of one seed is a trial of its own
     lone = tmp_path / "other" / "seed_3"
-    lone.mkdir(parents=True)
+    shutil.copytree(folders[0], lone)
+    summary = json.loads((lone / "summary.json").read_text())
+    summary["config"]["optimized_seeds"] = 1
+    (lone / "summary.json").write_text(json.dumps(summary))
     assert trial_dir(lone) == lone
+    assert tuning_cost([lone, folders[0]], "poisson")[0]["trials"] == 2
 
 
 def test_audited_runs_compare_canary_records_in_clients_with_the_record_level_epsilon():

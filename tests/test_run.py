@@ -318,7 +318,7 @@ def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path):
     said = f"{summary}\n{output[-3000:]}"  # what the run said, for any failure below
     assert summary["status"] == "interrupted" and 1 <= summary["rounds"] < 200, said
     assert summary["resume_command"].startswith("python run.py debug=smoke rounds=200"), said
-    assert f"resume=true hydra.run.dir={out}" in summary["resume_command"], said
+    assert f"resume=true \"hydra.run.dir='{out}'\"" in summary["resume_command"], said
     assert "interrupted (SIGTERM)" in output and "Traceback" not in output, said
     gone = time.time() + 15
     while worker_pids() - before and time.time() < gone:

@@ -29,6 +29,18 @@ def trial_dir(run_dir: str | Path) -> Path:
     return run_dir
 
 
+def _tuning_trial(run_dir: Path, summary: dict) -> Path | None:
+    """The trial a run's releases count in: the run, or for a run recorded with
+    ``optimized_seeds`` > 1 (its summary's config) its ``seed_<s>`` folder's parent; None where
+    such a run is not in a ``seed_<s>`` folder (its trial cannot be told)."""
+    from dpfed.jobs import SEED_FOLDER
+
+    seeds = (summary.get("config") or {}).get("optimized_seeds") or 1
+    if seeds == 1:
+        return run_dir
+    return run_dir.parent if SEED_FOLDER.fullmatch(run_dir.name) else None
+
+
 def _overrides(run_dir: Path) -> dict:
     path = trial_dir(run_dir) / ".hydra" / "overrides.yaml"  # a trial's seeds share its own
     if not path.exists():
@@ -168,14 +180,16 @@ def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
     is random with mean ``mean`` (default: the number of trials; a search run with
     ``${dpfed.random_trials:mean,...}`` states its own) and law ``distribution``
     (Papernot & Steinke 2022). A trial is one run, or the seeds of one trial run
-    with ``optimized_seeds`` > 1 (`trial_dir`), whose releases compose: they all
-    touch the same data. The per-trial RDP is the worst trial's.
+    with ``optimized_seeds`` > 1 (read from each run's recorded config: its
+    ``seed_<s>`` folder's parent), whose releases compose: they all touch the same
+    data. The per-trial RDP is the worst trial's.
 
     Returns:
         One dict per account column (``epsilon``, ``epsilon_record``): ``runs``,
         ``trials``, ``neighboring``, ``delta``, ``epsilon_one_run_max``,
         ``epsilon_one_trial_max`` and ``epsilon_tuned``, or ``error`` where the
-        runs cannot be combined (other accountants, deltas or relations).
+        runs cannot be combined (other accountants, deltas or relations, or a
+        multi-seed run outside its trial's folder).
     """
     from dpfed.privacy.accounting import event_from_dict
     from dpfed.privacy.neighboring import RELATIONS_BY_NAME
@@ -183,9 +197,15 @@ def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
 
     folders = [Path(d) for d in run_folders]
     loaded = [json.loads((d / "summary.json").read_text()) for d in folders]
-    trial_of = [trial_dir(d) for d in folders]
+    trial_of = [_tuning_trial(d, s) for d, s in zip(folders, loaded, strict=True)]
     columns = sorted({a["column"] for s in loaded for a in s.get("accounts", [])})
     out = []
+    ungrouped = [str(d) for d, t in zip(folders, trial_of, strict=True) if t is None]
+    if ungrouped:  # counted as trials of their own, they would understate the cost: refuse
+        return [{"account": column, "runs": len(folders), "distribution": distribution,
+                 "error": ("runs recorded with optimized_seeds > 1 outside a seed_<s> folder of "
+                           f"their trial, whose seeds cannot be grouped: {ungrouped}")}
+                for column in columns]  # fmt: skip
     for column in columns:
         accounts = [(s, t, a) for s, t in zip(loaded, trial_of, strict=True)
                     for a in s.get("accounts", []) if a["column"] == column]  # fmt: skip

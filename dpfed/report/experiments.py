@@ -241,20 +241,27 @@ PUBLISHED_SWEEPS = (
     (*_ANDREW_2021, "strategy.sampling=poisson", "dp.neighboring=add_remove"),  # contrast
     _KAIROUZ_2021,
 )
-# The published epsilon of each paper's own setting: (noise, rounds, sampling, neighboring) ->
-# (paper, epsilon). Kairouz et al.'s two are the values dp-accounting's test_compute_eps_tree
-# gives for "the StackOverflow setting" of the paper (and holds its own accountant below).
+# The published epsilon of each paper's own setting: (mechanism, population, cohort, noise,
+# rounds, delta, sampling, neighboring) -> (paper, epsilon). Kairouz et al.'s two are the values
+# dp-accounting's test_compute_eps_tree gives for "the StackOverflow setting" of the paper (and
+# holds its own accountant below). Andrew et al.'s 5.0 is matched under zero-out (one user's
+# data replaced by an empty user's), not under replace-one at sensitivity 2 x clip (1511).
 PUBLISHED = {
-    (0.51, 1200, "fixed", "zero_out"): ("Andrew et al. 2021, Table 1", 5.0),
-    (1.13, 1600, "shuffle", "zero_out"): ("Kairouz et al. 2021, StackOverflow", 19.74),
-    (8.83, 1600, "shuffle", "zero_out"): ("Kairouz et al. 2021, StackOverflow", 2.04),
-}
+    ("gaussian", 1000000, 510, 0.51, 1200, "2.51e-07", "fixed", "zero_out"):
+        ("Andrew et al. 2021, Table 1", 5.0),
+    ("tree", 342477, 100, 1.13, 1600, "1e-06", "shuffle", "zero_out"):
+        ("Kairouz et al. 2021, StackOverflow", 19.74),
+    ("tree", 342477, 100, 8.83, 1600, "1e-06", "shuffle", "zero_out"):
+        ("Kairouz et al. 2021, StackOverflow", 2.04),
+}  # fmt: skip
 
 
 def _published(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Rows per published setting and relation; the paper's epsilon where it is its own."""
-    keys = zip(frame["noise_multiplier"].round(4), frame["rounds"], frame["sampling"],
-               frame["neighboring"], strict=True)  # fmt: skip
+    keys = zip(frame["choice/dp"], frame["num_clients"], frame["clients_per_round"],
+               frame["noise_multiplier"].round(4), frame["rounds"],
+               [f"{d:.3g}" for d in frame["delta"]], frame["sampling"], frame["neighboring"],
+               strict=True)  # fmt: skip
     papers = [PUBLISHED.get(key) for key in keys]
     mechanism = frame["choice/dp"].map({"gaussian": "Andrew et al. 2021, Table 1",
                                         "tree": "Kairouz et al. 2021, StackOverflow"})  # fmt: skip

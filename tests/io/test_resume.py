@@ -69,21 +69,22 @@ def assert_same_run(got: pd.DataFrame, want: pd.DataFrame) -> None:
 
 
 # ---------------------------------------------------------------------- in process, with TFF
-# adaptive on the reference backend (TFF's server and aggregator state restored), the others on
-# the vectorized backend (its own state: the seeded noise streams, bandmf's noise history, the
-# canaries), which the experiments run
+# adaptive (TFF's server and aggregator state restored) and local DP with a secret seed (its
+# noise continued) on the default reference backend; the others on the vectorized backend (its
+# own state: the seeded noise streams, bandmf's noise history, the canaries), which the
+# experiments run
 @pytest.mark.parametrize(
     "overrides",
     [
         ("dp=adaptive", "dp.clipped_count_stddev=2.0", "dp.initial_clip=0.05"),
         ("dp=dpsgd", "strategy.sampling=fixed", "dp.user_noise_multiplier=0.5",
          "backend=vectorized"),
-        ("dp=laplace_local", "dp.seed=null", "backend=vectorized"),
+        ("dp=laplace_local", "dp.seed=null"),
         ("dp=bandmf", "dp.noise_multiplier=0.5", "strategy.clients_per_round=20",
          "backend=vectorized"),
         ("audit=canaries", "audit.inserted=10", "audit.held_out=10", "backend=vectorized"),
     ],
-    ids=["adaptive", "dpsgd-vectorized", "local_secret_seed-vectorized", "bandmf-vectorized",
+    ids=["adaptive", "dpsgd-vectorized", "local_secret_seed", "bandmf-vectorized",
          "audit-vectorized"],
 )  # fmt: skip
 def test_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(runtime, tmp_path, overrides):
