@@ -305,6 +305,30 @@ def test_smoke_search_scores_each_trial_on_its_seeds_and_writes_the_best(run_cli
     assert not left, f"worker_binary left by the search: {sorted(left)}"
 
 
+@pytest.mark.parametrize("dataset", RECORD_SEARCHES)
+def test_record_search_smoke_runs_private_trials_at_the_budget(run_cli, dataset):
+    """hparams_search=record/<dataset> end to end (one trial, 2 rounds): DP-SGD in the clients,
+    each run's epsilon_record calibrated to the budget under zero-out, the trial scored by the
+    mean over its config's seeds (3 on vowels)."""
+    result = run_cli(f"hparams_search=record/{dataset}", "dp.target_epsilon=2", "debug=smoke",
+                     "hydra.sweeper.n_trials=1", "rounds=2", multirun=True,
+                     timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.output[-3000:]
+    runs = [json.loads(p.read_text()) for p in sorted(result.dir.rglob("summary.json"))]
+    cfg = compose_config(f"hparams_search=record/{dataset}")
+    assert sorted(r["seed"] for r in runs) == list(range(cfg.seed, cfg.seed + cfg.optimized_seeds))
+    for run in runs:
+        assert run["status"] == "completed" and run["choices"]["dp"] == "dpsgd"
+        assert run["neighboring"] == "zero_out" and run["epsilon"] == math.inf  # no user-level
+        # calibrated for a client in every round: reached where one was, below it elsewhere
+        assert 0 < run["epsilon_record"] <= 2.0
+        if run["max_participations"] == run["rounds"]:
+            assert run["epsilon_record"] >= 1.98
+    best = yaml.safe_load((result.dir / "optimization_results.yaml").read_text())
+    mean = sum(r["eval/accuracy"] for r in runs) / len(runs)
+    assert best["best_value"] == pytest.approx(mean, abs=1e-12)
+
+
 def test_failed_trials_do_not_end_the_search(run_cli):
     """Both trials are refused before training (more clients per round than the smoke data has)."""
     result = run_cli("hparams_search=smart_home", "debug=smoke", "hydra.sweeper.n_trials=2",
