@@ -20,7 +20,7 @@ from dpfed.jobs import (
     over_seeds,
     recorded_failure,
     refuse,
-    resume_command,  # fmt: skip
+    resume_command,
     seed_overrides,
 )
 

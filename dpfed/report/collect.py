@@ -15,34 +15,24 @@ def run_dirs(root: str | Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob("summary.json"))
 
 
-def trial_dir(run_dir: str | Path) -> Path:
-    """The search trial a run belongs to: its parent for one seed of a trial run with
-    ``optimized_seeds`` > 1 (``<trial>/seed_<s>``, the trial's folder holding the Hydra
-    config but no summary.json; `dpfed.jobs.over_seeds`), else the run itself."""
+def trial_dir(run_dir: str | Path, summary: dict | None = None) -> Path | None:
+    """The search trial a run's releases count in: the run itself, or for a run recorded
+    with ``optimized_seeds`` > 1 (``summary``'s config, default: its summary.json) the
+    parent of its ``seed_<s>`` folder (`dpfed.jobs.over_seeds`); None where such a run is not
+    in a ``seed_<s>`` folder, so that its trial cannot be told."""
     from dpfed.jobs import SEED_FOLDER
 
     run_dir = Path(run_dir)
-    trial = run_dir.parent
-    if (SEED_FOLDER.fullmatch(run_dir.name) and (trial / ".hydra").is_dir()
-            and not (trial / "summary.json").exists()):  # fmt: skip
-        return trial
-    return run_dir
-
-
-def _tuning_trial(run_dir: Path, summary: dict) -> Path | None:
-    """The trial a run's releases count in: the run, or for a run recorded with
-    ``optimized_seeds`` > 1 (its summary's config) its ``seed_<s>`` folder's parent; None where
-    such a run is not in a ``seed_<s>`` folder (its trial cannot be told)."""
-    from dpfed.jobs import SEED_FOLDER
-
-    seeds = (summary.get("config") or {}).get("optimized_seeds") or 1
-    if seeds == 1:
+    if summary is None:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    if ((summary.get("config") or {}).get("optimized_seeds") or 1) == 1:
         return run_dir
     return run_dir.parent if SEED_FOLDER.fullmatch(run_dir.name) else None
 
 
-def _overrides(run_dir: Path) -> dict:
-    path = trial_dir(run_dir) / ".hydra" / "overrides.yaml"  # a trial's seeds share its own
+def _overrides(run_dir: Path, summary: dict) -> dict:
+    trial = trial_dir(run_dir, summary) or run_dir
+    path = trial / ".hydra" / "overrides.yaml"  # a trial's seeds share its own
     if not path.exists():
         return {}
     pairs = (o.split("=", 1) for o in yaml.safe_load(path.read_text()) or [] if "=" in o)
@@ -62,7 +52,7 @@ def summaries(root: str | Path) -> pd.DataFrame:
         row = {"run": str(run_dir)}
         row.update({f"choice/{k}": v for k, v in summary.get("choices", {}).items()
                     if not k.startswith("hydra")})  # fmt: skip
-        row.update({f"override/{k}": v for k, v in _overrides(run_dir).items()})
+        row.update({f"override/{k}": v for k, v in _overrides(run_dir, summary).items()})
         row.update({k: v for k, v in summary.items()
                     if isinstance(v, str | int | float | bool) or v is None})  # fmt: skip
         rows.append(row)
@@ -197,7 +187,7 @@ def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
 
     folders = [Path(d) for d in run_folders]
     loaded = [json.loads((d / "summary.json").read_text()) for d in folders]
-    trial_of = [_tuning_trial(d, s) for d, s in zip(folders, loaded, strict=True)]
+    trial_of = [trial_dir(d, s) for d, s in zip(folders, loaded, strict=True)]
     columns = sorted({a["column"] for s in loaded for a in s.get("accounts", [])})
     out = []
     ungrouped = [str(d) for d, t in zip(folders, trial_of, strict=True) if t is None]

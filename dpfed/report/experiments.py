@@ -241,19 +241,17 @@ PUBLISHED_SWEEPS = (
     (*_ANDREW_2021, "strategy.sampling=poisson", "dp.neighboring=add_remove"),  # contrast
     _KAIROUZ_2021,
 )
-# The published epsilon of each paper's own setting: (mechanism, population, cohort, noise,
-# rounds, delta, sampling, neighboring) -> (paper, epsilon). Kairouz et al.'s two are the values
-# dp-accounting's test_compute_eps_tree gives for "the StackOverflow setting" of the paper (and
-# holds its own accountant below). Andrew et al.'s 5.0 is matched under zero-out (one user's
-# data replaced by an empty user's), not under replace-one at sensitivity 2 x clip (1511).
+PAPERS = {"gaussian": "Andrew et al. 2021, Table 1", "tree": "Kairouz et al. 2021, StackOverflow"}
+# The published epsilon of each paper's own setting, by (mechanism, population, cohort, noise,
+# rounds, delta, sampling, neighboring); the other rows are contrasts. Kairouz et al.'s two are
+# the values dp-accounting's test_compute_eps_tree gives for "the StackOverflow setting" of the
+# paper (and holds its own accountant below). Andrew et al.'s 5.0 is matched under zero-out (one
+# user's data replaced by an empty user's), not under replace-one at sensitivity 2 x clip (1511).
 PUBLISHED = {
-    ("gaussian", 1000000, 510, 0.51, 1200, "2.51e-07", "fixed", "zero_out"):
-        ("Andrew et al. 2021, Table 1", 5.0),
-    ("tree", 342477, 100, 1.13, 1600, "1e-06", "shuffle", "zero_out"):
-        ("Kairouz et al. 2021, StackOverflow", 19.74),
-    ("tree", 342477, 100, 8.83, 1600, "1e-06", "shuffle", "zero_out"):
-        ("Kairouz et al. 2021, StackOverflow", 2.04),
-}  # fmt: skip
+    ("gaussian", 1000000, 510, 0.51, 1200, "2.51e-07", "fixed", "zero_out"): 5.0,
+    ("tree", 342477, 100, 1.13, 1600, "1e-06", "shuffle", "zero_out"): 19.74,
+    ("tree", 342477, 100, 8.83, 1600, "1e-06", "shuffle", "zero_out"): 2.04,
+}
 
 
 def _published(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -262,18 +260,15 @@ def _published(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
                frame["noise_multiplier"].round(4), frame["rounds"],
                [f"{d:.3g}" for d in frame["delta"]], frame["sampling"], frame["neighboring"],
                strict=True)  # fmt: skip
-    papers = [PUBLISHED.get(key) for key in keys]
-    mechanism = frame["choice/dp"].map({"gaussian": "Andrew et al. 2021, Table 1",
-                                        "tree": "Kairouz et al. 2021, StackOverflow"})  # fmt: skip
+    published = [PUBLISHED.get(key) for key in keys]
+    paper = frame["choice/dp"].map(PAPERS)
     return frame.assign(**{
-        "paper": [p[0] if p else f"{m} (contrast)" for p, m in zip(papers, mechanism, strict=True)],
+        "paper": [p if e else f"{p} (contrast)" for p, e in zip(paper, published, strict=True)],
         "mechanism": frame["choice/dp"],
-        "sampling": frame["sampling"],
-        "neighboring": frame["neighboring"],
         "noise": frame["noise_multiplier"],
         "clients per round": frame["clients_per_round"],
         "population": frame["num_clients"],
-        "published epsilon": [str(p[1]) if p else "-" for p in papers],
+        "published epsilon": [str(e) if e else "-" for e in published],
         "conversion": frame["override/dp.conversion"],
     })  # fmt: skip
 
