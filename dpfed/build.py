@@ -117,15 +117,17 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
 
         raise reject_pooled(mechanism.label)
     neighboring = None if dp.neighboring is None else Neighboring(str(dp.neighboring))
+    batch_size = cfg.strategy.get("batch_size")
+    batch_size = None if batch_size is None else int(batch_size)
     ctx = PlanContext(sampler, neighboring, cfg.rounds, int(cfg.strategy.get("local_epochs", 1)),
-                      population)  # fmt: skip
+                      population, batch_size)  # fmt: skip
     secret = dp.seed is None
     seed = int(dp.seed) if not secret else (dp_seed if dp_seed is not None else draw_secret_seed())
 
     def plan_with(z: float) -> PrivacyPlan:
         return PrivacyPlan(mechanism, mechanism.label, sampler, mechanism.accounts(ctx, z),
                            settings, z, cfg.rounds, ctx.local_epochs, population,
-                           dp.target_epsilon, dp.max_epsilon, seed, secret)  # fmt: skip
+                           dp.target_epsilon, dp.max_epsilon, seed, secret, batch_size)  # fmt: skip
 
     with config_group("dp"):
         plan = plan_with(mechanism.tunable_noise)

@@ -96,6 +96,9 @@ def replan(summary: dict) -> dict:
     population = Population(clients,
                             None if records is None else (lambda clients: records),
                             summary.get("record_size"), None)  # fmt: skip
+    if summary.get("client_records_mean"):  # Poisson record batches: q from the mean
+        population = Population.with_mean_records(clients, summary["client_records_mean"],
+                                                  summary.get("record_size"))  # fmt: skip
     plan = build_privacy(cfg, population, dp_seed=0)
     return plan.epsilons(rounds=summary["rounds"], participations=summary["max_participations"])
 

@@ -103,6 +103,10 @@ def cli_flags(cfg, summary) -> list[str]:
                         str(strategy.batch_size), "--epochs", str(cfg.rounds)]  # fmt: skip
     if strategy.get("sampling_groups") is not None:
         flags += ["--sampling-groups", str(strategy.sampling_groups)]
+    if dp.get("record_sampling") == "poisson":
+        flags += ["--record-sampling", "poisson", "--neighboring", str(dp.neighboring),
+                  "--client-batch-size", str(strategy.batch_size),
+                  "--client-records", repr(summary["client_records_mean"])]  # fmt: skip
     return flags + ["--sampling", str(strategy.sampling), "--population",
                     str(summary["num_clients"]), "--sample-size", str(strategy.clients_per_round),
                     "--steps", str(cfg.rounds), "--local-epochs", str(strategy.local_epochs)]  # fmt: skip
@@ -143,6 +147,32 @@ def test_run_cli_and_recompute_agree_for_every_mechanism_and_sampling(option, sa
         return
     assert summary["status"] == "completed" and summary["rounds"] == 3
     check_agreement(summary, cfg, tmp_path, capsys)
+
+
+POISSON_RECORDS = ("dp.record_sampling=poisson", "dp.neighboring=zero_out",
+                   "dp.user_noise_multiplier=0", "strategy.batch_size=5")  # fmt: skip
+
+
+@pytest.mark.parametrize("sampling", ["fixed", "poisson", "shuffle"])
+def test_poisson_record_batches_in_clients_agree(sampling, tmp_path, capsys):
+    """DP-SGD's Poisson record sampling: the run's epsilon_record, the calculator's from the
+    recorded client sizes, the recompute script's, and dp-accounting's own from (q, steps)."""
+    import dp_accounting as dpa
+
+    cfg = compose(*overrides_for("dpsgd", sampling), *POISSON_RECORDS)
+    summary = loop_run(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["record_sampling"] == "poisson"
+    check_agreement(summary, cfg, tmp_path, capsys)
+    mean = summary["client_records_mean"]
+    q, steps = summary["record_sampling_probability"], summary["record_steps_per_participation"]
+    assert 5 < mean and q == 5 / mean and steps == 2 * math.ceil(mean / 5)
+    accountant = dpa.rdp.RdpAccountant(
+        neighboring_relation=dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+    )
+    step = dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(cfg.dp.noise_multiplier))
+    accountant.compose(step, steps * summary["max_participations"])
+    assert summary["epsilon_record"] == pytest.approx(accountant.get_epsilon(cfg.dp.delta),
+                                                      rel=1e-9)  # fmt: skip
 
 
 REAL = [("gaussian", "poisson"), ("adaptive", "fixed"), ("tree", "shuffle"),

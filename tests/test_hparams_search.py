@@ -327,6 +327,12 @@ def test_record_search_smoke_runs_private_trials_at_the_budget(run_cli, dataset)
     best = yaml.safe_load((result.dir / "optimization_results.yaml").read_text())
     mean = sum(r["eval/accuracy"] for r in runs) / len(runs)
     assert best["best_value"] == pytest.approx(mean, abs=1e-12)
+    if cfg.optimized_seeds > 1:  # the seeds redraw model and noise, not the held-out split
+        assert cfg.dataset.seed == cfg.seed
+        assert (
+            compose_config(f"hparams_search=record/{dataset}", "seed=11").dataset.seed == cfg.seed
+        )
+        assert len({r["eval/trivial_accuracy"] for r in runs}) == 1
 
 
 def test_failed_trials_do_not_end_the_search(run_cli):

@@ -53,6 +53,20 @@ def test_table_names_a_missing_column(sweep):
         table(summaries(sweep), ["choice/dp"], [], ["eval/f1"])
 
 
+def test_table_averages_overrides_read_as_text_and_names_a_value_that_is_no_number(sweep, capsys):
+    """The first version crashed with pandas' own traceback on a text value column."""
+    from scripts.make_table import main as make_table
+
+    result = table(summaries(sweep), ["choice/dp"], [], ["override/dp.noise_multiplier"])
+    assert result.loc["gaussian", "override/dp.noise_multiplier"] == pytest.approx(4.0 / 3)
+    assert make_table([str(sweep), "--rows", "override/dp.noise_multiplier", "--values",
+                       "choice/dp"]) == 2  # fmt: skip
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and "'choice/dp'" in err and "'gaussian'" in err
+    assert "--rows or --columns" in err and "Traceback" not in err
+
+
 def test_curves_stack_every_runs_rounds(sweep):
     data = curves(sweep)
     assert len(data) == 12 and data["run"].nunique() == 4

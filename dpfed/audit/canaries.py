@@ -178,7 +178,14 @@ class CanaryAudit(CanaryAuditBase):
 
     # ------------------------------------------------------------------ plan and build
     def population(self, population):
-        return replace(population, num_clients=population.num_clients + self.inserted)
+        real, records = population.num_clients, population.train_records
+        if records is not None:  # canary clients hold no records (they send crafted updates)
+
+            def train_records(clients):
+                return records([c for c in clients if int(c) < real])
+
+        return replace(population, num_clients=real + self.inserted,
+                       train_records=None if records is None else train_records)  # fmt: skip
 
     def check(self, plan) -> None:
         if plan.sampler.unit == "record":

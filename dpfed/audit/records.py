@@ -98,6 +98,13 @@ class GradientCanaryAudit(CanaryAuditBase):
         self._count = 0
 
     # ------------------------------------------------------------------ plan and build
+    def check(self, plan) -> None:
+        if getattr(plan.mechanism, "record_sampling", "shuffle") == "poisson":
+            raise ConfigError("audit", "canary_gradients", "none with dp.record_sampling="
+                              "poisson (canary records are placed in one batch per local "
+                              "epoch, as shuffled batches hold every record)",
+                              absolute=True)  # fmt: skip
+
     def mechanism_plan(self, plan):
         return plan  # the planted bug scales the example-level noise alone (`wrap`)
 

@@ -29,6 +29,26 @@ class Population:
     record_size: int | None = None
     coupled_records: str | None = None
 
+    @classmethod
+    def with_mean_records(cls, num_clients: int, mean: float,
+                          record_size: int | None = None) -> Population:  # fmt: skip
+        """A population whose clients hold ``mean`` records each: what the accounting of a
+        run's recorded ``client_records_mean`` sees (Poisson record batches)."""
+        return cls(num_clients, lambda clients: mean * len(clients), record_size)
+
+    def mean_client_records(self) -> float:
+        """The mean number of training records of the clients that hold any.
+
+        Raises:
+            ValueError: the sizes are unknown, or no client holds a record.
+        """
+        if self.train_records is None:
+            raise ValueError("the clients' numbers of records are unknown")
+        sizes = [n for n in (self.train_records([i]) for i in range(self.num_clients)) if n > 0]
+        if not sizes:
+            raise ValueError("no client holds a training record")
+        return sum(sizes) / len(sizes)
+
 
 class FederatedDataset:
     """The contract of a dataset: per-client train and eval data, shapes and task.

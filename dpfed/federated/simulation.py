@@ -9,6 +9,8 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from dpfed.federated.backends.base import PoissonBatches
+
 DIVERGENCE_FACTOR = 1e6  # a loss this many times the first round's means training diverged
 log = logging.getLogger(__name__)
 
@@ -81,9 +83,13 @@ class Simulation:
         if self.strategy.client_update is None:
             return None  # e.g. pooled records: the process holds them
         example_dp = self.parts.example_dp
+        poisson = None
+        if example_dp is not None and example_dp.poisson_batches is not None:
+            poisson = PoissonBatches(self.plan.stream_key("record_sampling"),
+                                     *example_dp.poisson_batches)  # fmt: skip
+        probe = example_dp.probe if example_dp else None
         return self.backend.cohort_data(self.strategy, self.dataset.train, client_ids, round_num,
-                                        self.seed, self._noise_key,
-                                        example_dp.probe if example_dp else None)  # fmt: skip
+                                        self.seed, self._noise_key, probe, poisson)  # fmt: skip
 
     def _eval_arrays(self):
         n = self.dataset.num_clients

@@ -18,6 +18,9 @@ Examples:
         --delta 1e-10
     python -m dpfed.privacy epsilon --mechanism bandmf --sampling min_sep_poisson \\
         --sampling-groups 10 --population 1000 --sample-size 20 --steps 100 --noise-multiplier 1
+    python -m dpfed.privacy noise --epsilon 1 --mechanism dpsgd --record-sampling poisson \\
+        --client-records 760.6 --client-batch-size 64 --population 10 --sample-size 10 \\
+        --steps 20 --local-epochs 2 --neighboring zero_out
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ FLAGS = {
     "strategy.sampling_groups": "--sampling-groups",
     "strategy.batch_size": "--batch-size",
     "strategy.local_epochs": "--local-epochs",
+    "dp.record_sampling": "--record-sampling",
     "rounds": "--steps",
 }
 
@@ -127,6 +131,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "DP, record-level DP-SGD in clients); default: the most the "
                              "sampling allows")  # fmt: skip
     parser.add_argument("--local-epochs", type=int, default=1, help="dpsgd: local epochs")
+    parser.add_argument("--record-sampling", choices=("shuffle", "poisson"), default=None,
+                        help="dpsgd: how clients draw batches (default: shuffle)")  # fmt: skip
+    parser.add_argument("--client-batch-size", type=int, default=None,
+                        help="dpsgd with --record-sampling poisson: a client's expected batch "
+                             "size (strategy.batch_size)")  # fmt: skip
+    parser.add_argument("--client-records", type=float, default=None,
+                        help="dpsgd with --record-sampling poisson: the mean training records "
+                             "of a client (summary.json client_records_mean)")  # fmt: skip
     parser.add_argument("--user-noise-multiplier", type=float, default=None,
                         help="dpsgd: user-level noise multiplier on top (0: none)")  # fmt: skip
     parser.add_argument("--clipped-count-stddev", type=float, default=None,
@@ -158,7 +170,7 @@ def overrides(args) -> tuple[list[str], object]:
           "user_noise_multiplier": args.user_noise_multiplier,
           "clipped_count_stddev": args.clipped_count_stddev, "noise": args.noise,
           "factorization": args.factorization, "bands": args.bands, "buffers": args.buffers,
-          "seed": 0}  # fmt: skip
+          "record_sampling": args.record_sampling, "seed": 0}  # fmt: skip
     if args.orders is not None:
         out.append(f"dp.orders=[{','.join(repr(o) for o in args.orders)}]")
     if args.command == "noise":
@@ -207,6 +219,15 @@ def overrides(args) -> tuple[list[str], object]:
         out.append(f"strategy.sampling={args.sampling}")
     if args.sampling_groups is not None:
         out.append(f"strategy.sampling_groups={args.sampling_groups}")
+    if args.record_sampling == "poisson":
+        for flag, value in (("--client-batch-size", args.client_batch_size),
+                            ("--client-records", args.client_records)):  # fmt: skip
+            if value is None:
+                raise ConfigError(flag, None, "given with --record-sampling poisson")
+        if not args.client_records > 0:
+            raise ConfigError("--client-records", args.client_records, "> 0")
+        out.append(f"strategy.batch_size={args.client_batch_size}")
+        return out, Population.with_mean_records(args.population, args.client_records, 1)
     return out, Population(args.population, None, 1)
 
 
@@ -241,7 +262,9 @@ def compute(args) -> dict:
                          "sensitivity", "accounted_noise_multiplier", "factorization", "bands",
                          "buffers", "participations", "min_separation", "rounds_per_epoch",
                          "factorization_sensitivity", "prefix_sum_rmse",
-                         "prefix_sum_max_error")})  # fmt: skip
+                         "prefix_sum_max_error", "record_sampling",
+                         "record_sampling_probability", "record_steps_per_participation",
+                         "client_records_mean")})  # fmt: skip
     out["noise_multiplier"] = plan.noise_multiplier
     out.update(plan.epsilons(participations=args.participations))
     if args.command == "noise":

@@ -10,6 +10,7 @@ all build their epsilon from it, so they cannot disagree. During a run, a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -54,6 +55,7 @@ class PlanContext:
         rounds: rounds planned.
         local_epochs: passes over its data a client makes per round.
         population: the dataset's public sizes.
+        batch_size: a client's (expected) batch size, None where clients do not batch.
     """
 
     sampler: object
@@ -61,6 +63,12 @@ class PlanContext:
     rounds: int
     local_epochs: int
     population: Population
+    batch_size: int | None = None
+
+    @functools.cached_property
+    def mean_client_records(self) -> float:
+        """The mean training records of the clients that hold any (computed once)."""
+        return self.population.mean_client_records()
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,8 @@ class Account:
             the DP event released then.
         noise_multiplier: noise std / clip of the releases.
         sensitivity: how many clips one unit moves a release by.
+        amplification: what sampling of its units the events credit, in words, where
+            that is not the cohort sampler's (per-participation accounts).
     """
 
     column: str
@@ -88,6 +98,7 @@ class Account:
     event: Callable[[int], dp_accounting.DpEvent] = field(repr=False)
     noise_multiplier: float = 0.0
     sensitivity: float = 1.0
+    amplification: str = "no amplification credited"
 
     @property
     def private(self) -> bool:
@@ -148,6 +159,7 @@ class PrivacyPlan:
         max_epsilon: the budget that stops a run, if any.
         dp_seed: the seed of every noise draw (`dpfed.privacy.noise`).
         secret_seed: ``dp_seed`` was drawn from OS entropy and must not be written out.
+        batch_size: a client's (expected) batch size, None where clients do not batch.
     """
 
     mechanism: object
@@ -163,13 +175,14 @@ class PrivacyPlan:
     max_epsilon: float | None = None
     dp_seed: int = 0
     secret_seed: bool = False
+    batch_size: int | None = None
 
     # ------------------------------------------------------------------ accounts
     @property
     def context(self) -> PlanContext:
         """The context the accounts were built in (relation: the headline's)."""
         return PlanContext(self.sampler, self.headline.neighboring, self.rounds,
-                           self.local_epochs, self.population)  # fmt: skip
+                           self.local_epochs, self.population, self.batch_size)  # fmt: skip
 
     @property
     def headline(self) -> Account:
@@ -264,8 +277,12 @@ class PrivacyPlan:
         note = (f"noise multiplier {self.noise_multiplier:.6g} calibrated to target epsilon "
                 f"{self.target_epsilon:g}; " if self.target_epsilon else "")  # fmt: skip
         eps = self.epsilon(budget)
+        sampling = f"{self.sampler.describe()['sampling']} sampling"
+        if budget.per_participation:  # the cohort's sampler, whose amplification is not credited
+            sampling = (f"{sampling} of clients, {budget.amplification}: every participation "
+                        "of a client composed")  # fmt: skip
         return (f"{note}{self.label} ({budget.unit}-level, {budget.neighboring} adjacency, "
-                f"{self.sampler.describe()['sampling']} sampling, {self.settings.accountant} "
+                f"{sampling}, {self.settings.accountant} "
                 f"accountant): planned {budget.column} after {self.rounds} rounds {eps:.4g} at "
                 f"delta {self.settings.delta:g}")  # fmt: skip
 

@@ -97,11 +97,27 @@ def table(
     missing = [c for c in [*rows, *columns, *values] if c not in frame.columns]
     if missing:
         raise KeyError(f"no column {missing} in the runs; have: {sorted(frame.columns)}")
+    frame = frame.assign(**{value: _numbers(frame[value]) for value in values})
     grouped = frame.groupby(rows + columns, dropna=False)[values]
     out = grouped.mean()
     if grouped.size().max() > 1:
         out = out.join(grouped.std().add_suffix(" std")).join(grouped.size().rename("runs"))
     return out.unstack(columns) if columns else out
+
+
+def _numbers(column: pd.Series) -> pd.Series:
+    """A value column as numbers (overrides are read as text: ``"0.4"`` is 0.4).
+
+    Raises:
+        KeyError: a value that is not a number, naming the column.
+    """
+    numbers = pd.to_numeric(column, errors="coerce")
+    bad = column[numbers.isna() & column.notna()]
+    if not bad.empty:
+        raise KeyError(f"value column {column.name!r} holds {bad.iloc[0]!r}, which is not a "
+                       "number; averaged values must be numbers (put it in --rows or "
+                       "--columns instead)")  # fmt: skip
+    return numbers
 
 
 def reach_target(data: pd.DataFrame, metric: str, target: float) -> pd.DataFrame:

@@ -38,6 +38,23 @@ def test_bad_audit_settings_are_refused_before_training(overrides, match):
         build_privacy(cfg, Population(1000, lambda clients: 5000, 80), dp_seed=0)
 
 
+def test_canary_records_in_clients_are_refused_with_poisson_record_batches():
+    """Canaries sit in one batch per local epoch, which Poisson batches do not have; canary
+    clients (user-level, crafted updates, no records) still audit such a run."""
+    from dpfed.data.base import Population
+
+    population = Population(40, lambda clients: 12 * len(clients), 80)
+    cfg = compose_config(*IN_CLIENTS, "dp.record_sampling=poisson")
+    with pytest.raises(
+        ConfigError, match=r"^audit='canary_gradients' .* dp\.record_sampling=poisson"
+    ):
+        build_privacy(cfg, population, dp_seed=0)
+    clients = compose_config("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
+                             "dp.user_noise_multiplier=1", "audit=canaries")  # fmt: skip
+    plan = build_privacy(clients, population, dp_seed=0)
+    assert plan.describe()["client_records_mean"] == 12  # canary clients hold no records
+
+
 def test_canary_records_leave_the_accountant_and_population_alone():
     """Canaries are records the accountant's Poisson rate q already covers: same plan."""
     from dpfed.data.base import Population

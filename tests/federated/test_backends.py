@@ -108,6 +108,62 @@ def test_the_reference_dataset_holds_the_same_batches_with_their_seeds():
         np.testing.assert_array_equal(seed, s)
 
 
+def _poisson(n, q=0.1, steps=30, key=123, round_num=2, client=5):
+    from dpfed.federated.backends.base import PoissonBatches
+
+    x = np.arange(n, dtype=np.float32).reshape(n, 1, 1) * 2
+    return ClientRound.poisson(x, np.arange(n, dtype=np.int32), PoissonBatches(key, q, 10), steps,
+                               round_num, client)  # fmt: skip
+
+
+def test_poisson_batches_take_each_record_with_probability_q_keyed_by_position():
+    client = _poisson(40)
+    assert len(client.steps) == 30  # as many as asked, whatever is drawn
+    for x, y in client.steps:  # distinct records of this client, with their own features
+        assert len(set(y)) == len(y) and set(y) <= set(range(40))
+        np.testing.assert_array_equal(x[:, 0, 0], 2 * y)
+    taken = np.zeros(40)
+    for round_num in range(200):
+        for _, y in _poisson(40, round_num=round_num).steps:
+            taken[y] += 1
+    rate = taken / (200 * 30)  # q = 0.1 per record and step; std 0.0039 per record
+    assert abs(rate.mean() - 0.1) < 0.004 and np.abs(rate - 0.1).max() < 0.02
+    sizes = [len(y) for _, y in client.steps]
+    assert min(sizes) < 4 < max(sizes)  # sizes vary around the expected batch
+    again = _poisson(40)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(again.steps, client.steps, strict=True))
+    for other in (_poisson(40, key=124), _poisson(40, round_num=3), _poisson(40, client=6)):
+        assert any(not np.array_equal(a[1], b[1])
+                   for a, b in zip(other.steps, client.steps, strict=True))  # fmt: skip
+    full = _poisson(3, q=1.0, steps=2)  # q = 1: every step holds every record
+    assert len(full.steps) == 2 and all(len(y) == 3 for _, y in full.steps)
+    assert [len(y) for _, y in _poisson(0, steps=4).steps] == [0] * 4  # noise-only steps
+
+
+def test_poisson_batches_reach_both_backends_with_empty_steps_kept():
+    from types import SimpleNamespace
+
+    clients = [_poisson(9, q=1 / 9, steps=9, client=k) for k in (1, 2)]
+    sizes = [[len(y) for _, y in c.steps] for c in clients]
+    assert (
+        all(len(s) == 9 for s in sizes) and min(map(min, sizes)) == 0 and max(map(max, sizes)) > 1
+    )
+    seeds = [batch_seeds(7, 2, k, 9) for k in (1, 2)]
+    for client, steps, s in zip(clients, sizes, seeds, strict=True):  # reference: one per step
+        got = list(client_dataset(client, 1, s).as_numpy_iterator())
+        assert [len(y) for (_, y), _ in got] == steps
+        for ((x, y), seed), (bx, by), want in zip(got, client.steps, s, strict=True):
+            np.testing.assert_array_equal(y, by)
+            np.testing.assert_array_equal(x, bx)
+            np.testing.assert_array_equal(seed, want)
+    strategy = SimpleNamespace(client_update=SimpleNamespace(batch_size=1))
+    (shard,) = VectorizedBackend(4).pack(strategy, clients, seeds)
+    x, y, mask, shard_seeds = shard.get_single_element()
+    assert x.shape[:3] == (9, 2, max(map(max, sizes)))  # padded to the largest batch
+    np.testing.assert_array_equal(mask.numpy().sum(2).T, sizes)
+    assert np.all(shard_seeds.numpy().any(-1))  # every step, empty or not, has its noise seed
+
+
 def test_shards_hold_each_users_batches_in_order_padded_and_masked():
     strategy = instantiate(compose_config("debug=smoke").strategy)  # batch 8
     sizes = [13, 0, 3, 21]
@@ -159,10 +215,14 @@ def assert_same_round(reference, vectorized):
         ("dp=dpsgd", "dp.noise_multiplier=2", "dp.clip=0.05", "strategy=fedprox",
          "strategy.client_optimizer.momentum=0.5", "dp.user_noise_multiplier=0.5"),
         ("dp=dpsgd", "dataset=shakespeare", "model.units=[8]", "dp.noise_multiplier=1"),
+        # Poisson batches of expected size 2: some empty (noise alone), some larger than 2
+        ("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
+         "dp.noise_multiplier=1", "dp.clip=0.05", "strategy.batch_size=2"),
     ],
     ids=["weighted-momentum", "regression-every-step", "per-layer", "tree", "bandmf", "local",
          "fedadam",
-         "dpsgd-binding-clip", "dpsgd-noise-fedprox-user-level", "dpsgd-text"],
+         "dpsgd-binding-clip", "dpsgd-noise-fedprox-user-level", "dpsgd-text",
+         "dpsgd-poisson-records"],
 )  # fmt: skip
 def test_a_round_is_the_reference_round(runtime, overrides):
     server = () if "strategy=fedadam" in overrides else PLAIN_SERVER

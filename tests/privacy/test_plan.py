@@ -169,6 +169,89 @@ def test_dpsgd_in_clients_accounts_local_epochs_releases_per_participation(neigh
     assert got.budget_account is record
 
 
+@pytest.mark.parametrize("mechanism,credited", [("dpsgd", False), ("gaussian_local", False),
+                                                 ("gaussian", True)])  # fmt: skip
+def test_the_log_line_says_where_sampling_amplification_is_not_credited(mechanism, credited):
+    """A record-level line once read "poisson sampling" with the cohort's sampler, not the records'."""
+    line = plan(f"dp={mechanism}").describe_line()
+    assert "poisson sampling" in line
+    assert ("no amplification credited" in line) is not credited
+
+
+UNEVEN = Population(N, lambda clients: sum(20 + int(c) % 31 for c in clients), 24)  # 20 to 50
+POISSON = ("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
+           "strategy.batch_size=8", "strategy.local_epochs=2")  # fmt: skip
+
+
+def poisson_records(q, steps, z=Z):
+    return dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(z)), steps)
+
+
+def test_poisson_record_batches_are_the_same_steps_for_every_client():
+    """q = b / m and ceil(m / b) steps per epoch for every client, m the mean client size."""
+    got = plan(*POISSON, population=UNEVEN)
+    mean = sum(20 + c % 31 for c in range(N)) / N
+    record = got.account("epsilon_record")
+    assert record.per_participation and record.relation == dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
+    described = got.describe()
+    assert described["client_records_mean"] == pytest.approx(mean, rel=1e-12)
+    q, steps = 8 / mean, 2 * math.ceil(mean / 8)
+    assert described["record_sampling_probability"] == pytest.approx(q, rel=1e-12)
+    assert described["record_steps_per_participation"] == steps == 10
+    expected = independent_epsilon([(poisson_records(q, steps), 10)])  # add/remove
+    assert got.epsilon("epsilon_record", participations=10) == pytest.approx(expected, rel=1e-9)
+    assert expected < shuffled_epsilon(UNEVEN)  # amplification
+
+
+@pytest.mark.parametrize("records", [3, 8, 20, 400])
+def test_poisson_record_batches_amplify_unless_a_client_fits_in_one_batch(records):
+    """m <= b: q = 1 and one step per epoch, the shuffled batches' accounting exactly."""
+    even = Population(N, lambda clients: records * len(clients), 24)
+    got = plan(*POISSON, population=even).epsilon("epsilon_record", participations=10)
+    q, steps = min(1.0, 8 / records), 2 * math.ceil(records / 8)
+    assert got == pytest.approx(independent_epsilon([(poisson_records(q, steps), 10)]), rel=1e-9)
+    if records <= 8:
+        assert got == pytest.approx(shuffled_epsilon(even), rel=1e-6)
+    else:
+        assert got < shuffled_epsilon(even)
+
+
+def shuffled_epsilon(population) -> float:
+    return plan("dp=dpsgd", "dp.neighboring=zero_out", "strategy.batch_size=8",
+                "strategy.local_epochs=2", population=population).epsilon(
+        "epsilon_record", participations=10)  # fmt: skip
+
+
+@pytest.mark.parametrize("neighboring", ["replace_one", "add_remove", None])
+def test_poisson_record_batches_are_accounted_under_zero_out_only(neighboring):
+    overrides = [o for o in POISSON if not o.startswith("dp.neighboring")]
+    if neighboring is None:  # unset: zero_out, the one analysed
+        got = plan(*overrides, population=UNEVEN)
+        assert got.account("epsilon_record").neighboring == "zero_out"
+        return
+    with pytest.raises(ConfigError, match="dp.neighboring.*zero_out with dp.record_sampling"):
+        plan(*overrides, f"dp.neighboring={neighboring}", population=UNEVEN)
+
+
+def test_poisson_record_batches_need_the_clients_sizes_and_a_known_sampling():
+    with pytest.raises(ConfigError, match="dp.record_sampling.*numbers of records are unknown"):
+        plan(*POISSON, population=Population(N, None, 24))
+    with pytest.raises(ConfigError, match="dp.record_sampling.*no client holds a training"):
+        plan(*POISSON, population=Population(N, lambda clients: 0, 24))
+    with pytest.raises(ConfigError, match="dp.record_sampling='uniform'.*shuffle or poisson"):
+        plan("dp=dpsgd", "dp.record_sampling=uniform")
+
+
+def test_poisson_record_batches_with_user_noise_keep_the_user_level_budget():
+    got = plan(*POISSON, "dp.user_noise_multiplier=0.9", population=UNEVEN)
+    assert got.budget_account is got.headline and got.headline.unit == "user"
+    assert got.epsilon() == pytest.approx(expected_central("poisson", "add_remove", z=0.9),
+                                          rel=1e-9)  # fmt: skip
+    q = got.describe()["record_sampling_probability"]
+    assert got.epsilon("epsilon_record", participations=10) == pytest.approx(
+        independent_epsilon([(poisson_records(q, 10), 10)]), rel=1e-9)  # fmt: skip
+
+
 def test_dpsgd_in_clients_refuses_add_remove_which_shuffled_batches_do_not_satisfy():
     with pytest.raises(ConfigError, match="dp.neighboring"):
         plan("dp=dpsgd", "dp.neighboring=add_remove")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -57,7 +57,8 @@ class ClientBackend(abc.ABC):
                 for c, s in zip(clients, seeds or [None] * len(clients), strict=True)]  # fmt: skip
 
     def cohort_data(self, strategy, client_data, cohort: list[str], round_num: int, seed: int,
-                    noise_key: int | None = None, probe=None):  # fmt: skip
+                    noise_key: int | None = None, probe=None,
+                    poisson: PoissonBatches | None = None):  # fmt: skip
         """Each client's shuffled, batched data for the round, packed for the process.
 
         An empty cohort (possible with Poisson sampling) gets one client without
@@ -74,6 +75,8 @@ class ClientBackend(abc.ABC):
             noise_key: the plan's client noise key; when given, every batch has a
                 seed pair that is a function of (key, round, client, batch) alone.
             probe: an audit's canary records in DP-SGD (``ExampleDP.probe``), or None.
+            poisson: DP-SGD's Poisson record batches (`PoissonBatches`); None shuffles
+                every epoch.
         """
         update = strategy.client_update
         ids = cohort or [None]
@@ -84,14 +87,34 @@ class ClientBackend(abc.ABC):
             x, y = client_data.arrays(cid if cid is not None else 0)
             if cid is None:
                 x, y = x[:0], y[:0]
-            batches = batch_count(len(x), update)
+            if poisson is None:
+                batches = batch_count(len(x), update)
+            else:  # every client the same steps; the empty cohort's stand-in none
+                batches = 0 if cid is None else poisson.steps_per_epoch * update.local_epochs
             if probe is not None:
                 per_epoch = batches // update.local_epochs
                 canaries.append(probe.placements(round_num, index, per_epoch, update.local_epochs))
             if noise_key is not None:
                 seeds.append(batch_seeds(noise_key, round_num, index + 1, batches))
-            clients.append(ClientRound.shuffled(x, y, update, seed, round_num, index + 1))
+            if poisson is None:
+                clients.append(ClientRound.shuffled(x, y, update, seed, round_num, index + 1))
+            else:
+                clients.append(ClientRound.poisson(x, y, poisson, batches, round_num, index + 1))
         return self.pack(strategy, clients, seeds, canaries)
+
+
+class PoissonBatches(NamedTuple):
+    """DP-SGD's Poisson record batches in clients (``dp.record_sampling=poisson``).
+
+    Attributes:
+        key: the plan's ``record_sampling`` stream key (`dpfed.privacy.noise.stream_key`).
+        q: the probability that a step takes a record.
+        steps_per_epoch: a client's steps per local epoch (the same for every client).
+    """
+
+    key: int
+    q: float
+    steps_per_epoch: int
 
 
 class ClientRound:
@@ -103,8 +126,10 @@ class ClientRound:
     assumes, and a batch never spans two epochs.
     """
 
-    def __init__(self, epochs: list[tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, epochs: list[tuple[np.ndarray, np.ndarray]],
+                 steps: list[tuple[np.ndarray, np.ndarray]] | None = None):  # fmt: skip
         self.epochs = epochs
+        self.steps = steps
 
     @classmethod
     def shuffled(cls, x, y, update, seed: int, round_num: int, client: int) -> ClientRound:
@@ -121,9 +146,33 @@ class ClientRound:
         orders = (rng.permutation(len(x)) for _ in range(update.local_epochs))
         return cls([(x[order], y[order]) for order in orders])
 
+    @classmethod
+    def poisson(cls, x, y, batches: PoissonBatches, steps: int, round_num: int,
+                client: int) -> ClientRound:  # fmt: skip
+        """``steps`` Poisson batches (DP-SGD's record sampling), each taking every record
+        independently with probability ``batches.q``.
+
+        The draws are a function of the position ``(batches.key, round, client)`` alone;
+        the key is the plan's record-sampling stream, secret when the DP seed is. A step
+        may take no record (it still releases its noise); ``epochs`` holds the data in
+        its order, for shapes.
+
+        Args:
+            x, y: the client's examples.
+            batches: the plan's `PoissonBatches`.
+            steps: how many batches to draw.
+            round_num: the round.
+            client: the client's index + 1 (0 for the data-less stand-in of an empty cohort).
+        """
+        rng = np.random.default_rng(position_seed(batches.key, round_num, client).view(np.uint64))
+        taken = [np.flatnonzero(rng.random(len(x)) < batches.q) for _ in range(steps)]
+        return cls([(x, y)], [(x[t], y[t]) for t in taken])
+
     def batches(self, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Every step's ``(x, y)``, epoch after epoch."""
+        """Every step's ``(x, y)``, epoch after epoch (Poisson batches: as drawn)."""
         check(batch_size >= 1, "batch_size", batch_size, ">= 1")
+        if self.steps is not None:
+            return self.steps
         return [(x[i : i + batch_size], y[i : i + batch_size]) for x, y in self.epochs
                 for i in range(0, len(x), batch_size)]  # fmt: skip
 
@@ -144,6 +193,19 @@ def batch_seeds(noise_key: int, round_num: int, client: int, batches: int) -> np
                         dtype=np.int64, endpoint=True)  # fmt: skip
 
 
+def padded_steps(client: ClientRound) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A client's Poisson batches as ``x [S, B, ...]``, ``y [S, B, ...]`` (zero-padded to the
+    largest, B) and each step's number of records ``[S]``."""
+    x0, y0 = client.epochs[0]
+    counts = np.array([len(bx) for bx, _ in client.steps], np.int64)
+    width = int(counts.max(initial=0))
+    x = np.zeros([len(counts), width, *x0.shape[1:]], x0.dtype)
+    y = np.zeros([len(counts), width, *y0.shape[1:]], y0.dtype)
+    for s, (bx, by) in enumerate(client.steps):
+        x[s, : len(bx)], y[s, : len(by)] = bx, by
+    return x, y, counts
+
+
 def client_dataset(client: ClientRound, batch_size: int, seeds: np.ndarray | None = None):
     """One client's round as TFF's client work reads it: its batches, epoch after epoch.
 
@@ -156,11 +218,17 @@ def client_dataset(client: ClientRound, batch_size: int, seeds: np.ndarray | Non
     import tensorflow as tf
 
     check(batch_size >= 1, "batch_size", batch_size, ">= 1")
-    epochs = [tf.data.Dataset.from_tensor_slices(epoch).batch(batch_size)
-              for epoch in client.epochs]  # fmt: skip
-    ds = epochs[0]
-    for more in epochs[1:]:
-        ds = ds.concatenate(more)
+    if client.steps is not None:  # Poisson batches, each of its own size (possibly 0)
+        x, y, counts = padded_steps(client)
+        ds = tf.data.Dataset.from_tensor_slices((x, y, counts)).map(
+            lambda bx, by, n: (bx[:n], by[:n])
+        )
+    else:
+        epochs = [tf.data.Dataset.from_tensor_slices(epoch).batch(batch_size)
+                  for epoch in client.epochs]  # fmt: skip
+        ds = epochs[0]
+        for more in epochs[1:]:
+            ds = ds.concatenate(more)
     if seeds is None:
         return ds
     return tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(seeds)))

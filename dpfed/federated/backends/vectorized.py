@@ -205,7 +205,8 @@ class VectorizedBackend(ClientBackend):
 
         Each shard's dataset has one element ``(x [S, K, B, ...], y [S, K, B, ...],
         mask [S, K, B], seeds [S, K, 2])``: step s of user k, zero-padded to the
-        batch size and to the shard's longest user (mask 0), with the step's
+        batch size (Poisson batches: to the cohort's largest batch) and to the
+        shard's longest user (mask 0), with the step's
         noise seed (zeros when the batches carry none); with canary records, also
         ``canaries [S, K, C]``, the canaries in step s of user k (-1: none). Users are sorted by
         their number of steps first, so that users of similar size share a
@@ -218,9 +219,10 @@ class VectorizedBackend(ClientBackend):
             seeds: per user, its batches' noise seeds ``[batches, 2]``, or None.
             canaries: per user, its canary records' ``(step, canary)``, or None.
         """
-        batch = strategy.client_update.batch_size
         x_first, y_first = clients[0].epochs[0]
-        users = [client.batches(batch) for client in clients]
+        users = [client.batches(strategy.client_update.batch_size) for client in clients]
+        # Poisson batches may hold more than the batch size: pad to the largest
+        batch = max([strategy.client_update.batch_size, *(len(b[0]) for u in users for b in u)])
         order = sorted(range(len(users)), key=lambda i: len(users[i]))
         shards = []
         for start in range(0, len(order), self.users_per_shard):
@@ -247,10 +249,11 @@ class VectorizedBackend(ClientBackend):
             shards.append(tf.data.Dataset.from_tensors(element))
         return shards
 
-    def data_type(self, strategy, model, canaries: bool = False):
-        """TFF type of one shard's dataset (with a canary-record tensor when ``canaries``)."""
+    def data_type(self, strategy, model, canaries: bool = False, poisson_batches: bool = False):
+        """TFF type of one shard's dataset (with a canary-record tensor when ``canaries``;
+        of any batch width with ``poisson_batches``)."""
         x_spec, y_spec = model.input_spec
-        b = strategy.client_update.batch_size
+        b = None if poisson_batches else strategy.client_update.batch_size
 
         def tensor(spec):
             return tff.TensorType(spec.dtype.as_numpy_dtype, [None, None, b, *spec.shape[1:]])
@@ -306,7 +309,9 @@ class VectorizedBackend(ClientBackend):
         weighted, metric = update.weighted, model.metrics()[0].name
         local, example_dp = parts.local, parts.example_dp
         probe = example_dp.probe if example_dp is not None else None
-        data_type = self.data_type(strategy, model, canaries=probe is not None)
+        poisson = example_dp is not None and example_dp.poisson_batches is not None
+        data_type = self.data_type(strategy, model, canaries=probe is not None,
+                                   poisson_batches=poisson)  # fmt: skip
         if probe is not None:
             canary = RecordCanaries(probe.coordinates, probe.values, net.shapes())
 
@@ -345,7 +350,11 @@ class VectorizedBackend(ClientBackend):
             def step(s, w, acc, sums, audit):
                 m = mask[s]
                 n = tf.reduce_sum(m, 1)
+                # a user's step exists if it has data or, with Poisson batches (possibly
+                # empty, still a noise release), a noise seed: padding has neither
                 active = n > 0
+                if poisson:
+                    active = tf.reduce_any(tf.not_equal(seeds[s], 0), axis=-1)
                 if example_dp is not None:
                     grads, losses, out, residual = dpsgd_gradients(
                         w, x[s], y[s], m, seeds[s], None if canaries is None else canaries[s]

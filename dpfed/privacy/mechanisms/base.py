@@ -97,11 +97,14 @@ class ExampleDP:
     ``step_gradient(round, step)`` adds canary records' clipped gradients (flat) to the
     clipped sum before the noise, and ``observe(flat)`` receives the noised sum minus the
     real records' clipped sum. None (no audit) leaves DP-SGD as it is.
+    ``poisson_batches`` is ``(q, steps per local epoch)`` where clients draw Poisson batches
+    (`dpfed.privacy.mechanisms.dpsgd.DPSGDMechanism`), None where they shuffle.
     """
 
     clip: float
     noise_multiplier: float
     probe: Any = None
+    poisson_batches: tuple[float, int] | None = None
 
 
 @dataclass(frozen=True)
