@@ -83,9 +83,11 @@ def assert_same_run(got: pd.DataFrame, want: pd.DataFrame) -> None:
         ("dp=bandmf", "dp.noise_multiplier=0.5", "strategy.clients_per_round=20",
          "backend=vectorized"),
         ("audit=canaries", "audit.inserted=10", "audit.held_out=10", "backend=vectorized"),
+        ("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
+         "strategy.batch_size=4", "backend=vectorized"),
     ],
     ids=["adaptive", "dpsgd-vectorized", "local_secret_seed", "bandmf-vectorized",
-         "audit-vectorized"],
+         "audit-vectorized", "dpsgd-poisson-records-vectorized"],
 )  # fmt: skip
 def test_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(runtime, tmp_path, overrides):
     from dpfed.build import build_checkpoints
