@@ -166,6 +166,11 @@ def test_poisson_record_batches_in_clients_agree(sampling, tmp_path, capsys):
     mean = summary["client_records_mean"]
     q, steps = summary["record_sampling_probability"], summary["record_steps_per_participation"]
     assert 5 < mean and q == 5 / mean and steps == 2 * math.ceil(mean / 5)
+    # the recorded mean is taken as it is, not recounted (no last-digit drift)
+    code = privacy_cli(cli_flags(cfg, summary))
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 0 and printed["client_records_mean"] == mean
+    assert printed["record_sampling_probability"] == q
     accountant = dpa.rdp.RdpAccountant(
         neighboring_relation=dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
     )

@@ -99,7 +99,8 @@ class GradientCanaryAudit(CanaryAuditBase):
 
     # ------------------------------------------------------------------ plan and build
     def check(self, plan) -> None:
-        if getattr(plan.mechanism, "record_sampling", "shuffle") == "poisson":
+        in_clients = plan.sampler.unit != "record"  # pooled records: always Poisson batches
+        if in_clients and getattr(plan.mechanism, "record_sampling", "shuffle") == "poisson":
             raise ConfigError("audit", "canary_gradients", "none with dp.record_sampling="
                               "poisson (canary records are placed in one batch per local "
                               "epoch, as shuffled batches hold every record)",

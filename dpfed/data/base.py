@@ -22,19 +22,22 @@ class Population:
             (overlapping windows, per-client standardization), or None when
             records are independent; record-level guarantees then protect a
             record (a window) as released, not the raw measurements behind it.
+        client_records_mean: the mean records of a client holding any, where it is
+            given rather than counted (a recorded run's, the calculator's).
     """
 
     num_clients: int
     train_records: Callable[[Sequence[int]], int] | None = None
     record_size: int | None = None
     coupled_records: str | None = None
+    client_records_mean: float | None = None
 
     @classmethod
     def with_mean_records(cls, num_clients: int, mean: float,
                           record_size: int | None = None) -> Population:  # fmt: skip
-        """A population whose clients hold ``mean`` records each: what the accounting of a
-        run's recorded ``client_records_mean`` sees (Poisson record batches)."""
-        return cls(num_clients, lambda clients: mean * len(clients), record_size)
+        """A population whose clients hold ``mean`` records on average: what the accounting
+        of a run's recorded ``client_records_mean`` sees (Poisson record batches)."""
+        return cls(num_clients, None, record_size, client_records_mean=float(mean))
 
     def mean_client_records(self) -> float:
         """The mean number of training records of the clients that hold any.
@@ -42,6 +45,8 @@ class Population:
         Raises:
             ValueError: the sizes are unknown, or no client holds a record.
         """
+        if self.client_records_mean is not None:
+            return self.client_records_mean
         if self.train_records is None:
             raise ValueError("the clients' numbers of records are unknown")
         sizes = [n for n in (self.train_records([i]) for i in range(self.num_clients)) if n > 0]

@@ -56,8 +56,8 @@ def proximal_gradient(gradient, weights, start, mu: float):
     return gradient + mu * (weights - start)
 
 
-def check_weighting(weighted: bool, user_level_dp: bool) -> None:
-    """User-level DP aggregators count every client once.
+def check_weighting(weighted: bool, user_level_dp: bool, poisson_batches: bool = False) -> None:
+    """User-level DP aggregators count every client once; Poisson record batches must too.
 
     Raises:
         ConfigError: naming ``strategy.weighted``.
@@ -66,3 +66,8 @@ def check_weighting(weighted: bool, user_level_dp: bool) -> None:
         raise ConfigError("strategy.weighted", True,
                           "false with this dp mechanism (its aggregator weighs every client "
                           "equally, as user-level DP requires)", absolute=True)  # fmt: skip
+    if weighted and poisson_batches:
+        raise ConfigError("strategy.weighted", True,
+                          "false with dp.record_sampling=poisson (a client's weight would be "
+                          "the number of records its Poisson batches drew, which tells whether "
+                          "a record was drawn)", absolute=True)  # fmt: skip

@@ -178,9 +178,9 @@ class PrivacyPlan:
     batch_size: int | None = None
 
     # ------------------------------------------------------------------ accounts
-    @property
+    @functools.cached_property
     def context(self) -> PlanContext:
-        """The context the accounts were built in (relation: the headline's)."""
+        """The context the accounts were built in (relation: the headline's; built once)."""
         return PlanContext(self.sampler, self.headline.neighboring, self.rounds,
                            self.local_epochs, self.population, self.batch_size)  # fmt: skip
 

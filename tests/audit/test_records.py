@@ -53,6 +53,8 @@ def test_canary_records_in_clients_are_refused_with_poisson_record_batches():
                              "dp.user_noise_multiplier=1", "audit=canaries")  # fmt: skip
     plan = build_privacy(clients, population, dp_seed=0)
     assert plan.describe()["client_records_mean"] == 12  # canary clients hold no records
+    pooled = compose_config(*AUDIT, "dp.record_sampling=poisson")  # always Poisson batches there
+    assert build_privacy(pooled, Population(1000, lambda c: 5000, 80), dp_seed=0).label == "dpsgd"
 
 
 def test_canary_records_leave_the_accountant_and_population_alone():

@@ -305,6 +305,11 @@ def test_a_vectorized_run_completes_and_writes_metrics(runtime, tmp_path):
          "strategy.client_optimizer"),
         (("strategy=fedsgd", "dp=dpsgd"), "strategy"),
         (("strategy=fedsgd", "dp=laplace_local"), "strategy"),
+        # a client's weight would count the records its Poisson batches drew (both backends)
+        (("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
+          "strategy.weighted=true"), "strategy.weighted"),
+        (("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
+          "strategy.weighted=true", "backend=vectorized"), "strategy.weighted"),
     ],
 )  # fmt: skip
 def test_unsupported_settings_name_the_key(overrides, key):

@@ -193,7 +193,11 @@ class VectorizedBackend(ClientBackend):
                               absolute=True)  # fmt: skip
         if parts.aggregator is not None and parts.query is None:
             raise _unsupported("a mechanism whose aggregator exposes no DP query")
-        check_weighting(update.weighted, parts.aggregator is not None)
+        check_weighting(
+            update.weighted,
+            parts.aggregator is not None,
+            parts.example_dp is not None and parts.example_dp.poisson_batches is not None,
+        )
         actual = [tuple(s.shape) for s in model.trainable_weight_specs()]
         if actual != StackedGRU(model).shapes():
             raise _unsupported("this model (only the GRU stack with a dense head is vectorized)")

@@ -45,10 +45,14 @@ class DPSGDMechanism(Mechanism):
       ``q = min(1, b / m)`` (Abadi et al. 2016 within each client: a client of
       ``n`` records has batches of ``q n`` records on average, and a step that
       takes none still releases its noise). Under zero-out, a record with zero
-      gradient is one that no batch holds while the steps stay as they are, so
-      every step is a Poisson-subsampled Gaussian under add/remove
-      (`dp_accounting.PoissonSampledDpEvent`), the same for every client;
-      replace-one and add/remove are not analysed.
+      gradient adds nothing to any step's noised sum, drawn or not, while the
+      steps stay as they are, so every step is a Poisson-subsampled Gaussian
+      under add/remove (`dp_accounting.PoissonSampledDpEvent`), the same for
+      every client; replace-one and add/remove are not analysed. What a client
+      sends must not depend on how many records were drawn: weighting clients
+      by their examples (``strategy.weighted``) is refused, and the train
+      metrics (``train/examples``, loss, accuracy), which are diagnostics that no
+      DP covers, count the drawn records.
 
     ``epsilon_record`` is that of a record of the client that took part most
     often so far. ``epsilon`` is user-level: infinite unless
@@ -171,9 +175,9 @@ def poisson_record_account(ctx, noise_multiplier: float) -> Account:
     neighboring = ctx.neighboring or Neighboring.zero_out
     if neighboring != Neighboring.zero_out:
         raise ConfigError("neighboring", str(neighboring), "zero_out with "
-                          "dp.record_sampling=poisson (a record with zero gradient is one no "
-                          "batch holds, while the steps stay as they are; replacing, adding or "
-                          "removing a record is not analysed)")  # fmt: skip
+                          "dp.record_sampling=poisson (a record with zero gradient adds nothing "
+                          "to any noised sum, while the steps stay as they are; replacing, "
+                          "adding or removing a record is not analysed)")  # fmt: skip
     q, per_epoch = poisson_record_steps(ctx)
     steps = ctx.local_epochs * per_epoch
     if noise_multiplier == 0:
@@ -199,8 +203,8 @@ class DPSGDConfig(NoisyConfig):
         user_clip: user-level clip of client updates.
         record_sampling: how a client's batches are drawn: ``shuffle`` (every record
             once per local epoch, no amplification credited) or ``poisson`` (each
-            step takes each record with probability batch_size / the mean records
-            of a client; amplification credited, zero_out adjacency only).
+            step takes each record with probability min(1, batch_size / the mean
+            records of a client); amplification credited, zero_out adjacency only).
     """
 
     _target_: str = "dpfed.privacy.mechanisms.dpsgd.DPSGDMechanism"
