@@ -338,7 +338,7 @@ def test_default_experiment_learns_under_dp(run_cli):
     assert summary["epsilon"] <= 4 and summary["delta"] == 1e-5
     cfg = compose_config()
     data = build_dataset(cfg)
-    rng = np.random.default_rng([cfg.seed, 2])  # the evaluation cohort Simulation draws
+    rng = np.random.default_rng([cfg.dataset.seed, 2])  # the evaluation cohort Simulation draws
     ids = rng.choice(data.num_clients, size=cfg.strategy.eval_clients, replace=False)
     labels = np.concatenate([data.eval.arrays(i)[1] for i in ids])
     majority = max(labels.mean(), 1 - labels.mean())

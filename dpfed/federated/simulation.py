@@ -92,9 +92,13 @@ class Simulation:
                                         self.seed, self._noise_key, probe, poisson)  # fmt: skip
 
     def _eval_arrays(self):
+        """The held-out data evaluated: of ``strategy.eval_clients`` clients drawn with the
+        dataset's seed (``dataset.seed``, the run's unless set), so that a split held fixed
+        across seeds is evaluated on the same clients too."""
         n = self.dataset.num_clients
         k = n if self.strategy.eval_clients == -1 else min(n, self.strategy.eval_clients)
-        ids = np.random.default_rng([self.seed, 2]).choice(n, size=k, replace=False)
+        seed = getattr(self.dataset, "seed", self.seed)  # datasets without one: the run's
+        ids = np.random.default_rng([seed, 2]).choice(n, size=k, replace=False)
         parts = [self.dataset.eval.arrays(i) for i in np.sort(ids)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
