@@ -56,17 +56,21 @@ def proximal_gradient(gradient, weights, start, mu: float):
     return gradient + mu * (weights - start)
 
 
-def check_weighting(weighted: bool, user_level_dp: bool, poisson_batches: bool = False) -> None:
+def check_weighting(weighted: bool, parts) -> None:
     """User-level DP aggregators count every client once; Poisson record batches must too.
+
+    Args:
+        weighted: ``strategy.weighted``.
+        parts: the mechanism's `dpfed.privacy.mechanisms.base.MechanismParts`.
 
     Raises:
         ConfigError: naming ``strategy.weighted``.
     """
-    if weighted and user_level_dp:
+    if weighted and parts.aggregator is not None:
         raise ConfigError("strategy.weighted", True,
                           "false with this dp mechanism (its aggregator weighs every client "
                           "equally, as user-level DP requires)", absolute=True)  # fmt: skip
-    if weighted and poisson_batches:
+    if weighted and parts.poisson_batches is not None:
         raise ConfigError("strategy.weighted", True,
                           "false with dp.record_sampling=poisson (a client's weight would be "
                           "the number of records its Poisson batches drew, which tells whether "

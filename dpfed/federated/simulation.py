@@ -82,11 +82,9 @@ class Simulation:
         """What the process trains on in round ``round_num`` (None without clients)."""
         if self.strategy.client_update is None:
             return None  # e.g. pooled records: the process holds them
-        example_dp = self.parts.example_dp
-        poisson = None
-        if example_dp is not None and example_dp.poisson_batches is not None:
-            poisson = PoissonBatches(self.plan.stream_key("record_sampling"),
-                                     *example_dp.poisson_batches)  # fmt: skip
+        example_dp, poisson = self.parts.example_dp, self.parts.poisson_batches
+        if poisson is not None:
+            poisson = PoissonBatches(self.plan.stream_key("record_sampling"), *poisson)
         probe = example_dp.probe if example_dp else None
         return self.backend.cohort_data(self.strategy, self.dataset.train, client_ids, round_num,
                                         self.seed, self._noise_key, probe, poisson)  # fmt: skip

@@ -89,17 +89,16 @@ class ClientBackend(abc.ABC):
                 x, y = x[:0], y[:0]
             if poisson is None:
                 batches = batch_count(len(x), update)
+                client = ClientRound.shuffled(x, y, update, seed, round_num, index + 1)
             else:  # every client the same steps; the empty cohort's stand-in none
                 batches = 0 if cid is None else poisson.steps_per_epoch * update.local_epochs
+                client = ClientRound.poisson(x, y, poisson, batches, round_num, index + 1)
+            clients.append(client)
             if probe is not None:
                 per_epoch = batches // update.local_epochs
                 canaries.append(probe.placements(round_num, index, per_epoch, update.local_epochs))
             if noise_key is not None:
                 seeds.append(batch_seeds(noise_key, round_num, index + 1, batches))
-            if poisson is None:
-                clients.append(ClientRound.shuffled(x, y, update, seed, round_num, index + 1))
-            else:
-                clients.append(ClientRound.poisson(x, y, poisson, batches, round_num, index + 1))
         return self.pack(strategy, clients, seeds, canaries)
 
 

@@ -186,11 +186,7 @@ class ReferenceBackend(ClientBackend):
         if parts.local is not None and update.work != ClientWork.local_training:
             raise ConfigError("strategy", str(update.work), "one with local training (not "
                               "fedsgd) for local DP", absolute=True)  # fmt: skip
-        check_weighting(
-            update.weighted,
-            parts.aggregator is not None,
-            parts.example_dp is not None and parts.example_dp.poisson_batches is not None,
-        )
+        check_weighting(update.weighted, parts)
 
     def model_fn(self, model, parts, update):
         """The TFF model clients train (keyed when their batches carry noise seeds)."""

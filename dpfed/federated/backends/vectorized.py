@@ -193,11 +193,7 @@ class VectorizedBackend(ClientBackend):
                               absolute=True)  # fmt: skip
         if parts.aggregator is not None and parts.query is None:
             raise _unsupported("a mechanism whose aggregator exposes no DP query")
-        check_weighting(
-            update.weighted,
-            parts.aggregator is not None,
-            parts.example_dp is not None and parts.example_dp.poisson_batches is not None,
-        )
+        check_weighting(update.weighted, parts)
         actual = [tuple(s.shape) for s in model.trainable_weight_specs()]
         if actual != StackedGRU(model).shapes():
             raise _unsupported("this model (only the GRU stack with a dense head is vectorized)")
@@ -313,7 +309,7 @@ class VectorizedBackend(ClientBackend):
         weighted, metric = update.weighted, model.metrics()[0].name
         local, example_dp = parts.local, parts.example_dp
         probe = example_dp.probe if example_dp is not None else None
-        poisson = example_dp is not None and example_dp.poisson_batches is not None
+        poisson = parts.poisson_batches is not None
         data_type = self.data_type(strategy, model, canaries=probe is not None,
                                    poisson_batches=poisson)  # fmt: skip
         if probe is not None:
@@ -356,9 +352,7 @@ class VectorizedBackend(ClientBackend):
                 n = tf.reduce_sum(m, 1)
                 # a user's step exists if it has data or, with Poisson batches (possibly
                 # empty, still a noise release), a noise seed: padding has neither
-                active = n > 0
-                if poisson:
-                    active = tf.reduce_any(tf.not_equal(seeds[s], 0), axis=-1)
+                active = tf.reduce_any(tf.not_equal(seeds[s], 0), axis=-1) if poisson else n > 0
                 if example_dp is not None:
                     grads, losses, out, residual = dpsgd_gradients(
                         w, x[s], y[s], m, seeds[s], None if canaries is None else canaries[s]

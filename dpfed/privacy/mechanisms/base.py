@@ -152,6 +152,11 @@ class MechanismParts:
         """Whether clients themselves randomize (DP-SGD steps or a local randomizer)."""
         return self.example_dp is not None or self.local is not None
 
+    @property
+    def poisson_batches(self) -> tuple[float, int] | None:
+        """DP-SGD's ``(q, steps per local epoch)`` where clients draw Poisson batches, else None."""
+        return None if self.example_dp is None else self.example_dp.poisson_batches
+
 
 # --------------------------------------------------------------------------- base class
 class Mechanism(abc.ABC):
