@@ -227,15 +227,28 @@ def test_privacy_utility_protects_watch_and_vowels_records_under_their_baseline(
 def test_privacy_utility_table_says_each_rows_unit_of_privacy():
     from dpfed.report.experiments import _privacy_utility
 
-    frame = pd.DataFrame({"choice/dataset": ["watch", "watch", "health", "health"],
-                          "choice/dp": ["dpsgd", "none", "gaussian", "none"],
-                          "override/dp.target_epsilon": ["2", None, "2", None]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "choice/dataset": ["watch", "watch", "vowels", "vowels", "health", "health"],
+            "choice/dp": ["dpsgd", "none", "dpsgd", "none", "gaussian", "none"],
+            "override/dp.target_epsilon": ["2", None, "2", None, "2", None],
+            # summary.json's q: only runs with Poisson record batches have one
+            "record_sampling_probability": [0.084, None, None, None, None, None],
+        }
+    )
     out = _privacy_utility(frame, ROOT)
     units = dict(zip(out["choice/dp"] + "/" + out["dataset"], out["unit of privacy"],
                      strict=False))  # fmt: skip
-    assert units["dpsgd/watch"] == units["none/watch"] == "record (DP-SGD in clients)"
-    assert units["gaussian/health"] == "user"
+    poisson, shuffled = (
+        "record (DP-SGD in clients, Poisson batches)",
+        "record (DP-SGD in clients, shuffled batches)",
+    )
+    assert units["dpsgd/watch"] == units["none/watch"] == poisson  # the inf cell joins its row
+    assert units["dpsgd/vowels"] == units["none/vowels"] == shuffled
+    assert units["gaussian/health"] == units["none/health"] == "user"
     # each dataset's non-private run fills the inf column of its own mechanisms' rows only
     plain = out[out["choice/dp"] == "none"]
+    assert len(plain) == 3
     assert set(plain.loc[plain["dataset"] == "watch", "mechanism"]) == {"dpsgd"}
     assert set(plain.loc[plain["dataset"] == "health", "mechanism"]) == {"gaussian"}
+

@@ -131,9 +131,18 @@ def test_record_search_tunes_dpsgd_in_its_baselines_clients_at_the_budget_given(
         assert (budget.column, budget.neighboring.value) == ("epsilon_record", "zero_out")
         assert plan.epsilon(budget) == pytest.approx(2, rel=0.01)
     for budget, settings in RECORD_LEVEL[dataset].items():
-        for setting in settings:
+        for setting in settings:  # searched, or held by the search config (record_sampling)
             key, value = setting.split("=")
-            assert key in space and _inside(space[key], value), (budget, setting)
+            if key in space:
+                assert _inside(space[key], value), (budget, setting)
+            else:
+                assert str(OmegaConf.select(full, key)) == value, (budget, setting)
+    record_sampling = {
+        s for b in RECORD_LEVEL[dataset].values() for s in b if "record_sampling" in s
+    }
+    assert record_sampling == {f"dp.record_sampling={full.dp.record_sampling}"} - {
+        "dp.record_sampling=shuffle"
+    }  # the table's row runs the batches its search ran
 
 
 def test_a_debug_patch_shrinks_a_search_trial():
@@ -320,6 +329,9 @@ def test_record_search_smoke_runs_private_trials_at_the_budget(run_cli, dataset)
     for run in runs:
         assert run["status"] == "completed" and run["choices"]["dp"] == "dpsgd"
         assert run["neighboring"] == "zero_out" and run["epsilon"] == math.inf  # no user-level
+        # the record batches its config names (watch: Poisson, amplification credited)
+        poisson = run.get("record_sampling_probability") is not None
+        assert poisson == (cfg.dp.record_sampling == "poisson")
         # calibrated for a client in every round: reached where one was, below it elsewhere
         assert 0 < run["epsilon_record"] <= 2.0
         if run["max_participations"] == run["rounds"]:

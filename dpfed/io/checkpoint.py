@@ -168,6 +168,9 @@ class Checkpoints:
         return self.dir / FILENAME
 
     def _open_for_resume(self) -> None:
+        if not self.path.exists() and (record := self._completed_record()) is not None:
+            self.meta = record  # finished: nothing to restore
+            return
         if not self.path.exists():
             raise ConfigError(
                 "resume",
@@ -179,12 +182,26 @@ class Checkpoints:
         self.arrays, self.meta = self.load()
         self.hydra_files = self.meta.get("hydra_files", {})
         self._restore_hydra_files()
-        if diff := first_difference(self.meta["config"], self.config):
+        self._check_same_config(self.meta["config"])
+
+    def _check_same_config(self, saved: dict) -> None:
+        if diff := first_difference(saved, self.config):
             key, saved, current = diff
             raise ConfigError(key, current,
                               f"{saved!r} as in the checkpointed run in {self.dir.parent} "
                               "(resume=true continues a run with the same config; start a new "
                               "run in a new directory to change it)", absolute=True)  # fmt: skip
+
+    def _completed_record(self) -> dict | None:
+        """A completed run kept as its record only (summary.json with its config, no checkpoint:
+        the committed runs of a paper table) is finished, if its config is this one."""
+        path = self.run_dir / "summary.json"
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        if summary.get("status") != "completed" or "config" not in summary:
+            return None
+        self._check_same_config(summary["config"])
+        return {"finished": True, "round": summary["rounds"], "summary": summary,
+                "config": summary["config"]}  # fmt: skip
 
     def _restore_hydra_files(self) -> None:
         for name, text in self.hydra_files.items():

@@ -323,6 +323,25 @@ def test_a_refused_resumption_leaves_the_runs_hydra_record_as_it_was(tmp_path):
     assert (hydra / "overrides.yaml").read_text() == "- rounds=6\n"
 
 
+def test_a_completed_run_kept_as_its_record_is_finished_on_resume(tmp_path):
+    """A committed paper-table run keeps summary.json (with its config) and drops its
+    checkpoint: resuming its sweep leaves it as it is, if the config is the same."""
+    saved = OmegaConf.to_container(compose_config(SMOKE), resolve=True)
+    summary = {"status": "completed", "rounds": 2, "config": saved, "eval/accuracy": 0.5}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    again = OmegaConf.to_container(compose_config(SMOKE, "resume=true"), resolve=True)
+    job = Checkpoints(tmp_path, config=again, resume=True, fresh_if_empty=True)
+    assert job.finished and job.round == 2 and job.summary == summary
+    other = OmegaConf.to_container(compose_config(SMOKE, "resume=true", "strategy.batch_size=4"),
+                                   resolve=True)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^strategy\.batch_size=4 .* must be 8 "):
+        Checkpoints(tmp_path, config=other, resume=True)
+    for status in ("failed", "interrupted"):  # only a completed record stands for its run
+        (tmp_path / "summary.json").write_text(json.dumps({**summary, "status": status}))
+        with pytest.raises(ConfigError, match=r"^resume=True .* has no checkpoint"):
+            Checkpoints(tmp_path, config=again, resume=True, fresh_if_empty=True)
+
+
 def test_a_sweep_job_that_never_started_starts_afresh_on_resume(tmp_path):
     job = Checkpoints(tmp_path / "2", config={}, resume=True, fresh_if_empty=True)
     assert job.round == 0 and not job.finished
