@@ -252,3 +252,46 @@ def test_privacy_utility_table_says_each_rows_unit_of_privacy():
     assert set(plain.loc[plain["dataset"] == "watch", "mechanism"]) == {"dpsgd"}
     assert set(plain.loc[plain["dataset"] == "health", "mechanism"]) == {"gaussian"}
 
+
+RECORDS = ROOT / "results" / "experiments" / "privacy_utility"
+
+
+def test_the_committed_privacy_utility_table_is_made_from_its_committed_runs(tmp_path):
+    """results/experiments/privacy_utility holds the run records (summary.json, metrics.csv) of
+    the committed table: remaking the table from them gives the committed CSV, cell for cell,
+    and every sweep point of the experiment has its 3 seeds there."""
+    from dpfed.report.collect import summaries
+    from dpfed.report.experiments import PRIVACY_UTILITY_SWEEPS
+    from scripts.make_table import write_experiment_tables
+
+    write_experiment_tables("privacy_utility", RECORDS, tmp_path)
+    made = pd.read_csv(tmp_path / "privacy_utility.csv")
+    committed = pd.read_csv(ROOT / "results" / "tables" / "privacy_utility.csv")
+    pd.testing.assert_frame_equal(made, committed)
+    runs = summaries(RECORDS)
+    assert (runs["status"] == "completed").all()
+    points = sum(int(np.prod([len(o.split("=", 1)[1].split(",")) for o in sweep]))
+                 for sweep in PRIVACY_UTILITY_SWEEPS)  # fmt: skip
+    assert len(runs) == 3 * points
+
+
+def test_the_committed_privacy_utility_runs_epsilons_recompute():
+    """One committed run per row of the table: its epsilons recompute from its record alone,
+    with dp-accounting and from its settings (scripts/recompute_epsilon.py), and the private ones
+    stay within their budget."""
+    from dpfed.report.collect import mechanism_labels, summaries
+    from scripts.recompute_epsilon import check_run
+
+    runs = summaries(RECORDS)
+    runs = runs.assign(mechanism=mechanism_labels(runs))
+    picked = runs.groupby(["choice/dataset", "mechanism"]).first()["run"]
+    assert len(picked) >= 12
+    for run in picked:
+        for record in check_run(run):
+            assert record["match"], record
+    private = runs[runs["mechanism"] != "none"]
+    column = np.where(private["choice/dataset"].isin(["watch", "vowels"]), "epsilon_record",
+                      "epsilon")  # fmt: skip
+    spent = [row[c] for (_, row), c in zip(private.iterrows(), column, strict=True)]
+    budget = pd.to_numeric(private["override/dp.target_epsilon"])
+    assert (np.array(spent) <= budget.to_numpy() * (1 + 1e-9)).all()
