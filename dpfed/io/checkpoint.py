@@ -168,10 +168,10 @@ class Checkpoints:
         return self.dir / FILENAME
 
     def _open_for_resume(self) -> None:
-        if not self.path.exists() and (record := self._completed_record()) is not None:
-            self.meta = record  # finished: nothing to restore
-            return
         if not self.path.exists():
+            if (record := self._completed_record()) is not None:
+                self.meta = record  # finished: nothing to restore
+                return
             raise ConfigError(
                 "resume",
                 True,
