@@ -280,6 +280,7 @@ def test_the_committed_privacy_utility_runs_epsilons_recompute():
     with dp-accounting and from its settings (scripts/recompute_epsilon.py), and the private ones
     stay within their budget."""
     from dpfed.report.collect import mechanism_labels, summaries
+    from dpfed.report.experiments import RECORD_LEVEL
     from scripts.recompute_epsilon import check_run
 
     runs = summaries(RECORDS)
@@ -290,8 +291,7 @@ def test_the_committed_privacy_utility_runs_epsilons_recompute():
         for record in check_run(run):
             assert record["match"], record
     private = runs[runs["mechanism"] != "none"]
-    column = np.where(private["choice/dataset"].isin(["watch", "vowels"]), "epsilon_record",
-                      "epsilon")  # fmt: skip
+    column = np.where(private["choice/dataset"].isin(RECORD_LEVEL), "epsilon_record", "epsilon")
     spent = [row[c] for (_, row), c in zip(private.iterrows(), column, strict=True)]
     budget = pd.to_numeric(private["override/dp.target_epsilon"])
     assert (np.array(spent) <= budget.to_numpy() * (1 + 1e-9)).all()
