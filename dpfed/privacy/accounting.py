@@ -153,6 +153,19 @@ def _rdp_of(event: dp_accounting.DpEvent, orders: tuple | None, relation) -> np.
     return rdp
 
 
+@functools.lru_cache(maxsize=256)
+def _pld_epsilon(counts: tuple, relation, discretization: float, delta: float) -> float:
+    """A PLD accountant's epsilon of ``(event, count)`` pairs composed in their order.
+
+    Shared by every accountant: a plan's epsilon after r rounds is the same multiset of
+    events for every r within an epoch (DP-FTRL, BandMF), and its PLD is slow to build.
+    """
+    accountant = PLDAccountant(relation, discretization)
+    for event, count in counts:
+        accountant.compose(event, count)
+    return accountant.get_epsilon(delta)
+
+
 class Accountant:
     """Composes DP events with dp-accounting and reports (epsilon, delta).
 
@@ -266,10 +279,9 @@ class Accountant:
         if self.kind == "pure":
             return float(sum(c * _pure_epsilon(e) for e, c in counts.items()))
         if self.kind == "pld":
-            accountant = self._pld_accountant()
-            for event, count in counts.items():
-                accountant.compose(event, count)
-            eps = accountant.get_epsilon(self.delta)
+            releases = tuple((e, c) for e, c in counts.items()
+                             if not isinstance(e, dp_accounting.NoOpDpEvent))  # fmt: skip
+            eps = _pld_epsilon(releases, self.relation, self.pld_discretization, self.delta)
         else:
             rdp = sum(count * self._event_rdp(event) for event, count in counts.items())
             orders = self._rdp_accountant().orders

@@ -126,6 +126,28 @@ def test_incremental_pld_equals_pld_accountant_composing_the_same_rounds():
     assert accountant.record(dp_accounting.NonPrivateDpEvent()) == math.inf
 
 
+def test_planned_pld_epsilons_are_shared_only_between_equal_releases():
+    """A planned PLD epsilon is computed once per multiset of releases (rounds without a
+    release, NoOp, add nothing); another delta or discretization gives its own."""
+    release = dp_accounting.GaussianDpEvent(2.0)
+    noop = dp_accounting.NoOpDpEvent()
+
+    def fresh(delta=1e-5, discretization=1e-4, count=2):
+        reference = PLDAccountant(ADD, discretization)
+        reference.compose(release, count)
+        return reference.get_epsilon(delta)
+
+    accountant = Accountant("pld", 1e-5, ADD)
+    assert accountant.epsilon_of(Counter({release: 2})) == fresh()
+    assert accountant.epsilon_of(Counter({release: 2, noop: 7})) == fresh()
+    assert accountant.epsilon_of(Counter({release: 3, noop: 1})) == fresh(count=3)
+    assert accountant.epsilon_of(Counter({noop: 4})) == 0.0
+    for kwargs in ({"delta": 1e-3}, {"discretization": 1e-2}):
+        other = Accountant("pld", kwargs.get("delta", 1e-5), ADD,
+                           pld_discretization=kwargs.get("discretization", 1e-4))  # fmt: skip
+        assert other.epsilon_of(Counter({release: 2})) == fresh(**kwargs) != fresh()
+
+
 def test_peek_does_not_record_and_state_replays_exactly():
     event = dp_accounting.PoissonSampledDpEvent(0.1, GAUSSIAN)
     accountant = Accountant("pld", 1e-5, ADD)
