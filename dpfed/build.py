@@ -112,6 +112,8 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
         check(dp.seed is None or dp.seed >= 0, "seed", dp.seed, "null (secret) or >= 0")
     with config_group("strategy"):
         sampler = build_sampler(cfg.strategy, population, cfg.seed)
+        local_epochs = int(cfg.strategy.get("local_epochs", 1))
+        check(local_epochs >= 1, "local_epochs", local_epochs, ">= 1")  # a count of releases
     if sampler.unit == "record" and not mechanism.pooled_records:
         from dpfed.privacy.mechanisms.base import reject_pooled
 
@@ -119,8 +121,7 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
     neighboring = None if dp.neighboring is None else Neighboring(str(dp.neighboring))
     batch_size = cfg.strategy.get("batch_size")
     batch_size = None if batch_size is None else int(batch_size)
-    ctx = PlanContext(sampler, neighboring, cfg.rounds, int(cfg.strategy.get("local_epochs", 1)),
-                      population, batch_size)  # fmt: skip
+    ctx = PlanContext(sampler, neighboring, cfg.rounds, local_epochs, population, batch_size)
     secret = dp.seed is None
     seed = int(dp.seed) if not secret else (dp_seed if dp_seed is not None else draw_secret_seed())
 
@@ -136,7 +137,7 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
             raise ConfigError("max_epsilon", dp.max_epsilon, "null: this run releases nothing "
                               "private (no noise), so no budget can hold")  # fmt: skip
         if dp.target_epsilon is not None:
-            plan = calibrate(plan_with, dp.target_epsilon)
+            plan = calibrate(plan_with, dp.target_epsilon, mechanism.noise_limit(ctx))
     with config_group("audit"):
         audit.check(plan)
     return plan

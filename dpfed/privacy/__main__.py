@@ -3,7 +3,9 @@
 It composes the run config its flags describe and builds the privacy plan with
 `dpfed.build.build_privacy`, the function every run uses, so an epsilon printed
 here is the epsilon ``run.py`` reports for the same settings (and the noise
-multiplier is the one ``dp.target_epsilon`` would calibrate). Every mechanism,
+multiplier is the one ``dp.target_epsilon`` would calibrate, printed under the
+key of the setting it is: for ``dpsgd`` with user-level noise, ``user_noise_multiplier``).
+Every mechanism,
 sampling and neighbouring relation a run accepts is available; settings a run
 refuses are refused here with the flag named.
 
@@ -106,8 +108,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="clients per round (poisson: expected)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=None, help="rounds")
     parser.add_argument("--noise-multiplier", type=float, default=None,
-                        help="noise std / clip (the run's dp.noise_multiplier; for dpsgd with "
-                             "--user-noise-multiplier 0 the example-level one)")  # fmt: skip
+                        help="noise std / clip (the run's dp.noise_multiplier; for dpsgd the "
+                             "example-level one, and noise calibrates the user-level one when "
+                             "--user-noise-multiplier > 0)")  # fmt: skip
     parser.add_argument("--epsilon", type=float, default=None, help="target epsilon (noise)")
     parser.add_argument("--delta", type=float, default=1e-5, help="target delta")
     parser.add_argument("--neighboring", choices=("replace_one", "zero_out", "add_remove"),
@@ -254,7 +257,8 @@ def compute(args) -> dict:
     if args.command == "noise":
         out["target_epsilon"] = args.epsilon
     out["mechanism"] = plan.label
-    out.update({k: v for k, v in plan.describe().items()
+    described = plan.describe()
+    out.update({k: v for k, v in described.items()
                 if k in ("unit", "neighboring", "accounting_relation", "sampling",
                          "sampling_probability", "accountant", "conversion", "orders",
                          "pld_discretization",
@@ -265,7 +269,11 @@ def compute(args) -> dict:
                          "prefix_sum_max_error", "record_sampling",
                          "record_sampling_probability", "record_steps_per_participation",
                          "client_records_mean")})  # fmt: skip
-    out["noise_multiplier"] = plan.noise_multiplier
+    if "example_noise_multiplier" in described:  # dpsgd: each multiplier under its own flag
+        out["noise_multiplier"] = described["example_noise_multiplier"]
+        out["user_noise_multiplier"] = described["user_noise_multiplier"]
+    else:
+        out["noise_multiplier"] = plan.noise_multiplier
     out.update(plan.epsilons(participations=args.participations))
     if args.command == "noise":
         out["epsilon_reached"] = plan.epsilon(plan.budget_account)

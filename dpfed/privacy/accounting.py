@@ -8,6 +8,7 @@ cannot compose, so an epsilon is never computed from a part of what was released
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import math
@@ -20,7 +21,7 @@ import numpy as np
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant, compute_epsilon
 
-from dpfed.errors import check
+from dpfed.errors import ConfigError, check
 from dpfed.privacy.neighboring import RELATION_NAMES
 
 
@@ -85,10 +86,11 @@ class IncrementalPLD:
 
     Args:
         make_accountant: returns a new, empty ``PLDAccountant`` (relation, discretization).
+        discretization: its value discretization interval (named when a PLD is too large).
     """
 
-    def __init__(self, make_accountant):
-        self._make_accountant = make_accountant
+    def __init__(self, make_accountant, discretization: float):
+        self._make_accountant, self._discretization = make_accountant, discretization
         self._of_event: dict = {}
         self._total = None
         self._non_private = False
@@ -96,7 +98,8 @@ class IncrementalPLD:
     def _event_pld(self, event):
         if event not in self._of_event:
             accountant = self._make_accountant()
-            accountant.compose(event)
+            with _fits_in_memory(self._discretization):
+                accountant.compose(event)
             # the accountant's composed distribution; None when the event is non-private
             self._of_event[event] = None if accountant._contains_non_dp_event else accountant._pld
         return self._of_event[event]
@@ -153,6 +156,18 @@ def _rdp_of(event: dp_accounting.DpEvent, orders: tuple | None, relation) -> np.
     return rdp
 
 
+@contextlib.contextmanager
+def _fits_in_memory(discretization: float):
+    """Names the setting when a PLD is too large to build (a noise multiplier near 0)."""
+    try:
+        yield
+    except MemoryError:
+        raise ConfigError("dp.accountant", "pld", "rdp for releases with this little noise: "
+                          "their privacy loss distribution does not fit in memory at "
+                          f"pld_discretization={discretization:g}",
+                          absolute=True) from None  # fmt: skip
+
+
 @functools.lru_cache(maxsize=256)
 def _pld_epsilon(counts: tuple, relation, discretization: float, delta: float) -> float:
     """A PLD accountant's epsilon of ``(event, count)`` pairs composed in their order.
@@ -161,8 +176,9 @@ def _pld_epsilon(counts: tuple, relation, discretization: float, delta: float) -
     events for every r within an epoch (DP-FTRL, BandMF), and its PLD is slow to build.
     """
     accountant = PLDAccountant(relation, discretization)
-    for event, count in counts:
-        accountant.compose(event, count)
+    with _fits_in_memory(discretization):
+        for event, count in counts:
+            accountant.compose(event, count)
     return accountant.get_epsilon(delta)
 
 
@@ -217,12 +233,21 @@ class Accountant:
         self._history: list[list] = []
         self._rdp_of_event: dict[dp_accounting.DpEvent, np.ndarray] = {}
         # PLD composes event by event (RDP adds cached vectors instead)
-        self._pld = IncrementalPLD(self._pld_accountant) if self.kind == "pld" else None
+        self._pld = (
+            IncrementalPLD(self._pld_accountant, self.pld_discretization)
+            if self.kind == "pld"
+            else None
+        )
 
     def empty(self) -> Accountant:
         """A new accountant with the same settings and nothing composed."""
         return Accountant(self.kind, self.delta, self.relation, self.orders, self.conversion,
                           self.pld_discretization)  # fmt: skip
+
+    def _new_pld(self) -> IncrementalPLD | None:
+        if self.kind != "pld":
+            return None
+        return IncrementalPLD(self._pld_accountant, self.pld_discretization)
 
     def _pld_accountant(self) -> PLDAccountant:
         return PLDAccountant(self.relation, self.pld_discretization)
@@ -324,7 +349,11 @@ class Accountant:
     def load_state_dict(self, state: dict) -> None:
         """Replaces what was composed by `state_dict`'s events, replayed in their order."""
         self.counts, self._history = Counter(), []
-        self._pld = IncrementalPLD(self._pld_accountant) if self.kind == "pld" else None
+        self._pld = (
+            IncrementalPLD(self._pld_accountant, self.pld_discretization)
+            if self.kind == "pld"
+            else None
+        )
         for item in state["history"]:
             event = event_from_dict(item["event"])
             for _ in range(item["count"]):

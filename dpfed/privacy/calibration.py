@@ -18,6 +18,7 @@ def calibrate_noise_multiplier(
     ledger: Accountant,
     target_epsilon: float,
     rel_tol: float = 0.005,
+    limit: tuple[float, str] | None = None,
 ) -> tuple[float, float]:
     """Smallest noise multiplier (to ``rel_tol``) whose planned epsilon is <= the target.
 
@@ -30,27 +31,29 @@ def calibrate_noise_multiplier(
         ledger: an empty accountant with the run's settings.
         target_epsilon: epsilon to reach at the ledger's delta, > 0.
         rel_tol: how far below the target the result may land.
+        limit: (bound, why): the mechanism allows noise multipliers below the bound only.
 
     Returns:
         (noise multiplier, planned epsilon with it).
 
     Raises:
-        ConfigError: no noise multiplier up to 1e4 reaches the target.
+        ConfigError: no noise multiplier up to 1e4 (or the mechanism's limit) reaches the target.
     """
 
     def eps(z: float) -> float:
         return ledger.planned_epsilon(events_for(z))
 
-    high = 1.0
+    top, why = MAX_NOISE_MULTIPLIER, None
+    if limit is not None and limit[0] * (1 - 1e-9) < top:
+        top, why = limit[0] * (1 - 1e-9), limit[1]
+    high = min(1.0, top)
     while eps(high) > target_epsilon:
-        high *= 4
-        if high > MAX_NOISE_MULTIPLIER:
-            raise ConfigError(
-                "target_epsilon",
-                target_epsilon,
-                f"reachable: even noise_multiplier={MAX_NOISE_MULTIPLIER:g} gives epsilon "
-                f"{eps(MAX_NOISE_MULTIPLIER):.4g}",
-            )
+        if high >= top:
+            reason = f"{why}, and" if why else "even"
+            raise ConfigError("target_epsilon", target_epsilon,
+                              f"reachable: {reason} noise_multiplier={top:.6g} gives epsilon "
+                              f"{eps(top):.4g}")  # fmt: skip
+        high = min(high * 4, top)
     low = high / 4
     while eps(low) <= target_epsilon and low > 1e-3:
         high, low = low, low / 4

@@ -305,17 +305,19 @@ def check_accountable(plan: PrivacyPlan) -> None:
                                   "dpfed makes") from None  # fmt: skip
 
 
-def calibrate(plan_with: Callable[[float], PrivacyPlan], target_epsilon: float) -> PrivacyPlan:
+def calibrate(plan_with: Callable[[float], PrivacyPlan], target_epsilon: float,
+              limit: tuple[float, str] | None = None) -> PrivacyPlan:  # fmt: skip
     """The plan whose budget epsilon after all rounds is at most ``target_epsilon`` (within 0.5%).
 
     Args:
         plan_with: noise multiplier -> the plan built with it.
         target_epsilon: > 0.
+        limit: the mechanism's `noise_limit`: (the noise multiplier must stay below it, why).
 
     Raises:
         ConfigError: the mechanism releases nothing private, or no noise reaches the target.
     """
-    probe = plan_with(1.0)
+    probe = plan_with(1.0 if limit is None else min(1.0, limit[0] / 2))
     if probe.budget_account is None:
         raise ConfigError("target_epsilon", target_epsilon, "null with a mechanism that "
                           "releases nothing private")  # fmt: skip
@@ -325,7 +327,7 @@ def calibrate(plan_with: Callable[[float], PrivacyPlan], target_epsilon: float) 
         return plan.planned_events(plan.budget_account)
 
     z, _ = calibrate_noise_multiplier(events_for, probe.accountant(probe.budget_account),
-                                      target_epsilon)  # fmt: skip
+                                      target_epsilon, limit=limit)  # fmt: skip
     return plan_with(z)
 
 

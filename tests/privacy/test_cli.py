@@ -89,6 +89,34 @@ def test_dpsgd_in_clients_prints_both_epsilons(capsys):
     assert out["epsilon_record"] == pytest.approx(expected, rel=1e-9)
 
 
+def test_dpsgd_noise_prints_each_multiplier_under_the_flag_that_sets_it(capsys):
+    """With user-level noise on, noise calibrates --user-noise-multiplier: the printed values,
+    passed back under their own flags, reach the target (--noise-multiplier is example-level)."""
+    args = ("--mechanism", "dpsgd", *COHORT, "--neighboring", "zero_out",
+            "--noise-multiplier", "2", "--user-noise-multiplier", "1")  # fmt: skip
+    code, out, err = cli(capsys, "noise", "--epsilon", "1", *args)
+    assert code == 0, err
+    assert out["noise_multiplier"] == 2 and out["user_noise_multiplier"] != 1
+    again = ("--noise-multiplier", repr(out["noise_multiplier"]),
+             "--user-noise-multiplier", repr(out["user_noise_multiplier"]))  # fmt: skip
+    code, back, err = cli(capsys, "epsilon", *args[:-4], *again)
+    assert code == 0, err
+    assert back["epsilon"] == out["epsilon_reached"] and 0.99 < back["epsilon"] <= 1
+
+
+def test_adaptive_noise_calibrates_below_its_count_noise_limit_or_says_why_not(capsys):
+    """The noise must stay below twice the clipped-count noise (2.5 by default here): a target
+    reachable below that limit is reached; one that is not names the limit, not a trial value."""
+    args = ("--mechanism", "adaptive", "--population", "1000", "--sample-size", "50",
+            "--steps", "100")  # fmt: skip
+    code, out, err = cli(capsys, "noise", "--epsilon", "0.41", *args)
+    assert code == 0, err
+    assert 4 < out["noise_multiplier"] < 5 and 0.405 < out["epsilon_reached"] <= 0.41
+    code, out, err = cli(capsys, "noise", "--epsilon", "0.2", *args)
+    assert code == 2 and out is None
+    assert err.startswith("error: --epsilon=0.2 is not allowed") and "must stay below 5" in err
+
+
 @pytest.mark.parametrize("mechanism", sorted(SCHEMAS))
 def test_every_mechanism_a_run_accepts_is_available(capsys, mechanism):
     args = ["--clipped-count-stddev", "5"] if mechanism == "adaptive" else []
@@ -128,6 +156,14 @@ def test_every_mechanism_a_run_accepts_is_available(capsys, mechanism):
           "--conversion", "classic"], "--conversion"),
         (["epsilon", *COHORT, "--noise-multiplier", "1", "--accountant", "pld",
           "--orders", "2:8"], "--orders"),
+        (["epsilon", "--mechanism", "dpsgd", *COHORT, "--noise-multiplier", "2",
+          "--neighboring", "zero_out", "--local-epochs", "0"], "--local-epochs"),
+        (["epsilon", "--mechanism", "dpsgd", *COHORT, "--noise-multiplier", "2",
+          "--neighboring", "zero_out", "--local-epochs", "-1", "--record-sampling", "poisson",
+          "--client-records", "100", "--client-batch-size", "10"], "--local-epochs"),
+        # a PLD of so little noise would take petabytes: refused, not a MemoryError traceback
+        (["epsilon", *COHORT, "--noise-multiplier", "1e-6", "--accountant", "pld"],
+         "--accountant"),
     ],
 )  # fmt: skip
 def test_impossible_settings_are_rejected_with_the_flag_named(capsys, args, flag):

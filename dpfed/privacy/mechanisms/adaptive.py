@@ -59,6 +59,12 @@ class AdaptiveGaussianMechanism(Mechanism):
         """The clipped-count noise used: as configured, or TFF's default 0.05 x cohort."""
         return self.clipped_count_stddev or 0.05 * cohort
 
+    def noise_limit(self, ctx) -> tuple[float, str]:
+        count_std = self.count_stddev(ctx.sampler.expected_cohort)
+        why = (f"with clipped_count_stddev={count_std:g} the noise multiplier must stay below "
+               f"{2 * count_std:g}, twice the count noise (a larger one allows more)")  # fmt: skip
+        return 2 * count_std, why
+
     def accounts(self, ctx, noise_multiplier: float) -> tuple[Account, ...]:
         count_std = self.count_stddev(ctx.sampler.expected_cohort)
         if noise_multiplier > 0 and count_std <= noise_multiplier / 2:

@@ -179,6 +179,10 @@ class Mechanism(abc.ABC):
         """The noise multiplier ``target_epsilon`` calibrates (default: ``noise_multiplier``)."""
         return self.noise_multiplier
 
+    def noise_limit(self, ctx: PlanContext) -> tuple[float, str] | None:
+        """The tunable noise multiplier must stay below this (and why), or None: no limit."""
+        return None
+
     @abc.abstractmethod
     def accounts(self, ctx: PlanContext, noise_multiplier: float) -> tuple[Account, ...]:
         """What the mechanism releases with ``noise_multiplier`` under ``ctx``'s sampling (pure).
