@@ -233,11 +233,7 @@ class Accountant:
         self._history: list[list] = []
         self._rdp_of_event: dict[dp_accounting.DpEvent, np.ndarray] = {}
         # PLD composes event by event (RDP adds cached vectors instead)
-        self._pld = (
-            IncrementalPLD(self._pld_accountant, self.pld_discretization)
-            if self.kind == "pld"
-            else None
-        )
+        self._pld = self._new_pld()
 
     def empty(self) -> Accountant:
         """A new accountant with the same settings and nothing composed."""
@@ -349,11 +345,7 @@ class Accountant:
     def load_state_dict(self, state: dict) -> None:
         """Replaces what was composed by `state_dict`'s events, replayed in their order."""
         self.counts, self._history = Counter(), []
-        self._pld = (
-            IncrementalPLD(self._pld_accountant, self.pld_discretization)
-            if self.kind == "pld"
-            else None
-        )
+        self._pld = self._new_pld()
         for item in state["history"]:
             event = event_from_dict(item["event"])
             for _ in range(item["count"]):
