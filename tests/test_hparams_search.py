@@ -32,6 +32,15 @@ SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONF / "dataset").glob("*.yaml"))
 
 
+def sweep_dir(full) -> str:
+    """The search's folder as the Optuna sweeper reads it: before Hydra's runtime config is set
+    (the documented command, `python run.py hparams_search=<name>`, gives no hydra.sweep.dir)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None  # whatever an earlier test of this worker left
+    return str(OmegaConf.select(full, "hydra.sweep.dir"))
+
+
 def search_space(cfg) -> dict:
     """The search's parameters as the Optuna sweeper reads them: name -> distribution."""
     params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
@@ -67,6 +76,7 @@ def test_search_composes_onto_optuna_and_both_ends_of_its_space_build(search):
     assert (full.optimized_metric, sweeper.direction) == ("eval/accuracy", "maximize")
     choices = full.hydra.runtime.choices
     assert (choices.dataset, choices.dp, choices.backend) == (search, "none", "vectorized")
+    assert sweep_dir(full).startswith(f"results/searches/{search}/20")
 
     space = search_space(full)
     assert {"model.units", "strategy.client_optimizer.learning_rate",
@@ -107,6 +117,7 @@ def test_record_search_tunes_dpsgd_in_its_baselines_clients_at_the_budget_given(
                           return_hydra_config=True)  # fmt: skip
     choices = full.hydra.runtime.choices
     assert (choices.dataset, choices.dp, choices.backend) == (dataset, "dpsgd", "vectorized")
+    assert sweep_dir(full).startswith(f"results/searches/record/{dataset}/20")
     assert full.hydra.sweeper._target_.endswith("optuna_sweeper.OptunaSweeper")
     assert 10 <= full.hydra.sweeper.n_trials <= 20 and full.optimized_metric == "eval/accuracy"
     # vowels' trials score the mean of 3 seeds: on seed 0 alone its winners were lucky draws

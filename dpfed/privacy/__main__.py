@@ -268,7 +268,7 @@ def compute(args) -> dict:
                          "factorization_sensitivity", "prefix_sum_rmse",
                          "prefix_sum_max_error", "record_sampling",
                          "record_sampling_probability", "record_steps_per_participation",
-                         "client_records_mean")})  # fmt: skip
+                         "client_records_mean", "sum_noise_multiplier")})  # fmt: skip
     if "example_noise_multiplier" in described:  # dpsgd: each multiplier under its own flag
         out["noise_multiplier"] = described["example_noise_multiplier"]
         out["user_noise_multiplier"] = described["user_noise_multiplier"]
@@ -278,6 +278,8 @@ def compute(args) -> dict:
     if args.command == "noise":
         out["epsilon_reached"] = plan.epsilon(plan.budget_account)
     out["dp_event_round_1"] = event_to_dict(plan.headline.event(1))
+    if plan.warnings():
+        out["warnings"] = list(plan.warnings())
     return out
 
 

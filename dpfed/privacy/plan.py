@@ -269,6 +269,10 @@ class PrivacyPlan:
             out["pld_discretization"] = None
         return out
 
+    def warnings(self) -> tuple[str, ...]:
+        """Settings the mechanism allows but that are probably not meant (logged by a run)."""
+        return self.mechanism.warnings(self)
+
     def describe_line(self) -> str:
         """One log line: mechanism, sampling, relation, accountant and planned epsilon."""
         budget = self.budget_account

@@ -126,6 +126,13 @@ def test_adaptive_clip_is_logged_moves_and_is_accounted_like_gaussian(runtime, t
     assert np.isfinite(clips).all() and clips[-1] != clips[0]
     assert summary["epsilon"] == pytest.approx(build("rounds=3").epsilon_planned, rel=1e-12)
     assert summary["clipped_count_stddev"] == 2.0
+    from tensorflow_federated.python.aggregators.differential_privacy import (
+        adaptive_clip_noise_params,
+    )
+
+    z_sum, _ = adaptive_clip_noise_params(summary["noise_multiplier"],
+                                          sim.plan.sampler.expected_cohort, 2.0)  # fmt: skip
+    assert summary["sum_noise_multiplier"] == pytest.approx(z_sum, rel=1e-12)
 
 
 @pytest.mark.parametrize("mechanism", ["laplace_local", "gaussian_local"])

@@ -112,6 +112,9 @@ def test_adaptive_noise_calibrates_below_its_count_noise_limit_or_says_why_not(c
     code, out, err = cli(capsys, "noise", "--epsilon", "0.41", *args)
     assert code == 0, err
     assert 4 < out["noise_multiplier"] < 5 and 0.405 < out["epsilon_reached"] <= 0.41
+    # so close to the limit the count takes most of the budget: the sum's own noise says so
+    assert out["sum_noise_multiplier"] > 4 * out["noise_multiplier"]
+    assert len(out["warnings"]) == 1 and "dp.clipped_count_stddev" in out["warnings"][0]
     code, out, err = cli(capsys, "noise", "--epsilon", "0.2", *args)
     assert code == 2 and out is None
     assert err.startswith("error: --epsilon=0.2 is not allowed") and "must stay below 5" in err

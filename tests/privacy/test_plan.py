@@ -415,6 +415,22 @@ def test_adaptive_effective_noise_splits_exactly_under_both_relations():
     assert default.describe()["clipped_count_stddev"] == pytest.approx(0.05 * M)
 
 
+def test_adaptive_records_the_sums_own_noise_and_warns_when_the_count_takes_most():
+    """With the count noise far above z / 2 the sum keeps about z; close to it, the sum's own
+    multiplier grows without bound, and the plan warns (naming the setting to raise)."""
+    z, count_std = 1.0, 5.0
+    roomy = plan("dp=adaptive", f"dp.noise_multiplier={z}", f"dp.clipped_count_stddev={count_std}")
+    z_sum = roomy.describe()["sum_noise_multiplier"]
+    assert z_sum == pytest.approx((z**-2 - (2 * count_std) ** -2) ** -0.5) and z < z_sum < 1.01 * z
+    assert roomy.warnings() == ()
+    tight = plan("dp=adaptive", f"dp.noise_multiplier={z}", "dp.clipped_count_stddev=0.55")
+    assert tight.describe()["sum_noise_multiplier"] > 2 * z
+    (warning,) = tight.warnings()
+    assert "dp.clipped_count_stddev" in warning and "clipped_count_stddev=0.55" in warning
+    assert plan("dp=adaptive", "dp.noise_multiplier=0").describe()["sum_noise_multiplier"] == 0
+    assert all(plan(f"dp={option}").warnings() == () for option in SCHEMAS if option != "adaptive")
+
+
 def test_adaptive_refuses_count_noise_that_the_budget_cannot_afford():
     with pytest.raises(ConfigError, match="dp.clipped_count_stddev"):
         plan("dp=adaptive", "strategy.clients_per_round=10")  # default 0.05 * 10 <= 1.3 / 2

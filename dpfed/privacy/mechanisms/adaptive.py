@@ -17,6 +17,10 @@ from dpfed.privacy.mechanisms.base import (
 )
 from dpfed.privacy.plan import Account
 
+# warn when the sum's own noise multiplier exceeds the combined one by this factor (the count then
+# takes more than half of the budget's inverse variance)
+SUM_NOISE_WARNING = 2**0.5
+
 
 class AdaptiveGaussianMechanism(Mechanism):
     """DP-FedAvg whose clip follows a quantile of the update norms (Andrew et al., NeurIPS 2021).
@@ -58,6 +62,16 @@ class AdaptiveGaussianMechanism(Mechanism):
     def count_stddev(self, cohort: float) -> float:
         """The clipped-count noise used: as configured, or TFF's default 0.05 x cohort."""
         return self.clipped_count_stddev or 0.05 * cohort
+
+    def sum_noise_multiplier(self, noise_multiplier: float, cohort: float) -> float:
+        """The noise multiplier left for the clipped sum of updates after the count's share.
+
+        TFF's split, ``z^-2 = z_sum^-2 + (2 * count_std)^-2``, solved for ``z_sum``
+        (``noise_multiplier`` below ``2 * count_std``, which `accounts` requires).
+        """
+        if noise_multiplier == 0:
+            return 0.0
+        return (noise_multiplier**-2 - (2 * self.count_stddev(cohort)) ** -2) ** -0.5
 
     def noise_limit(self, ctx) -> tuple[float, str]:
         count_std = self.count_stddev(ctx.sampler.expected_cohort)
@@ -112,7 +126,20 @@ class AdaptiveGaussianMechanism(Mechanism):
         return {"clip": None, "initial_clip": self.initial_clip,
                 "target_quantile": self.target_quantile,
                 "clip_learning_rate": self.clip_learning_rate,
-                "clipped_count_stddev": self.count_stddev(plan.sampler.expected_cohort)}  # fmt: skip
+                "clipped_count_stddev": self.count_stddev(plan.sampler.expected_cohort),
+                "sum_noise_multiplier": self.sum_noise_multiplier(
+                    plan.noise_multiplier, plan.sampler.expected_cohort)}  # fmt: skip
+
+    def warnings(self, plan) -> tuple[str, ...]:
+        z = plan.noise_multiplier
+        z_sum = self.sum_noise_multiplier(z, plan.sampler.expected_cohort)
+        if z == 0 or z_sum <= SUM_NOISE_WARNING * z:
+            return ()
+        count_std = self.count_stddev(plan.sampler.expected_cohort)
+        return (f"adaptive: the clipped count takes most of the budget: the sum of updates gets "
+                f"noise multiplier {z_sum:.4g}, not {z:.4g} (clipped_count_stddev={count_std:g} "
+                f"is close to noise_multiplier / 2 = {z / 2:.4g}); a larger "
+                "dp.clipped_count_stddev leaves more of the budget to the updates",)  # fmt: skip
 
 
 @dataclass

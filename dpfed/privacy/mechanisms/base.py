@@ -209,6 +209,10 @@ class Mechanism(abc.ABC):
         """The mechanism's settings for summary.json (beyond what the plan records)."""
         return {}
 
+    def warnings(self, plan) -> tuple[str, ...]:
+        """Allowed settings probably not meant (logged by a run, printed by the calculator)."""
+        return ()
+
 
 # --------------------------------------------------------------------------- helpers
 def check_noise(noise_multiplier: float, key: str = "noise_multiplier") -> None:
