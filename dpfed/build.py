@@ -90,7 +90,7 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
     """
     from dpfed.privacy.mechanisms.base import PLAN_KEYS
     from dpfed.privacy.neighboring import Neighboring
-    from dpfed.privacy.noise import draw_secret_seed
+    from dpfed.privacy.noise import draw_secret_seed, sampling_seed
     from dpfed.privacy.plan import PlanContext, PrivacyPlan, Settings, calibrate, check_accountable
     from dpfed.privacy.sampling import build_sampler
 
@@ -110,8 +110,10 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
         check(dp.max_epsilon is None or dp.max_epsilon > 0, "max_epsilon", dp.max_epsilon,
               "null or > 0")  # fmt: skip
         check(dp.seed is None or dp.seed >= 0, "seed", dp.seed, "null (secret) or >= 0")
+    secret = dp.seed is None
+    seed = int(dp.seed) if not secret else (dp_seed if dp_seed is not None else draw_secret_seed())
     with config_group("strategy"):
-        sampler = build_sampler(cfg.strategy, population, cfg.seed)
+        sampler = build_sampler(cfg.strategy, population, sampling_seed(cfg.seed, seed, secret))
         local_epochs = int(cfg.strategy.get("local_epochs", 1))
         check(local_epochs >= 1, "local_epochs", local_epochs, ">= 1")  # a count of releases
     if sampler.unit == "record" and not mechanism.pooled_records:
@@ -122,8 +124,6 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
     batch_size = cfg.strategy.get("batch_size")
     batch_size = None if batch_size is None else int(batch_size)
     ctx = PlanContext(sampler, neighboring, cfg.rounds, local_epochs, population, batch_size)
-    secret = dp.seed is None
-    seed = int(dp.seed) if not secret else (dp_seed if dp_seed is not None else draw_secret_seed())
 
     def plan_with(z: float) -> PrivacyPlan:
         return PrivacyPlan(mechanism, mechanism.label, sampler, mechanism.accounts(ctx, z),

@@ -51,6 +51,19 @@ def stream_key(dp_seed: int, stream: str) -> int:
     return int(state.view(np.int64)[0])
 
 
+def sampling_seed(run_seed: int, dp_seed: int, secret: bool) -> int:
+    """The seed of who takes part (cohorts, pooled record batches): public or secret with the noise.
+
+    Amplification by sampling assumes the adversary does not know who was
+    sampled, so with a secret DP seed (``dp.seed=null``) the samplers draw from
+    a non-negative 64-bit key of it; otherwise from the run seed, so that runs
+    with a public DP seed keep their cohorts across DP seeds.
+    """
+    if not secret:
+        return run_seed
+    return int(np.int64(stream_key(dp_seed, "sampling")).view(np.uint64)) >> 1
+
+
 def position_seed(key: int, *position: int) -> np.ndarray:
     """A TensorFlow stateless seed pair (two int64) for ``position`` of stream ``key``.
 

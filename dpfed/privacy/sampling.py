@@ -173,7 +173,7 @@ class FixedSizeSampler(CohortSampler):
             from dpfed.runtime import tff
 
             self._sample = tff.simulation.build_uniform_sampling_fn(
-                np.arange(self.population), replace=False, random_seed=self.seed
+                np.arange(self.population), replace=False, random_seed=self.seed % 2**32
             )
         return [str(i) for i in self._sample(round_num, self.clients_per_round)]
 
@@ -440,7 +440,8 @@ def build_sampler(strategy_cfg, population, seed: int) -> Sampler:
         strategy_cfg: the ``strategy`` config node (``sampling``,
             ``clients_per_round``, and ``batch_size`` for pooled records).
         population: the dataset's public sizes.
-        seed: the run seed.
+        seed: the sampling seed: the run seed, or one as secret as the DP seed
+            (`dpfed.privacy.noise.sampling_seed`).
     """
     sampling = strategy_cfg.sampling
     if str(sampling) == RecordSampling.records:
