@@ -110,10 +110,13 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("dpfed.job_dirname", job_dirname)
 
 
-def _json_safe(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
+def write_summary_json(path: Path, summary: dict) -> None:
+    """Writes ``summary`` to ``path`` atomically (NaN as null; epsilon may be ``Infinity``,
+    which Python's json reads; values json cannot hold as their str)."""
+    safe = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(safe, indent=2, default=str) + "\n")
+    tmp.replace(path)
 
 
 def write_failure(
@@ -136,10 +139,7 @@ def write_failure(
             summary = dict(extra())
     summary.update(status="failed", error=f"{type(error).__name__}: {error}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({k: _json_safe(v) for k, v in summary.items()}, indent=2,
-                              default=str) + "\n")  # fmt: skip
-    tmp.replace(path)
+    write_summary_json(path, summary)
 
 
 def refuse(err: ConfigError, multirun: bool, output_dir: str | Path | None = None) -> NoReturn:

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import shutil
 from pathlib import Path
 
-
-def _json_value(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
+from dpfed.jobs import write_summary_json
 
 
 class RunWriter:
@@ -111,14 +106,9 @@ class RunWriter:
         self._tb.flush()
 
     def write_summary(self, summary: dict) -> None:
-        """Writes summary.json (epsilon may be ``Infinity``, which Python's json reads)."""
+        """Writes summary.json (`write_summary_json`)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.summary_path.with_suffix(".json.tmp")
-        tmp.write_text(
-            json.dumps({k: _json_value(v) for k, v in summary.items()}, indent=2, default=str)
-            + "\n"
-        )
-        os.replace(tmp, self.summary_path)
+        write_summary_json(self.summary_path, summary)
 
     def close(self) -> None:
         if self._file is not None:
