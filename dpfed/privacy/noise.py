@@ -56,7 +56,7 @@ def sampling_seed(run_seed: int, dp_seed: int, secret: bool) -> int:
 
     Amplification by sampling assumes the adversary does not know who was
     sampled, so with a secret DP seed (``dp.seed=null``) the samplers draw from
-    a non-negative 64-bit key of it; otherwise from the run seed, so that runs
+    a non-negative 63-bit key of it; otherwise from the run seed, so that runs
     with a public DP seed keep their cohorts across DP seeds.
     """
     if not secret:
