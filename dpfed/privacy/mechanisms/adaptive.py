@@ -67,7 +67,9 @@ class AdaptiveGaussianMechanism(Mechanism):
         """The noise multiplier left for the clipped sum of updates after the count's share.
 
         TFF's split, ``z^-2 = z_sum^-2 + (2 * count_std)^-2``, solved for ``z_sum``
-        (``noise_multiplier`` below ``2 * count_std``, which `accounts` requires).
+        (``noise_multiplier`` below ``2 * count_std``, which `accounts` requires),
+        the expression of TFF 0.87's private ``adaptive_clip_noise_params`` (a
+        test holds the two equal); `setup` noises the sum with it.
         """
         if noise_multiplier == 0:
             return 0.0
@@ -90,17 +92,11 @@ class AdaptiveGaussianMechanism(Mechanism):
         return (central_account(ctx, noise_multiplier),)
 
     def setup(self, plan, model) -> MechanismParts:
-        # TFF 0.87's own noise split (a private helper of differential_privacy.py).
-        from tensorflow_federated.python.aggregators.differential_privacy import (
-            adaptive_clip_noise_params,
-        )
-
         from dpfed.privacy.queries import SeededQuantileAdaptiveClipSumQuery
 
         cohort = plan.sampler.expected_cohort
-        value_z, count_std = adaptive_clip_noise_params(
-            plan.noise_multiplier, cohort, self.count_stddev(cohort)
-        )
+        value_z = self.sum_noise_multiplier(plan.noise_multiplier, cohort)
+        count_std = self.count_stddev(cohort)
         query = SeededQuantileAdaptiveClipSumQuery(
             initial_l2_norm_clip=finite_clip(self.initial_clip),
             noise_multiplier=value_z,
