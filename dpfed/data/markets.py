@@ -21,7 +21,7 @@ INSTRUMENTS = {
     "vix": ("vix/vix.csv.gz", "vix"),
 }
 CLIENT_BY = ("instrument", "window")
-TARGETS = ("direction", "return")
+TARGETS = ("volatility", "direction", "return")
 
 
 def load_prices(instrument: str) -> pd.Series:
@@ -37,6 +37,25 @@ def load_prices(instrument: str) -> pd.Series:
 def log_returns(prices: pd.Series) -> np.ndarray:
     """Daily log returns in percent, ``100 * log(p[t] / p[t-1])`` (one fewer than prices)."""
     return 100.0 * np.diff(np.log(prices.to_numpy(dtype=np.float64)))
+
+
+def day_targets(returns: np.ndarray, target: str, horizon: int) -> np.ndarray:
+    """The target of every day ``t`` from the returns after it (NaN where they are missing).
+
+    ``direction``: 1 if ``r[t+1] > 0``; ``return``: ``r[t+1]``; ``volatility``: 1 if the
+    mean squared return of the next ``horizon`` days, ``r[t+1..t+horizon]``, exceeds that of
+    the last ``horizon`` days, ``r[t-horizon+1..t]`` (realized volatility rises).
+    """
+    out = np.full(len(returns), np.nan)
+    if target == "volatility":
+        squared = pd.Series(returns**2).rolling(horizon).mean().to_numpy()  # days t-h+1..t
+        past, future = squared[:-horizon], squared[horizon:]
+        out[:-horizon] = np.where(np.isnan(past), np.nan, (future > past).astype(np.float64))
+    elif target == "direction":
+        out[:-1] = (returns[1:] > 0).astype(np.float64)
+    else:
+        out[:-1] = returns[1:]
+    return out
 
 
 def lagged_features(returns: np.ndarray, lags: int, norm_window: int) -> np.ndarray:
@@ -65,20 +84,25 @@ class Markets(RecordedDataset):
     At day ``t`` the features are the ``lags`` latest log returns, each
     standardized with the trailing ``norm_window``-day mean and std known at
     ``t``; an example is ``seq_len`` consecutive days and its target the
-    return of day ``t + 1`` after its last day ``t``: ``direction`` (up = 1,
-    classification) or ``return`` (``100 * log(p[t+1] / p[t])``, regression).
+    of the days after its last day ``t``: ``volatility`` (1 if the realized variance of
+    the next ``horizon`` days exceeds that of the last ``horizon``, classification; the
+    default), ``direction`` (next day up = 1, classification) or ``return``
+    (``100 * log(p[t+1] / p[t])``, regression).
     ``labels: every_step`` gives the target of every day of the window.
 
     Clients: ``client_by: instrument`` makes each series one client (4);
     ``window`` cuts each series into blocks of ``window_days`` trading days,
     one client per block. Within a client the last ``eval_fraction`` of the
-    days evaluate and training windows end before them.
+    days evaluate and training windows end before them, ``horizon - 1`` days early
+    for ``volatility`` so that no training target spans an evaluation day's return.
 
     Args:
         instruments: which of sp500, nasdaq, wti, vix.
         client_by: ``instrument`` or ``window``.
         window_days: days per client with ``client_by: window``.
-        target: ``direction`` or ``return``.
+        target: ``volatility``, ``direction`` or ``return``.
+        horizon: days of realized variance compared by ``volatility`` (>= 1; ``None``:
+            5). The other targets predict the next day (``None`` or 1).
         lags: lagged returns per step (>= 1).
         norm_window: trailing days of the standardization (>= 2).
         stride: days between window starts (>= 1).
@@ -91,7 +115,8 @@ class Markets(RecordedDataset):
         instruments=("sp500", "nasdaq", "wti", "vix"),
         client_by: str = "window",
         window_days: int = 250,
-        target: str = "direction",
+        target: str = "volatility",
+        horizon: int | None = None,
         lags: int = 5,
         norm_window: int = 60,
         stride: int = 1,
@@ -107,6 +132,13 @@ class Markets(RecordedDataset):
         )
         check(client_by in CLIENT_BY, "client_by", client_by, f"one of {', '.join(CLIENT_BY)}")
         check(target in TARGETS, "target", target, f"one of {', '.join(TARGETS)}")
+        if target == "volatility":
+            horizon = 5 if horizon is None else horizon
+            check(horizon >= 1, "horizon", horizon, ">= 1 (days of realized variance)")
+        else:
+            check(horizon in (None, 1), "horizon", horizon,
+                  f"null or 1 with target={target} (the next day)")  # fmt: skip
+            horizon = 1
         check(lags >= 1, "lags", lags, ">= 1")
         check(norm_window >= 2, "norm_window", norm_window, ">= 2")
         check(stride >= 1, "stride", stride, ">= 1")
@@ -120,6 +152,7 @@ class Markets(RecordedDataset):
         self._check_labels(labels)
         self.instruments, self.client_by, self.window_days = instruments, client_by, window_days
         self.target, self.lags, self.norm_window, self.stride = target, lags, norm_window, stride
+        self.horizon = horizon
         self.num_features = lags
         if target == "return":
             self.task, self.num_classes = "regression", 1
@@ -136,19 +169,20 @@ class Markets(RecordedDataset):
         x = np.stack([feats[s : s + length] for s in starts]).astype(np.float32)
         steps = np.stack([nxt[s : s + length] for s in starts])
         y = steps[:, -1] if self.labels == "last" else steps
-        if self.target == "direction":
-            return x, (y > 0).astype(np.int32)
-        return x, y.astype(np.float32)
+        if self.target == "return":
+            return x, y.astype(np.float32)
+        return x, y.astype(np.int32)
 
     def _load(self):
         clients = []
         for name in self.instruments:
             returns = log_returns(load_prices(name))
             feats = lagged_features(returns, self.lags, self.norm_window)
-            nxt = returns[1:]  # target of day t is the return from t to t + 1
-            feats = feats[:-1]
-            first = self.norm_window + self.lags - 1  # first day with full, known history
-            feats, nxt = feats[first:], nxt[first:]
+            nxt = day_targets(returns, self.target, self.horizon)
+            # first day with a full, known history; the last days have no target yet
+            first = max(self.norm_window + self.lags, self.horizon) - 1
+            last = len(returns) - self.horizon
+            feats, nxt = feats[first:last], nxt[first:last]
             if self.client_by == "instrument":
                 blocks = [(name, 0, len(nxt))]
             else:
@@ -157,7 +191,8 @@ class Markets(RecordedDataset):
             for block, lo, hi in blocks:
                 n = hi - lo
                 n_eval = max(self.seq_len, int(round(n * self.eval_fraction)))
-                train = lo + sliding_windows(n - n_eval, self.seq_len, self.stride)
+                gap = self.horizon - 1  # a training target must not span an eval day
+                train = lo + sliding_windows(n - n_eval - gap, self.seq_len, self.stride)
                 evals = lo + n - n_eval + sliding_windows(n_eval, self.seq_len, self.stride)
                 if len(train) and len(evals):
                     clients.append(

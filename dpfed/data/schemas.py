@@ -226,7 +226,11 @@ class MarketsConfig(RecordedDatasetConfig):
         instruments: any of ``sp500``, ``nasdaq``, ``wti``, ``vix``.
         client_by: ``instrument`` or ``window`` (blocks of ``window_days``).
         window_days: trading days per client with ``client_by: window``.
-        target: ``direction`` (classification) or ``return`` (regression).
+        target: ``volatility`` (does the next ``horizon`` days' realized variance exceed
+            the last ``horizon`` days'?), ``direction`` (next day up?) or ``return``
+            (next day's log return, regression).
+        horizon: days of realized variance for ``volatility`` (null: 5); the other
+            targets predict the next day (null or 1).
         lags: lagged log returns per step.
         norm_window: trailing days of the no-look-ahead standardization.
         stride: days between window starts.
@@ -238,7 +242,8 @@ class MarketsConfig(RecordedDatasetConfig):
     instruments: list[str] = field(default_factory=lambda: ["sp500", "nasdaq", "wti", "vix"])
     client_by: str = "window"
     window_days: int = 250
-    target: str = "direction"
+    target: str = "volatility"
+    horizon: int | None = None
     lags: int = 5
     norm_window: int = 60
     stride: int = 1

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from dpfed.build import build_simulation, config_group
 from dpfed.data import partition as part
-from dpfed.data.markets import Markets, lagged_features
+from dpfed.data.markets import Markets, day_targets, lagged_features, load_prices, log_returns
 from dpfed.data.recorded import package_file
 from dpfed.data.shakespeare import BOS, EOS, VOCAB_SIZE, Shakespeare, TFFShakespeare, parse_play
 from dpfed.data.table import Table
@@ -340,6 +340,40 @@ def test_markets_return_target_is_the_next_days_log_return_from_the_csv():
         norm_window=20, **BASE,
     )  # fmt: skip
     np.testing.assert_array_equal(direction.train.arrays(0)[1], (y > 0).astype(np.int32))
+
+
+def test_markets_volatility_target_compares_the_next_and_last_horizons_realized_variance():
+    r = np.random.default_rng(1).normal(size=40)
+    y = day_targets(r, "volatility", 3)
+    for t in (2, 10, 36):  # days with 3 returns before (t included) and 3 after
+        assert y[t] == float(np.mean(r[t + 1 : t + 4] ** 2) > np.mean(r[t - 2 : t + 1] ** 2))
+    assert np.isnan(y[:2]).all() and np.isnan(y[-3:]).all() and np.isfinite(y[2:-3]).all()
+    d = Markets(
+        instruments=["sp500"], client_by="instrument", target="volatility", horizon=3,
+        seq_len=10, lags=3, norm_window=20, **BASE,
+    )  # fmt: skip
+    assert d.task == "classification" and d.num_classes == 2
+    check_contract(d)
+    returns = log_returns(load_prices("sp500"))
+    first = 20 + 3 - 1
+    _, y_train = d.train.arrays(0)
+    x_eval, y_eval = d.eval.arrays(0)
+    for k in (0, 7, 500):
+        t = first + k + 10 - 1  # the window's last day
+        past, future = returns[t - 2 : t + 1], returns[t + 1 : t + 4]
+        assert y_train[k] == int(np.mean(future**2) > np.mean(past**2))
+    # the last training target reads returns up to the first evaluation day's, no further
+    # (as with the next day's direction), so none spans an evaluation target's returns
+    n = len(returns) - 3 - first  # days with features and a target
+    n_eval = int(round(n * 0.2))
+    last_train_day = first + len(y_train) - 1 + 10 - 1
+    first_eval_day = first + n - n_eval
+    assert last_train_day + 3 == first_eval_day and len(y_eval) == n_eval - 10 + 1
+    assert 0.3 < y_train.mean() < 0.7  # about as often up as down
+    with pytest.raises(ConfigError, match="horizon"):
+        Markets(target="direction", horizon=5, seq_len=10, **BASE)
+    with pytest.raises(ConfigError, match="horizon"):
+        Markets(target="volatility", horizon=0, seq_len=10, **BASE)
 
 
 def test_markets_features_do_not_look_ahead_and_windows_make_many_clients():
