@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from dpfed.errors import check
+from dpfed.privacy.accounting import DEFAULT_DELTA
 
 
 class Audit:
@@ -23,7 +24,7 @@ class Audit:
     #: metrics.csv columns the audit fills
     columns: tuple[str, ...] = ()
 
-    def __init__(self, run_seed: int = 0, dp_delta: float = 1e-5):
+    def __init__(self, run_seed: int = 0, dp_delta: float = DEFAULT_DELTA):
         """``run_seed`` and ``dp_delta`` are the run's, passed by `dpfed.build.build_audit`."""
 
     def population(self, population):
@@ -103,7 +104,7 @@ class CanaryAuditBase(Audit):
 
     def __init__(self, delta: float | None = None, significance: float = 0.05,
                  seed: int | None = None, planted_noise_factor: float = 1.0,
-                 run_seed: int = 0, dp_delta: float = 1e-5):  # fmt: skip
+                 run_seed: int = 0, dp_delta: float = DEFAULT_DELTA):  # fmt: skip
         check(delta is None or 0 < delta < 1, "delta", delta, "null (dp.delta) or in (0, 1)")
         check(0 < significance < 0.5, "significance", significance, "in (0, 0.5)")
         check(seed is None or seed >= 0, "seed", seed, "null (the run's seed) or >= 0")

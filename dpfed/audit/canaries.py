@@ -53,6 +53,7 @@ import numpy as np
 from dpfed.audit.base import CanaryAuditBase, flat_weights
 from dpfed.audit.estimators import canary_cosines, one_shot_epsilon, threshold_epsilon_lower_bound
 from dpfed.errors import ConfigError, check
+from dpfed.privacy.accounting import DEFAULT_DELTA
 from dpfed.privacy.noise import position_seed, stream_key
 
 # A canary's update norm before the query clips it: beyond any clip a run uses, so the
@@ -165,7 +166,7 @@ class CanaryAudit(CanaryAuditBase):
     def __init__(self, inserted: int = 100, held_out: int = 100, delta: float | None = None,
                  significance: float = 0.05, seed: int | None = None,
                  planted_noise_factor: float = 1.0, run_seed: int = 0,
-                 dp_delta: float = 1e-5):  # fmt: skip
+                 dp_delta: float = DEFAULT_DELTA):  # fmt: skip
         check(inserted >= 2, "inserted", inserted, ">= 2 (a Gaussian is fit to their statistics)")
         check(held_out >= 2, "held_out", held_out, ">= 2 (a Gaussian is fit to their statistics)")
         super().__init__(delta, significance, seed, planted_noise_factor, run_seed, dp_delta)

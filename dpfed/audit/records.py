@@ -63,6 +63,7 @@ import numpy as np
 from dpfed.audit.base import CanaryAuditBase
 from dpfed.audit.estimators import one_run_audit
 from dpfed.errors import ConfigError, check
+from dpfed.privacy.accounting import DEFAULT_DELTA
 from dpfed.privacy.noise import stream_key
 
 COLUMNS = ("audit/canaries", "audit/epsilon_lower", "audit/epsilon_lower_iterates")
@@ -85,7 +86,7 @@ class GradientCanaryAudit(CanaryAuditBase):
     def __init__(self, canaries: int = 1000, delta: float | None = None,
                  significance: float = 0.05, seed: int | None = None,
                  planted_noise_factor: float = 1.0, run_seed: int = 0,
-                 dp_delta: float = 1e-5):  # fmt: skip
+                 dp_delta: float = DEFAULT_DELTA):  # fmt: skip
         check(canaries >= 2, "canaries", canaries, ">= 2")
         super().__init__(delta, significance, seed, planted_noise_factor, run_seed, dp_delta)
         self.canaries = int(canaries)

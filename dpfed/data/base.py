@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dpfed.errors import check
+
+LABEL_MODES = ("last", "every_step")  # the label of a window's last step, or of every step
+
 
 @dataclass(frozen=True)
 class Population:
@@ -73,6 +77,11 @@ class FederatedDataset:
     labels = "last"
     num_features: int | None = None
     vocab_size: int | None = None
+
+    def _check_labels(self, labels: str) -> None:
+        """Checks ``labels`` (one of `LABEL_MODES`) and sets it."""
+        check(labels in LABEL_MODES, "labels", labels, f"one of {', '.join(LABEL_MODES)}")
+        self.labels = labels
 
     @property
     def element_spec(self):

@@ -18,7 +18,6 @@ from dpfed.data.base import FederatedDataset
 from dpfed.data.client_data import ArraySpec, ClientArrays, LazyClientData
 from dpfed.errors import ConfigError, check
 
-LABEL_MODES = ("last", "every_step")
 STANDARDIZE = ("none", "client", "window")
 
 
@@ -170,10 +169,6 @@ class RecordedDataset(FederatedDataset):
 
     def train_records(self, clients) -> int:
         return int(sum(len(self._train[int(i)][0]) for i in clients))
-
-    def _check_labels(self, labels: str) -> None:
-        check(labels in LABEL_MODES, "labels", labels, f"one of {', '.join(LABEL_MODES)}")
-        self.labels = labels
 
 
 def chronological_split(n: int, eval_fraction: float, length: int, stride: int):

@@ -16,8 +16,6 @@ from dpfed.data.base import FederatedDataset
 from dpfed.data.client_data import ArraySpec, ClientArrays, LazyClientData
 from dpfed.errors import check
 
-LABEL_MODES = ("last", "every_step")
-
 
 def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
@@ -71,7 +69,7 @@ class SyntheticDataset(FederatedDataset):
         )
         check(0 <= heterogeneity <= 1, "heterogeneity", heterogeneity, "in [0, 1]")
         check(0 < eval_fraction < 1, "eval_fraction", eval_fraction, "in (0, 1)")
-        check(labels in LABEL_MODES, "labels", labels, f"one of {', '.join(LABEL_MODES)}")
+        self._check_labels(labels)
         self.num_clients = num_clients
         self.examples_mean = examples_mean
         self.examples_spread = examples_spread

@@ -93,6 +93,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("command", choices=("epsilon", "noise"),
                         help="epsilon: privacy loss of a run; noise: noise multiplier for a target")  # fmt: skip
+    from dpfed.privacy.accounting import DEFAULT_DELTA
     from dpfed.privacy.mechanisms import SCHEMAS
 
     parser.add_argument("--mechanism", choices=sorted(SCHEMAS), default="gaussian",
@@ -112,7 +113,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "example-level one, and noise calibrates the user-level one when "
                              "--user-noise-multiplier > 0)")  # fmt: skip
     parser.add_argument("--epsilon", type=float, default=None, help="target epsilon (noise)")
-    parser.add_argument("--delta", type=float, default=1e-5, help="target delta")
+    parser.add_argument("--delta", type=float, default=DEFAULT_DELTA, help="target delta")
     parser.add_argument("--neighboring", choices=("replace_one", "zero_out", "add_remove"),
                         default=None, help="neighbouring relation (default: the strict one of "
                         "the sampling)")  # fmt: skip

@@ -24,6 +24,8 @@ from dp_accounting.rdp import RdpAccountant, compute_epsilon
 from dpfed.errors import ConfigError, check
 from dpfed.privacy.neighboring import RELATION_NAMES
 
+DEFAULT_DELTA = 1e-5  # dp.delta unless set: every default delta in dpfed is this one
+
 
 class AccountantKind(enum.StrEnum):
     """How DP events are composed (``dp.accountant``)."""
@@ -200,7 +202,7 @@ class Accountant:
     def __init__(
         self,
         kind: str = "rdp",
-        delta: float = 1e-5,
+        delta: float = DEFAULT_DELTA,
         relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
         orders=None,
         conversion: str = "improved",

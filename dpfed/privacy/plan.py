@@ -18,7 +18,7 @@ import dp_accounting
 
 from dpfed.data.base import Population
 from dpfed.errors import ConfigError
-from dpfed.privacy.accounting import Accountant, UnsupportedEventError
+from dpfed.privacy.accounting import DEFAULT_DELTA, Accountant, UnsupportedEventError
 from dpfed.privacy.calibration import calibrate_noise_multiplier
 from dpfed.privacy.neighboring import RELATION_NAMES, UNSAMPLED, Neighboring, Relation
 from dpfed.privacy.noise import stream_key
@@ -29,7 +29,7 @@ class Settings:
     """How events are composed and reported: the ``dp.accountant`` family of keys."""
 
     accountant: str = "rdp"
-    delta: float = 1e-5
+    delta: float = DEFAULT_DELTA
     orders: tuple[float, ...] | None = None
     conversion: str = "improved"
     pld_discretization: float = 1e-4

@@ -211,10 +211,27 @@ def seeded_queries(seed):
     import tensorflow as tf
     import tensorflow_privacy as tfp
 
-    from dpfed.privacy.queries import SeededGaussianSumQuery, SeededQuantileAdaptiveClipSumQuery
+    from tensorflow_privacy.privacy.dp_query.nested_query import NestedSumQuery
+
+    from dpfed.privacy.queries import (
+        FactorizedGaussianSumQuery,
+        SeededGaussianSumQuery,
+        SeededQuantileAdaptiveClipSumQuery,
+    )
 
     specs = [tf.TensorSpec([300]), tf.TensorSpec([20, 10])]
     return {
+        # as PerLayerMechanism.setup: one seeded Gaussian query per layer, each its own stream
+        "per_layer": NestedSumQuery(
+            [SeededGaussianSumQuery(0.7, 2.0, stream_key(seed, f"sum/layer{i}")) for i in range(2)]
+        ),
+        # as BandMFMechanism.setup: banded (c_0, c_1) and BLT (one buffer) noise streams
+        "bandmf": FactorizedGaussianSumQuery(
+            1.0, 2.0, stream_key(seed, "bandmf"), specs, "banded", 1.0, [0.5], []
+        ),
+        "blt": FactorizedGaussianSumQuery(
+            1.0, 2.0, stream_key(seed, "bandmf"), specs, "blt", 1.0, [0.3], [0.9]
+        ),
         "gaussian": SeededGaussianSumQuery(1.0, 2.0, stream_key(seed, "sum")),
         "adaptive": SeededQuantileAdaptiveClipSumQuery(
             1.0,
@@ -225,14 +242,15 @@ def seeded_queries(seed):
             5.0,
             sum_key=stream_key(seed, "sum"),
             count_key=stream_key(seed, "clipped_count"),
-        ),  # fmt: skip
+        ),
         "tree": tfp.TreeResidualSumQuery.build_l2_gaussian_query(
             1.0, 2.0, specs, noise_seed=stream_key(seed, "tree")
         ),
     }
 
 
-@pytest.mark.parametrize("mechanism", ["gaussian", "adaptive", "tree"])
+@pytest.mark.parametrize("mechanism",
+                         ["gaussian", "adaptive", "tree", "per_layer", "bandmf", "blt"])  # fmt: skip
 def test_every_mechanisms_noise_is_seeded_and_fresh_every_round(mechanism):
     record = [np.zeros(300, np.float32), np.zeros((20, 10), np.float32)]
     first = noised(seeded_queries(0)[mechanism], record)
@@ -242,6 +260,8 @@ def test_every_mechanisms_noise_is_seeded_and_fresh_every_round(mechanism):
         np.testing.assert_array_equal(a, b)
     assert np.std(first[0]) > 0.5 and not np.allclose(first[0], first[1])  # fresh each round
     assert not np.allclose(first[0], other[0])
+    # the two tensors (per_layer: two layers' queries) draw independent noise, not one stream
+    assert not np.allclose(first[0][:200], first[0][300:500])
 
 
 def test_adaptive_clipped_count_noise_is_seeded():

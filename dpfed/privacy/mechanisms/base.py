@@ -29,7 +29,7 @@ import dp_accounting
 from omegaconf import MISSING
 
 from dpfed.errors import ConfigError, check
-from dpfed.privacy.accounting import AccountantKind, Conversion
+from dpfed.privacy.accounting import DEFAULT_DELTA, AccountantKind, Conversion
 from dpfed.privacy.neighboring import Neighboring, sensitivity_factor
 from dpfed.privacy.plan import Account, PlanContext
 
@@ -63,7 +63,7 @@ class PrivacyConfig:
     _target_: str = MISSING
     neighboring: Neighboring | None = None
     accountant: AccountantKind = AccountantKind.rdp
-    delta: float = 1e-5
+    delta: float = DEFAULT_DELTA
     orders: list[float] | None = None
     conversion: Conversion = Conversion.improved
     pld_discretization: float = 1e-4
