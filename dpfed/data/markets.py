@@ -83,8 +83,8 @@ class Markets(RecordedDataset):
 
     At day ``t`` the features are the ``lags`` latest log returns, each
     standardized with the trailing ``norm_window``-day mean and std known at
-    ``t``; an example is ``seq_len`` consecutive days and its target the
-    of the days after its last day ``t``: ``volatility`` (1 if the realized variance of
+    ``t``; an example is ``seq_len`` consecutive days and its target is read from
+    the days after its last day ``t``: ``volatility`` (1 if the realized variance of
     the next ``horizon`` days exceeds that of the last ``horizon``, classification; the
     default), ``direction`` (next day up = 1, classification) or ``return``
     (``100 * log(p[t+1] / p[t])``, regression).
