@@ -78,7 +78,6 @@ class SyntheticDataset(FederatedDataset):
         self.num_features = num_features
         self.heterogeneity = heterogeneity
         self.eval_fraction = eval_fraction
-        self.labels = labels
         self.seed = seed
         y_shape = [] if labels == "last" else [seq_len]
         y_dtype = "int32" if self.task == "classification" else "float32"
