@@ -310,3 +310,27 @@ def test_plots_put_record_level_runs_on_their_epsilon_record(tmp_path):
     assert privacy_axis(frame.reset_index()).startswith("record/user-level epsilon")
     assert plot_kind("epsilon", tmp_path, tmp_path / "figures" / "eps")
     assert plot_kind("utility", tmp_path, tmp_path / "figures" / "utility")
+
+
+def test_the_communication_target_is_the_experiments_not_the_folders(tmp_path):
+    """The first version read the target from the sweep folder's name: a quick sweep made in
+    another folder counted rounds to 0.75, which its few rounds do not reach."""
+    from dpfed.report.experiments import experiment_table
+
+    root = tmp_path / "my_sweep"
+    for run, (strategy, accuracies) in enumerate([("fedavg", [0.4, 0.6, 0.8]),
+                                                  ("fedsgd", [0.3, 0.45, 0.55])]):  # fmt: skip
+        fake_run(root, str(run), 1.0, "none", math.inf, accuracies[-1])
+        summary = json.loads((root / str(run) / "summary.json").read_text())
+        summary.update({"total_bytes_down": 300, "total_bytes_up": 600, "status": "completed"})
+        summary["choices"]["strategy"] = strategy
+        (root / str(run) / "summary.json").write_text(json.dumps(summary))
+        pd.DataFrame({"round": [1, 2, 3], "eval/accuracy": accuracies, "bytes_down": 100,
+                      "bytes_up": 200}).to_csv(root / str(run) / "metrics.csv", index=False)  # fmt: skip
+    quick = experiment_table("communication_quick", root)
+    assert quick.loc["fedavg", "rounds to acc 0.5"] == 2
+    assert quick.loc["fedavg", "bytes to acc 0.5"] == 600
+    assert quick.loc["fedsgd", "rounds to acc 0.5"] == 3
+    full = experiment_table("communication", root)
+    assert full.loc["fedavg", "rounds to acc 0.75"] == 3
+    assert math.isnan(full.loc["fedsgd", "rounds to acc 0.75"])

@@ -162,11 +162,7 @@ def _tff_clients(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     return frame
 
 
-COMMUNICATION_TARGET = {"communication": 0.75, "communication_quick": 0.5}
-
-
-def _communication(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
-    target = COMMUNICATION_TARGET.get(root.name, COMMUNICATION_TARGET["communication"])
+def _communication(frame: pd.DataFrame, root: Path, *, target: float) -> pd.DataFrame:
     frame = frame.assign(strategy=frame["choice/strategy"])
     frame["bytes down per round"] = frame["total_bytes_down"] / frame["rounds"]
     frame["bytes up per round"] = frame["total_bytes_up"] / frame["rounds"]
@@ -303,7 +299,10 @@ class Experiment:
             call (the YAML's ``hydra.sweeper.params`` apply to every call).
         quick_sweeps: the same for the quick variant.
         accounting_only: compute epsilon for every sweep point without training.
-        derive: adds the table's columns to the summaries frame (frame, sweep dir).
+        derive: adds the table's columns to the summaries frame (frame, sweep dir; and
+            ``target=`` when the experiment has a target).
+        target: an accuracy the table counts rounds and bytes up to (``{target}`` in
+            ``values``), and ``quick_target`` the quick variant's (its few rounds reach less).
         plots: (x, y) per-round curves drawn for it (``plot.py`` kinds).
     """
 
@@ -315,7 +314,9 @@ class Experiment:
     sweeps: tuple[tuple[str, ...], ...] = ((),)
     quick_sweeps: tuple[tuple[str, ...], ...] = ((),)
     accounting_only: bool = False
-    derive: Callable[[pd.DataFrame, Path], pd.DataFrame] | None = None
+    derive: Callable[..., pd.DataFrame] | None = None
+    target: float | None = None
+    quick_target: float | None = None
     plots: tuple[str, ...] = field(default=())
 
 
@@ -404,6 +405,8 @@ EXPERIMENTS = {
                 "bytes to acc {target}",
             ),  # fmt: skip
             derive=_communication,
+            target=0.75,
+            quick_target=0.5,
             plots=("curves",),
         ),
         Experiment(
@@ -476,7 +479,8 @@ def experiment_table(name: str, sweep_dir: str | Path) -> pd.DataFrame:
 
     Runs whose summary.json says ``failed`` (or that never finished) are left out.
     """
-    experiment, _ = resolve(name)
+    experiment, quick = resolve(name)
+    target = experiment.quick_target if quick else experiment.target
     root = Path(sweep_dir)
     frame = summaries(root)
     if frame.empty:
@@ -485,9 +489,9 @@ def experiment_table(name: str, sweep_dir: str | Path) -> pd.DataFrame:
     if frame.empty:
         raise FileNotFoundError(f"no finished run under {root}")
     if experiment.derive is not None:
-        frame = experiment.derive(frame, root)
-    target = COMMUNICATION_TARGET.get(root.name, COMMUNICATION_TARGET["communication"])
-    values = [v.format(target=f"{target:g}") for v in experiment.values]
+        frame = experiment.derive(frame, root, **({} if target is None else {"target": target}))
+    values = [v.format(target=f"{target:g}") if target is not None else v
+              for v in experiment.values]  # fmt: skip
     return table(frame, list(experiment.rows), list(experiment.columns), values)
 
 
