@@ -107,3 +107,28 @@ def no_leftover_workers():
     while (left := worker_pids() - before) and time.time() < deadline:
         time.sleep(0.5)
     assert not left, f"worker_binary processes left running: {sorted(left)}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks set here
+def pytest_collection_modifyitems(config, items):
+    """Marks `slow` the cases a module lists in ``SLOW_CASES`` (test name with its case id).
+
+    The default run keeps one case of each property; the others run with ``pytest -m slow``,
+    which CI runs after the default suite. A listed name that matches no test is an error, so
+    a renamed test or case cannot drop out of the slow run unnoticed.
+    """
+    listed: dict[str, set[str]] = {}
+    collected: dict[str, set[str]] = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None:
+            continue
+        slow = listed.setdefault(module.__name__, set(getattr(module, "SLOW_CASES", ())))
+        collected.setdefault(module.__name__, set()).add(item.name)
+        if item.name in slow:
+            item.add_marker(pytest.mark.slow)
+    if any("::" in arg for arg in config.args):
+        return  # node ids collect part of a module
+    stale = sorted(f"{m}: {n}" for m, names in listed.items() for n in names - collected[m])
+    if stale:
+        raise pytest.UsageError(f"SLOW_CASES names tests that do not exist: {stale}")

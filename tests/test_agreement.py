@@ -25,6 +25,21 @@ from dpfed.privacy.__main__ import main as privacy_cli
 from dpfed.privacy.mechanisms import SCHEMAS
 from tests.conftest import ROOT
 
+# Run by `pytest -m slow` (and CI), not by default: real runs beyond gaussian and DP-SGD's records
+# (every mechanism and sampling agrees in the calculator cases above, which all run by default).
+SLOW_CASES = {
+    "test_real_runs_agree[none-fixed]",
+    "test_real_runs_agree[laplace_local-poisson]",
+    "test_real_runs_agree[gaussian_local-shuffle]",
+    "test_real_runs_agree[input_noise-poisson]",
+    "test_real_runs_agree[per_layer-shuffle]",
+    "test_real_runs_agree[bandmf-min_sep_poisson]",
+    "test_real_runs_agree[dpsgd-fixed]",
+    "test_real_runs_agree[bandmf-cyclic]",
+    "test_real_runs_agree[tree-shuffle]",
+    "test_real_runs_agree[adaptive-fixed]",
+}
+
 SAMPLINGS = ("fixed", "poisson", "shuffle", "cyclic", "min_sep_poisson", "records")
 SMALL = ("debug=smoke", "rounds=3", "strategy.eval_every=0", "logger.tensorboard=false",
          "logger.progress=false")  # fmt: skip

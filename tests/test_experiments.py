@@ -48,6 +48,7 @@ def reproduce(name: str, tmp_path, *flags: str) -> pd.DataFrame:
     return pd.read_csv(tmp_path / "tables" / f"{name}_quick.csv")
 
 
+@pytest.mark.slow
 def test_mnist_quick_reproduces_the_tutorials_epsilon_and_dpfeds_conservative_one(tmp_path):
     table = reproduce("mnist_epsilon", tmp_path)
     assert len(table) == 1 and table.loc[0, "noise"] == 1.3 and table.loc[0, "epochs"] == 15
@@ -59,6 +60,7 @@ def test_mnist_quick_reproduces_the_tutorials_epsilon_and_dpfeds_conservative_on
     )
 
 
+@pytest.mark.slow
 def test_tff_quick_gives_epsilon_2_at_120_clients_per_round(tmp_path):
     table = reproduce("tff_dp_clients", tmp_path).set_index("clients per round")
     assert list(table.index) == [60, 120]
@@ -67,6 +69,7 @@ def test_tff_quick_gives_epsilon_2_at_120_clients_per_round(tmp_path):
     assert (table["epsilon, setting=fixed-size (dpfed), replace-one, improved RDP"] > poisson).all()
 
 
+@pytest.mark.slow
 def test_published_epsilons_beside_the_papers(tmp_path):
     """Andrew et al. 2021 Table 1 (5.0 at zero-out, fixed-size cohorts) and Kairouz et al.
     2021's StackOverflow setting (19.74, 2.04: dp-accounting's test of it), recomputed by the
@@ -90,6 +93,7 @@ def test_published_epsilons_beside_the_papers(tmp_path):
     assert (classic >= improved).all()
 
 
+@pytest.mark.slow
 def test_privacy_utility_quick_runs_and_tabulates_epsilon_4_and_inf(tmp_path):
     table = reproduce("privacy_utility", tmp_path)
     assert list(table["dataset"]) == ["smart_home"] and list(table["mechanism"]) == ["gaussian"]
@@ -102,6 +106,7 @@ def test_privacy_utility_quick_runs_and_tabulates_epsilon_4_and_inf(tmp_path):
             assert (tmp_path / "figures" / f"privacy_utility_quick_{kind}.{suffix}").stat().st_size
 
 
+@pytest.mark.slow
 def test_communication_quick_counts_bytes_per_strategy(tmp_path):
     table = reproduce("communication", tmp_path).set_index("strategy")
     assert sorted(table.index) == ["fedavg", "fedsgd"]
@@ -117,6 +122,7 @@ def test_communication_quick_counts_bytes_per_strategy(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_audit_quick_tabulates_the_bound_and_catches_the_planted_bug(tmp_path):
     """Canary clients (gaussian) and canary records (centralized DP-SGD), each honest and with
     a tenth of the noise the accountant is told: the bound is below the claimed epsilon in the
@@ -138,6 +144,7 @@ def test_audit_quick_tabulates_the_bound_and_catches_the_planted_bug(tmp_path):
         assert (tmp_path / "figures" / f"audit_quick_audit.{suffix}").stat().st_size
 
 
+@pytest.mark.slow
 def test_adaptive_clip_quick_tabulates_fixed_clips_and_the_adaptive_one(tmp_path):
     """Fixed clips 0.1 and 1 and the adaptive clip (from 0.1), at the same noise multiplier:
     one epsilon for all rows, the adaptive run's final clip moved from its start, a figure."""
@@ -163,6 +170,7 @@ def test_mf_error_quick_shows_banded_mf_below_tree_and_independent_noise(tmp_pat
         assert noise["bandmf banded"] == pytest.approx(noise["gaussian"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_baselines_quick_tabulates_each_baseline_beside_its_majority_class(tmp_path):
     """Two baselines (one with Shakespeare's embedding) at smoke size, at a fresh seed."""
     table = reproduce("baselines", tmp_path).set_index("dataset")

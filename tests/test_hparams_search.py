@@ -285,6 +285,7 @@ def seeded_trials(out: Path) -> list[dict]:
     return found
 
 
+@pytest.mark.slow
 def test_smoke_search_scores_each_trial_on_its_seeds_and_writes_the_best(run_cli):
     """optimized_seeds=2: each trial runs seeds 5 and 6 in its own seed_<s>/ folders and
     scores their mean; the best trial and value are the runs' records."""
@@ -326,6 +327,7 @@ def test_smoke_search_scores_each_trial_on_its_seeds_and_writes_the_best(run_cli
 
 
 @pytest.mark.parametrize("dataset", RECORD_SEARCHES)
+@pytest.mark.slow
 def test_record_search_smoke_runs_private_trials_at_the_budget(run_cli, dataset):
     """hparams_search=record/<dataset> end to end (one trial, 2 rounds): DP-SGD in the clients,
     each run's epsilon_record calibrated to the budget under zero-out, the trial scored by the

@@ -73,6 +73,7 @@ def test_folder_names_drop_paths_and_stay_short_and_distinct():
     assert job_dirname(0, "", 1) == "0_seed1"
 
 
+@pytest.mark.slow
 def test_parallel_sweep_isolates_a_failing_job_and_leaves_no_worker(run_cli):
     """Joblib (loky) jobs: one fails, the other finishes; every job's TFF worker is stopped."""
     before = worker_pids()

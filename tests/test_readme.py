@@ -70,6 +70,9 @@ def test_the_readme_test_command_is_what_ci_runs():
     test_command = next(c for c in setup if c.endswith("pytest"))
     for part in test_command.split(" && "):
         assert part.replace("python3 -m pip install uv", "python3 -m pip install --quiet uv") in ci
+    # the default run leaves out the tests marked slow; CI runs them too
+    assert "addopts = \"-m 'not slow'" in (ROOT / "pyproject.toml").read_text()
+    assert f"{test_command.split(' && ')[-1]} -m slow" in ci
 
 
 def first_values(overrides: list[str]) -> list[str]:

@@ -89,6 +89,7 @@ def check_tensorboard_matches_metrics(run_dir, metrics) -> None:
             assert scalars[column][step] == pytest.approx(value, rel=1e-6, abs=1e-6), column
 
 
+@pytest.mark.slow
 def test_each_dataset_end_to_end_with_gaussian_dp_in_one_sweep(run_cli):
     result = run_cli(SMOKE, "dataset=smart_home,health,finance", multirun=True)
     assert result.returncode == 0, result.output[-3000:]
@@ -105,6 +106,7 @@ def test_each_dataset_end_to_end_with_gaussian_dp_in_one_sweep(run_cli):
     assert seen == {"smart_home", "health", "finance"}
 
 
+@pytest.mark.slow
 def test_failing_job_is_recorded_and_the_rest_of_the_sweep_runs(run_cli):
     """The middle job's ConfigError neither stops the sweep nor hides: failed summary, exit 1."""
     result = run_cli(SMOKE, "dp.noise_multiplier=0.8,-1,1.6", multirun=True)
@@ -195,6 +197,7 @@ def test_a_typo_stops_the_run_at_once_with_a_suggestion(run_cli):
     assert "Traceback" not in result.output and not result.dir.exists()
 
 
+@pytest.mark.slow
 def test_a_diverged_run_stops_says_so_and_exits_non_zero(runtime, tmp_path):
     import json
 
@@ -262,6 +265,7 @@ def test_a_worker_that_ignores_tffs_sigint_is_killed_not_waited_for(monkeypatch)
     assert proc.wait() == -signal.SIGKILL  # as TFF's ServiceManager.__del__ calls it
 
 
+@pytest.mark.slow
 def test_worker_dies_with_a_killed_run(tmp_path):
     """Even a SIGKILLed run leaves no worker_binary (the kernel kills it with its parent)."""
     before = worker_pids()
@@ -292,6 +296,7 @@ def test_worker_dies_with_a_killed_run(tmp_path):
     proc.stdout.read()  # returns (EOF) only because no worker still holds the pipe
 
 
+@pytest.mark.slow
 def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path):
     """SIGTERM (a cluster's time limit, `kill`) ends the run with a summary that says so."""
     import json

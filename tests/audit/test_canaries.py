@@ -13,6 +13,13 @@ from dpfed.errors import ConfigError
 from tests.conftest import compose_config
 from tests.helpers import run_in_process
 
+# Run by `pytest -m slow` (and CI), not by default: the audited mechanisms beyond gaussian.
+SLOW_CASES = {
+    "test_the_lower_bound_stays_below_the_accountants_epsilon[adaptive]",
+    "test_the_lower_bound_stays_below_the_accountants_epsilon[tree]",
+    "test_the_lower_bound_stays_below_the_accountants_epsilon[bandmf]",
+}
+
 SHAPES = [(3, 2), (4,)]
 
 
@@ -89,6 +96,7 @@ AUDIT = ("audit=canaries", "audit.inserted=40", "audit.held_out=40", "rounds=6",
          "dp.neighboring=zero_out")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_an_audited_run_reports_its_estimates_beside_epsilon(runtime, tmp_path):
     """The audit's columns, its settings in summary.json, and an epsilon recomputable as before."""
     from scripts.recompute_epsilon import check_run
@@ -133,6 +141,7 @@ def test_the_lower_bound_stays_below_the_accountants_epsilon(runtime, tmp_path, 
     assert summary["audit/epsilon_lower"] < summary["epsilon"]
 
 
+@pytest.mark.slow
 def test_the_audit_finds_a_planted_noise_bug(runtime, tmp_path):
     """The noise cut to a tenth while the accountant is told the original: the lower bound
     exceeds the claimed epsilon (and the same run with the noise it claims stays below)."""
@@ -146,6 +155,7 @@ def test_the_audit_finds_a_planted_noise_bug(runtime, tmp_path):
     assert planted["audit/epsilon_estimate"] > planted["epsilon"]
 
 
+@pytest.mark.slow
 def test_the_vectorized_backend_audits_the_same_run(runtime, tmp_path):
     """Canaries enter the same DP query when users train in lockstep (UserLevelQuery)."""
     _, reference, _ = run_in_process(tmp_path / "reference", *AUDIT, "dp.noise_multiplier=1.0")

@@ -113,6 +113,7 @@ def test_canary_draws_are_a_function_of_their_position_and_only_the_included_are
     assert not np.any(np.delete(draws, audit.coordinates, axis=1))  # nothing off the canaries
 
 
+@pytest.mark.slow
 def test_without_noise_the_iterates_statistic_is_exactly_the_canaries_gradients(runtime, tmp_path):
     """Noise 0: every step's residual (noised sum minus the real clipped sum) is the canaries'
     gradients alone, so an included canary scores clip x (times drawn) and an excluded one 0."""
@@ -231,6 +232,7 @@ def test_canary_records_in_clients_sit_in_one_batch_per_epoch_drawn_from_the_pos
     assert audit.placements(5, 999, 4, 3) == [] and audit.placements(5, client, 0, 3) == []
 
 
+@pytest.mark.slow
 def test_canary_records_in_clients_stay_below_epsilon_record_and_find_a_planted_bug(
     runtime, tmp_path
 ):

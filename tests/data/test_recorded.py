@@ -22,6 +22,12 @@ from dpfed.data.watch import Watch
 from dpfed.errors import ConfigError
 from tests.conftest import compose_config
 
+# Run by `pytest -m slow` (and CI), not by default: Shakespeare's round (watch's runs by default;
+# DP-SGD on Shakespeare in test_backends).
+SLOW_CASES = {
+    "test_one_federated_round_on_real_data[overrides0]",
+}
+
 BASE = dict(num_clients=None, examples_mean=None, eval_fraction=0.2, seed=0)
 
 

@@ -9,6 +9,13 @@ import tensorflow as tf
 from dpfed.data.synthetic import Finance, Health, SmartHome
 from dpfed.errors import ConfigError
 
+# Run by `pytest -m slow` (and CI), not by default: the learnability of finance and health
+# (smart_home's runs by default).
+SLOW_CASES = {
+    "test_labels_are_learnable_a_gru_clearly_beats_the_majority_class[Finance]",
+    "test_labels_are_learnable_a_gru_clearly_beats_the_majority_class[Health]",
+}
+
 DATASETS = [SmartHome, Health, Finance]
 BASE = dict(
     num_clients=300,

@@ -15,6 +15,19 @@ from dpfed.models.stacked import StackedGRU
 from tests.conftest import compose_config
 from tests.helpers import PLAIN_SERVER, change, first_rounds
 
+# Run by `pytest -m slow` (and CI), not by default: the round equivalences beyond tree, bandmf and
+# DP-SGD on text.
+SLOW_CASES = {
+    "test_a_round_is_the_reference_round[fedadam]",
+    "test_a_round_is_the_reference_round[weighted-momentum]",
+    "test_a_round_is_the_reference_round[regression-every-step]",
+    "test_a_round_is_the_reference_round[dpsgd-binding-clip]",
+    "test_a_round_is_the_reference_round[dpsgd-noise-fedprox-user-level]",
+    "test_a_round_is_the_reference_round[dpsgd-poisson-records]",
+    "test_a_round_is_the_reference_round[local]",
+    "test_a_round_is_the_reference_round[per-layer]",
+}
+
 # several, uneven shards; fixed-size cohorts so that no round is empty
 VECTORIZED = ("backend=vectorized", "backend.users_per_shard=2")
 FIXED = ("strategy.sampling=fixed",)
@@ -250,6 +263,7 @@ def test_clipping_binds_and_is_per_user(runtime):
     assert 0.5 * clip < change(vectorized) <= clip * (1 + 1e-4)
 
 
+@pytest.mark.slow
 def test_seeded_noise_is_drawn_identically(runtime):
     overrides = ("dp.noise_multiplier=1.0", "dp.clip=0.01")
     quiet = first_rounds(*FIXED, "dp.noise_multiplier=0", "dp.clip=0.01", *VECTORIZED)
@@ -259,6 +273,7 @@ def test_seeded_noise_is_drawn_identically(runtime):
     assert change(vectorized) > 5 * change(quiet)  # the noise is there, and the same
 
 
+@pytest.mark.slow
 def test_adaptive_clipping_over_two_rounds(runtime):
     overrides = ("dp=adaptive", "dp.noise_multiplier=0.5", "dp.clipped_count_stddev=1.0",
                  "dp.initial_clip=0.01")  # fmt: skip
@@ -268,6 +283,7 @@ def test_adaptive_clipping_over_two_rounds(runtime):
     assert vectorized[2].metrics["aggregator"]["dp_query_metrics"]["clip"] != pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_fedprox_equals_the_reference(runtime):
     overrides = ("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none",
                  "strategy.weighted=true", *FIXED)  # fmt: skip
@@ -276,6 +292,7 @@ def test_fedprox_equals_the_reference(runtime):
     assert_same_round(reference, vectorized)
 
 
+@pytest.mark.slow
 def test_fedprox_pulls_clients_towards_the_server_model(runtime):
     """The proximal term shrinks the update (TFF 0.87's own FedProx would grow it).
 

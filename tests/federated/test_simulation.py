@@ -16,6 +16,18 @@ from tests.helpers import build, first_rounds, independent_epsilon, one_round_up
 
 FIXED = "strategy.sampling=fixed"
 
+# Run by `pytest -m slow` (and CI), not by default: the cases beyond one of each property
+# (gaussian and dpsgd keep the noise-free check, the tree its own test; fedsgd trains under DP;
+# laplace_local reports local epsilon; DP-SGD's cap binds in the clients).
+SLOW_CASES = {
+    *(f"test_every_strategy_trains_with_user_level_dp[{s}]"
+      for s in ("fedadam", "fedyogi", "fedprox")),
+    *(f"test_without_noise_or_clipping_every_mechanism_is_its_non_private_counterpart[{m}]"
+      for m in ("adaptive", "bandmf", "gaussian_local", "laplace_local", "per_layer", "tree")),
+    "test_max_epsilon_binds_record_level_dp_sgd_too[overrides0]",
+    "test_local_dp_reports_the_worst_clients_epsilon[gaussian_local]",
+}  # fmt: skip
+
 
 def test_updates_are_clipped_to_clip(runtime):
     free, _, _ = one_round_update("dp=none", "strategy.client_optimizer.learning_rate=0.5", FIXED)
@@ -47,6 +59,7 @@ def test_an_empty_poisson_cohort_still_releases_its_noise(runtime):
     assert np.std(delta) == pytest.approx(z * clip / 1, rel=0.15)  # expected cohort 1
 
 
+@pytest.mark.slow
 def test_same_seed_same_model_without_noise(runtime):
     first, _, _ = one_round_update("dp=none")
     again, _, _ = one_round_update("dp=none")
@@ -104,6 +117,7 @@ def test_max_epsilon_binds_record_level_dp_sgd_too(runtime, tmp_path, overrides)
         (("dataset=finance", "dataset.target=return"), "mae"),
     ],
 )
+@pytest.mark.slow
 def test_per_step_labels_and_regression_train_through_tff(runtime, tmp_path, overrides, metric):
     sim, summary, metrics = run_in_process(tmp_path, *overrides, FIXED)
     assert summary["status"] == "completed" and len(metrics) == 2
@@ -272,6 +286,7 @@ def test_without_noise_or_clipping_every_mechanism_is_its_non_private_counterpar
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fedsgd_without_noise_or_clipping_is_fedsgd(runtime):
     got, _, _ = one_round_update("strategy=fedsgd", "dp.noise_multiplier=0", "dp.clip=inf", FIXED)
     want, _, _ = one_round_update("strategy=fedsgd", "dp=none", FIXED)

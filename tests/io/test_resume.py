@@ -23,6 +23,16 @@ from dpfed.privacy.accounting import Accountant
 from dpfed.privacy.noise import stream_key
 from tests.conftest import ROOT, compose_config, worker_pids
 
+# Run by `pytest -m slow` (and CI), not by default: the resumed-run cases beyond local DP with a
+# secret seed (its noise and cohorts continued).
+SLOW_CASES = {
+    "test_interrupted_and_resumed_run_ends_as_an_uninterrupted_one[adaptive]",
+    "test_interrupted_and_resumed_run_ends_as_an_uninterrupted_one[audit-vectorized]",
+    "test_interrupted_and_resumed_run_ends_as_an_uninterrupted_one[bandmf-vectorized]",
+    "test_interrupted_and_resumed_run_ends_as_an_uninterrupted_one[dpsgd-poisson-records-vectorized]",
+    "test_interrupted_and_resumed_run_ends_as_an_uninterrupted_one[dpsgd-vectorized]",
+}
+
 SMOKE = "debug=smoke"
 
 
@@ -128,6 +138,7 @@ def test_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(runtime, tmp_p
 
 
 @pytest.mark.parametrize("dp", ["dpsgd"])
+@pytest.mark.slow
 def test_interrupted_and_resumed_centralized_run_ends_as_an_uninterrupted_one(
     runtime, tmp_path, dp
 ):
@@ -160,6 +171,7 @@ def flat_update(*overrides, rounds=1, sim=None):
     return np.concatenate([np.ravel(a - b) for a, b in zip(after, before, strict=True)]), sim
 
 
+@pytest.mark.slow
 def test_dp_noise_is_fixed_by_the_seed_and_fresh_every_round(runtime):
     first, sim = flat_update(rounds=2)
     again, _ = flat_update(rounds=2, sim=sim)  # from initialize() again: the seed is in the state
@@ -210,7 +222,6 @@ def seeded_queries(seed):
     """A query of every central noising mechanism, as their aggregators build them for ``seed``."""
     import tensorflow as tf
     import tensorflow_privacy as tfp
-
     from tensorflow_privacy.privacy.dp_query.nested_query import NestedSumQuery
 
     from dpfed.privacy.queries import (
@@ -409,6 +420,7 @@ def test_a_restored_ledger_continues_with_exactly_the_same_epsilon(accountant):
 
 
 # ---------------------------------------------------------------------- as a user runs it
+@pytest.mark.slow
 def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(runtime, tmp_path):
     args = (SMOKE, "rounds=5", "strategy.eval_every=3")
     whole_summary, whole_metrics = in_process(tmp_path / "whole", *args[1:])

@@ -192,6 +192,7 @@ def test_without_noise_the_query_releases_the_clipped_sum():
         np.testing.assert_allclose(got[t], want, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_round_without_noise_is_a_plain_fedavg_round(runtime):
     from tests.helpers import first_rounds
 

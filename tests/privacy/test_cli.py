@@ -18,6 +18,12 @@ from dpfed.privacy.__main__ import main, parse_orders
 from dpfed.privacy.mechanisms import SCHEMAS
 from tests.helpers import independent_epsilon
 
+# Run by `pytest -m slow` (and CI), not by default: the fixed-size round trip (fixed-size
+# calibration runs by default in test_plan).
+SLOW_CASES = {
+    "test_noise_then_epsilon_round_trip[fixed-rdp]",
+}
+
 TUTORIAL_ORDERS = "1.1:10.9:0.1,12:63"
 COHORT = ("--population", "1000", "--sample-size", "50", "--steps", "20")
 

@@ -12,6 +12,15 @@ from tensorflow_privacy.privacy.optimizers.dp_optimizer_keras import DPKerasSGDO
 from dpfed.privacy.dpsgd import clipped_gradient_sum
 from dpfed.privacy.ghost import GhostClipper, per_example_loss
 
+# Run by `pytest -m slow` (and CI), not by default: the two-layer GRU(128) textbook model, the
+# slowest to trace (the other models run by default).
+SLOW_CASES = {
+    "test_ghost_clipped_sum_equals_tf_privacy_microbatches[tiny-textbook_shape]",
+    "test_ghost_clipped_sum_equals_tf_privacy_microbatches[median-textbook_shape]",
+    "test_ghost_clipped_sum_equals_tf_privacy_microbatches[huge-textbook_shape]",
+    "test_ghost_covers_every_model_the_configs_build[overrides1]",
+}
+
 CCE = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
 MSE = tf.keras.losses.MeanSquaredError(reduction="none")
 

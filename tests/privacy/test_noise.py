@@ -13,6 +13,12 @@ from dpfed.config import compose
 from dpfed.privacy.noise import position_seed, stream_key
 from tests.helpers import first_rounds
 
+# Run by `pytest -m slow` (and CI), not by default: the vectorized backend (the reference one runs
+# by default).
+SLOW_CASES = {
+    "test_clients_with_bit_identical_updates_draw_independent_local_noise[vectorized]",
+}
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

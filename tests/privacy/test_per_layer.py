@@ -10,6 +10,12 @@ import pytest
 from dpfed.privacy.mechanisms.per_layer import PerLayerMechanism
 from tests.helpers import first_rounds
 
+# Run by `pytest -m slow` (and CI), not by default: the by-size split (the equal split runs by
+# default).
+SLOW_CASES = {
+    "test_each_layer_of_a_clients_update_is_clipped_to_its_share[size]",
+}
+
 
 @pytest.mark.parametrize("split", ["equal", "size"])
 def test_layer_clips_split_the_flat_clip(split):
@@ -35,6 +41,7 @@ def test_each_layer_of_a_clients_update_is_clipped_to_its_share(runtime, split):
         assert np.linalg.norm(delta) == pytest.approx(layer_clip, rel=1e-3)  # binding: on the ball
 
 
+@pytest.mark.slow
 def test_noise_has_the_flat_clips_scale_on_every_layer(runtime):
     z, clip = 2.0, 1e-3
     run = first_rounds("dp=per_layer", f"dp.noise_multiplier={z}", f"dp.clip={clip}",
