@@ -123,9 +123,11 @@ def pytest_collection_modifyitems(config, items):
         module = getattr(item, "module", None)
         if module is None:
             continue
-        slow = listed.setdefault(module.__name__, set(getattr(module, "SLOW_CASES", ())))
-        collected.setdefault(module.__name__, set()).add(item.name)
-        if item.name in slow:
+        if module.__name__ not in listed:  # read once per module, not once per test
+            listed[module.__name__] = set(getattr(module, "SLOW_CASES", ()))
+            collected[module.__name__] = set()
+        collected[module.__name__].add(item.name)
+        if item.name in listed[module.__name__]:
             item.add_marker(pytest.mark.slow)
     if any("::" in arg for arg in config.args):
         return  # node ids collect part of a module
