@@ -35,30 +35,45 @@ import sys
 from dpfed.errors import ConfigError
 
 SAMPLINGS = ("poisson", "fixed", "shuffle", "cyclic", "min_sep_poisson")
-# run config keys -> the flag that sets them (for error messages)
-FLAGS = {
-    "dp.noise_multiplier": "--noise-multiplier",
-    "dp.target_epsilon": "--epsilon",
-    "dp.delta": "--delta",
-    "dp.accountant": "--accountant",
-    "dp.conversion": "--conversion",
-    "dp.orders": "--orders",
-    "dp.neighboring": "--neighboring",
-    "dp.pld_discretization": "--pld-discretization",
-    "dp.user_noise_multiplier": "--user-noise-multiplier",
-    "dp.clipped_count_stddev": "--clipped-count-stddev",
-    "dp.factorization": "--factorization",
-    "dp.bands": "--bands",
-    "dp.buffers": "--buffers",
+# The mechanism settings (`dp.<key>`) the calculator takes, by the flag that sets each: its
+# overrides are built from this table, and a run's errors name these flags. The dp schema fields
+# left out (clips, adaptive clipping's quantile and rate, per_layer's split, input_noise's
+# bound, dpsgd's user_clip, max_epsilon, seed) change no epsilon: tests/privacy/test_cli.py
+# perturbs every field of every mechanism to check that.
+DP_FLAGS = {
+    "noise_multiplier": "--noise-multiplier",
+    "target_epsilon": "--epsilon",
+    "delta": "--delta",
+    "accountant": "--accountant",
+    "conversion": "--conversion",
+    "orders": "--orders",
+    "neighboring": "--neighboring",
+    "pld_discretization": "--pld-discretization",
+    "user_noise_multiplier": "--user-noise-multiplier",
+    "clipped_count_stddev": "--clipped-count-stddev",
+    "noise": "--noise",
+    "factorization": "--factorization",
+    "bands": "--bands",
+    "buffers": "--buffers",
+    "record_sampling": "--record-sampling",
+}
+# the other run config keys the flags set (strategy fields left out change no epsilon either)
+RUN_FLAGS = {
     "dp": "--mechanism",
     "strategy.clients_per_round": "--sample-size",
     "strategy.sampling": "--sampling",
     "strategy.sampling_groups": "--sampling-groups",
     "strategy.batch_size": "--batch-size",
     "strategy.local_epochs": "--local-epochs",
-    "dp.record_sampling": "--record-sampling",
     "rounds": "--steps",
 }
+# run config keys -> the flag that sets them (for error messages)
+FLAGS = {**{f"dp.{key}": flag for key, flag in DP_FLAGS.items()}, **RUN_FLAGS}
+
+
+def flag_value(args: argparse.Namespace, flag: str):
+    """The parsed value of ``--some-flag``."""
+    return getattr(args, flag[2:].replace("-", "_"))
 
 
 def parse_orders(text: str) -> list[float]:
@@ -168,13 +183,10 @@ def overrides(args) -> tuple[list[str], object]:
     from dpfed.data.base import Population
 
     out = [f"dp={args.mechanism}"]
-    dp = {"noise_multiplier": args.noise_multiplier, "delta": args.delta,
-          "neighboring": args.neighboring, "accountant": args.accountant,
-          "conversion": args.conversion, "pld_discretization": args.pld_discretization,
-          "user_noise_multiplier": args.user_noise_multiplier,
-          "clipped_count_stddev": args.clipped_count_stddev, "noise": args.noise,
-          "factorization": args.factorization, "bands": args.bands, "buffers": args.buffers,
-          "record_sampling": args.record_sampling, "seed": 0}  # fmt: skip
+    # --epsilon is the target only for noise; --orders is a list
+    dp = {key: flag_value(args, flag) for key, flag in DP_FLAGS.items()
+          if key not in ("target_epsilon", "orders")}  # fmt: skip
+    dp["seed"] = 0
     if args.orders is not None:
         out.append(f"dp.orders=[{','.join(repr(o) for o in args.orders)}]")
     if args.command == "noise":
@@ -188,7 +200,7 @@ def overrides(args) -> tuple[list[str], object]:
     keys = {f.name for f in fields(SCHEMAS[args.mechanism])}
     for key, value in dp.items():
         if value is not None and key not in keys:
-            flag = FLAGS.get(f"dp.{key}", "--" + key.replace("_", "-"))
+            flag = DP_FLAGS[key]
             raise ConfigError(flag, value, f"left out with --mechanism {args.mechanism} (it has "
                               "no such setting)")  # fmt: skip
     out += [f"dp.{k}={v}" for k, v in dp.items() if v is not None]

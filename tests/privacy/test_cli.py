@@ -193,3 +193,87 @@ def test_module_entry_point_prints_one_json_object_and_shows_defaults_in_help():
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert "(default: 1e-05)" in helped.stdout and "1.1:10.9:0.1,12:63" in helped.stdout
     assert "(default: None)" not in helped.stdout  # a default is shown once, in words
+
+
+def test_every_flag_in_the_flag_tables_is_an_option():
+    """The tables the overrides and error messages come from name options the parser has."""
+    from dpfed.privacy.__main__ import FLAGS, flag_value, parse_args
+
+    parsed = parse_args(["epsilon"])
+    for key, flag in FLAGS.items():
+        flag_value(parsed, flag)  # AttributeError: a flag the parser does not define
+        assert flag.startswith("--"), key
+
+
+def perturbed(value, annotation) -> list:
+    """Other values a schema field can take, to see whether it moves an epsilon."""
+    import enum
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    kind = args[0]
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return [member.value for member in kind if member.value != value]
+    if kind is bool:
+        return [not value]
+    if kind in (int, float):
+        if value is None:
+            return [kind(2), kind(5)]
+        return [kind(value * 2 + 1), value / 2 if kind is float else value + 1]
+    raise AssertionError(f"no perturbation for a field of type {annotation!r}: add one")
+
+
+@pytest.mark.parametrize("mechanism", sorted(SCHEMAS))
+def test_a_setting_the_calculator_has_no_flag_for_changes_no_epsilon(mechanism):
+    """Every dp schema field and strategy setting without a flag is perturbed: the plan's
+    epsilons stay the same, so the calculator cannot miss a setting that moves them (a new
+    mechanism's accounting setting needs a row in DP_FLAGS), at each mechanism's own sampling
+    and accountant. Left out: max_epsilon, which stops a run early (its rounds are the
+    calculator's --steps) and _target_. Checked to fail with --user-noise-multiplier or
+    --local-epochs taken out of the tables."""
+    import copy
+    import typing
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ValidationError
+
+    from dpfed.build import build_privacy
+    from dpfed.config import compose
+    from dpfed.errors import ConfigError
+    from dpfed.privacy.__main__ import DP_FLAGS, RUN_FLAGS, overrides, parse_args
+
+    args = ["--clipped-count-stddev", "5"] if mechanism == "adaptive" else []
+    args += [] if mechanism == "none" else ["--noise-multiplier", "2"]
+    # 60 rounds: three epochs of the cohorts, so that every client takes part more than once
+    cohort = ("--population", "1000", "--sample-size", "50", "--steps", "60")
+    base, population = overrides(parse_args(["epsilon", "--mechanism", mechanism, *cohort,
+                                             *args]))  # fmt: skip
+    cfg = compose(*base)
+    reference = build_privacy(cfg, population).epsilons()
+    assert reference and all(v > 0 for v in reference.values()), reference
+
+    hints = typing.get_type_hints(SCHEMAS[mechanism])
+    settings = [(f"dp.{name}", cfg.dp.get(name), hint) for name, hint in hints.items()
+                if name not in DP_FLAGS and name not in ("_target_", "max_epsilon")
+                and not name.startswith("_")]  # fmt: skip
+    settings += [(f"strategy.{name}", value, type(value))
+                 for name, value in OmegaConf.to_container(cfg.strategy).items()
+                 if f"strategy.{name}" not in RUN_FLAGS and isinstance(value, (bool, int, float))
+                 and name != "clients_per_round"]  # fmt: skip
+    settings += [(f"strategy.{name}.learning_rate", cfg.strategy[name].learning_rate, float)
+                 for name in ("client_optimizer", "server_optimizer")]  # fmt: skip
+    assert len(settings) >= 5, settings
+    for key, value, hint in settings:
+        accepted = 0
+        for other in perturbed(value, hint):
+            varied = copy.deepcopy(cfg)
+            try:
+                OmegaConf.update(varied, key, other)  # the schema's type checks, as in compose
+                changed = build_privacy(varied, population).epsilons()
+            except (ConfigError, ValidationError):
+                continue  # a value a run refuses: it cannot be a run's setting
+            accepted += 1
+            assert changed == reference, (
+                f"{key}={other} changes the epsilon of --mechanism {mechanism}, and "
+                f"python -m dpfed.privacy has no flag for it: {changed} against {reference}")
+        assert accepted, f"no perturbed value of {key} was accepted: {perturbed(value, hint)}"
