@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from dpfed.report.experiments import EXPERIMENTS
@@ -224,7 +225,10 @@ def test_privacy_utility_protects_watch_and_vowels_records_under_their_baseline(
         assert cfg.model.outputs == baseline.model.outputs
         for setting in RECORD_LEVEL[dataset][epsilon]:  # the searched settings arrive
             key, value = setting.split("=")
-            assert str(OmegaConf.select(cfg, key)) == value, setting
+            selected = OmegaConf.select(cfg, key)  # a float field holds lr=12 as 12.0
+            if OmegaConf.is_config(selected):
+                selected = OmegaConf.to_container(selected)
+            assert selected == yaml.safe_load(value), setting
         plan = build_privacy(cfg, build_dataset(cfg).population())
         budget = plan.budget_account
         assert budget.column == "epsilon_record" and budget.neighboring.value == "zero_out"
