@@ -275,5 +275,6 @@ def test_a_setting_the_calculator_has_no_flag_for_changes_no_epsilon(mechanism):
             accepted += 1
             assert changed == reference, (
                 f"{key}={other} changes the epsilon of --mechanism {mechanism}, and "
-                f"python -m dpfed.privacy has no flag for it: {changed} against {reference}")
+                f"python -m dpfed.privacy has no flag for it: {changed} against {reference}"
+            )
         assert accepted, f"no perturbed value of {key} was accepted: {perturbed(value, hint)}"
