@@ -126,10 +126,15 @@ def test_adaptive_noise_calibrates_below_its_count_noise_limit_or_says_why_not(c
     assert err.startswith("error: --epsilon=0.2 is not allowed") and "must stay below 5" in err
 
 
+def noise_flags(mechanism: str) -> list[str]:
+    """Flags that give ``mechanism`` noise an accountant can compose (none for ``none``)."""
+    args = ["--clipped-count-stddev", "5"] if mechanism == "adaptive" else []
+    return args + ([] if mechanism == "none" else ["--noise-multiplier", "2"])
+
+
 @pytest.mark.parametrize("mechanism", sorted(SCHEMAS))
 def test_every_mechanism_a_run_accepts_is_available(capsys, mechanism):
-    args = ["--clipped-count-stddev", "5"] if mechanism == "adaptive" else []
-    args += [] if mechanism == "none" else ["--noise-multiplier", "2"]
+    args = noise_flags(mechanism)
     code, out, err = cli(capsys, "epsilon", "--mechanism", mechanism, *COHORT, *args)
     assert code == 0, err
     assert out["mechanism"] == mechanism and out["neighboring"] in ("replace_one", "add_remove")
@@ -242,8 +247,7 @@ def test_a_setting_the_calculator_has_no_flag_for_changes_no_epsilon(mechanism):
     from dpfed.errors import ConfigError
     from dpfed.privacy.__main__ import DP_FLAGS, RUN_FLAGS, overrides, parse_args
 
-    args = ["--clipped-count-stddev", "5"] if mechanism == "adaptive" else []
-    args += [] if mechanism == "none" else ["--noise-multiplier", "2"]
+    args = noise_flags(mechanism)
     # 60 rounds: three epochs of the cohorts, so that every client takes part more than once
     cohort = ("--population", "1000", "--sample-size", "50", "--steps", "60")
     base, population = overrides(parse_args(["epsilon", "--mechanism", mechanism, *cohort,
