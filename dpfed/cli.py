@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 # Hydra flags that take a value (the value is not an override)
 VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-               "--config-dir", "-cd", "--experimental-rerun", "--shell-completion", "-sc"}  # fmt: skip
+               "--config-dir", "-cd", "--experimental-rerun",
+               "--shell-completion", "-sc"}  # fmt: skip
 
 
 def _groups() -> tuple[str, ...]:
@@ -97,7 +98,8 @@ def unknown_keys(argv: list[str]) -> list[str]:
             hint = f" (did you mean {close[0]}?)" if close else ""
             group = key.split(".", 1)[0]
             where = (f"the config has no {key}" if group not in cfg or group not in picked
-                     else f"{group}={picked[group]} has no setting {key.split('.', 1)[1]}")  # fmt: skip
+                     else f"{group}={picked[group]} has no setting "
+                          f"{key.split('.', 1)[1]}")  # fmt: skip
             messages.append(f"{override.input_line}: {where}{hint}; `python run.py --cfg job` "
                             "shows every key")  # fmt: skip
     return messages
@@ -115,7 +117,8 @@ def help_text() -> str:
              "python run.py experiment=<name>                        a paper-table preset",
              "python run.py hparams_search=<dataset>                 a hyperparameter search",
              "python run.py --cfg job                                the composed config", "",
-             "== Configuration groups ==", "Choose one option per group (group=option):", ""]  # fmt: skip
+             "== Configuration groups ==",
+             "Choose one option per group (group=option):", ""]  # fmt: skip
     for group in (*GROUPS, "hydra/launcher"):
         options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
         lines.append(f"{group}: {', '.join(options)}")
@@ -127,7 +130,8 @@ def help_text() -> str:
               "Override any key (key=value); the composed defaults are:", "",
               OmegaConf.to_yaml(compose()).rstrip(), "",
               "Outputs go to results/runs/<date>/<time>_<dataset>_<dp>_seed<seed>/ (metrics.csv, "
-              "summary.json, tensorboard/, checkpoint/). Hydra's own flags: --hydra-help."]  # fmt: skip
+              "summary.json, tensorboard/, checkpoint/). "
+              "Hydra's own flags: --hydra-help."]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -258,7 +258,8 @@ def over_seeds(run: Callable[[DictConfig, str], dict], cfg: DictConfig, output_d
     seeds, metric = cfg.get("optimized_seeds", 1), cfg.get("optimized_metric")
     check(isinstance(seeds, int) and seeds >= 1, "optimized_seeds", seeds, ">= 1")
     check(seeds == 1 or metric is not None, "optimized_seeds", seeds,
-          "1 unless optimized_metric is set (the seeds' mean is what a search optimises)")  # fmt: skip
+          "1 unless optimized_metric is set "
+          "(the seeds' mean is what a search optimises)")  # fmt: skip
     if seeds == 1:
         return run(cfg, output_dir)
     values = []

@@ -130,7 +130,8 @@ def _ignore_reaped_worker(unraisable) -> None:
     as a traceback. Everything else goes to the default hook.
     """
     if (isinstance(unraisable.exc_value, ProcessLookupError)
-            and getattr(unraisable.object, "__module__", "") == executor_factory.__name__):  # fmt: skip
+            and getattr(unraisable.object, "__module__", "")
+            == executor_factory.__name__):  # fmt: skip
         return
     _default_unraisablehook(unraisable)
 

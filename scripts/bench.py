@@ -206,9 +206,9 @@ def dpsgd_step(quick: bool = False) -> dict:
 
 
 def dpsgd_step_shakespeare(quick: bool = False) -> dict:
-    """DP-SGD step / plain SGD step, Shakespeare char-GRU (Embedding(90, 8), GRU(256)x2, every step).
+    """DP-SGD step / plain SGD step, Shakespeare char-GRU (Embedding(90, 8), GRU(256)x2).
 
-    Sequences of 80 characters, a client's batch of 16.
+    A next-character label at every step of sequences of 80 characters, a client's batch of 16.
     """
     batch, steps, units = (4, 16, 16) if quick else (16, 80, 256)
     result = _ghost_vs_plain(batch, steps, None, [units, units], 90, vocab=90, every_step=True,
@@ -329,8 +329,8 @@ def fedavg_round_dpsgd(quick: bool = False) -> dict:
     for name, overrides in (("gaussian_vectorized", ["dp=gaussian", "backend=vectorized"]),
                             ("dpsgd_vectorized", ["dp=dpsgd", "backend=vectorized"]),
                             ("dpsgd_reference", ["dp=dpsgd", "backend=reference"])):  # fmt: skip
-        times[name], details[name] = _round_seconds([*federated, *overrides],
-                                                    2 if name.endswith("reference") else rounds)  # fmt: skip
+        times[name], details[name] = _round_seconds(
+            [*federated, *overrides], 2 if name.endswith("reference") else rounds)  # fmt: skip
     base_time = times["gaussian_vectorized"]
     return {
         "workload": f"FedAvg round with DP-SGD in every client / with user-level dp=gaussian, "

@@ -15,7 +15,8 @@ Example:
         --rows override/dp.noise_multiplier --values epsilon eval/accuracy \\
         --format markdown --out results/tables/noise.md
     python scripts/make_table.py privacy_utility
-    python scripts/make_table.py results/sweeps/lr --rows override/strategy.client_optimizer.learning_rate \
+    python scripts/make_table.py results/sweeps/lr \\
+        --rows override/strategy.client_optimizer.learning_rate \\
         --tuning poisson   # + the epsilon of releasing the best run (Papernot & Steinke 2022)
     python scripts/make_table.py results/searches/smart_home --tuning geometric --tuning-mean 8
 """

@@ -216,7 +216,8 @@ class CanaryAudit(CanaryAuditBase):
         self.process = process
         leaves = tf.nest.flatten(state)
         found = [i for i, v in enumerate(leaves)
-                 if np.asarray(v).dtype == bool and np.asarray(v).shape == (self.inserted,)]  # fmt: skip
+                 if np.asarray(v).dtype == bool
+                 and np.asarray(v).shape == (self.inserted,)]  # fmt: skip
         if len(found) != 1:
             raise RuntimeError(f"expected one canary mask in the process state, found {len(found)}")
         self._mask_leaf = found[0]

@@ -92,7 +92,7 @@ class FederatedDataset:
         return int(sum(len(self.train.arrays(int(i))[0]) for i in clients))
 
     def coupled_records(self) -> str | None:
-        """Why one record's raw data also reaches other records, or None if records are independent."""
+        """Why one record's raw data also reaches other records, or None if they are independent."""
         return None
 
     def population(self) -> Population:

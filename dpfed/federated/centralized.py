@@ -57,7 +57,8 @@ class Centralized(Strategy):
         """A `CentralizedProcess` on the plan's pool of records."""
         if backend.lockstep:
             raise ConfigError("backend", "vectorized", "reference with strategy=centralized "
-                              "(there are no clients to train in lockstep)", absolute=True)  # fmt: skip
+                              "(there are no clients to train in lockstep)",
+                              absolute=True)  # fmt: skip
         from dpfed.federated.pooled import CentralizedProcess
 
         x, y = self.pool(dataset.train, plan.sampler.clients)

@@ -43,7 +43,7 @@ def provenance(cfg: DictConfig, choices: dict | None = None) -> dict:
 
 
 def result_line(summary: dict, output_dir: str) -> str:
-    """The last line of a run: held-out metric beside the trivial predictor's, privacy, rounds, folder."""
+    """A run's last line: held-out metric vs the trivial predictor's, privacy, rounds, folder."""
     metric = next((k for k in ("eval/accuracy", "eval/mae") if summary.get(k) is not None), None)
     parts = []
     if metric:
@@ -54,8 +54,9 @@ def result_line(summary: dict, output_dir: str) -> str:
     if epsilon is None or epsilon == float("inf"):
         parts.append("epsilon inf (not private)")
     else:
-        parts.append(f"epsilon {epsilon:.3g} at delta {summary['delta']:g} ({summary['unit']}-level, "
-                     f"{summary['neighboring']}, {summary['accountant']})")  # fmt: skip
+        parts.append(f"epsilon {epsilon:.3g} at delta {summary['delta']:g} "
+                     f"({summary['unit']}-level, {summary['neighboring']}, "
+                     f"{summary['accountant']})")  # fmt: skip
     for extra in ("epsilon_record",):
         if summary.get(extra) is not None:
             parts.append(f"{extra} {summary[extra]:.3g}")

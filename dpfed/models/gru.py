@@ -114,7 +114,7 @@ class GRUModel:
         return tf.keras.Model(inputs, out, name="gru_stack")
 
     def trainable_weight_specs(self) -> list:
-        """Specs (``tf.TensorSpec``) of the trainable weights, in the order TFF aggregates updates."""
+        """The ``tf.TensorSpec`` of each trainable weight, in the order TFF aggregates updates."""
         import tensorflow as tf
 
         return [tf.TensorSpec(v.shape, v.dtype) for v in self.keras_model().trainable_variables]

@@ -1,4 +1,4 @@
-"""The forward pass, loss and metric of a `GRUModel` for K models at once (one per simulated user)."""
+"""Forward pass, loss and metric of a `GRUModel` for K models at once (one per simulated user)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ class StackedGRU:
                               record)  # fmt: skip
             if training and self.dropout:
                 steps = ([tf.nn.dropout(s, self.dropout) for s in steps]
-                         if isinstance(steps, list) else tf.nn.dropout(steps, self.dropout))  # fmt: skip
+                         if isinstance(steps, list)
+                         else tf.nn.dropout(steps, self.dropout))  # fmt: skip
         head_kernel, head_bias = weights[-2:]
         if self.every_step:
             x = tf.stack(steps, axis=2)

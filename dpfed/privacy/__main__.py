@@ -77,7 +77,10 @@ def flag_value(args: argparse.Namespace, flag: str):
 
 
 def parse_orders(text: str) -> list[float]:
-    """RDP orders from ``1.5,2,3`` or ranges ``start:stop[:step]`` (inclusive): ``1.1:10.9:0.1,12:63``."""
+    """RDP orders from ``1.5,2,3`` or ranges ``start:stop[:step]`` (inclusive).
+
+    Both can mix: ``1.1:10.9:0.1,12:63``.
+    """
     orders = []
     for part in (p for p in text.split(",") if p):
         if ":" in part:
@@ -107,7 +110,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=DefaultsShown,
     )  # fmt: skip
     parser.add_argument("command", choices=("epsilon", "noise"),
-                        help="epsilon: privacy loss of a run; noise: noise multiplier for a target")  # fmt: skip
+                        help="epsilon: privacy loss of a run; "
+                             "noise: noise multiplier for a target")  # fmt: skip
     from dpfed.privacy.accounting import DEFAULT_DELTA
     from dpfed.privacy.mechanisms import SCHEMAS
 
@@ -136,7 +140,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="default: the mechanism's (pure for laplace_local and input_noise, "
                              "else rdp)")  # fmt: skip
     parser.add_argument("--conversion", choices=("improved", "classic"), default=None,
-                        help="RDP to (epsilon, delta) conversion (rdp only; default improved)")  # fmt: skip
+                        help="RDP to (epsilon, delta) conversion "
+                             "(rdp only; default improved)")  # fmt: skip
     parser.add_argument(
         "--orders",
         type=parse_orders,
@@ -161,11 +166,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--user-noise-multiplier", type=float, default=None,
                         help="dpsgd: user-level noise multiplier on top (0: none)")  # fmt: skip
     parser.add_argument("--clipped-count-stddev", type=float, default=None,
-                        help="adaptive: clipped-count noise (default 0.05 x sample size)")  # fmt: skip
+                        help="adaptive: clipped-count noise "
+                             "(default 0.05 x sample size)")  # fmt: skip
     parser.add_argument("--noise", choices=("laplace", "gaussian"), default=None,
                         help="input_noise: its noise")  # fmt: skip
     parser.add_argument("--factorization", choices=("banded", "blt", "sqrt_toeplitz"),
-                        default=None, help="bandmf: the strategy matrix (default: banded)")  # fmt: skip
+                        default=None,
+                        help="bandmf: the strategy matrix (default: banded)")  # fmt: skip
     parser.add_argument("--bands", type=int, default=None,
                         help="bandmf: bands of a banded factorization (default: the rounds of "
                              "an epoch)")  # fmt: skip
@@ -208,7 +215,8 @@ def overrides(args) -> tuple[list[str], object]:
     if any(v is not None for v in pooled):
         if any(v is None for v in pooled):
             raise ConfigError("--dataset-size", args.dataset_size,
-                              "given with --batch-size and --epochs (DP-SGD on pooled records)")  # fmt: skip
+                              "given with --batch-size and --epochs "
+                              "(DP-SGD on pooled records)")  # fmt: skip
         if args.dataset_size < 1:
             raise ConfigError("--dataset-size", args.dataset_size, ">= 1")
         out += ["strategy=centralized", f"strategy.batch_size={args.batch_size}",

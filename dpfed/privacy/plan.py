@@ -129,8 +129,9 @@ def participation_neighboring(ctx: PlanContext, unit: str) -> Neighboring:
     return neighboring
 
 
-def participation_account(ctx: PlanContext, column: str, unit: str, noise_multiplier: float,
-                          release: Callable[[float], dp_accounting.DpEvent]) -> Account:  # fmt: skip
+def participation_account(
+        ctx: PlanContext, column: str, unit: str, noise_multiplier: float,
+        release: Callable[[float], dp_accounting.DpEvent]) -> Account:  # fmt: skip
     """An account composing ``release(accounted noise multiplier)`` once per participation."""
     neighboring = participation_neighboring(ctx, unit)
     factor = 2.0 if neighboring == Neighboring.replace_one else 1.0
@@ -201,8 +202,9 @@ class PrivacyPlan:
         """A new, empty accountant for ``account``."""
         return self.settings.accountant_for(account.relation)
 
-    def planned_events(self, account: Account, rounds: int | None = None,
-                       participations: int | None = None) -> list[dp_accounting.DpEvent]:  # fmt: skip
+    def planned_events(
+            self, account: Account, rounds: int | None = None,
+            participations: int | None = None) -> list[dp_accounting.DpEvent]:  # fmt: skip
         """The events ``account`` composes over ``rounds`` rounds (default: the plan's).
 
         Per-participation accounts compose ``participations`` releases, by default
@@ -381,8 +383,9 @@ class PrivacyLedger:
         """Commits round ``round_num``; returns every epsilon so far, by column."""
         for client in cohort:
             self.participations[client] = self.participations.get(client, 0) + 1
-        self.max_participations = max(self.max_participations,
-                                      max((self.participations[c] for c in cohort), default=0))  # fmt: skip
+        self.max_participations = max(
+            self.max_participations,
+            max((self.participations[c] for c in cohort), default=0))  # fmt: skip
         for column, event in events.items():
             self.accountants[column].record(event)
         self.rounds = round_num
@@ -411,7 +414,8 @@ class PrivacyLedger:
         """Participation counts and every accountant's events, JSON-ready (for checkpoints)."""
         return {"participations": self.participations, "rounds": self.rounds,
                 "max_participations": self.max_participations,
-                "accountants": {c: a.state_dict() for c, a in self.accountants.items()}}  # fmt: skip
+                "accountants": {c: a.state_dict()
+                                for c, a in self.accountants.items()}}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.participations = dict(state["participations"])

@@ -398,7 +398,8 @@ class RecordPoissonSampler(Sampler):
         self.population, self.seed, self.batch_size = n, seed, batch_size
         self.clients = np.sort(np.random.default_rng([seed, 43]).choice(n, m, replace=False))
         check(population.train_records is not None, "sampling", "records",
-              "a sampling of clients: this dataset cannot say how many records it holds")  # fmt: skip
+              "a sampling of clients: "
+              "this dataset cannot say how many records it holds")  # fmt: skip
         self.num_records = int(population.train_records(self.clients))
         check(1 <= batch_size <= self.num_records, "batch_size", batch_size,
               f"in [1, {self.num_records}] (the pooled training records)")  # fmt: skip

@@ -233,8 +233,8 @@ ADAPTIVE_CLIP_SWEEPS = (("dp=gaussian", "dp.clip=0.01,0.03,0.1,0.3,1,3"), ("dp=a
 def _mf_error(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Rows mechanism (and factorization), columns epochs; the relation is in every row."""
     factorization = frame.get("factorization", pd.Series(None, index=frame.index))
-    label = frame["choice/dp"].where(factorization.isna(),
-                                     frame["choice/dp"] + " " + factorization.astype(str))  # fmt: skip
+    named = frame["choice/dp"] + " " + factorization.astype(str)
+    label = frame["choice/dp"].where(factorization.isna(), named)
     epochs = frame["rounds"] // (frame["num_clients"] // frame["clients_per_round"])
     return frame.assign(mechanism=label, epochs=epochs, sampling=frame["sampling"])
 
@@ -513,7 +513,7 @@ def sweep_points(cfg, extra: tuple[str, ...] = ()) -> list[list[str]]:
 
 
 def account(cfg) -> dict:
-    """Planned epsilon of a composed run config, from the privacy plan a run builds, without training.
+    """Planned epsilon of a composed run config, from the privacy plan a run builds, untrained.
 
     Returns:
         The summary fields a run writes about privacy (epsilons, plan, events),

@@ -14,9 +14,10 @@ aggregator and its optimizer finalizer, composed with
 Equivalence with the reference backend (tested to 1e-4): each user trains on
 the very batches of its `dpfed.federated.backends.base.ClientRound` that the
 reference backend's `client_dataset` holds (same order, same noise seeds), the
-loss of a partial last batch is the mean over its real examples, the update is ``initial - final`` weights (zeroed
-if not finite), SGD with optional momentum is applied with TFF's formulas, and
-FedProx adds `dpfed.federated.client_update.proximal_gradient`. User-level DP
+loss of a partial last batch is the mean over its real examples, the update is
+``initial - final`` weights (zeroed if not finite), SGD with optional momentum
+is applied with TFF's formulas, and FedProx adds
+`dpfed.federated.client_update.proximal_gradient`. User-level DP
 keeps the mechanism's own TF Privacy query: a shard sends its users' updates
 stacked, and `UserLevelQuery` runs the query's ``preprocess_record`` (the clip)
 on each user before summing, so the noise is added once to the cohort's sum and

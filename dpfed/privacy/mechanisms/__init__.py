@@ -1,4 +1,4 @@
-"""DP mechanisms, one module each (class and schema); `SCHEMAS` maps every ``dp`` option to its schema.
+"""DP mechanisms, one module each (class, schema); `SCHEMAS` maps every ``dp`` option to its schema.
 
 A module here defines a `dpfed.privacy.mechanisms.base.Mechanism` subclass and
 ``CONFIGS = {"<option>": <schema>}``; adding a mechanism means adding such a

@@ -272,8 +272,8 @@ class BandMFMechanism(Mechanism):
         def event(round_num):
             if noise_multiplier == 0:
                 return dp_accounting.NonPrivateDpEvent()
-            return sampler.round_event(round_num,
-                                       dp_accounting.GaussianDpEvent(noise_multiplier / norm))  # fmt: skip
+            return sampler.round_event(
+                round_num, dp_accounting.GaussianDpEvent(noise_multiplier / norm))  # fmt: skip
 
         return Account("epsilon", "user", neighboring, sampler.relations[neighboring], False,
                        event, noise_multiplier, norm)  # fmt: skip

@@ -1,4 +1,4 @@
-"""Example-level DP-SGD inside every client (Abadi et al., CCS 2016), with optional user-level DP."""
+"""Example-level DP-SGD in every client (Abadi et al., CCS 2016), with optional user-level DP."""
 
 from __future__ import annotations
 

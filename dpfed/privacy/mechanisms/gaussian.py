@@ -61,8 +61,9 @@ class GaussianMechanism(Mechanism):
         from dpfed.privacy import factorization as mf
 
         # independent noise every round: C = I in the matrix-factorization view
-        errors = prefix_sum_errors(plan.noise_multiplier,
-                                   lambda kind: mf.toeplitz_prefix_sum_error([1.0], plan.rounds, kind))  # fmt: skip
+        errors = prefix_sum_errors(
+            plan.noise_multiplier,
+            lambda kind: mf.toeplitz_prefix_sum_error([1.0], plan.rounds, kind))  # fmt: skip
         return {"clip": self.clip, **errors}
 
 

@@ -69,7 +69,7 @@ class LocalMechanism(Mechanism):
 
 
 class LaplaceLocalMechanism(LocalMechanism):
-    """Local DP with L1 clipping and Laplace noise: pure ``2 / z`` per participation (replace-one)."""
+    """Local DP with L1 clipping, Laplace noise: pure ``2 / z`` per participation (replace-one)."""
 
     label, norm, noise = "laplace_local", "l1", "laplace"
 

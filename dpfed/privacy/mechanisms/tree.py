@@ -101,7 +101,8 @@ class TreeMechanism(Mechanism):
             scale = math.sqrt(mf.tree_sensitivity_squared(plan.rounds, epochs))
             out.update(prefix_sum_errors(
                 plan.noise_multiplier,
-                lambda kind: mf.tree_prefix_sum_error(plan.rounds, kind, epochs) / scale))  # fmt: skip
+                lambda kind: (mf.tree_prefix_sum_error(plan.rounds, kind, epochs)
+                              / scale)))  # fmt: skip
         return out
 
 
