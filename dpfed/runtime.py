@@ -25,6 +25,8 @@ from collections.abc import Iterator
 
 import psutil
 import tensorflow_federated as tff
+
+# private APIs of TFF 0.87.0, used only here (tests/test_private_apis.py checks them)
 from tensorflow_federated.python.core.impl.context_stack.set_default_context import (
     set_no_default_context,
 )

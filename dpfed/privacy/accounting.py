@@ -102,7 +102,8 @@ class IncrementalPLD:
             accountant = self._make_accountant()
             with _fits_in_memory(self._discretization):
                 accountant.compose(event)
-            # the accountant's composed distribution; None when the event is non-private
+            # the accountant's composed distribution; None when the event is non-private (private
+            # fields of dp-accounting 0.4.3's PLDAccountant; tests/test_private_apis.py checks them)
             self._of_event[event] = None if accountant._contains_non_dp_event else accountant._pld
         return self._of_event[event]
 

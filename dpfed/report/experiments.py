@@ -503,6 +503,7 @@ def experiment_table(name: str, sweep_dir: str | Path) -> pd.DataFrame:
 # ----------------------------------------------------------------- accounting-only
 def sweep_points(cfg, extra: tuple[str, ...] = ()) -> list[list[str]]:
     """Every job's overrides of a sweep: ``hydra.sweeper.params`` of ``cfg`` plus ``extra``."""
+    # private API of hydra-core 1.3 (tests/test_private_apis.py checks it): Hydra's own expansion
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
