@@ -514,7 +514,7 @@ def sweep_points(cfg, extra: tuple[str, ...] = ()) -> list[list[str]]:
 
 
 def account(cfg) -> dict:
-    """Planned epsilon of a composed run config, from the privacy plan a run builds, untrained.
+    """Planned epsilon of a run config, from the privacy plan a run builds, without training.
 
     Returns:
         The summary fields a run writes about privacy (epsilons, plan, events),
