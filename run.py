@@ -16,6 +16,7 @@ from dpfed.config import register_configs
 from dpfed.errors import ConfigError
 from dpfed.jobs import (
     RunInterrupted,
+    interrupt,
     optimized,
     over_seeds,
     recorded_failure,
@@ -26,10 +27,6 @@ from dpfed.jobs import (
 
 register_configs()
 log = logging.getLogger("dpfed")
-
-
-def _interrupt(signum, frame):
-    raise RunInterrupted(signal.Signals(signum).name)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -81,7 +78,7 @@ if __name__ == "__main__":
     from dpfed.cli import preflight
 
     preflight(sys.argv[1:])  # --help, and unknown keys with the closest known ones
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         main()
     except (RunInterrupted, KeyboardInterrupt) as err:

@@ -28,6 +28,7 @@ import logging
 import math
 import re
 import shlex
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -55,6 +56,37 @@ class RunDiverged(RuntimeError):
 
 class RunInterrupted(BaseException):
     """SIGINT or SIGTERM ended the run; summary.json says ``interrupted`` and how to resume."""
+
+
+_deferred_depth = 0
+_pending_signal: str | None = None
+
+
+def interrupt(signum, frame) -> None:
+    """run.py's SIGTERM handler: raises `RunInterrupted` now or, inside `interrupts_deferred`,
+    when that block ends."""
+    global _pending_signal
+    name = signal.Signals(signum).name
+    if _deferred_depth:
+        _pending_signal = name
+        return
+    raise RunInterrupted(name)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """A SIGTERM that arrives inside the block interrupts the run when the block ends, so that
+    a write (a checkpoint's zip) is never cut in the middle, leaving an open file for the
+    interpreter to finalize noisily at exit."""
+    global _deferred_depth, _pending_signal
+    _deferred_depth += 1
+    try:
+        yield
+    finally:
+        _deferred_depth -= 1
+    if not _deferred_depth and _pending_signal:
+        name, _pending_signal = _pending_signal, None
+        raise RunInterrupted(name)
 
 
 def remove_unstarted(output_dir: str | Path) -> bool:

@@ -254,12 +254,15 @@ class Checkpoints:
         document = json.dumps({"format": FORMAT, "config": self.config,
                                "hydra_files": self.hydra_files, **meta}, default=str)  # fmt: skip
         tmp = self.dir / f".{FILENAME}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays, **{META: np.array(document)})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.dir)
+        from dpfed.jobs import interrupts_deferred
+
+        with interrupts_deferred():  # a SIGTERM waits until the new checkpoint is in place
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays, **{META: np.array(document)})
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            _fsync_dir(self.dir)
 
     def load(self) -> tuple[dict[str, np.ndarray], dict]:
         """The arrays and the JSON document of the checkpoint (no pickles are read)."""

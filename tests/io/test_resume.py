@@ -456,3 +456,42 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(runtime, tmp_path
     assert summary["epsilon"] == whole_summary["epsilon"]
     assert_same_run(pd.read_csv(run_dir / "metrics.csv"), whole_metrics)
     # (the session fixture in conftest checks that the finished runs left no worker)
+
+
+def test_a_sigterm_during_a_checkpoint_write_interrupts_after_it(tmp_path, monkeypatch):
+    """run.py's SIGTERM handler waits for a checkpoint write: the new checkpoint is complete and
+    in place, and the run is interrupted when the write ends (not inside numpy's zip)."""
+    import os
+    import signal
+
+    import numpy as np
+
+    from dpfed.io.checkpoint import Checkpoints
+    from dpfed.jobs import RunInterrupted, interrupt, interrupts_deferred
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(RunInterrupted, match="SIGTERM"):
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                reached = True  # the handler ran and did not raise inside the block
+        assert reached
+        with pytest.raises(RunInterrupted):  # outside a block it interrupts at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            pytest.fail("not interrupted")
+        checkpoints = Checkpoints(tmp_path)
+        checkpoints.save({"w": np.zeros(3)}, {"round": 1})
+        savez = np.savez
+
+        def savez_then_sigterm(*args, **kwargs):  # the signal arrives in the middle of the write
+            os.kill(os.getpid(), signal.SIGTERM)
+            savez(*args, **kwargs)
+
+        monkeypatch.setattr(np, "savez", savez_then_sigterm)
+        with pytest.raises(RunInterrupted, match="SIGTERM"):
+            checkpoints.save({"w": np.ones(3)}, {"round": 2})
+        arrays, meta = checkpoints.load()
+        assert meta["round"] == 2 and arrays["w"].tolist() == [1.0, 1.0, 1.0]
+        assert not list(checkpoints.dir.glob(".*tmp-*"))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
