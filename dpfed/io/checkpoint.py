@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dpfed.errors import ConfigError
+from dpfed.jobs import interrupts_deferred
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +255,6 @@ class Checkpoints:
         document = json.dumps({"format": FORMAT, "config": self.config,
                                "hydra_files": self.hydra_files, **meta}, default=str)  # fmt: skip
         tmp = self.dir / f".{FILENAME}.tmp-{os.getpid()}"
-        from dpfed.jobs import interrupts_deferred
-
         with interrupts_deferred():  # a SIGTERM waits until the new checkpoint is in place
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays, **{META: np.array(document)})
