@@ -199,6 +199,33 @@ def test_baselines_quick_tabulates_each_baseline_beside_its_majority_class(tmp_p
                                   table.drop(columns="train_seconds"))  # fmt: skip
 
 
+def test_privacy_utility_runs_each_user_level_cell_once_at_its_selected_clip():
+    """Every (dataset, fixed-clip mechanism, budget) cell of the user-level rows is one sweep
+    point, composed with the clip USER_CLIPS selected for it, under zero-out adjacency."""
+    from dpfed.report.experiments import PRIVACY_UTILITY_SWEEPS, USER_CLIPS
+
+    seen: dict[tuple[str, str, float], float] = {}
+    for sweep in PRIVACY_UTILITY_SWEEPS:
+        if not any(o.startswith("dp.clip=") for o in sweep) or "dp=dpsgd" in sweep:
+            continue
+        budgets = next(o for o in sweep if o.startswith("dp.target_epsilon=")).split("=")[1]
+        for budget in budgets.split(","):
+            point = [o for o in sweep if not o.startswith("dp.target_epsilon=")]
+            cfg = compose_config("experiment=privacy_utility", *point,
+                                 f"dp.target_epsilon={budget}")  # fmt: skip
+            choice = {o.split("=")[0]: o.split("=")[1] for o in point if o.count("=") == 1}
+            mechanism = "blt" if cfg.dp.get("factorization") == "blt" else choice["dp"]
+            key = (choice["dataset"], mechanism, float(budget))
+            assert key not in seen, key
+            seen[key] = cfg.dp.clip
+            assert cfg.dp.neighboring == "zero_out"
+    expected = {(d, m, float(b)): c for (d, m), clips in USER_CLIPS.items()
+                for b, c in clips.items()}  # fmt: skip
+    assert seen == expected
+    assert {m for _, m, _ in seen} == {"gaussian", "tree", "bandmf", "blt"}
+    assert {b for _, _, b in seen} == {1.0, 2.0, 4.0, 8.0}
+
+
 @pytest.mark.parametrize("dataset", ["watch", "vowels"])
 def test_privacy_utility_protects_watch_and_vowels_records_under_their_baseline(dataset):
     """The record-level rows: DP-SGD in clients on the tuned baseline (its data and cohort),
