@@ -82,6 +82,6 @@ if __name__ == "__main__":
     try:
         main()
     except (RunInterrupted, KeyboardInterrupt) as err:
-        print(f"dpfed: interrupted ({err or 'SIGINT'}); summary.json says how to resume",
+        print(f"dpfed: interrupted ({str(err) or 'SIGINT'}); summary.json says how to resume",
               file=sys.stderr)  # fmt: skip
         sys.exit(130)

@@ -30,6 +30,7 @@ import re
 import shlex
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,25 +69,39 @@ def interrupt(signum, frame) -> None:
     global _pending_signal
     name = signal.Signals(signum).name
     if _deferred_depth:
-        _pending_signal = name
+        if _pending_signal != "SIGTERM":  # a SIGTERM outranks a Ctrl-C
+            _pending_signal = name
         return
     raise RunInterrupted(name)
 
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """A SIGTERM that arrives inside the block interrupts the run when the block ends, so that
-    a write (a checkpoint's zip) is never cut in the middle, leaving an open file for the
-    interpreter to finalize noisily at exit."""
+    """A SIGTERM or SIGINT (Ctrl-C) that arrives inside the block interrupts the run when the
+    block ends (`RunInterrupted`, or `KeyboardInterrupt` for SIGINT as Python raises it), so
+    that a write (a checkpoint's zip) is never cut in the middle, leaving an open file for the
+    interpreter to finalize noisily at exit. SIGINT is held only where Python's own handler is
+    installed, in the main thread (the only one that receives signals)."""
     global _deferred_depth, _pending_signal
     _deferred_depth += 1
+    hold_sigint = (_deferred_depth == 1
+                   and threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # fmt: skip
+    if hold_sigint:
+        signal.signal(signal.SIGINT, interrupt)
+    pending = None
     try:
         yield
     finally:
+        if hold_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         _deferred_depth -= 1
-    if not _deferred_depth and _pending_signal:
-        name, _pending_signal = _pending_signal, None
-        raise RunInterrupted(name)
+        if not _deferred_depth:  # taken even when the block raised: it must not fire later
+            pending, _pending_signal = _pending_signal, None
+    if pending == "SIGINT":
+        raise KeyboardInterrupt
+    if pending:
+        raise RunInterrupted(pending)
 
 
 def remove_unstarted(output_dir: str | Path) -> bool:

@@ -297,8 +297,10 @@ def test_worker_dies_with_a_killed_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path):
-    """SIGTERM (a cluster's time limit, `kill`) ends the run with a summary that says so."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path, signum):
+    """SIGTERM (a cluster's time limit, `kill`) or SIGINT (Ctrl-C) ends the run with a summary
+    that says so."""
     import json
 
     before = worker_pids()
@@ -316,7 +318,7 @@ def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path):
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             time.sleep(0.1)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         output = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 130, output[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -324,7 +326,7 @@ def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path):
     assert summary["status"] == "interrupted" and 1 <= summary["rounds"] < 200, said
     assert summary["resume_command"].startswith("python run.py debug=smoke rounds=200"), said
     assert f"resume=true \"hydra.run.dir='{out}'\"" in summary["resume_command"], said
-    assert "interrupted (SIGTERM)" in output and "Traceback" not in output, said
+    assert f"interrupted ({signum.name})" in output and "Traceback" not in output, said
     gone = time.time() + 15
     while worker_pids() - before and time.time() < gone:
         time.sleep(0.2)

@@ -255,7 +255,7 @@ class Checkpoints:
         document = json.dumps({"format": FORMAT, "config": self.config,
                                "hydra_files": self.hydra_files, **meta}, default=str)  # fmt: skip
         tmp = self.dir / f".{FILENAME}.tmp-{os.getpid()}"
-        with interrupts_deferred():  # a SIGTERM waits until the new checkpoint is in place
+        with interrupts_deferred():  # SIGTERM / Ctrl-C wait until the checkpoint is in place
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays, **{META: np.array(document)})
                 f.flush()

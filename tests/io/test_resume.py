@@ -495,3 +495,49 @@ def test_a_sigterm_during_a_checkpoint_write_interrupts_after_it(tmp_path, monke
         assert not list(checkpoints.dir.glob(".*tmp-*"))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_ctrl_c_during_a_checkpoint_write_interrupts_after_it(tmp_path, monkeypatch):
+    """SIGINT (Ctrl-C) is held like SIGTERM during a checkpoint write and raised as Python's
+    KeyboardInterrupt once the new checkpoint is in place; Python's own handler is back after
+    the write, and a signal held in a block that fails does not fire in a later block."""
+    import os
+    import signal
+
+    import numpy as np
+
+    from dpfed.io.checkpoint import Checkpoints
+    from dpfed.jobs import RunInterrupted, interrupt, interrupts_deferred
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    checkpoints = Checkpoints(tmp_path)
+    checkpoints.save({"w": np.zeros(3)}, {"round": 1})
+    savez = np.savez
+
+    def savez_then_sigint(*args, **kwargs):  # Ctrl-C in the middle of the write
+        os.kill(os.getpid(), signal.SIGINT)
+        savez(*args, **kwargs)
+
+    monkeypatch.setattr(np, "savez", savez_then_sigint)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save({"w": np.ones(3)}, {"round": 2})
+    arrays, meta = checkpoints.load()
+    assert meta["round"] == 2 and arrays["w"].tolist() == [1.0, 1.0, 1.0]
+    assert not list(checkpoints.dir.glob(".*tmp-*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(ValueError, match="the write failed"):
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise ValueError("the write failed")
+        with interrupts_deferred():  # the failed block's SIGTERM was dropped with it
+            reached = True
+        assert reached
+        with pytest.raises(RunInterrupted, match="SIGTERM"):  # SIGTERM outranks Ctrl-C
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
