@@ -223,7 +223,7 @@ def test_privacy_utility_runs_each_user_level_cell_once_at_its_selected_clip():
                 for b, c in clips.items()}  # fmt: skip
     assert seen == expected
     assert {m for _, m, _ in seen} == {"gaussian", "tree", "bandmf", "blt"}
-    assert {b for _, _, b in seen} == {1.0, 2.0, 4.0, 8.0}
+    assert {b for _, _, b in seen} == {0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0}
 
 
 @pytest.mark.parametrize("dataset", ["watch", "vowels"])
