@@ -64,8 +64,8 @@ _pending_signal: str | None = None
 
 
 def interrupt(signum, frame) -> None:
-    """run.py's SIGTERM handler: raises `RunInterrupted` now or, inside `interrupts_deferred`,
-    when that block ends."""
+    """run.py's SIGTERM handler (and SIGINT's inside `interrupts_deferred`): raises
+    `RunInterrupted` now or, inside `interrupts_deferred`, when that block ends."""
     global _pending_signal
     name = signal.Signals(signum).name
     if _deferred_depth:
