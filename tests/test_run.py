@@ -305,10 +305,16 @@ def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path, 
 
     before = worker_pids()
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), SMOKE, "rounds=200", f"hydra.run.dir={out}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    # Ctrl-C reaches a run in a terminal, but a background CI job may have SIGINT ignored, which
+    # the child would inherit; a handled SIGINT is reset to the default in the child instead
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), SMOKE, "rounds=200", f"hydra.run.dir={out}"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)
     try:
         deadline = time.time() + 300
         metrics = out / "metrics.csv"  # written with its header before round 1: wait for a row

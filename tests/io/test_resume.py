@@ -509,25 +509,27 @@ def test_a_ctrl_c_during_a_checkpoint_write_interrupts_after_it(tmp_path, monkey
     from dpfed.io.checkpoint import Checkpoints
     from dpfed.jobs import RunInterrupted, interrupt, interrupts_deferred
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    checkpoints = Checkpoints(tmp_path)
-    checkpoints.save({"w": np.zeros(3)}, {"round": 1})
-    savez = np.savez
-
-    def savez_then_sigint(*args, **kwargs):  # Ctrl-C in the middle of the write
-        os.kill(os.getpid(), signal.SIGINT)
-        savez(*args, **kwargs)
-
-    monkeypatch.setattr(np, "savez", savez_then_sigint)
-    with pytest.raises(KeyboardInterrupt):
-        checkpoints.save({"w": np.ones(3)}, {"round": 2})
-    arrays, meta = checkpoints.load()
-    assert meta["round"] == 2 and arrays["w"].tolist() == [1.0, 1.0, 1.0]
-    assert not list(checkpoints.dir.glob(".*tmp-*"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
+    # Python's own handler, as in a terminal (a background job started without job control,
+    # as CI may run this, inherits SIGINT ignored, and then Ctrl-C cannot reach it at all)
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
+        checkpoints = Checkpoints(tmp_path)
+        checkpoints.save({"w": np.zeros(3)}, {"round": 1})
+        savez = np.savez
+
+        def savez_then_sigint(*args, **kwargs):  # Ctrl-C in the middle of the write
+            os.kill(os.getpid(), signal.SIGINT)
+            savez(*args, **kwargs)
+
+        monkeypatch.setattr(np, "savez", savez_then_sigint)
+        with pytest.raises(KeyboardInterrupt):
+            checkpoints.save({"w": np.ones(3)}, {"round": 2})
+        arrays, meta = checkpoints.load()
+        assert meta["round"] == 2 and arrays["w"].tolist() == [1.0, 1.0, 1.0]
+        assert not list(checkpoints.dir.glob(".*tmp-*"))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
         with pytest.raises(ValueError, match="the write failed"):
             with interrupts_deferred():
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -541,3 +543,4 @@ def test_a_ctrl_c_during_a_checkpoint_write_interrupts_after_it(tmp_path, monkey
                 os.kill(os.getpid(), signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_sigint)
