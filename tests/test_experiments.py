@@ -181,6 +181,8 @@ def test_baselines_quick_tabulates_each_baseline_beside_its_majority_class(tmp_p
         # a smoke-size model after 2 rounds may score 0 on a dozen held-out records; the
         # table must hold a real accuracy (not NaN) and the majority class beside it
         assert 0 <= accuracy <= 1 and 0 < trivial < 1, (dataset, accuracy, trivial)
+    # neither input holds its target's current value: the last-value column is there, empty
+    assert table["eval/last_value_accuracy"].isna().all()
     assert (table["rounds"] == 2).all()
 
     # --resume after an interruption: a finished run is kept as it is, a missing one is run

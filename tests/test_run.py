@@ -356,9 +356,13 @@ def test_default_experiment_learns_under_dp(run_cli):
     labels = np.concatenate([data.eval.arrays(i)[1] for i in ids])
     majority = max(labels.mean(), 1 - labels.mean())
     assert summary["eval/trivial_accuracy"] == pytest.approx(majority)
+    forecast = np.concatenate([data.last_value(data.eval.arrays(i)[0]) for i in ids])
+    last_value = np.mean(forecast == labels)  # the light's current state
+    assert summary["eval/last_value_accuracy"] == pytest.approx(last_value)
     assert metrics["eval/accuracy"].iloc[-1] > majority + 0.1
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("dpfed: eval/accuracy ") and f"majority class: {majority:.3f}" in last
+    assert f"last value: {last_value:.3f})" in last
     assert "at delta 1e-05 (user-level, add_remove" in last and str(result.dir) in last
 
 

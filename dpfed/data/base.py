@@ -95,6 +95,16 @@ class FederatedDataset:
         """Why one record's raw data also reaches other records, or None if they are independent."""
         return None
 
+    def last_value(self, x: np.ndarray) -> np.ndarray | None:
+        """The naive forecast of a forecasting task: each target predicted by the current value
+        of what it forecasts, read from the inputs ``x`` (shaped like the targets), or None
+        where the inputs hold no such value (the default)."""
+        return None
+
+    def _input_channel(self, x: np.ndarray, channel: int) -> np.ndarray:
+        """Input ``channel`` at the last step (``labels=last``) or at every step."""
+        return x[:, -1, channel] if self.labels == "last" else x[:, :, channel]
+
     def population(self) -> Population:
         """The public sizes the privacy plan needs."""
         size = None if self.vocab_size else self.seq_len * self.num_features

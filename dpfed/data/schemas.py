@@ -60,9 +60,16 @@ class SyntheticDatasetConfig:
 
 @dataclass
 class SmartHomeConfig(SyntheticDatasetConfig):
-    """Household sensor/appliance sequences; predict the appliance's next on/off state."""
+    """Household sensor/appliance sequences; predict the light's on/off state ahead.
+
+    Attributes:
+        horizon: steps of 30 minutes ahead whose light state is predicted.
+        persistence: how strongly the light keeps its state (the logit's weight).
+    """
 
     _target_: str = "dpfed.data.synthetic.SmartHome"
+    horizon: int = 1
+    persistence: float = 2.0
 
 
 @dataclass

@@ -139,16 +139,27 @@ class SmartHome(SyntheticDataset):
 
     min_features = 5
 
+    def __init__(self, horizon: int = 1, persistence: float = 2.0, **kwargs):
+        check(1 <= horizon <= 48, "horizon", horizon, "in [1, 48] (steps of 30 minutes)")
+        check(0 <= persistence <= 5, "persistence", persistence, "in [0, 5]")
+        self.horizon = horizon
+        self.persistence = persistence
+        super().__init__(**kwargs)
+
+    def last_value(self, x):
+        """The light's current state (channel 4), ``horizon`` steps before its target."""
+        return (self._input_channel(x, 4) > 0.5).astype(np.int32)
+
     def _client_params(self, rng):
         h = self.heterogeneity
         return {
             "shift": rng.normal(0.0, 3.0 * h),
             "bias": rng.normal(0.0, 1.0 * h),
-            "persist": 2.0 + rng.normal(0.0, 0.5 * h),
+            "persist": self.persistence + rng.normal(0.0, 0.5 * h),
         }
 
     def _sequences(self, rng, p, n):
-        steps = self.seq_len + 1
+        steps = self.seq_len + self.horizon
         hour = (rng.uniform(0, 24, size=(n, 1)) + 0.5 * np.arange(steps)) % 24
         local = (hour - p["shift"]) % 24
         home_awake = 0.05 + 0.85 * (
@@ -173,7 +184,7 @@ class SmartHome(SyntheticDataset):
         obs = slice(0, self.seq_len)
         channels = [np.sin(rad), np.cos(rad), motion, lux, state, door]
         x = self._pad_features(rng, [c[:, obs].astype(float) for c in channels])
-        return x, state[:, 1:]
+        return x, state[:, self.horizon :]
 
 
 class Health(SyntheticDataset):
@@ -248,6 +259,11 @@ class Finance(SyntheticDataset):
         if target == "return":
             self.task, self.num_classes = "regression", 1
         super().__init__(**kwargs)
+
+    def last_value(self, x):
+        """The current return (channel 0): its sign for ``direction``, itself for ``return``."""
+        current = self._input_channel(x, 0)
+        return (current > 0).astype(np.int32) if self.target == "direction" else current
 
     def _client_params(self, rng):
         h = self.heterogeneity

@@ -116,16 +116,25 @@ class Simulation:
         """The held-out metric of a predictor that ignores the inputs, for comparison.
 
         Classification: always the most frequent class of the evaluation data;
-        regression: always their mean (an optimistic baseline: it knows them).
+        regression: always their mean (an optimistic baseline: it knows them). Forecasting
+        tasks whose inputs hold the current value of their target (`last_value` of the
+        dataset) also get the naive forecast's metric, ``eval/last_value_<metric>``.
         """
         if self._eval_model is None:
             self._eval_x, self._eval_y = self._eval_arrays()
         labels = np.asarray(self._eval_y).ravel()
+        forecast = self.dataset.last_value(np.asarray(self._eval_x))
         if self.metric == "mae":
-            return {"trivial_predictor": "mean", "eval/trivial_mae":
-                    float(np.mean(np.abs(labels - labels.mean())))}  # fmt: skip
+            out = {"trivial_predictor": "mean", "eval/trivial_mae":
+                   float(np.mean(np.abs(labels - labels.mean())))}  # fmt: skip
+            if forecast is not None:
+                out["eval/last_value_mae"] = float(np.mean(np.abs(labels - forecast.ravel())))
+            return out
         share = np.bincount(labels.astype(np.int64)).max() / max(len(labels), 1)
-        return {"trivial_predictor": "majority class", "eval/trivial_accuracy": float(share)}
+        out = {"trivial_predictor": "majority class", "eval/trivial_accuracy": float(share)}
+        if forecast is not None:
+            out["eval/last_value_accuracy"] = float(np.mean(forecast.ravel() == labels))
+        return out
 
     def diverged(self, state, row: dict) -> str | None:
         """Why a round's outcome shows divergence, if it does.

@@ -48,7 +48,11 @@ def result_line(summary: dict, output_dir: str) -> str:
     parts = []
     if metric:
         trivial = summary.get(metric.replace("eval/", "eval/trivial_"))
-        note = f" ({summary['trivial_predictor']}: {trivial:.3f})" if trivial is not None else ""
+        last = summary.get(metric.replace("eval/", "eval/last_value_"))
+        last = f"; last value: {last:.3f}" if last is not None else ""
+        note = ""
+        if trivial is not None:
+            note = f" ({summary['trivial_predictor']}: {trivial:.3f}{last})"
         parts.append(f"{metric} {summary[metric]:.3f}{note}")
     epsilon = summary.get("epsilon")
     if epsilon is None or epsilon == float("inf"):

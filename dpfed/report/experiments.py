@@ -357,8 +357,10 @@ class Experiment:
 
 
 def _baselines(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """Rows per dataset: its baseline's accuracy beside the majority class's."""
-    return frame.assign(dataset=frame["choice/dataset"])
+    """Rows per dataset: its baseline's accuracy beside the majority class's and, where the
+    inputs hold the target's current value, the last value's (NaN elsewhere)."""
+    last_value = frame.get("eval/last_value_accuracy", pd.Series(np.nan, index=frame.index))
+    return frame.assign(dataset=frame["choice/dataset"], **{"eval/last_value_accuracy": last_value})
 
 
 EXPERIMENTS = {
@@ -367,10 +369,17 @@ EXPERIMENTS = {
         Experiment(
             "baselines",
             "Tuned non-private FedAvg baselines (baseline=<dataset>, found by hparams_search at "
-            "seed 0) at fresh seeds: final held-out accuracy and the majority class's",
+            "seed 0) at fresh seeds: final held-out accuracy, the majority class's, and the "
+            "last value's (the target's current value, where the inputs hold it)",
             rows=("dataset",),
             columns=(),
-            values=("eval/accuracy", "eval/trivial_accuracy", "rounds", "train_seconds"),
+            values=(
+                "eval/accuracy",
+                "eval/trivial_accuracy",
+                "eval/last_value_accuracy",
+                "rounds",
+                "train_seconds",
+            ),
             derive=_baselines,
         ),
         Experiment(

@@ -81,6 +81,39 @@ def test_every_step_labels():
     np.testing.assert_array_equal(y[:, :-1], x[:, 1:, 4].astype(np.int32))
 
 
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_smart_home_horizon_predicts_the_light_that_many_steps_ahead(horizon):
+    d = make(SmartHome, labels="every_step", horizon=horizon)
+    x, y = d.train.arrays(0)
+    assert y.shape == (len(x), 16)
+    # the label at step t is the light's state at t + horizon: channel 4 at step t + horizon
+    np.testing.assert_array_equal(y[:, :-horizon], x[:, horizon:, 4].astype(np.int32))
+
+
+def test_last_value_forecasts_each_target_by_its_current_value():
+    # one step ahead, the naive forecast at step t is the target of step t - 1
+    for d in (make(SmartHome, labels="every_step"), make(Finance, labels="every_step"),
+              make(Finance, labels="every_step", target="return")):  # fmt: skip
+        x, y = d.eval.arrays(1)
+        forecast = d.last_value(x)
+        assert forecast.shape == y.shape and forecast.dtype == y.dtype
+        np.testing.assert_array_equal(forecast[:, 1:], y[:, :-1])
+    # with one label per sequence, the forecast reads the last step
+    d = make(SmartHome)
+    x, y = d.eval.arrays(1)
+    np.testing.assert_array_equal(d.last_value(x), x[:, -1, 4].astype(np.int32))
+    assert make(Health).last_value(x) is None  # a ward's deterioration is not an input
+
+
+def test_smart_home_persistence_sets_how_often_the_light_keeps_its_state():
+    def kept(persistence):
+        d = make(SmartHome, labels="every_step", persistence=persistence)
+        _, y = _pooled(d.train, 50)
+        return np.mean(y[:, 1:] == y[:, :-1])
+
+    assert kept(0.5) + 0.1 < kept(2.0) < kept(4.0)
+
+
 def test_heterogeneity_zero_gives_identical_client_processes():
     d = make(Finance, heterogeneity=0.0)
     params = [d._client_params(np.random.default_rng([3, i, 1])) for i in range(5)]
@@ -105,6 +138,8 @@ def test_finance_return_target_is_regression():
         ({"seq_len": 1}, "seq_len"),
         ({"num_features": 2}, "num_features"),
         ({"examples_mean": 2}, "examples_mean"),
+        ({"horizon": 0}, "horizon"),
+        ({"persistence": -1.0}, "persistence"),
     ],
 )
 def test_bad_dataset_settings_name_the_key(overrides, key):

@@ -299,3 +299,28 @@ def test_seeded_noise_reproduces_and_a_secret_seed_does_not(runtime):
         np.testing.assert_array_equal(a, b)
     assert not all(np.array_equal(a, c) for a, c in zip(runs[0], runs[2], strict=True))
     assert math.isfinite(np.sum([np.sum(w) for w in runs[2]]))
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (("dataset=smart_home",), "eval/last_value_accuracy"),
+        (("dataset=finance", "dataset.target=return"), "eval/last_value_mae"),
+        (("dataset=health",), None),
+    ],
+)
+def test_the_trivial_predictors_are_scored_on_the_evaluation_data(runtime, overrides, key):
+    from dpfed.io.provenance import result_line
+
+    sim = build(*overrides, "strategy.eval_clients=6")
+    trivial = sim.trivial_predictor()
+    x, y = sim._eval_x, np.asarray(sim._eval_y).ravel()
+    if key is None:
+        assert not any(k.startswith("eval/last_value") for k in trivial)
+        return
+    forecast = sim.dataset.last_value(x).ravel()
+    expected = np.mean(forecast == y) if key.endswith("accuracy") else np.mean(np.abs(forecast - y))
+    assert trivial[key] == pytest.approx(expected)
+    metric = key.replace("last_value_", "")
+    line = result_line({**trivial, metric: 0.5, "rounds": 2, "status": "completed"}, "out")
+    assert f"{trivial['trivial_predictor']}: " in line and f"last value: {expected:.3f})" in line
