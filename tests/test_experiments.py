@@ -159,6 +159,30 @@ def test_adaptive_clip_quick_tabulates_fixed_clips_and_the_adaptive_one(tmp_path
         assert (tmp_path / "figures" / f"adaptive_clip_quick_clip.{suffix}").stat().st_size
 
 
+@pytest.mark.slow
+def test_adaptive_clip_shakespeare_quick_runs_the_clips_on_the_shakespeare_baseline(tmp_path):
+    """Fixed clips 0.3 and 3 and the adaptive clip at quantiles 0.5 and 0.9 on
+    baseline=shakespeare (its fixed-size cohorts), at one noise multiplier: one epsilon for all
+    rows, a figure."""
+    table = reproduce("adaptive_clip_shakespeare", tmp_path).set_index("clip")
+    assert sorted(table.index) == ["0.3", "3", "adaptive (median)", "adaptive (quantile 0.9)"]
+    assert table["epsilon"].nunique() == 1 and np.isfinite(table["epsilon"]).all()
+    for quantile in ("adaptive (median)", "adaptive (quantile 0.9)"):
+        final = table.loc[quantile, "final clip"]
+        assert 0 < final and final != pytest.approx(0.1)  # initial_clip 0.1, then adapted
+    runs = sorted((tmp_path / "experiments" / "adaptive_clip_shakespeare_quick").glob("*/"))
+    configs = [yaml.safe_load((r / ".hydra" / "config.yaml").read_text()) for r in runs if
+               (r / ".hydra").is_dir()]  # fmt: skip
+    assert len(configs) == 4
+    for cfg in configs:  # the tuned baseline's setting, under the experiment's noise
+        assert cfg["model"]["units"] == [128] and cfg["strategy"]["sampling"] == "fixed"
+        assert cfg["strategy"]["client_optimizer"]["learning_rate"] == pytest.approx(2.651, 1e-3)
+        assert cfg["dp"]["noise_multiplier"] == 0.01 and cfg["dp"]["neighboring"] == "zero_out"
+    figure = tmp_path / "figures" / "adaptive_clip_shakespeare_quick_clip"
+    for suffix in ("png", "pdf"):
+        assert figure.with_suffix(f".{suffix}").stat().st_size
+
+
 def test_mf_error_quick_shows_banded_mf_below_tree_and_independent_noise(tmp_path):
     table = reproduce("mf_error", tmp_path).set_index("mechanism")
     assert set(table["neighboring"]) == {"zero_out"}

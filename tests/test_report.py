@@ -334,3 +334,34 @@ def test_the_communication_target_is_the_experiments_not_the_folders(tmp_path):
     full = experiment_table("communication", root)
     assert full.loc["fedavg", "rounds to acc 0.75"] == 3
     assert math.isnan(full.loc["fedsgd", "rounds to acc 0.75"])
+
+
+def test_adaptive_clipping_is_named_by_its_target_quantile_in_tables_and_figures(
+    tmp_path, monkeypatch
+):
+    import matplotlib.pyplot as plt
+
+    from dpfed.report import figures
+    from dpfed.report.experiments import EXPERIMENTS
+
+    runs = pd.DataFrame({
+        "choice/dp": ["gaussian", "gaussian", "adaptive", "adaptive", "adaptive"],
+        "clip": [0.3, 3.0, 0.1, 0.1, 0.1],
+        "target_quantile": [0.5, 0.5, 0.5, 0.9, 0.9],
+        "dp/clip": [0.3, 3.0, 1.4, 2.2, 2.6],
+        "eval/accuracy": [0.3, 0.44, 0.40, 0.43, 0.45],
+    })  # fmt: skip
+    rows = EXPERIMENTS["adaptive_clip_shakespeare"].derive(runs, tmp_path)
+    assert list(rows["clip"]) == ["0.3", "3", "adaptive (median)", "adaptive (quantile 0.9)",
+                                  "adaptive (quantile 0.9)"]  # fmt: skip
+    assert list(rows["final clip"]) == [0.3, 3.0, 1.4, 2.2, 2.6]
+    legends = []
+    monkeypatch.setattr(figures, "save", lambda fig, out: legends.extend(
+        t.get_text() for legend in fig.legends for t in legend.get_texts()))  # fmt: skip
+    adaptive = runs[runs["choice/dp"] == "adaptive"]
+    figures.clip_figure(runs[runs["choice/dp"] == "gaussian"], adaptive, tmp_path / "f",
+                        y="eval/accuracy", ylabel="accuracy", note="")  # fmt: skip
+    plt.close("all")
+    # one line per quantile, each at its own runs' mean final clip
+    assert "adaptive (median): final clip 1.4" in legends
+    assert "adaptive (quantile 0.9): final clip 2.4" in legends

@@ -10,6 +10,11 @@ import pandas as pd
 import yaml
 
 
+def adaptive_label(quantile: float) -> str:
+    """How tables and figures name adaptive clipping at a target quantile."""
+    return "adaptive (median)" if quantile == 0.5 else f"adaptive (quantile {quantile:g})"
+
+
 def run_dirs(root: str | Path) -> list[Path]:
     """Every run directory (one holding a summary.json) under ``root``, sorted."""
     return sorted(p.parent for p in Path(root).rglob("summary.json"))

@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
+from dpfed.report.collect import adaptive_label  # noqa: E402
+
 # one look per mechanism, kept across every figure
 STYLES = {
     "none": ("black", "o", "-"),
@@ -218,29 +220,34 @@ def audit_figure(frame: pd.DataFrame, out, *, xlabel: str) -> list[Path]:
 
 def clip_figure(fixed: pd.DataFrame, adaptive: pd.DataFrame, out, *, y: str, ylabel: str,
                 note: str, trivial: tuple[str, float] | None = None) -> list[Path]:  # fmt: skip
-    """``y`` against the fixed clip (mean ± std over seeds, log x), and the adaptive clip's
-    result as a horizontal band placed at its mean final clip (Andrew et al. 2021's claim).
+    """``y`` against the fixed clip (mean ± std over seeds, log x), and each adaptive target
+    quantile's result as a horizontal band placed at its mean final clip (Andrew et al. 2021's
+    claim).
 
     ``fixed``: one row per run with ``clip`` and ``y``; ``adaptive``: one row per run with
-    ``dp/clip`` (the final adaptive clip) and ``y``; ``note`` names the privacy of the runs;
-    ``trivial``: (name, value) of the trivial predictor, drawn as a grey line.
+    ``dp/clip`` (the final adaptive clip), ``y`` and optionally ``target_quantile`` (0.5 when
+    absent); ``note`` names the privacy of the runs; ``trivial``: (name, value) of the trivial
+    predictor, drawn as a grey line.
     """
+
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     colour, marker, line = style("gaussian")
     means = fixed.groupby("clip")[y].agg(["mean", "std"]).sort_index()
     ax.errorbar(means.index, means["mean"], yerr=means["std"].fillna(0), color=colour,
                 marker=marker, linestyle=line, capsize=3, label="fixed clip")  # fmt: skip
-    if not adaptive.empty:
+    quantiles = adaptive.get("target_quantile", pd.Series(0.5, index=adaptive.index))
+    for k, (quantile, runs) in enumerate(adaptive.groupby(quantiles.fillna(0.5))):
         colour, marker, _ = style("adaptive")
-        mean, std = float(adaptive[y].mean()), float(adaptive[y].std(ddof=1) or 0.0)
+        colour = colour if k == 0 else f"C{k + 2}"
+        mean, std = float(runs[y].mean()), float(runs[y].std(ddof=1) or 0.0)
         if math.isnan(std):
             std = 0.0
+        name = adaptive_label(float(quantile))
         ax.axhspan(mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
-        ax.axhline(mean, color=colour, linestyle="--", linewidth=1.2,
-                   label="adaptive (median quantile)")  # fmt: skip
-        final = float(adaptive["dp/clip"].mean())
+        ax.axhline(mean, color=colour, linestyle="--", linewidth=1.2, label=name)
+        final = float(runs["dp/clip"].mean())
         ax.plot([final], [mean], color=colour, marker=marker, linestyle="none",
-                label=f"adaptive's final clip ({final:.3g})")  # fmt: skip
+                label=f"{name}: final clip {final:.3g}")  # fmt: skip
     if trivial is not None:
         ax.axhline(trivial[1], color="grey", linestyle=":", linewidth=1, label=trivial[0])
     ax.set_xscale("log")
