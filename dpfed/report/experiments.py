@@ -369,6 +369,21 @@ class Experiment:
     plots: tuple[str, ...] = field(default=())
 
 
+def _clip_comparison(name: str, caption: str, sweeps, quick_sweeps) -> Experiment:
+    """An adaptive-against-fixed-clipping table: rows clip, the final clip, one epsilon."""
+    return Experiment(
+        name,
+        caption,
+        rows=("mechanism", "clip"),
+        columns=(),
+        values=("eval/accuracy", "final clip", "epsilon"),
+        sweeps=sweeps,
+        quick_sweeps=quick_sweeps,
+        derive=_adaptive_clip,
+        plots=("clip",),
+    )
+
+
 def _baselines(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Rows per dataset: its baseline's accuracy beside the majority class's and, where the
     inputs hold the target's current value, the last value's (NaN elsewhere)."""
@@ -483,32 +498,21 @@ EXPERIMENTS = {
             accounting_only=True,
             derive=_mf_error,
         ),
-        Experiment(
+        _clip_comparison(
             "adaptive_clip",
             "Held-out accuracy with a fixed clip against adaptive clipping at the median "
             "(Andrew et al. 2021), user-level noise multiplier 1, 100 of 1000 clients per round",
-            rows=("mechanism", "clip"),
-            columns=(),
-            values=("eval/accuracy", "final clip", "epsilon"),
-            sweeps=ADAPTIVE_CLIP_SWEEPS,
-            quick_sweeps=(
-                ("dp=gaussian", "dp.clip=0.1,1"),
-                ("dp=adaptive", "dp.clipped_count_stddev=1"),
-            ),
-            derive=_adaptive_clip,
-            plots=("clip",),
+            ADAPTIVE_CLIP_SWEEPS,
+            (("dp=gaussian", "dp.clip=0.1,1"), ("dp=adaptive", "dp.clipped_count_stddev=1")),
         ),
-        Experiment(
+        _clip_comparison(
             "adaptive_clip_shakespeare",
             "Held-out next-character accuracy on Shakespeare with a fixed clip against adaptive "
             "clipping at the median (Andrew et al. 2021): baseline=shakespeare for 100 rounds of "
             "10 of 630 clients, noise multiplier 0.01 (the noise per coordinate of their z = "
             "0.51 over 510 clients), zero-out adjacency",
-            rows=("mechanism", "clip"),
-            columns=(),
-            values=("eval/accuracy", "final clip", "epsilon"),
-            sweeps=ADAPTIVE_CLIP_SHAKESPEARE_SWEEPS,
-            quick_sweeps=(
+            ADAPTIVE_CLIP_SHAKESPEARE_SWEEPS,
+            (
                 (_SHAKESPEARE, "dp=gaussian", "dp.clip=0.3,3"),
                 (
                     _SHAKESPEARE,
@@ -517,8 +521,6 @@ EXPERIMENTS = {
                     "dp.target_quantile=0.5,0.9",
                 ),
             ),
-            derive=_adaptive_clip,
-            plots=("clip",),
         ),
         Experiment(
             "audit",
