@@ -508,7 +508,8 @@ EXPERIMENTS = {
         _clip_comparison(
             "adaptive_clip_shakespeare",
             "Held-out next-character accuracy on Shakespeare with a fixed clip against adaptive "
-            "clipping at the median (Andrew et al. 2021): baseline=shakespeare for 100 rounds of "
+            "clipping at the median and at quantile 0.9 (Andrew et al. 2021): "
+            "baseline=shakespeare for 100 rounds of "
             "10 of 630 clients, noise multiplier 0.01 (the noise per coordinate of their z = "
             "0.51 over 510 clients), zero-out adjacency",
             ADAPTIVE_CLIP_SHAKESPEARE_SWEEPS,
