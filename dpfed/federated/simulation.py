@@ -123,17 +123,21 @@ class Simulation:
         if self._eval_model is None:
             self._eval_x, self._eval_y = self._eval_arrays()
         labels = np.asarray(self._eval_y).ravel()
-        forecast = self.dataset.last_value(np.asarray(self._eval_x))
         if self.metric == "mae":
-            out = {"trivial_predictor": "mean", "eval/trivial_mae":
-                   float(np.mean(np.abs(labels - labels.mean())))}  # fmt: skip
-            if forecast is not None:
-                out["eval/last_value_mae"] = float(np.mean(np.abs(labels - forecast.ravel())))
-            return out
-        share = np.bincount(labels.astype(np.int64)).max() / max(len(labels), 1)
-        out = {"trivial_predictor": "majority class", "eval/trivial_accuracy": float(share)}
+            name, constant = "mean", labels.mean()
+
+            def score(predicted):
+                return float(np.mean(np.abs(labels - predicted)))
+        else:
+            name, constant = "majority class", np.bincount(labels.astype(np.int64)).argmax()
+
+            def score(predicted):
+                return float(np.mean(predicted == labels))
+
+        out = {"trivial_predictor": name, f"eval/trivial_{self.metric}": score(constant)}
+        forecast = self.dataset.last_value(np.asarray(self._eval_x))
         if forecast is not None:
-            out["eval/last_value_accuracy"] = float(np.mean(forecast.ravel() == labels))
+            out[f"eval/last_value_{self.metric}"] = score(forecast.ravel())
         return out
 
     def diverged(self, state, row: dict) -> str | None:

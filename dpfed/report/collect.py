@@ -15,6 +15,11 @@ def adaptive_label(quantile: float) -> str:
     return "adaptive (median)" if quantile == 0.5 else f"adaptive (quantile {quantile:g})"
 
 
+def target_quantiles(frame: pd.DataFrame) -> pd.Series:
+    """Each run's adaptive-clipping ``target_quantile`` (0.5, the median, where not recorded)."""
+    return frame.get("target_quantile", pd.Series(0.5, index=frame.index)).fillna(0.5)
+
+
 def run_dirs(root: str | Path) -> list[Path]:
     """Every run directory (one holding a summary.json) under ``root``, sorted."""
     return sorted(p.parent for p in Path(root).rglob("summary.json"))

@@ -31,6 +31,7 @@ from dpfed.report.collect import (
     reach_target,
     summaries,
     table,
+    target_quantiles,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,9 +255,9 @@ def _adaptive_clip(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     final clip."""
     adaptive = frame["choice/dp"] == "adaptive"
     clip = frame["clip"].map(lambda c: f"{c:g}" if pd.notna(c) else "")
-    quantile = frame.get("target_quantile", pd.Series(0.5, index=frame.index)).fillna(0.5)
     final = frame.get("dp/clip", pd.Series(np.nan, index=frame.index))
-    return frame.assign(**{"clip": clip.where(~adaptive, quantile.map(adaptive_label)),
+    labels = target_quantiles(frame).map(adaptive_label)
+    return frame.assign(**{"clip": clip.where(~adaptive, labels),
                            "final clip": final.where(adaptive, frame["clip"]),
                            "mechanism": frame["choice/dp"]})  # fmt: skip
 

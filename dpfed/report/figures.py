@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
-from dpfed.report.collect import adaptive_label  # noqa: E402
+from dpfed.report.collect import adaptive_label, target_quantiles  # noqa: E402
 
 # one look per mechanism, kept across every figure
 STYLES = {
@@ -229,16 +229,14 @@ def clip_figure(fixed: pd.DataFrame, adaptive: pd.DataFrame, out, *, y: str, yla
     absent); ``note`` names the privacy of the runs; ``trivial``: (name, value) of the trivial
     predictor, drawn as a grey line.
     """
-
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     colour, marker, line = style("gaussian")
     means = fixed.groupby("clip")[y].agg(["mean", "std"]).sort_index()
     ax.errorbar(means.index, means["mean"], yerr=means["std"].fillna(0), color=colour,
                 marker=marker, linestyle=line, capsize=3, label="fixed clip")  # fmt: skip
-    quantiles = adaptive.get("target_quantile", pd.Series(0.5, index=adaptive.index))
-    for k, (quantile, runs) in enumerate(adaptive.groupby(quantiles.fillna(0.5))):
-        colour, marker, _ = style("adaptive")
-        colour = colour if k == 0 else f"C{k + 2}"
+    first_colour, marker, _ = style("adaptive")
+    for k, (quantile, runs) in enumerate(adaptive.groupby(target_quantiles(adaptive))):
+        colour = first_colour if k == 0 else f"C{k + 2}"
         mean, std = float(runs[y].mean()), float(runs[y].std(ddof=1) or 0.0)
         if math.isnan(std):
             std = 0.0
