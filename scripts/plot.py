@@ -5,8 +5,9 @@ panel per dataset, one colour, marker and line style per mechanism in every
 figure (`dpfed.report.figures.STYLES`), mean ± std over seeds:
 
 - ``utility``: held-out accuracy against the epsilon budget (ticks at the
-  swept budgets, delta and adjacency on the axis), the non-private result and
-  the trivial predictor as labelled horizontal lines;
+  swept budgets, delta and adjacency on the axis), the non-private result, the
+  trivial predictor and, where the runs recorded them, the last value and the
+  oracle as labelled horizontal lines;
 - ``epsilon``: epsilon against rounds per mechanism;
 - ``curves``: learning curves, held-out accuracy against rounds per mechanism and budget;
 - ``audit``: runs with ``audit=canaries`` or ``audit=canary_gradients``: the audit's
@@ -134,6 +135,10 @@ def plot_utility(root, out, y: str = "eval/accuracy") -> list[Path]:
         trivial = part.get(y.replace("eval/", "eval/trivial_"))
         if trivial is not None and trivial.notna().any():
             lines[str(part["trivial_predictor"].dropna().iloc[0])] = float(trivial.mean())
+        for name, prefix in (("last value", "eval/last_value_"), ("oracle", "eval/oracle_")):
+            forecast = part.get(y.replace("eval/", prefix))  # where the dataset knows it
+            if forecast is not None and forecast.notna().any():
+                lines[name] = float(forecast.mean())
         baselines[dataset] = lines
     return utility_figure(private, "budget", y, out, xlabel=privacy_axis(frame), ylabel=y,
                           baselines=baselines)  # fmt: skip

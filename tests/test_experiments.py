@@ -360,3 +360,11 @@ def test_the_committed_privacy_utility_runs_epsilons_recompute():
     spent = [row[c] for (_, row), c in zip(private.iterrows(), column, strict=True)]
     budget = pd.to_numeric(private["override/dp.target_epsilon"])
     assert (np.array(spent) <= budget.to_numpy() * (1 + 1e-9)).all()
+
+
+def test_the_audit_keeps_the_one_step_smart_home_task_its_table_was_made_from():
+    """The default task is two hours ahead; the audit (privacy, not utility) pins horizon 1, whose
+    data are the old default's bit for bit (tests/data/test_synthetic.py's digest)."""
+    assert compose_config().dataset.horizon == 4
+    for preset in ("audit", "audit_quick"):
+        assert compose_config(f"experiment={preset}").dataset.horizon == 1, preset

@@ -314,7 +314,8 @@ def test_plots_put_record_level_runs_on_their_epsilon_record(tmp_path):
 
 def test_the_communication_target_is_the_experiments_not_the_folders(tmp_path):
     """The first version read the target from the sweep folder's name: a quick sweep made in
-    another folder counted rounds to 0.75, which its few rounds do not reach."""
+    another folder counted rounds to the full experiment's target, which its few rounds do not
+    reach."""
     from dpfed.report.experiments import experiment_table
 
     root = tmp_path / "my_sweep"
@@ -332,8 +333,8 @@ def test_the_communication_target_is_the_experiments_not_the_folders(tmp_path):
     assert quick.loc["fedavg", "bytes to acc 0.5"] == 600
     assert quick.loc["fedsgd", "rounds to acc 0.5"] == 3
     full = experiment_table("communication", root)
-    assert full.loc["fedavg", "rounds to acc 0.75"] == 3
-    assert math.isnan(full.loc["fedsgd", "rounds to acc 0.75"])
+    assert full.loc["fedavg", "rounds to acc 0.7"] == 3
+    assert math.isnan(full.loc["fedsgd", "rounds to acc 0.7"])
 
 
 def test_adaptive_clipping_is_named_by_its_target_quantile_in_tables_and_figures(
@@ -365,3 +366,48 @@ def test_adaptive_clipping_is_named_by_its_target_quantile_in_tables_and_figures
     # one line per quantile, each at its own runs' mean final clip
     assert "adaptive (median): final clip 1.4" in legends
     assert "adaptive (quantile 0.9): final clip 2.4" in legends
+
+
+def test_the_utility_figure_draws_each_datasets_reference_lines(tmp_path, monkeypatch):
+    """No DP, the trivial predictor and, where the runs recorded them, the last value and the
+    oracle: one horizontal line each, on its dataset's panel only."""
+    import scripts.plot as plot
+
+    fake_run(tmp_path, "0", 1.0, "gaussian", 2.0, 0.74)
+    fake_run(tmp_path, "1", 0.0, "none", math.inf, 0.76)
+    fake_run(tmp_path, "2", 1.0, "gaussian", 2.0, 0.85)
+    for name, dataset, extra in (("0", "smart_home", {"eval/last_value_accuracy": 0.68,
+                                                      "eval/oracle_accuracy": 0.81}),
+                                 ("1", "smart_home", {"eval/last_value_accuracy": 0.70,
+                                                      "eval/oracle_accuracy": 0.83}),
+                                 ("2", "health", {})):  # fmt: skip
+        path = tmp_path / name / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["choices"]["dataset"] = dataset
+        summary.update(trivial_predictor="majority class", **{"eval/trivial_accuracy": 0.6},
+                       **extra)  # fmt: skip
+        path.write_text(json.dumps(summary))
+    drawn = {}
+    monkeypatch.setattr(plot, "utility_figure", lambda *a, baselines, **k: drawn.update(baselines))
+    plot.plot_utility(tmp_path, tmp_path / "utility")
+    assert drawn["smart_home"] == pytest.approx({"no DP": 0.76, "majority class": 0.6,
+                                                 "last value": 0.69, "oracle": 0.82})  # fmt: skip
+    assert drawn["health"] == {"majority class": 0.6}
+    # and every reference line gets its own style on the figure
+    from dpfed.report.figures import _REFERENCE_LINES
+
+    assert len(set(_REFERENCE_LINES)) == len(drawn["smart_home"])
+
+
+def test_table_rows_sort_numbers_written_as_text_by_value():
+    """A clip column holds "10" and "adaptive (median)": 3 comes before 10, labels after numbers,
+    and missing values last."""
+    frame = pd.DataFrame({"mechanism": ["gaussian"] * 5 + ["adaptive", "gaussian"],
+                          "clip": ["10", "3", "0.3", "1", "0.03", "adaptive (median)", None],
+                          "eval/accuracy": [0.5, 0.6, 0.7, 0.8, 0.4, 0.9, 0.1]})  # fmt: skip
+    out = table(frame, ["mechanism", "clip"], [], ["eval/accuracy"])
+    clips = [clip for _, clip in out.index]
+    assert clips[:6] == ["adaptive (median)", "0.03", "0.3", "1", "3", "10"] and pd.isna(clips[6])
+    by_clip = table(frame, ["clip"], [], ["eval/accuracy"])
+    assert list(by_clip.index[:5]) == ["0.03", "0.3", "1", "3", "10"]
+    assert by_clip.index[5] == "adaptive (median)" and pd.isna(by_clip.index[6])

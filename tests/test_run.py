@@ -341,7 +341,8 @@ def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path, 
 
 @pytest.mark.slow
 def test_default_experiment_learns_under_dp(run_cli):
-    """The default run: a meaningful budget (epsilon <= 4), above the majority class, one line."""
+    """The default run: a meaningful budget (epsilon <= 4), above the majority class and the
+    light's current state, below the oracle, one line."""
     from dpfed.build import build_dataset
     from tests.conftest import compose_config
 
@@ -359,10 +360,14 @@ def test_default_experiment_learns_under_dp(run_cli):
     forecast = np.concatenate([data.last_value(data.eval.arrays(i)[0]) for i in ids])
     last_value = np.mean(forecast == labels)  # the light's current state
     assert summary["eval/last_value_accuracy"] == pytest.approx(last_value)
-    assert metrics["eval/accuracy"].iloc[-1] > majority + 0.1
+    oracle = np.concatenate([data.oracle_forecast(i, data.eval.arrays(i)[0]) for i in ids])
+    oracle = np.mean(oracle == labels)  # knows each household's parameters
+    assert summary["eval/oracle_accuracy"] == pytest.approx(oracle)
+    accuracy = metrics["eval/accuracy"].iloc[-1]
+    assert max(majority + 0.05, last_value + 0.01) < accuracy < oracle, (accuracy, last_value)
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("dpfed: eval/accuracy ") and f"majority class: {majority:.3f}" in last
-    assert f"last value: {last_value:.3f})" in last
+    assert f"last value: {last_value:.3f}; oracle: {oracle:.3f})" in last
     assert "at delta 1e-05 (user-level, add_remove" in last and str(result.dir) in last
 
 

@@ -101,6 +101,12 @@ class FederatedDataset:
         where the inputs hold no such value (the default)."""
         return None
 
+    def oracle_forecast(self, index: int, x: np.ndarray) -> np.ndarray | None:
+        """The Bayes-optimal forecast of client ``index``'s targets from its inputs ``x``, by a
+        predictor that knows the parameters the data were generated from (an upper bound no
+        model can beat in expectation), or None where it is not known (the default)."""
+        return None
+
     def _input_channel(self, x: np.ndarray, channel: int) -> np.ndarray:
         """Input ``channel`` at the last step (``labels=last``) or at every step."""
         return x[:, -1, channel] if self.labels == "last" else x[:, :, channel]

@@ -68,7 +68,7 @@ class SmartHomeConfig(SyntheticDatasetConfig):
     """
 
     _target_: str = "dpfed.data.synthetic.SmartHome"
-    horizon: int = 1
+    horizon: int = 4
     persistence: float = 2.0
 
 

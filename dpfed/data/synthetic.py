@@ -129,7 +129,7 @@ class SyntheticDataset(FederatedDataset):
 
 
 class SmartHome(SyntheticDataset):
-    """Household sensor and appliance events; predict the light's next on/off state.
+    """Household sensor and appliance events; predict the light's state ``horizon`` steps ahead.
 
     Client = household. Steps are 30 minutes. Occupants are home and awake on a
     household-specific schedule; the light tends to be on when someone is home
@@ -139,7 +139,7 @@ class SmartHome(SyntheticDataset):
 
     min_features = 5
 
-    def __init__(self, horizon: int = 1, persistence: float = 2.0, **kwargs):
+    def __init__(self, horizon: int = 4, persistence: float = 2.0, **kwargs):
         check(1 <= horizon <= 48, "horizon", horizon, "in [1, 48] (steps of 30 minutes)")
         check(0 <= persistence <= 5, "persistence", persistence, "in [0, 5]")
         self.horizon = horizon
@@ -158,24 +158,35 @@ class SmartHome(SyntheticDataset):
             "persist": self.persistence + rng.normal(0.0, 0.5 * h),
         }
 
+    def oracle_forecast(self, index, x):
+        """The Bayes-optimal forecast of client ``index``'s targets from its inputs ``x``.
+
+        It knows the household's parameters (schedule shift, bias, persistence), which no model
+        is told. Given them, the light's state ``horizon`` steps ahead depends on the inputs only
+        through its current state and the time of day, so the forecast propagates the light's
+        chain from them with the occupancy averaged out. No predictor scores better in
+        expectation.
+        """
+        p = self._client_params(np.random.default_rng([self.seed, index, 1]))
+        hour = (np.arctan2(x[..., 0], x[..., 1]).astype(float) * 12 / np.pi) % 24
+        on = x[..., 4].astype(float)  # P(light on), now certain
+        for step in range(1, self.horizon + 1):
+            ahead = (hour + 0.5 * step) % 24
+            awake, daylight = _home_awake(ahead, p["shift"]), _daylight(ahead)
+            stay, turn = _switch_on(1, awake, daylight, p), _switch_on(0, awake, daylight, p)
+            on = on * stay + (1 - on) * turn
+        forecast = (on > 0.5).astype(np.int32)
+        return forecast[:, -1] if self.labels == "last" else forecast
+
     def _sequences(self, rng, p, n):
         steps = self.seq_len + self.horizon
         hour = (rng.uniform(0, 24, size=(n, 1)) + 0.5 * np.arange(steps)) % 24
-        local = (hour - p["shift"]) % 24
-        home_awake = 0.05 + 0.85 * (
-            np.exp(-((local - 7.5) ** 2) / 2.0) + ((local > 17) & (local < 23)).astype(float)
-        ).clip(0, 1)
-        occupied = rng.random((n, steps)) < home_awake
-        daylight = np.clip(np.sin(np.pi * (hour - 6.0) / 12.0), 0.0, 1.0)
+        occupied = rng.random((n, steps)) < _home_awake(hour, p["shift"])
+        daylight = _daylight(hour)
         state = np.zeros((n, steps), dtype=np.int64)
         state[:, 0] = rng.random(n) < 0.3
         for t in range(1, steps):
-            logit = (
-                p["persist"] * (2 * state[:, t - 1] - 1)
-                + 3.5 * occupied[:, t] * (1 - daylight[:, t])
-                - 1.5
-                + p["bias"]
-            )
+            logit = _light_logit(state[:, t - 1], occupied[:, t], daylight[:, t], p)
             state[:, t] = rng.random(n) < _sigmoid(logit)
         motion = occupied & (rng.random((n, steps)) < 0.8) | (rng.random((n, steps)) < 0.05)
         lux = 0.8 * daylight + 0.5 * state + rng.normal(0, 0.1, size=(n, steps))
@@ -185,6 +196,32 @@ class SmartHome(SyntheticDataset):
         channels = [np.sin(rad), np.cos(rad), motion, lux, state, door]
         x = self._pad_features(rng, [c[:, obs].astype(float) for c in channels])
         return x, state[:, self.horizon :]
+
+
+def _home_awake(hour, shift):
+    """P(someone is home and awake) at ``hour`` in a household whose day is shifted by ``shift``."""
+    local = (hour - shift) % 24
+    return 0.05 + 0.85 * (
+        np.exp(-((local - 7.5) ** 2) / 2.0) + ((local > 17) & (local < 23)).astype(float)
+    ).clip(0, 1)
+
+
+def _daylight(hour):
+    return np.clip(np.sin(np.pi * (hour - 6.0) / 12.0), 0.0, 1.0)
+
+
+def _light_logit(previous, occupied, daylight, p):
+    """The logit of the light being on, given its previous state and the occupancy."""
+    return p["persist"] * (2 * previous - 1) + 3.5 * occupied * (1 - daylight) - 1.5 + p["bias"]
+
+
+def _switch_on(previous, awake, daylight, p):
+    """P(the light is on | its previous state), the occupancy (home and awake w.p. ``awake``)
+    averaged out."""
+    return sum(
+        weight * _sigmoid(_light_logit(previous, occupied, daylight, p))
+        for occupied, weight in ((1, awake), (0, 1 - awake))
+    )
 
 
 class Health(SyntheticDataset):

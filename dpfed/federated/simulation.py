@@ -97,7 +97,8 @@ class Simulation:
         k = n if self.strategy.eval_clients == -1 else min(n, self.strategy.eval_clients)
         seed = getattr(self.dataset, "seed", self.seed)  # datasets without one: the run's
         ids = np.random.default_rng([seed, 2]).choice(n, size=k, replace=False)
-        parts = [self.dataset.eval.arrays(i) for i in np.sort(ids)]
+        self._eval_ids = np.sort(ids)
+        parts = [self.dataset.eval.arrays(i) for i in self._eval_ids]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def evaluate(self, state) -> dict:
@@ -118,7 +119,9 @@ class Simulation:
         Classification: always the most frequent class of the evaluation data;
         regression: always their mean (an optimistic baseline: it knows them). Forecasting
         tasks whose inputs hold the current value of their target (`last_value` of the
-        dataset) also get the naive forecast's metric, ``eval/last_value_<metric>``.
+        dataset) also get the naive forecast's metric, ``eval/last_value_<metric>``, and
+        synthetic tasks whose Bayes-optimal forecast is known (`oracle_forecast`) the metric of
+        that upper bound, ``eval/oracle_<metric>``.
         """
         if self._eval_model is None:
             self._eval_x, self._eval_y = self._eval_arrays()
@@ -138,6 +141,10 @@ class Simulation:
         forecast = self.dataset.last_value(np.asarray(self._eval_x))
         if forecast is not None:
             out[f"eval/last_value_{self.metric}"] = score(forecast.ravel())
+        data = self.dataset
+        oracle = [data.oracle_forecast(int(i), data.eval.arrays(i)[0]) for i in self._eval_ids]
+        if oracle[0] is not None:
+            out[f"eval/oracle_{self.metric}"] = score(np.concatenate(oracle).ravel())
         return out
 
     def diverged(self, state, row: dict) -> str | None:

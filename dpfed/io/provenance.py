@@ -48,11 +48,13 @@ def result_line(summary: dict, output_dir: str) -> str:
     parts = []
     if metric:
         trivial = summary.get(metric.replace("eval/", "eval/trivial_"))
-        last = summary.get(metric.replace("eval/", "eval/last_value_"))
-        last = f"; last value: {last:.3f}" if last is not None else ""
+        others = ""  # the forecasts a forecasting task is also scored by
+        for name, prefix in (("last value", "eval/last_value_"), ("oracle", "eval/oracle_")):
+            value = summary.get(metric.replace("eval/", prefix))
+            others += f"; {name}: {value:.3f}" if value is not None else ""
         note = ""
         if trivial is not None:
-            note = f" ({summary['trivial_predictor']}: {trivial:.3f}{last})"
+            note = f" ({summary['trivial_predictor']}: {trivial:.3f}{others})"
         parts.append(f"{metric} {summary[metric]:.3f}{note}")
     epsilon = summary.get("epsilon")
     if epsilon is None or epsilon == float("inf"):

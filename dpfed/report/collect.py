@@ -112,7 +112,22 @@ def table(
     out = grouped.mean()
     if grouped.size().max() > 1:
         out = out.join(grouped.std().add_suffix(" std")).join(grouped.size().rename("runs"))
-    return out.unstack(columns) if columns else out
+    out = out.unstack(columns) if columns else out
+    return out.iloc[sorted(range(len(out)), key=lambda i: _natural(out.index[i]))]
+
+
+def _natural(entry) -> tuple:
+    """Sort key of a row label (a value or a tuple of them): numbers, also written as text,
+    by value ("3" before "10"), then other labels alphabetically, then missing ones."""
+    key = []
+    for part in entry if isinstance(entry, tuple) else (entry,):
+        try:
+            number = float(part)
+        except (TypeError, ValueError):
+            key.append((1, 0.0, str(part)))
+            continue
+        key.append((2, 0.0, "") if number != number else (0, number, ""))
+    return tuple(key)
 
 
 def _numbers(column: pd.Series) -> pd.Series:

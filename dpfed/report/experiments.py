@@ -79,6 +79,9 @@ def _setting(frame: pd.DataFrame) -> pd.Series:
 # Adaptive clipping runs with clipped-count noise 0.5 x cohort (its count noise must exceed half
 # its noise multiplier). shakespeare is left out: 630 users are too few (experiments/README.md).
 _COHORTS = {"smart_home": 100, "health": 100}
+# smart_home's rows train with its tuned preset, which beats the defaults by 0.03 non-private on
+# its two-hours-ahead task; health's defaults score as well as its preset (0.897 against 0.898)
+_HPARAMS = {"smart_home": ("baseline=smart_home",), "health": ()}
 # user-level budgets: the table's 1 to 8, and below 1 where these two tasks start to pay for DP
 _BUDGETS = "dp.target_epsilon=0.125,0.25,0.5,1,2,4,8"
 _SAME_RELATION = "dp.neighboring=zero_out"
@@ -128,18 +131,20 @@ RECORD_LEVEL: dict[str, dict[float, tuple[str, ...]]] = {
 # the non-private column runs the baseline itself, whose rounds the experiment's 20 would replace
 BASELINE_ROUNDS = {"watch": 20, "vowels": 50}
 # The user-level fixed-clip mechanisms' clip per dataset, mechanism and budget: the best at seed 0
-# of dp.clip 0.1 / 0.3 / 1.0 at epsilon 1 to 8 and of 0.03 / 0.1 / 0.3 below 1
+# of dp.clip 0.1 / 0.3 / 1.0 at epsilon 1 to 8 and of 0.03 / 0.1 / 0.3 below 1 (smart_home, whose
+# tuned preset's updates are larger: 0.3 / 1 / 3 and 0.1 / 0.3 / 1; its blt takes bandmf's clip)
 # (experiments/README.md, "The user-level rows' clip"); the table's seeds 0 to 2 rerun it.
 # adaptive picks its own clip.
 _FIXED_CLIP_MECHANISMS = {"gaussian": ("dp=gaussian",), "tree": ("dp=tree",),
                           "bandmf": ("dp=bandmf",),
                           "blt": ("dp=bandmf", "dp.factorization=blt")}  # fmt: skip
 _CLIP_03 = {1: 0.3, 2: 0.3, 4: 0.3, 8: 0.3}
+_SMART_HOME_BANDMF = {0.125: 0.3, 0.25: 0.3, 0.5: 1.0, 1: 1.0, 2: 3.0, 4: 1.0, 8: 1.0}
 USER_CLIPS: dict[tuple[str, str], dict[float, float]] = {
-    ("smart_home", "gaussian"): {0.125: 0.1, 0.25: 0.1, 0.5: 0.1, **_CLIP_03},
-    ("smart_home", "tree"): {0.125: 0.03, 0.25: 0.1, 0.5: 0.1, **_CLIP_03},
-    ("smart_home", "bandmf"): {0.125: 0.1, 0.25: 0.1, 0.5: 0.1, **_CLIP_03},
-    ("smart_home", "blt"): {0.125: 0.1, 0.25: 0.1, 0.5: 0.1, **_CLIP_03},
+    ("smart_home", "gaussian"): {0.125: 0.3, 0.25: 1.0, 0.5: 1.0, 1: 1.0, 2: 3.0, 4: 3.0, 8: 3.0},
+    ("smart_home", "tree"): {0.125: 0.1, 0.25: 0.3, 0.5: 0.3, 1: 1.0, 2: 1.0, 4: 1.0, 8: 3.0},
+    ("smart_home", "bandmf"): _SMART_HOME_BANDMF,
+    ("smart_home", "blt"): _SMART_HOME_BANDMF,
     ("health", "gaussian"): {0.125: 0.03, 0.25: 0.1, 0.5: 0.1, **_CLIP_03},
     ("health", "tree"): {0.125: 0.03, 0.25: 0.03, 0.5: 0.1, 1: 0.3, 2: 0.3, 4: 1.0, 8: 1.0},
     ("health", "bandmf"): {0.125: 0.03, 0.25: 0.03, 0.5: 0.03, 1: 0.1, 2: 0.3, 4: 0.3, 8: 0.3},
@@ -154,7 +159,8 @@ def _clipped_sweeps(dataset: str, cohort: int) -> list[tuple[str, ...]]:
         clips = USER_CLIPS[dataset, mechanism]
         for clip in sorted(set(clips.values())):
             budgets = ",".join(f"{b:g}" for b, c in sorted(clips.items()) if c == clip)
-            point = (f"dataset={dataset}", f"strategy.clients_per_round={cohort}", *choice)
+            point = (*_HPARAMS[dataset], f"dataset={dataset}",
+                     f"strategy.clients_per_round={cohort}", *choice)  # fmt: skip
             sweeps.append((*point, f"dp.clip={clip:g}", f"dp.target_epsilon={budgets}",
                            _SAME_RELATION))  # fmt: skip
     return sweeps
@@ -165,9 +171,9 @@ PRIVACY_UTILITY_SWEEPS = tuple(
     for dataset, m in _COHORTS.items()
     for sweep in (
         *_clipped_sweeps(dataset, m),
-        (f"dataset={dataset}", f"strategy.clients_per_round={m}", "dp=adaptive", _BUDGETS,
-         f"dp.clipped_count_stddev={m / 2}", _SAME_RELATION),
-        (f"dataset={dataset}", f"strategy.clients_per_round={m}", "dp=none"),
+        (*_HPARAMS[dataset], f"dataset={dataset}", f"strategy.clients_per_round={m}",
+         "dp=adaptive", _BUDGETS, f"dp.clipped_count_stddev={m / 2}", _SAME_RELATION),
+        (*_HPARAMS[dataset], f"dataset={dataset}", f"strategy.clients_per_round={m}", "dp=none"),
     )
 ) + tuple(
     sweep
@@ -386,10 +392,12 @@ def _clip_comparison(name: str, caption: str, sweeps, quick_sweeps) -> Experimen
 
 
 def _baselines(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
-    """Rows per dataset: its baseline's accuracy beside the majority class's and, where the
-    inputs hold the target's current value, the last value's (NaN elsewhere)."""
-    last_value = frame.get("eval/last_value_accuracy", pd.Series(np.nan, index=frame.index))
-    return frame.assign(dataset=frame["choice/dataset"], **{"eval/last_value_accuracy": last_value})
+    """Rows per dataset: its baseline's accuracy beside the majority class's and, where known,
+    the last value's and the oracle's (NaN elsewhere)."""
+    optional = {}
+    for column in ("eval/last_value_accuracy", "eval/oracle_accuracy"):
+        optional[column] = frame.get(column, pd.Series(np.nan, index=frame.index))
+    return frame.assign(dataset=frame["choice/dataset"], **optional)
 
 
 EXPERIMENTS = {
@@ -398,14 +406,17 @@ EXPERIMENTS = {
         Experiment(
             "baselines",
             "Tuned non-private FedAvg baselines (baseline=<dataset>, found by hparams_search at "
-            "seed 0) at fresh seeds: final held-out accuracy, the majority class's, and the "
-            "last value's (the target's current value, where the inputs hold it)",
+            "seed 0) at fresh seeds: final held-out accuracy, the majority class's, the "
+            "last value's (the target's current value, where the inputs hold it) and the "
+            "oracle's (the Bayes-optimal forecast knowing each client's generating parameters, "
+            "where the data are synthetic and it is known)",
             rows=("dataset",),
             columns=(),
             values=(
                 "eval/accuracy",
                 "eval/trivial_accuracy",
                 "eval/last_value_accuracy",
+                "eval/oracle_accuracy",
                 "rounds",
                 "train_seconds",
             ),
@@ -479,7 +490,7 @@ EXPERIMENTS = {
                 "bytes to acc {target}",
             ),  # fmt: skip
             derive=_communication,
-            target=0.75,
+            target=0.7,  # smart_home two hours ahead: just above the last value (about 0.69)
             quick_target=0.5,
             plots=("curves",),
         ),

@@ -79,6 +79,11 @@ def _legend(fig, axes) -> None:
                    bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)  # fmt: skip
 
 
+# the reference lines of a panel, in order: the non-private result, the trivial predictor, then
+# forecasts such as the last value and the oracle
+_REFERENCE_LINES = (("black", "--"), ("grey", ":"), ("tab:brown", "-."), ("tab:green", (0, (1, 1))))
+
+
 def utility_figure(frame: pd.DataFrame, x: str, y: str, out, *, panel: str = "dataset",
                    series: str = "mechanism", xlabel: str, ylabel: str,
                    baselines: dict | None = None) -> list[Path]:  # fmt: skip
@@ -107,8 +112,8 @@ def utility_figure(frame: pd.DataFrame, x: str, y: str, out, *, panel: str = "da
                         color=colour, marker=marker, linestyle=line, capsize=3, markersize=5,
                         label=str(name))  # fmt: skip
         for i, (label, value) in enumerate((baselines or {}).get(key, {}).items()):
-            ax.axhline(value, color="black" if i == 0 else "grey", lw=1,
-                       ls="--" if i == 0 else ":", label=label)  # fmt: skip
+            colour, line = _REFERENCE_LINES[min(i, len(_REFERENCE_LINES) - 1)]
+            ax.axhline(value, color=colour, lw=1, ls=line, label=label)
         if ticks and min(ticks) > 0:
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(FixedLocator(ticks))

@@ -76,9 +76,9 @@ def test_client_data_is_lazy_and_makes_tf_datasets_on_demand(cls):
 def test_every_step_labels():
     d = make(SmartHome, labels="every_step")
     x, y = d.train.arrays(0)
-    assert y.shape == (len(x), 16)
-    # the label at step t is the light's state at t+1, which is channel 4 at step t+1
-    np.testing.assert_array_equal(y[:, :-1], x[:, 1:, 4].astype(np.int32))
+    assert y.shape == (len(x), 16) and d.horizon == 4  # two hours ahead by default
+    # the label at step t is the light's state at t+4, which is channel 4 at step t+4
+    np.testing.assert_array_equal(y[:, :-4], x[:, 4:, 4].astype(np.int32))
 
 
 @pytest.mark.parametrize("horizon", [1, 3])
@@ -90,14 +90,15 @@ def test_smart_home_horizon_predicts_the_light_that_many_steps_ahead(horizon):
     np.testing.assert_array_equal(y[:, :-horizon], x[:, horizon:, 4].astype(np.int32))
 
 
-def test_smart_home_defaults_generate_the_data_the_committed_tables_were_made_from():
+def test_smart_home_at_horizon_1_generates_the_data_of_the_old_default_task():
     """horizon=1, persistence=2.0 draw exactly what the generator drew before they existed (the
-    digest of 9169c8a's SmartHome, the code of the committed smart_home tables)."""
+    digest of 9169c8a's SmartHome, whose task was the default until horizon 4 replaced it)."""
     import hashlib
 
     digest = hashlib.sha256()
     for labels in ("last", "every_step"):
-        d = SmartHome(**{**BASE, "num_clients": 1000, "seq_len": 24, "seed": 0, "labels": labels})
+        config = {**BASE, "num_clients": 1000, "seq_len": 24, "seed": 0, "labels": labels}
+        d = SmartHome(**config, horizon=1)
         for i in (0, 1, 999):
             for part in (*d.train.arrays(i), *d.eval.arrays(i)):
                 digest.update(np.ascontiguousarray(part).tobytes())
@@ -107,7 +108,7 @@ def test_smart_home_defaults_generate_the_data_the_committed_tables_were_made_fr
 
 def test_last_value_forecasts_each_target_by_its_current_value():
     # one step ahead, the naive forecast at step t is the target of step t - 1
-    for d in (make(SmartHome, labels="every_step"), make(Finance, labels="every_step"),
+    for d in (make(SmartHome, labels="every_step", horizon=1), make(Finance, labels="every_step"),
               make(Finance, labels="every_step", target="return")):  # fmt: skip
         x, y = d.eval.arrays(1)
         forecast = d.last_value(x)
@@ -118,6 +119,54 @@ def test_last_value_forecasts_each_target_by_its_current_value():
     x, y = d.eval.arrays(1)
     np.testing.assert_array_equal(d.last_value(x), x[:, -1, 4].astype(np.int32))
     assert make(Health).last_value(x) is None  # a ward's deterioration is not an input
+
+
+def _scores(d, clients, forecast):
+    """Accuracy of ``forecast(index, x)`` on the held-out data of ``clients``, and where it
+    predicts on and off, how often the light is really on."""
+    hits = total = 0
+    on = {0: [], 1: []}
+    for i in clients:
+        x, y = d.eval.arrays(i)
+        predicted = forecast(i, x)
+        assert predicted.shape == y.shape and predicted.dtype == y.dtype
+        hits, total = hits + np.sum(predicted == y), total + y.size
+        for side in (0, 1):
+            on[side].extend(y[predicted == side].ravel())
+    return hits / total, np.mean(on[0]), np.mean(on[1])
+
+
+@pytest.mark.parametrize("labels", ["last", "every_step"])
+def test_smart_home_oracle_is_the_bayes_optimal_forecast(labels):
+    """The oracle thresholds the probability that the light is on at one half: where it says on,
+    the light is on more often than not, and off where it says off (a wrong hour, horizon or
+    household would break that). Knowing the household, it beats every input-only rule here."""
+    d = make(SmartHome, labels=labels, examples_mean=200, heterogeneity=1.0)
+    clients = range(60)
+    oracle, on_when_off, on_when_on = _scores(d, clients, d.oracle_forecast)
+    assert on_when_off < 0.5 < on_when_on
+    last, _, _ = _scores(d, clients, lambda i, x: d.last_value(x))
+    labels_seen = np.concatenate([d.eval.arrays(i)[1].ravel() for i in clients])
+    majority = max(labels_seen.mean(), 1 - labels_seen.mean())
+    assert oracle > last + 0.05 and oracle > majority + 0.05
+    # another household's parameters forecast worse: the oracle uses the client's own
+    wrong, _, _ = _scores(d, clients, lambda i, x: d.oracle_forecast(i + 1000, x))
+    assert oracle > wrong + 0.02
+
+
+def test_smart_home_oracle_one_step_ahead_is_close_to_the_last_value():
+    # with persistence 2, the light's current state decides its next state at most hours
+    d = make(SmartHome, horizon=1, examples_mean=200)
+    oracle, _, _ = _scores(d, range(40), d.oracle_forecast)
+    last, _, _ = _scores(d, range(40), lambda i, x: d.last_value(x))
+    assert last - 0.005 <= oracle <= last + 0.02
+
+
+def test_only_smart_home_knows_its_oracle():
+    for cls in DATASETS:
+        d = make(cls)
+        x = d.eval.arrays(0)[0]
+        assert (d.oracle_forecast(0, x) is None) == (cls is not SmartHome)
 
 
 def test_smart_home_persistence_sets_how_often_the_light_keeps_its_state():
@@ -170,6 +219,7 @@ def _pooled(client_data, n):
 
 @pytest.mark.parametrize("cls", DATASETS)
 def test_labels_are_learnable_a_gru_clearly_beats_the_majority_class(cls):
+    """And the last value, where it is known (smart_home two hours ahead, finance)."""
     d = make(cls, num_clients=150)
     x, y = _pooled(d.train, 150)
     xe, ye = _pooled(d.eval, 150)
@@ -184,6 +234,9 @@ def test_labels_are_learnable_a_gru_clearly_beats_the_majority_class(cls):
     model.fit(x, y, epochs=3, batch_size=64, verbose=0)
     accuracy = model.evaluate(xe, ye, verbose=0)[1]
     assert accuracy > majority + 0.08, (cls.__name__, accuracy, majority)
+    forecast = d.last_value(xe)  # where the inputs hold the target's current value, beat it too
+    if forecast is not None:
+        assert accuracy > np.mean(forecast == ye) + 0.04, (cls.__name__, accuracy)
 
 
 @pytest.mark.parametrize("cls", DATASETS)

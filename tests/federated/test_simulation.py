@@ -34,8 +34,9 @@ def test_updates_are_clipped_to_clip(runtime):
     clip = 0.1 * np.linalg.norm(free)
     clipped, _, _ = one_round_update("dp.noise_multiplier=0", f"dp.clip={clip}", FIXED,
                                      "strategy.client_optimizer.learning_rate=0.5")  # fmt: skip
-    # the mean of updates clipped to `clip` has norm <= clip; unclipped it was 10x larger
-    assert 0.5 * clip < np.linalg.norm(clipped) <= clip * (1 + 1e-4)
+    # the mean of updates clipped to `clip` has norm <= clip (unclipped it was 10x larger), and
+    # `clip` times the length of the clients' mean direction, well above 0 in a first round
+    assert 0.25 * clip < np.linalg.norm(clipped) <= clip * (1 + 1e-4)
 
 
 def test_noise_std_is_noise_multiplier_times_clip_over_expected_cohort(runtime):
@@ -315,6 +316,9 @@ def test_the_trivial_predictors_are_scored_on_the_evaluation_data(runtime, overr
     sim = build(*overrides, "strategy.eval_clients=6")
     trivial = sim.trivial_predictor()
     x, y = sim._eval_x, np.asarray(sim._eval_y).ravel()
+    # only smart_home knows its Bayes-optimal forecast (the oracle)
+    oracle = "eval/oracle_accuracy" in trivial
+    assert oracle == (overrides == ("dataset=smart_home",)), trivial
     if key is None:
         assert not any(k.startswith("eval/last_value") for k in trivial)
         return
@@ -323,4 +327,9 @@ def test_the_trivial_predictors_are_scored_on_the_evaluation_data(runtime, overr
     assert trivial[key] == pytest.approx(expected)
     metric = key.replace("last_value_", "")
     line = result_line({**trivial, metric: 0.5, "rounds": 2, "status": "completed"}, "out")
-    assert f"{trivial['trivial_predictor']}: " in line and f"last value: {expected:.3f})" in line
+    assert f"{trivial['trivial_predictor']}: " in line and f"last value: {expected:.3f}" in line
+    if oracle:  # scored on the same clients, in the same order
+        best = np.concatenate([sim.dataset.oracle_forecast(i, sim.dataset.eval.arrays(i)[0])
+                               for i in sim._eval_ids])  # fmt: skip
+        assert len(sim._eval_ids) == 6 and trivial["eval/oracle_accuracy"] == np.mean(best == y)
+        assert f"last value: {expected:.3f}; oracle: {np.mean(best == y):.3f})" in line
