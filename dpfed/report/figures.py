@@ -79,9 +79,10 @@ def _legend(fig, axes) -> None:
                    bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)  # fmt: skip
 
 
-# the reference lines of a panel, in order: the non-private result, the trivial predictor, then
-# forecasts such as the last value and the oracle
-_REFERENCE_LINES = (("black", "--"), ("grey", ":"), ("tab:brown", "-."), ("tab:green", (0, (1, 1))))
+# a panel's reference lines by label; any other (the trivial predictor) is grey and dotted
+_REFERENCE_LINES = {"no DP": ("black", "--"), "last value": ("tab:brown", "-."),
+                    "oracle": ("tab:green", (0, (1, 1)))}  # fmt: skip
+_OTHER_REFERENCE = ("grey", ":")
 
 
 def utility_figure(frame: pd.DataFrame, x: str, y: str, out, *, panel: str = "dataset",
@@ -111,8 +112,8 @@ def utility_figure(frame: pd.DataFrame, x: str, y: str, out, *, panel: str = "da
             ax.errorbar(stats[x].astype(float), stats["mean"], yerr=stats["std"].fillna(0),
                         color=colour, marker=marker, linestyle=line, capsize=3, markersize=5,
                         label=str(name))  # fmt: skip
-        for i, (label, value) in enumerate((baselines or {}).get(key, {}).items()):
-            colour, line = _REFERENCE_LINES[min(i, len(_REFERENCE_LINES) - 1)]
+        for label, value in (baselines or {}).get(key, {}).items():
+            colour, line = _REFERENCE_LINES.get(label, _OTHER_REFERENCE)
             ax.axhline(value, color=colour, lw=1, ls=line, label=label)
         if ticks and min(ticks) > 0:
             ax.set_xscale("log")

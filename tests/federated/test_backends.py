@@ -255,14 +255,15 @@ def test_a_round_is_the_reference_round(runtime, overrides):
 
 def test_clipping_binds_and_is_per_user(runtime):
     clip = 1e-3  # far below every user's update in one smoke round
-    overrides = ("dp.noise_multiplier=0", f"dp.clip={clip}")
+    # the one-step task, whose first-round updates mostly agree (the bound below was set on it)
+    overrides = ("dp.noise_multiplier=0", f"dp.clip={clip}", "dataset.horizon=1")
     reference = first_rounds(*FIXED, *overrides)
     vectorized = first_rounds(*FIXED, *overrides, *VECTORIZED)
     assert_same_round(reference, vectorized)
     # The mean of updates clipped to `clip` has norm <= clip; each binding clip shrinks it.
     # Every update then has norm `clip`, so the mean's norm is `clip` times the length of the
-    # mean direction: well above 0 for first-round updates, which mostly agree (0.46 here).
-    assert 0.25 * clip < change(vectorized) <= clip * (1 + 1e-4)
+    # clients' mean direction.
+    assert 0.5 * clip < change(vectorized) <= clip * (1 + 1e-4)
 
 
 @pytest.mark.slow
