@@ -32,6 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from dpfed.io.provenance import FORECASTS  # noqa: E402
 from dpfed.report.collect import audited, curves, mechanism_labels, summaries  # noqa: E402
 from dpfed.report.figures import (  # noqa: E402
     audit_figure,
@@ -135,7 +136,7 @@ def plot_utility(root, out, y: str = "eval/accuracy") -> list[Path]:
         trivial = part.get(y.replace("eval/", "eval/trivial_"))
         if trivial is not None and trivial.notna().any():
             lines[str(part["trivial_predictor"].dropna().iloc[0])] = float(trivial.mean())
-        for name, prefix in (("last value", "eval/last_value_"), ("oracle", "eval/oracle_")):
+        for name, prefix in FORECASTS:
             forecast = part.get(y.replace("eval/", prefix))  # where the dataset knows it
             if forecast is not None and forecast.notna().any():
                 lines[name] = float(forecast.mean())

@@ -42,6 +42,10 @@ def provenance(cfg: DictConfig, choices: dict | None = None) -> dict:
     }
 
 
+# the forecasts a run is also scored by where its dataset knows them: (name, summary key prefix)
+FORECASTS = (("last value", "eval/last_value_"), ("oracle", "eval/oracle_"))
+
+
 def result_line(summary: dict, output_dir: str) -> str:
     """A run's last line: held-out metric vs the trivial predictor's, privacy, rounds, folder."""
     metric = next((k for k in ("eval/accuracy", "eval/mae") if summary.get(k) is not None), None)
@@ -49,7 +53,7 @@ def result_line(summary: dict, output_dir: str) -> str:
     if metric:
         trivial = summary.get(metric.replace("eval/", "eval/trivial_"))
         others = ""  # the forecasts a forecasting task is also scored by
-        for name, prefix in (("last value", "eval/last_value_"), ("oracle", "eval/oracle_")):
+        for name, prefix in FORECASTS:
             value = summary.get(metric.replace("eval/", prefix))
             others += f"; {name}: {value:.3f}" if value is not None else ""
         note = ""

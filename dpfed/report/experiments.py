@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from dpfed.io.provenance import FORECASTS
 from dpfed.report.collect import (
     adaptive_label,
     audited,
@@ -391,11 +392,14 @@ def _clip_comparison(name: str, caption: str, sweeps, quick_sweeps) -> Experimen
     )
 
 
+_FORECAST_ACCURACIES = tuple(f"{prefix}accuracy" for _, prefix in FORECASTS)
+
+
 def _baselines(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Rows per dataset: its baseline's accuracy beside the majority class's and, where known,
     the last value's and the oracle's (NaN elsewhere)."""
     optional = {}
-    for column in ("eval/last_value_accuracy", "eval/oracle_accuracy"):
+    for column in _FORECAST_ACCURACIES:
         optional[column] = frame.get(column, pd.Series(np.nan, index=frame.index))
     return frame.assign(dataset=frame["choice/dataset"], **optional)
 
@@ -415,8 +419,7 @@ EXPERIMENTS = {
             values=(
                 "eval/accuracy",
                 "eval/trivial_accuracy",
-                "eval/last_value_accuracy",
-                "eval/oracle_accuracy",
+                *_FORECAST_ACCURACIES,
                 "rounds",
                 "train_seconds",
             ),
