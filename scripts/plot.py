@@ -33,7 +33,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from dpfed.io.provenance import FORECASTS  # noqa: E402
-from dpfed.report.collect import audited, curves, mechanism_labels, summaries  # noqa: E402
+from dpfed.report.collect import (  # noqa: E402
+    audited,
+    config_values,
+    curves,
+    mechanism_labels,
+    summaries,
+)
+from dpfed.report.experiments import SERVER_LR  # noqa: E402
 from dpfed.report.figures import (  # noqa: E402
     audit_figure,
     clip_figure,
@@ -187,6 +194,7 @@ def plot_clip(root, out, y: str = "eval/accuracy") -> list[Path]:
     """``y`` against the fixed clip, with the adaptive clip's result (runs with dp=gaussian and
     dp=adaptive)."""
     frame = labelled_runs(root)
+    frame["server lr"] = config_values(frame, SERVER_LR)  # several: each clip at its best
     fixed = frame[frame["mechanism"] == "gaussian"]
     adaptive = frame[frame["mechanism"] == "adaptive"]
     if fixed.empty or y not in frame.columns:

@@ -147,10 +147,21 @@ def test_audit_quick_tabulates_the_bound_and_catches_the_planted_bug(tmp_path):
 
 @pytest.mark.slow
 def test_adaptive_clip_quick_tabulates_fixed_clips_and_the_adaptive_one(tmp_path):
-    """Fixed clips 0.1 and 1 and the adaptive clip (from 0.1), at the same noise multiplier:
+    """Fixed clips 0.1 and 1 and the adaptive clip (from 0.1), each at server learning rates 0.5
+    and 1, at the same noise multiplier: one row per clip at its rate with the higher accuracy,
     one epsilon for all rows, the adaptive run's final clip moved from its start, a figure."""
+    from dpfed.report.collect import summaries
+
     table = reproduce("adaptive_clip", tmp_path).set_index("clip")
     assert sorted(table.index) == ["0.1", "1", "adaptive (median)"]
+    runs = summaries(tmp_path / "experiments" / "adaptive_clip_quick")
+    assert len(runs) == 6
+    rate = runs["override/strategy.server_optimizer.learning_rate"].astype(float)
+    clip = runs["override/dp.clip"].fillna("adaptive (median)")
+    for label, row in table.iterrows():
+        accuracies = runs["eval/accuracy"][clip == label].groupby(rate[clip == label]).mean()
+        assert row["server lr"] == accuracies.idxmax(), label  # the better of the two rates
+        assert row["eval/accuracy"] == pytest.approx(accuracies.max(), abs=1e-4)
     assert table["epsilon"].nunique() == 1  # the count noise is paid inside the same budget
     assert table.loc["1", "final clip"] == 1 and table.loc["0.1", "final clip"] == 0.1
     final = table.loc["adaptive (median)", "final clip"]
@@ -250,6 +261,39 @@ def test_privacy_utility_runs_each_user_level_cell_once_at_its_selected_clip():
     assert seen == expected
     assert {m for _, m, _ in seen} == {"gaussian", "tree", "bandmf", "blt"}
     assert {b for _, _, b in seen} == {0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0}
+
+
+@pytest.mark.parametrize(
+    ("name", "multiples"),
+    [("adaptive_clip", [1, 2, 4, 8]), ("adaptive_clip_shakespeare", [1, 2, 4])],
+)
+def test_adaptive_clip_grids_multiply_their_baselines_server_learning_rate(name, multiples):
+    """Every configuration (each fixed clip, each adaptive quantile) is run at a grid of server
+    learning rates going up from the tuned baseline's own, which its table chooses from; the
+    rest of each run is the baseline under the experiment's noise."""
+    from dpfed.report.experiments import SERVER_LR, sweep_points
+
+    experiment = EXPERIMENTS[name]
+    base = compose_config(f"experiment={name}", return_hydra_config=True)
+    rates: dict[tuple, set] = {}
+    for extra in experiment.sweeps:
+        baseline = next(o for o in extra if o.startswith("baseline="))
+        for point in [p for p in sweep_points(base, extra) if "seed=0" in p]:  # seeds alike
+            cfg = compose_config(f"experiment={name}", *point)
+            reference = compose_config(baseline)
+            assert cfg.model == reference.model and cfg.dataset == reference.dataset
+            assert cfg.strategy.client_optimizer == reference.strategy.client_optimizer
+            assert cfg.strategy.server_optimizer.get("momentum") == (
+                reference.strategy.server_optimizer.get("momentum"))  # fmt: skip
+            arm = (cfg.dp._target_, cfg.dp.get("clip"), cfg.dp.get("target_quantile"))
+            ratio = OmegaConf.select(cfg, SERVER_LR) / OmegaConf.select(reference, SERVER_LR)
+            rates.setdefault(arm, set()).add(round(ratio, 9))
+    assert max(map(len, rates.values())) == len(multiples)
+    for arm, ratios in rates.items():
+        assert ratios <= set(multiples), arm
+    tuned = [arm for arm, ratios in rates.items() if ratios == set(multiples)]
+    assert any("Adaptive" in arm[0] for arm in tuned), "the adaptive clip is tuned too"
+    assert sum("Adaptive" not in arm[0] for arm in tuned) >= 3, "and the fixed clips near it"
 
 
 @pytest.mark.parametrize("dataset", ["watch", "vowels"])

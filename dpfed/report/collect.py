@@ -20,6 +20,41 @@ def target_quantiles(frame: pd.DataFrame) -> pd.Series:
     return frame.get("target_quantile", pd.Series(0.5, index=frame.index)).fillna(0.5)
 
 
+def config_values(frame: pd.DataFrame, key: str) -> pd.Series:
+    """Each run's resolved config value at the dotted ``key`` (``strategy.server_optimizer.
+    learning_rate``), read from the ``config`` its summary.json holds; NaN where a row has no
+    run folder or its config has no such key."""
+
+    def value(run) -> object:
+        path = Path(str(run)) / "summary.json"
+        if not isinstance(run, str) or not path.exists():
+            return math.nan
+        node = json.loads(path.read_text()).get("config") or {}
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return math.nan
+            node = node[part]
+        return node
+
+    return frame.get("run", pd.Series(None, index=frame.index)).map(value)
+
+
+def best_of(frame: pd.DataFrame, groups: list[str], choice: str, metric: str) -> pd.DataFrame:
+    """Per group of ``groups``, only the runs at the value of ``choice`` (a tuned setting, such
+    as the server learning rate) whose runs' mean ``metric`` is highest: the best setting chosen
+    in hindsight. Rows whose ``choice`` is missing are kept as they are."""
+    if choice not in frame.columns or frame[choice].isna().all():
+        return frame
+    means = frame.groupby([*groups, choice], dropna=False)[metric].mean()
+    if groups:
+        best = set(means.groupby(level=list(range(len(groups))), dropna=False).idxmax())
+    else:  # one group: the index holds the choice's values themselves
+        best = {(means.idxmax(),)}
+    keys = frame[[*groups, choice]].itertuples(index=False, name=None)
+    keep = [key in best or pd.isna(key[-1]) for key in keys]
+    return frame[keep]
+
+
 def run_dirs(root: str | Path) -> list[Path]:
     """Every run directory (one holding a summary.json) under ``root``, sorted."""
     return sorted(p.parent for p in Path(root).rglob("summary.json"))

@@ -8,6 +8,7 @@ legend outside the data, and is saved as vector PDF and PNG.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -16,9 +17,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
-from dpfed.report.collect import adaptive_label, target_quantiles  # noqa: E402
+from dpfed.report.collect import adaptive_label, best_of, target_quantiles  # noqa: E402
 
 # one look per mechanism, kept across every figure
 STYLES = {
@@ -56,8 +58,9 @@ def save(fig, out: str | Path) -> list[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if out.suffix else [out.with_suffix(".pdf"), out.with_suffix(".png")]
-    for path in paths:
-        fig.savefig(path, dpi=200, bbox_inches="tight")
+    for path in paths:  # no creation date in a PDF: the same runs give the same bytes
+        metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
+        fig.savefig(path, dpi=200, bbox_inches="tight", metadata=metadata)
     plt.close(fig)
     return paths
 
@@ -80,8 +83,9 @@ def _legend(fig, axes) -> None:
 
 
 # a panel's reference lines by label; any other (the trivial predictor) is grey and dotted
-_REFERENCE_LINES = {"no DP": ("black", "--"), "last value": ("tab:brown", "-."),
-                    "oracle": ("tab:green", (0, (1, 1)))}  # fmt: skip
+# colours no mechanism in `STYLES` uses (tab:brown was blt's and tab:green tree's)
+_REFERENCE_LINES = {"no DP": ("black", "--"), "last value": ("darkslategray", "-."),
+                    "oracle": ("crimson", (0, (1, 1)))}  # fmt: skip
 _OTHER_REFERENCE = ("grey", ":")
 
 
@@ -129,10 +133,20 @@ def utility_figure(frame: pd.DataFrame, x: str, y: str, out, *, panel: str = "da
     return save(fig, out)
 
 
+def _variant_order(variant: str) -> tuple:
+    """Sort key of a series' variant (``eps 0.125``): by its number where it has one."""
+    number = re.search(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", variant)
+    return (0, float(number.group()), variant) if number else (1, 0.0, variant)
+
+
 def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "dataset",
                   series: str = "mechanism", xlabel: str | None = None,
                   ylabel: str | None = None) -> list[Path]:  # fmt: skip
     """Per-round curves, mean ± std over seeds (a band) per series, one panel per ``panel``.
+
+    A series named ``<family>, <variant>`` (``gaussian, eps 2``) takes its family's style, in a
+    shade its variant has in every family (light to dark by the variant's number); the legend
+    then names each family once and each variant's shade once.
 
     Args:
         data: stacked metrics.csv rows with ``panel`` and ``series`` columns
@@ -142,24 +156,25 @@ def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "data
     """
     keys = sorted(data[panel].unique())
     fig, axes = _panels(keys)
+    names = sorted({str(name) for name in data[series].dropna().unique()})
+    family = {name: name.split(",")[0] for name in names}
+    variant = {name: name.split(",", 1)[1].strip() if "," in name else "" for name in names}
+    variants = sorted({v for v in variant.values() if v}, key=_variant_order)
+    shade = {v: 0.3 + 0.7 * k / max(1, len(variants) - 1) for k, v in enumerate(variants)}
     for ax, key in zip(axes, keys, strict=True):
         part = data[(data[panel] == key)].dropna(subset=[y])
         groups = sorted(part.groupby(series), key=lambda item: str(item[0]))
-        families = [str(name).split(",")[0] for name, _ in groups]
         for index, (name, runs) in enumerate(groups):
             stats = runs.groupby(x)[y].agg(["mean", "std"]).reset_index()
             stats = stats[np.isfinite(stats["mean"].astype(float))]
             if stats.empty:
                 continue
-            colour, marker, line = style(families[index])
-            # a mechanism's series (e.g. its budgets) share its style, from light to dark
-            siblings = families.count(families[index])
-            rank = families[:index].count(families[index])
-            shade = 1.0 if siblings == 1 else 0.3 + 0.7 * rank / (siblings - 1)
+            colour, marker, line = style(family[str(name)])
+            alpha = shade.get(variant[str(name)], 1.0) if len(variants) > 1 else 1.0
             every = max(1, len(stats) // 8)
             # staggered markers keep series that coincide distinguishable
             ax.plot(stats[x], stats["mean"], color=colour, marker=marker, linestyle=line,
-                    alpha=shade, markersize=4, markevery=(index % every, every),
+                    alpha=alpha, markersize=4, markevery=(index % every, every),
                     label=str(name))  # fmt: skip
             spread = stats["std"].fillna(0)
             if spread.any():
@@ -170,7 +185,16 @@ def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "data
         ax.set_xlabel(xlabel or x, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(ylabel or y, fontsize=9)
-    _legend(fig, axes)
+    if len(variants) > 1:  # a family per style, a variant per shade
+        looks = {f: style(f) for f in sorted(set(family.values()))}
+        handles = [Line2D([], [], color=c, marker=m, linestyle=ls, markersize=4, label=f)
+                   for f, (c, m, ls) in looks.items()]  # fmt: skip
+        handles += [Line2D([], [], color="black", alpha=shade[v], linewidth=2, label=v)
+                    for v in variants]  # fmt: skip
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   frameon=False, fontsize=8)  # fmt: skip
+    else:
+        _legend(fig, axes)
     fig.tight_layout()
     return save(fig, out)
 
@@ -233,20 +257,34 @@ def clip_figure(fixed: pd.DataFrame, adaptive: pd.DataFrame, out, *, y: str, yla
     ``fixed``: one row per run with ``clip`` and ``y``; ``adaptive``: one row per run with
     ``dp/clip`` (the final adaptive clip), ``y`` and optionally ``target_quantile`` (0.5 when
     absent); ``note`` names the privacy of the runs; ``trivial``: (name, value) of the trivial
-    predictor, drawn as a grey line.
+    predictor, drawn as a grey line. Where the runs hold a ``server lr`` column with several
+    rates, each fixed clip and each quantile is drawn at its best rate (by the mean over seeds,
+    as the table chooses it), and every rate's fixed-clip curve as a thin line.
     """
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     colour, marker, line = style("gaussian")
+    rates = sorted(fixed["server lr"].dropna().unique()) if "server lr" in fixed else []
+    if len(rates) > 1:
+        shades = plt.cm.Blues(np.linspace(0.35, 0.75, len(rates)))
+        for rate, shade in zip(rates, shades, strict=True):
+            curve = fixed[fixed["server lr"] == rate].groupby("clip")[y].mean().sort_index()
+            ax.plot(curve.index, curve.values, color=shade, linewidth=0.8, marker=".",
+                    label=f"fixed clip, server lr {rate:.3g}")  # fmt: skip
+        fixed = best_of(fixed, ["clip"], "server lr", y)
     means = fixed.groupby("clip")[y].agg(["mean", "std"]).sort_index()
+    tuned = ", best server lr" if len(rates) > 1 else ""
     ax.errorbar(means.index, means["mean"], yerr=means["std"].fillna(0), color=colour,
-                marker=marker, linestyle=line, capsize=3, label="fixed clip")  # fmt: skip
+                marker=marker, linestyle=line, capsize=3, label=f"fixed clip{tuned}")  # fmt: skip
     first_colour, marker, _ = style("adaptive")
     for k, (quantile, runs) in enumerate(adaptive.groupby(target_quantiles(adaptive))):
         colour = first_colour if k == 0 else f"C{k + 2}"
+        runs = best_of(runs, [], "server lr", y) if "server lr" in runs else runs
         mean, std = float(runs[y].mean()), float(runs[y].std(ddof=1) or 0.0)
         if math.isnan(std):
             std = 0.0
         name = adaptive_label(float(quantile))
+        if len(rates) > 1 and runs["server lr"].notna().any():
+            name += f", server lr {float(runs['server lr'].iloc[0]):.3g}"
         ax.axhspan(mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
         ax.axhline(mean, color=colour, linestyle="--", linewidth=1.2, label=name)
         final = float(runs["dp/clip"].mean())
