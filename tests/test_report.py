@@ -404,21 +404,51 @@ def test_the_adaptive_clip_table_keeps_each_clip_at_its_best_server_learning_rat
     # clip 1 at 0.8 wins seed 1 (0.80) but loses on the mean (0.65 against 0.73)
     assert chosen == {"0.1": 0.8, "1": 0.2, "adaptive (median)": 0.8}
     assert list(result["runs"]) == [2, 2, 2]
+    assert list(result["server lrs tried"]) == [2, 2, 2]
     accuracy = dict(zip(result["clip"], result["eval/accuracy"], strict=True))
     assert accuracy == pytest.approx({"0.1": 0.68, "1": 0.73, "adaptive (median)": 0.73})
     final = dict(zip(result["clip"], result["final clip"], strict=True))
     assert final["adaptive (median)"] == pytest.approx(1.0)  # the tuned runs' own final clip
     assert set(result["neighboring"]) == {"add_remove"}
 
-    legends = []
-    monkeypatch.setattr(figures, "save", lambda fig, out: legends.extend(
-        t.get_text() for legend in fig.legends for t in legend.get_texts()))  # fmt: skip
+    legends, curves = [], {}
+
+    def keep(fig, out):
+        legends.extend(t.get_text() for legend in fig.legends for t in legend.get_texts())
+        curves.update({line.get_label(): list(line.get_ydata()) for line in fig.axes[0].lines})
+        curves.update({bars.get_label(): list(bars.lines[0].get_ydata())
+                       for bars in fig.axes[0].containers})  # fmt: skip
+
+    monkeypatch.setattr(figures, "save", keep)
     import scripts.plot as plot
 
     plot.plot_clip(tmp_path, tmp_path / "fig")
     assert {"fixed clip, server lr 0.2", "fixed clip, server lr 0.8",
             "fixed clip, best server lr"} <= set(legends)  # fmt: skip
     assert "adaptive (median), server lr 0.8: final clip 1" in legends
+    # the bold curve is each clip at the table's rate: clip 0.1 at 0.8, clip 1 at 0.2
+    bold = next(values for label, values in curves.items() if label.endswith("best server lr"))
+    assert bold == pytest.approx([0.68, 0.73])
+    assert curves["fixed clip, server lr 0.8"] == pytest.approx([0.68, 0.65])
+
+
+def test_best_of_compares_settings_over_the_same_runs_only():
+    """A setting whose other seeds failed cannot win on its survivors; a missing setting is a
+    setting of its own; a tie goes to the first; groups without the metric keep their first."""
+    from dpfed.report.collect import best_of
+
+    uneven = pd.DataFrame({"clip": ["1"] * 3, "lr": [0.2, 0.2, 0.8], "acc": [0.6, 0.62, 0.99]})
+    assert list(best_of(uneven, ["clip"], "lr", "acc")["lr"]) == [0.2, 0.2]
+    unknown = pd.DataFrame({"clip": ["1"] * 3, "lr": [0.2, None, 0.8], "acc": [0.6, 0.9, 0.5]})
+    assert best_of(unknown, ["clip"], "lr", "acc")["lr"].isna().tolist() == [True]
+    tie = pd.DataFrame({"clip": ["1", "1", "3"], "lr": [0.8, 0.2, 0.2], "acc": [0.5, 0.5, 0.7]})
+    assert best_of(tie, ["clip"], "lr", "acc")["lr"].tolist() == [0.8, 0.2]
+    blank = pd.DataFrame({"clip": ["1", "1"], "lr": [0.8, 0.2], "acc": [None, None]})
+    assert best_of(blank, ["clip"], "lr", "acc")["lr"].tolist() == [0.8]
+    overall = pd.DataFrame({"lr": [0.2, 0.2, 0.8, 0.8], "acc": [0.5, 0.9, 0.8, 0.8]})
+    assert best_of(overall, [], "lr", "acc")["lr"].tolist() == [0.8, 0.8]  # mean, not max
+    untuned = pd.DataFrame({"clip": ["1", "3"], "lr": [None, None], "acc": [0.5, 0.7]})
+    assert best_of(untuned, ["clip"], "lr", "acc").equals(untuned)
 
 
 def test_the_utility_figure_draws_each_datasets_reference_lines(tmp_path, monkeypatch):
@@ -451,13 +481,17 @@ def test_the_utility_figure_draws_each_datasets_reference_lines(tmp_path, monkey
 
     styles = {_REFERENCE_LINES.get(label, _OTHER_REFERENCE) for label in drawn["smart_home"]}
     assert len(styles) == len(drawn["smart_home"])
-    # in colours no private mechanism's curve has (no DP is the non-private runs' own black)
-    from matplotlib.colors import to_hex
+    named = [style for label, style in _REFERENCE_LINES.items() if label != "no DP"]
+    # in colours far from every private mechanism's (no DP is the non-private runs' own black)
+    import numpy as np
+    from matplotlib.colors import to_rgb
 
     from dpfed.report.figures import STYLES
 
-    mechanisms = {to_hex(colour) for name, (colour, _, _) in STYLES.items() if name != "none"}
-    assert not {to_hex(colour) for colour, _ in styles} & mechanisms
+    mechanisms = [to_rgb(colour) for name, (colour, _, _) in STYLES.items() if name != "none"]
+    for colour, _ in named:  # the majority class keeps the grey dotted line it always had
+        distance = min(np.linalg.norm(np.subtract(to_rgb(colour), m)) for m in mechanisms)
+        assert distance > 0.3, colour  # tab:brown (blt's) is 0, crimson 0.15 from tab:red
 
 
 def test_table_rows_sort_numbers_written_as_text_by_value():

@@ -42,17 +42,29 @@ def config_values(frame: pd.DataFrame, key: str) -> pd.Series:
 def best_of(frame: pd.DataFrame, groups: list[str], choice: str, metric: str) -> pd.DataFrame:
     """Per group of ``groups``, only the runs at the value of ``choice`` (a tuned setting, such
     as the server learning rate) whose runs' mean ``metric`` is highest: the best setting chosen
-    in hindsight. Rows whose ``choice`` is missing are kept as they are."""
+    in hindsight.
+
+    Only values with as many runs as the group's best-covered value compete (a value whose
+    other seeds failed cannot win on the seeds that survived); a tie goes to the value met
+    first in ``frame``'s order; a missing value of ``choice`` is a value of its own; a group
+    whose ``metric`` is missing everywhere keeps its first value's runs. Where no row has a
+    ``choice``, ``frame`` is returned as it is.
+    """
     if choice not in frame.columns or frame[choice].isna().all():
         return frame
-    means = frame.groupby([*groups, choice], dropna=False)[metric].mean()
-    if groups:
-        best = set(means.groupby(level=list(range(len(groups))), dropna=False).idxmax())
-    else:  # one group: the index holds the choice's values themselves
-        best = {(means.idxmax(),)}
-    keys = frame[[*groups, choice]].itertuples(index=False, name=None)
-    keep = [key in best or pd.isna(key[-1]) for key in keys]
-    return frame[keep]
+    missing = "<missing>"  # NaN is not equal to itself: a stand-in that groups and matches
+    keys = [frame[c].astype(object).where(frame[c].notna(), missing) for c in [*groups, choice]]
+    stats = frame[metric].astype(float).groupby(keys, sort=False).agg(["mean", "size"])
+    if not isinstance(stats.index, pd.MultiIndex):  # one key: its entries as 1-tuples
+        stats.index = pd.MultiIndex.from_arrays([stats.index])
+    levels = list(range(len(groups))) if len(groups) > 1 else 0  # a scalar: no pandas warning
+    parts = stats.groupby(level=levels, sort=False) if groups else [((), stats)]
+    chosen = set()
+    for _, part in parts:
+        eligible = part[part["size"] == part["size"].max()]
+        chosen.add(eligible["mean"].fillna(-math.inf).idxmax())
+    rows = zip(*keys, strict=True)
+    return frame[[row in chosen for row in rows]]
 
 
 def run_dirs(root: str | Path) -> list[Path]:

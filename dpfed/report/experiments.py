@@ -274,6 +274,8 @@ def _adaptive_clip(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
                             "final clip": final.where(adaptive, frame["clip"]),
                             "mechanism": frame["choice/dp"],
                             "server lr": config_values(frame, SERVER_LR)})  # fmt: skip
+    tried = frame.groupby(["mechanism", "clip"])["server lr"].transform("nunique")
+    frame = frame.assign(**{"server lrs tried": tried})
     return best_of(frame, ["mechanism", "clip"], "server lr", "eval/accuracy")
 
 
@@ -406,11 +408,12 @@ class Experiment:
 
 def _clip_comparison(name: str, caption: str, sweeps, quick_sweeps) -> Experiment:
     """An adaptive-against-fixed-clipping table: rows clip (at its server learning rate, the
-    best of those run), the final clip, one epsilon under the relation the rows name."""
+    best of the ``server lrs tried`` for it), the final clip, one epsilon under the relation the
+    rows name."""
     return Experiment(
         name,
         caption,
-        rows=("mechanism", "clip", "server lr", "neighboring"),
+        rows=("mechanism", "clip", "server lr", "server lrs tried", "neighboring"),
         columns=(),
         values=("eval/accuracy", "final clip", "epsilon"),
         sweeps=sweeps,

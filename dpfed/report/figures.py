@@ -85,7 +85,7 @@ def _legend(fig, axes) -> None:
 # a panel's reference lines by label; any other (the trivial predictor) is grey and dotted
 # colours no mechanism in `STYLES` uses (tab:brown was blt's and tab:green tree's)
 _REFERENCE_LINES = {"no DP": ("black", "--"), "last value": ("darkslategray", "-."),
-                    "oracle": ("crimson", (0, (1, 1)))}  # fmt: skip
+                    "oracle": ("magenta", (0, (1, 1)))}  # fmt: skip
 _OTHER_REFERENCE = ("grey", ":")
 
 
@@ -263,13 +263,14 @@ def clip_figure(fixed: pd.DataFrame, adaptive: pd.DataFrame, out, *, y: str, yla
     """
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     colour, marker, line = style("gaussian")
+    any_rate = pd.concat([fixed, adaptive]).get("server lr", pd.Series(dtype=float))
     rates = sorted(fixed["server lr"].dropna().unique()) if "server lr" in fixed else []
     if len(rates) > 1:
         shades = plt.cm.Blues(np.linspace(0.35, 0.75, len(rates)))
         for rate, shade in zip(rates, shades, strict=True):
             curve = fixed[fixed["server lr"] == rate].groupby("clip")[y].mean().sort_index()
             ax.plot(curve.index, curve.values, color=shade, linewidth=0.8, marker=".",
-                    label=f"fixed clip, server lr {rate:.3g}")  # fmt: skip
+                    label=f"fixed clip, server lr {rate:.4g}")  # fmt: skip
         fixed = best_of(fixed, ["clip"], "server lr", y)
     means = fixed.groupby("clip")[y].agg(["mean", "std"]).sort_index()
     tuned = ", best server lr" if len(rates) > 1 else ""
@@ -283,8 +284,8 @@ def clip_figure(fixed: pd.DataFrame, adaptive: pd.DataFrame, out, *, y: str, yla
         if math.isnan(std):
             std = 0.0
         name = adaptive_label(float(quantile))
-        if len(rates) > 1 and runs["server lr"].notna().any():
-            name += f", server lr {float(runs['server lr'].iloc[0]):.3g}"
+        if any_rate.nunique() > 1 and runs["server lr"].notna().any():
+            name += f", server lr {float(runs['server lr'].iloc[0]):.4g}"
         ax.axhspan(mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
         ax.axhline(mean, color=colour, linestyle="--", linewidth=1.2, label=name)
         final = float(runs["dp/clip"].mean())
