@@ -285,12 +285,12 @@ def _adaptive_clip(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
 # updates the non-private optimum was tuned for, so the grid goes up from it; Andrew et al. 2021
 # choose each configuration's server learning rate from a small grid, and so does the table.
 _SMART_HOME = "baseline=smart_home"
-_SMART_HOME_SERVER_LRS = "strategy.server_optimizer.learning_rate=0.179,0.358,0.716,1.432"
+_SMART_HOME_SERVER_LRS = f"{SERVER_LR}=0.179,0.358,0.716,1.432"
 ADAPTIVE_CLIP_SWEEPS = (
     (_SMART_HOME, "dp=gaussian", "dp.clip=0.03,0.1,0.3,1,3", _SMART_HOME_SERVER_LRS),
     (_SMART_HOME, "dp=adaptive", _SMART_HOME_SERVER_LRS),
 )
-_QUICK_SERVER_LRS = "strategy.server_optimizer.learning_rate=0.5,1"  # the choice, smoke-sized
+_QUICK_SERVER_LRS = f"{SERVER_LR}=0.5,1"  # the choice, smoke-sized
 # On the tuned Shakespeare baseline (10 clients a round, fixed-size): fixed clips over two decades
 # around its median update norm (about 2 in the first rounds), adaptive from its default 0.1 with
 # clipped-count noise m / 20, as Andrew et al. use
