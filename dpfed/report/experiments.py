@@ -280,7 +280,7 @@ def _adaptive_clip(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
 
 
 # On the tuned smart_home baseline (its server learning rate 0.179, momentum 0.9): fixed clips over
-# two decades around its median update norm (about 0.5), and adaptive clipping from its default
+# two decades around the adaptive clip's final 0.5 to 0.6, and adaptive clipping from its default
 # 0.1, each at the server learning rates 1, 2, 4 and 8 times the baseline's. Clipping shrinks the
 # updates the non-private optimum was tuned for, so the grid goes up from it; Andrew et al. 2021
 # choose each configuration's server learning rate from a small grid, and so does the table.
