@@ -279,7 +279,7 @@ def clip_figure(fixed: pd.DataFrame, adaptive: pd.DataFrame, out, *, y: str, yla
     first_colour, marker, _ = style("adaptive")
     for k, (quantile, runs) in enumerate(adaptive.groupby(target_quantiles(adaptive))):
         colour = first_colour if k == 0 else f"C{k + 2}"
-        runs = best_of(runs, [], "server lr", y) if "server lr" in runs else runs
+        runs = best_of(runs, [], "server lr", y)  # as it is where no rate is recorded
         mean, std = float(runs[y].mean()), float(runs[y].std(ddof=1) or 0.0)
         if math.isnan(std):
             std = 0.0
