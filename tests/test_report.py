@@ -556,3 +556,41 @@ def test_curves_of_many_budgets_share_one_shade_per_budget_and_a_short_legend(
     for budget in ("0.5", "4", "16"):
         assert alpha[f"gaussian, eps {budget}"] == alpha[f"tree, eps {budget}"]
     assert alpha["dpsgd, eps 4"] == alpha["tree, eps 4"]
+
+
+def test_curves_of_many_budgets_get_a_panel_per_mechanism_with_the_non_private_reference(
+    tmp_path, monkeypatch
+):
+    """With budgets, each (dataset, mechanism) is a panel of its own, a row of panels per
+    dataset on one y scale; the non-private curve is drawn in each of its dataset's panels, and
+    a dataset without budgeted series keeps a single panel."""
+    from dpfed.report import figures
+
+    rows = [{"dataset": "health", "mechanism": f"{m}, eps {b}", "round": r,
+             "eval/accuracy": (0.2 if m == "tree" else 0.6) + b / 100 + r / 10}
+            for m in ("gaussian", "tree") for b in (1, 4) for r in (1, 2)]  # fmt: skip
+    rows += [{"dataset": "health", "mechanism": "none", "round": r, "eval/accuracy": 0.9}
+             for r in (1, 2)]  # fmt: skip
+    rows += [{"dataset": "watch", "mechanism": "dpsgd, eps 2", "round": 1, "eval/accuracy": 0.3}]
+    rows += [{"dataset": "plain", "mechanism": "none", "round": 1, "eval/accuracy": 0.5}]
+    captured = {}
+
+    def keep(fig, out):
+        shown = [ax for ax in fig.axes if ax.get_visible()]
+        captured["titles"] = [ax.get_title() for ax in shown]
+        captured["lines"] = {ax.get_title(): sorted(line.get_label() for line in ax.get_lines())
+                             for ax in shown}  # fmt: skip
+        captured["ylim"] = {ax.get_title(): ax.get_ylim() for ax in shown}
+        captured["hidden"] = len(fig.axes) - len(shown)
+        return []
+
+    monkeypatch.setattr(figures, "save", keep)
+    figures.curves_figure(pd.DataFrame(rows), "round", "eval/accuracy", tmp_path / "f")
+    assert captured["titles"] == ["health: gaussian", "health: tree", "plain", "watch: dpsgd"]
+    lines = captured["lines"]
+    assert lines["health: gaussian"] == ["gaussian, eps 1", "gaussian, eps 4", "none"]
+    assert lines["health: tree"] == ["none", "tree, eps 1", "tree, eps 4"]
+    assert lines["watch: dpsgd"] == ["dpsgd, eps 2"] and lines["plain"] == ["none"]
+    assert captured["ylim"]["health: gaussian"] == captured["ylim"]["health: tree"]
+    assert captured["ylim"]["health: tree"][0] < 0.45  # tree's low curve sets the row's scale
+    assert captured["hidden"] == 0  # 4 panels in rows of 2 (health's two mechanisms)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -69,6 +70,15 @@ def _panels(keys: list) -> tuple:
     n = max(1, len(keys))
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 1.6, 3.2), squeeze=False)
     return fig, list(axes[0])
+
+
+def _grid(count: int, columns: int) -> tuple:
+    """``count`` panels in rows of ``columns``; the axes beyond ``count`` are for the caller
+    to hide."""
+    rows = max(1, math.ceil(count / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns + 1.6, 2.9 * rows),
+                             squeeze=False)  # fmt: skip
+    return fig, list(axes.ravel())
 
 
 def _legend(fig, axes) -> None:
@@ -146,7 +156,10 @@ def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "data
 
     A series named ``<family>, <variant>`` (``gaussian, eps 2``) takes its family's style, in a
     shade its variant has in every family (light to dark by the variant's number); the legend
-    then names each family once and each variant's shade once.
+    then names each family once and each variant's shade once. Such families get a panel each
+    (``health: gaussian``), a row of panels per ``panel`` value, all of a row on one y scale;
+    a series without a variant (``none``, the non-private run) is drawn in every panel of its
+    ``panel`` value, as the reference the variants approach.
 
     Args:
         data: stacked metrics.csv rows with ``panel`` and ``series`` columns
@@ -154,38 +167,66 @@ def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "data
         x, y: columns of metrics.csv (``round``, ``eval/accuracy``, ``epsilon``).
         out: the figure's path.
     """
-    keys = sorted(data[panel].unique())
-    fig, axes = _panels(keys)
     names = sorted({str(name) for name in data[series].dropna().unique()})
     family = {name: name.split(",")[0] for name in names}
     variant = {name: name.split(",", 1)[1].strip() if "," in name else "" for name in names}
     variants = sorted({v for v in variant.values() if v}, key=_variant_order)
     shade = {v: 0.3 + 0.7 * k / max(1, len(variants) - 1) for k, v in enumerate(variants)}
-    for ax, key in zip(axes, keys, strict=True):
-        part = data[(data[panel] == key)].dropna(subset=[y])
-        groups = sorted(part.groupby(series), key=lambda item: str(item[0]))
+    split = len(variants) > 1  # a panel per family, or the panel holds dozens of curves
+    data = data.assign(_series=data[series].astype(str), _key=data[panel].astype(str))
+    panels = []  # (title, panel value, the series drawn)
+    for key in sorted(data["_key"].unique()):
+        present = sorted(data.loc[data["_key"] == key, "_series"].unique())
+        varied = sorted({family[n] for n in present if variant.get(n)})
+        if not split or not varied:
+            panels.append((key, key, present))
+            continue
+        reference = [n for n in present if not variant.get(n)]
+        for name in varied:
+            drawn = [n for n in present if variant.get(n) and family[n] == name] + reference
+            panels.append((f"{key}: {name}", key, drawn))
+    if split:  # as many columns as the widest row has panels, at most 5
+        columns = min(max(Counter(key for _, key, _ in panels).values()), 5)
+        fig, axes = _grid(len(panels), columns)
+    else:
+        fig, axes = _panels([title for title, _, _ in panels])
+        columns = len(panels)
+    for ax, (title, key, drawn) in zip(axes, panels, strict=False):
+        part = data[(data["_key"] == key) & data["_series"].isin(drawn)].dropna(subset=[y])
+        groups = sorted(part.groupby("_series"), key=lambda item: str(item[0]))
         for index, (name, runs) in enumerate(groups):
             stats = runs.groupby(x)[y].agg(["mean", "std"]).reset_index()
             stats = stats[np.isfinite(stats["mean"].astype(float))]
             if stats.empty:
                 continue
-            colour, marker, line = style(family[str(name)])
-            alpha = shade.get(variant[str(name)], 1.0) if len(variants) > 1 else 1.0
+            colour, marker, line = style(family[name])
+            alpha = shade.get(variant[name], 1.0) if split else 1.0
             every = max(1, len(stats) // 8)
             # staggered markers keep series that coincide distinguishable
             ax.plot(stats[x], stats["mean"], color=colour, marker=marker, linestyle=line,
                     alpha=alpha, markersize=4, markevery=(index % every, every),
-                    label=str(name))  # fmt: skip
+                    label=name)  # fmt: skip
             spread = stats["std"].fillna(0)
-            if spread.any():
+            if spread.any():  # a family's many bands stay light where they overlap
+                band = 0.06 if split and variant[name] else 0.15
                 ax.fill_between(stats[x], stats["mean"] - spread, stats["mean"] + spread,
-                                color=colour, alpha=0.15, linewidth=0)  # fmt: skip
-        ax.set_title(str(key), fontsize=10)
+                                color=colour, alpha=band, linewidth=0)  # fmt: skip
+        ax.set_title(title, fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel or x, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(ylabel or y, fontsize=9)
-    if len(variants) > 1:  # a family per style, a variant per shade
+    used = axes[: len(panels)]
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for key in {key for _, key, _ in panels}:  # one y scale per row of a dataset's panels
+        row = [ax for ax, (_, k, _) in zip(used, panels, strict=True) if k == key]
+        low = min(ax.get_ylim()[0] for ax in row)
+        high = max(ax.get_ylim()[1] for ax in row)
+        for ax in row:
+            ax.set_ylim(low, high)
+    for ax in used[::columns]:
+        ax.set_ylabel(ylabel or y, fontsize=9)
+    if split:  # a family per style, a variant per shade
         looks = {f: style(f) for f in sorted(set(family.values()))}
         handles = [Line2D([], [], color=c, marker=m, linestyle=ls, markersize=4, label=f)
                    for f, (c, m, ls) in looks.items()]  # fmt: skip
@@ -194,7 +235,7 @@ def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "data
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
                    frameon=False, fontsize=8)  # fmt: skip
     else:
-        _legend(fig, axes)
+        _legend(fig, used)
     fig.tight_layout()
     return save(fig, out)
 
