@@ -573,6 +573,7 @@ def test_curves_of_many_budgets_get_a_panel_per_mechanism_with_the_non_private_r
              for r in (1, 2)]  # fmt: skip
     rows += [{"dataset": "watch", "mechanism": "dpsgd, eps 2", "round": 1, "eval/accuracy": 0.3}]
     rows += [{"dataset": "plain", "mechanism": "none", "round": 1, "eval/accuracy": 0.5}]
+    rows += [{"dataset": "health", "mechanism": None, "round": 1, "eval/accuracy": 0.0}]  # no run
     captured = {}
 
     def keep(fig, out):
@@ -592,5 +593,5 @@ def test_curves_of_many_budgets_get_a_panel_per_mechanism_with_the_non_private_r
     assert lines["health: tree"] == ["none", "tree, eps 1", "tree, eps 4"]
     assert lines["watch: dpsgd"] == ["dpsgd, eps 2"] and lines["plain"] == ["none"]
     assert captured["ylim"]["health: gaussian"] == captured["ylim"]["health: tree"]
-    assert captured["ylim"]["health: tree"][0] < 0.45  # tree's low curve sets the row's scale
+    assert 0.1 < captured["ylim"]["health: tree"][0] < 0.45  # tree's curve sets the row's scale
     assert captured["hidden"] == 0  # 4 panels in rows of 2 (health's two mechanisms)

@@ -173,6 +173,7 @@ def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "data
     variants = sorted({v for v in variant.values() if v}, key=_variant_order)
     shade = {v: 0.3 + 0.7 * k / max(1, len(variants) - 1) for k, v in enumerate(variants)}
     split = len(variants) > 1  # a panel per family, or the panel holds dozens of curves
+    data = data[data[series].notna()]  # rows of no series draw nothing
     data = data.assign(_series=data[series].astype(str), _key=data[panel].astype(str))
     panels = []  # (title, panel value, the series drawn)
     for key in sorted(data["_key"].unique()):
