@@ -271,9 +271,9 @@ _EVERY_RATE = {1, 2, 4, 8}
     [
         ("adaptive_clip", {**{("fixed", c): _EVERY_RATE for c in (0.03, 0.1, 0.3, 1, 3)},
                            ("adaptive", 0.5): _EVERY_RATE}),
-        # the clips below the best need larger rates (a clipped step is rate x clip): 0.3 and 1
-        # up to 8 x, 3 and 10 and the adaptive clip (which collapses at 4 x) up to 4 x
-        ("adaptive_clip_shakespeare", {("fixed", 0.1): {1}, ("fixed", 0.3): _EVERY_RATE,
+        # the clips below the best need larger rates (a clipped step is rate x clip): 0.3 up to
+        # 16 x, 1 up to 8 x, 3 and 10 and the adaptive clip (which collapses at 4 x) up to 4 x
+        ("adaptive_clip_shakespeare", {("fixed", 0.1): {1}, ("fixed", 0.3): {*_EVERY_RATE, 16},
                                        ("fixed", 1): _EVERY_RATE, ("fixed", 3): {1, 2, 4},
                                        ("fixed", 10): {1, 2, 4}, ("adaptive", 0.5): {1, 2, 4},
                                        ("adaptive", 0.9): {1, 2, 4}}),
