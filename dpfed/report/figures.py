@@ -167,24 +167,24 @@ def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "data
         x, y: columns of metrics.csv (``round``, ``eval/accuracy``, ``epsilon``).
         out: the figure's path.
     """
-    names = sorted({str(name) for name in data[series].dropna().unique()})
+    data = data[data[series].notna()]  # rows of no series draw nothing
+    data = data.assign(_series=data[series].astype(str), _key=data[panel].astype(str))
+    names = sorted(data["_series"].unique())
     family = {name: name.split(",")[0] for name in names}
     variant = {name: name.split(",", 1)[1].strip() if "," in name else "" for name in names}
     variants = sorted({v for v in variant.values() if v}, key=_variant_order)
     shade = {v: 0.3 + 0.7 * k / max(1, len(variants) - 1) for k, v in enumerate(variants)}
     split = len(variants) > 1  # a panel per family, or the panel holds dozens of curves
-    data = data[data[series].notna()]  # rows of no series draw nothing
-    data = data.assign(_series=data[series].astype(str), _key=data[panel].astype(str))
     panels = []  # (title, panel value, the series drawn)
     for key in sorted(data["_key"].unique()):
         present = sorted(data.loc[data["_key"] == key, "_series"].unique())
-        varied = sorted({family[n] for n in present if variant.get(n)})
+        varied = sorted({family[n] for n in present if variant[n]})
         if not split or not varied:
             panels.append((key, key, present))
             continue
-        reference = [n for n in present if not variant.get(n)]
+        reference = [n for n in present if not variant[n]]
         for name in varied:
-            drawn = [n for n in present if variant.get(n) and family[n] == name] + reference
+            drawn = [n for n in present if variant[n] and family[n] == name] + reference
             panels.append((f"{key}: {name}", key, drawn))
     if split:  # as many columns as the widest row has panels, at most 5
         columns = min(max(Counter(key for _, key, _ in panels).values()), 5)
