@@ -18,7 +18,7 @@ Example:
     python scripts/make_table.py results/sweeps/lr \\
         --rows override/strategy.client_optimizer.learning_rate \\
         --tuning poisson   # + the epsilon of releasing the best run (Papernot & Steinke 2022)
-    python scripts/make_table.py results/searches/smart_home --tuning geometric --tuning-mean 8
+    python scripts/make_table.py results/searches/smart_home --tuning geometric  # its drawn law
 """
 
 from __future__ import annotations
@@ -147,9 +147,29 @@ def tuning_lines(run_folders: list[str], distribution: str,
             f"a random search with {distribution}-distributed trials, mean {row['mean']:g} "
             f"({_trials_here(row)}), is epsilon {row['epsilon_tuned']:.4g} at delta "
             f"{row['delta']:g} ({row['neighboring']}), against at most "
-            f"{row['epsilon_one_trial_max']:.4g} for one trial"
+            f"{row['epsilon_one_trial_max']:.4g} for one trial{_coverage(row)}"
         )
     return lines
+
+
+def _coverage(row: dict) -> str:
+    """Whether the theorem covers the sweep: only a search that drew its number of trials."""
+    declared = row["declared"]
+    if row["covered"]:
+        return (
+            f" (the search drew its number of trials: {declared['distribution']}, mean "
+            f"{declared['mean']:g})"
+        )
+    how = {
+        "fixed": f"a fixed number of trials (n_trials={declared.get('trials')})",
+        "grid": "a grid of runs",
+        "unknown": "an unrecorded number of trials",
+    }[declared["kind"]]
+    return (
+        f"; NOT COVERED: this sweep ran {how}, and the bound holds only for a search that "
+        "draws its number of trials at random (${dpfed.random_trials:MEAN,LAW}); it is what "
+        "such a search would cost"
+    )
 
 
 def _trials_here(row: dict) -> str:
@@ -172,11 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuning", choices=("poisson", "geometric", "logarithmic"),
                         help="also print the epsilon of releasing the best of the runs' "
                              "trials (a run, or the seeds of an optimized_seeds trial), read as "
-                             "a random search whose number of trials has this law with mean the "
-                             "number of trials (Papernot & Steinke 2022)")  # fmt: skip
+                             "a random search whose number of trials has this law (Papernot & "
+                             "Steinke 2022); a search that drew its trials with "
+                             "${dpfed.random_trials:...} must be given its own law")  # fmt: skip
     parser.add_argument("--tuning-mean", type=float,
-                        help="the search's mean number of trials (the mean its "
-                             "${dpfed.random_trials:...} drew with); default: the number of "
+                        help="the mean number of trials; default: the mean a search's "
+                             "${dpfed.random_trials:...} recorded, else the number of "
                              "trials")  # fmt: skip
     args = parser.parse_args(argv)
     if args.tuning_mean is not None and not args.tuning_mean >= 1:

@@ -94,7 +94,8 @@ def labelled_runs(root, statuses=("completed", "stopped")) -> pd.DataFrame:
     ``budget`` is the swept ``dp.target_epsilon`` where there is one, else the
     run's final epsilon; non-private runs have an infinite budget. A run private
     only at record level (DP-SGD in clients without user-level noise: epsilon inf,
-    epsilon_record finite) gets ``unit`` record and its ``epsilon_record``.
+    epsilon_record finite) gets ``unit`` record, its ``epsilon_record`` and that
+    account's ``neighboring``.
     """
     frame = summaries(root)
     if frame.empty:
@@ -112,6 +113,8 @@ def labelled_runs(root, statuses=("completed", "stopped")) -> pd.DataFrame:
     record_only = (frame["mechanism"] != "none") & (epsilon == math.inf) & (
         epsilon_record < math.inf)  # fmt: skip
     frame.loc[record_only, "unit"] = "record"
+    if "epsilon_record/neighboring" in frame.columns:  # its own relation, not the users'
+        frame.loc[record_only, "neighboring"] = frame.loc[record_only, "epsilon_record/neighboring"]
     frame["record_only"] = record_only
     frame["budget"] = target.fillna(epsilon.mask(record_only, epsilon_record))
     return frame

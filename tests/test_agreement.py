@@ -106,8 +106,9 @@ def loop_run(cfg, tmp_path):
 def cli_flags(cfg, summary) -> list[str]:
     """The calculator's flags for the settings of ``cfg`` (and the run's participations)."""
     dp, strategy = cfg.dp, cfg.strategy
-    flags = ["epsilon", "--mechanism", summary["mechanism"], "--delta", str(dp.delta),
-             "--participations", str(summary["max_participations"])]  # fmt: skip
+    flags = ["epsilon", "--mechanism", summary["mechanism"], "--delta", str(dp.delta)]
+    if any(a["per"] == "participation" for a in summary["accounts"]):  # elsewhere refused
+        flags += ["--participations", str(summary["max_participations"])]
     for key in ("noise_multiplier", "user_noise_multiplier", "clipped_count_stddev"):
         if key in dp and dp[key] is not None:
             flags += [f"--{key.replace('_', '-')}", str(dp[key])]

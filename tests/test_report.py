@@ -9,6 +9,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import yaml
 
 from dpfed.report.collect import curves, summaries, table
 
@@ -198,6 +199,77 @@ def test_make_table_prints_the_tuning_cost_of_releasing_the_best_run(tmp_path, c
     assert "--tuning-mean=0.5 is not allowed; allowed: >= 1" in capsys.readouterr().err
 
 
+def test_the_tuning_cost_uses_the_law_the_search_drew_its_trials_from(tmp_path, capsys):
+    """A search with ``n_trials: ${dpfed.random_trials:M,law}`` records M and the law in each
+    trial's .hydra/hydra.yaml: the bound is for them, not for the number of trials it happened
+    to draw (a review found a Poisson(10) search that drew 6 costed at mean 6: 3.56, not 4.14).
+    Contradicting flags are errors; a fixed number of trials or a grid is flagged as not covered
+    by the theorem."""
+    import dp_accounting
+
+    from dpfed.privacy.accounting import event_to_dict
+    from dpfed.privacy.tuning import tuning_epsilon
+    from dpfed.report.collect import declared_trials, tuning_cost
+    from scripts.make_table import main
+
+    event = dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.0))
+    account = {"column": "epsilon", "unit": "user", "neighboring": "add_remove",
+               "accounting_relation": "add_or_remove_one",
+               "dp_events": [{"event": event_to_dict(event), "count": 50}]}  # fmt: skip
+
+    def search(name, n_trials, runs=6):
+        folders = []
+        for i in range(runs):
+            run = tmp_path / name / str(i)
+            (run / ".hydra").mkdir(parents=True)
+            sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper."
+                       "OptunaSweeper", "direction": "maximize"}  # fmt: skip
+            if n_trials is not None:
+                sweeper["n_trials"] = n_trials
+            (run / ".hydra" / "hydra.yaml").write_text(
+                yaml.safe_dump({"hydra": {"sweeper": sweeper}})
+            )
+            (run / "summary.json").write_text(json.dumps({
+                "status": "completed", "accountant": "rdp", "delta": 1e-5, "epsilon": 1.0,
+                "choices": {"dp": "gaussian"}, "accounts": [account]}))  # fmt: skip
+            folders.append(run)
+        return folders
+
+    drawn = search("drawn", "${dpfed.random_trials:10,poisson}")
+    assert declared_trials(drawn[0]) == {"kind": "random", "mean": 10.0, "distribution": "poisson"}
+    (row,) = tuning_cost(drawn, "poisson")
+    add = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    at_10 = tuning_epsilon([[(event, 50)]] * 6, add, 1e-5, mean=10, distribution="poisson")
+    at_6 = tuning_epsilon([[(event, 50)]] * 6, add, 1e-5, mean=6, distribution="poisson")
+    assert row["covered"] and row["mean"] == 10 and row["epsilon_tuned"] == pytest.approx(at_10)
+    assert at_6 < at_10  # what the realised count as the mean would have understated
+    assert main([str(tmp_path / "drawn"), "--values", "epsilon", "--tuning", "poisson"]) == 0
+    out = capsys.readouterr().out
+    assert f"mean 10 (6 runs here), is epsilon {at_10:.4g}" in out
+    assert "(the search drew its number of trials: poisson, mean 10)" in out
+    assert "NOT COVERED" not in out
+    # flags that contradict the recorded law are refused, not obeyed
+    assert "the search drew its trials from a poisson law (${dpfed.random_trials:...}), not geo" in \
+        tuning_cost(drawn, "geometric")[0]["error"]  # fmt: skip
+    assert "drew its trials with mean 10, not 6" in tuning_cost(drawn, "poisson", 6)[0]["error"]
+    assert tuning_cost(drawn, "poisson", 10)[0]["epsilon_tuned"] == row["epsilon_tuned"]
+    seeded = search("seeded", "${dpfed.random_trials:4, geometric, 3}", runs=2)
+    assert declared_trials(seeded[0]) == {"kind": "random", "mean": 4.0,
+                                          "distribution": "geometric"}  # fmt: skip
+    # a fixed number of trials, a grid, nothing recorded: computed, and said to be uncovered
+    fixed = search("fixed", 6)
+    assert declared_trials(fixed[0]) == {"kind": "fixed", "trials": 6}
+    assert declared_trials(search("grid", None, runs=1)[0]) == {"kind": "grid"}
+    assert declared_trials(tmp_path) == {"kind": "unknown"}
+    (row,) = tuning_cost(fixed, "poisson")
+    assert not row["covered"] and row["mean"] == 6
+    assert main([str(tmp_path / "fixed"), "--values", "epsilon", "--tuning", "poisson"]) == 0
+    assert "NOT COVERED: this sweep ran a fixed number of trials (n_trials=6)" in \
+        capsys.readouterr().out  # fmt: skip
+    # trials of two searches that chose their numbers differently are not one search
+    assert "chose their trials differently" in tuning_cost([*drawn, *fixed], "poisson")[0]["error"]
+
+
 def test_the_seeds_of_a_trial_compose_in_the_tuning_cost(tmp_path):
     """A search run with optimized_seeds > 1 writes each trial's seeds in <trial>/seed_<s>/:
     the tuning cost reads each trial as one release whose runs compose (same data)."""
@@ -278,11 +350,54 @@ def test_audited_runs_compare_canary_records_in_clients_with_the_record_level_ep
         "audit_bounds": ["epsilon_record", "epsilon", None],
         "epsilon": [math.inf, 2.5, 1.5],
         "epsilon_record": [3.0, None, None],
+        # dp.neighboring unset: replace-one users, zero-out records in Poisson batches
+        "unit": ["user", "record", "user"],
+        "neighboring": ["replace_one", "add_remove", "add_remove"],
+        "epsilon_record/unit": ["record", None, None],
+        "epsilon_record/neighboring": ["zero_out", None, None],
     })  # fmt: skip
     out = audited(frame)
     assert list(out["epsilon"]) == [3.0, 2.5, 1.5]
     assert list(out["mechanism"]) == ["dpsgd (in clients)", "dpsgd", "gaussian"]
+    # each epsilon beside its own account's relation (the first version kept the users')
+    assert list(out["neighboring"]) == ["zero_out", "add_remove", "add_remove"]
+    assert list(out["unit"]) == ["record", "record", "user"]
     assert frame.loc[0, "epsilon"] == math.inf  # the input is left as it was
+    assert frame.loc[0, "neighboring"] == "replace_one"
+    # a run that recorded no accounts: its record-level relation is unknown, not the users'
+    old = audited(frame.drop(columns=["epsilon_record/unit", "epsilon_record/neighboring"]))
+    assert pd.isna(old.loc[0, "neighboring"]) and old.loc[1, "neighboring"] == "add_remove"
+
+
+def test_summaries_name_every_accounts_relation_and_the_last_line_prints_it(tmp_path):
+    """DP-SGD in clients with dp.neighboring unset: the users' account is replace-one (and not
+    private), the records' zero-out. Tables and the run's last line put each epsilon beside its
+    own relation (an independent review found the users' relation beside epsilon_record)."""
+    from dpfed.io.provenance import result_line
+    from dpfed.report.collect import summaries
+
+    fake_run(tmp_path, "0", 0.0, "dpsgd", math.inf, 0.5)
+    path = tmp_path / "0" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary.update(unit="user", neighboring="replace_one", delta=1e-5, accountant="rdp",
+                   epsilon_record=8.443, rounds=20, status="completed",
+                   accounts=[{"column": "epsilon", "unit": "user", "neighboring": "replace_one"},
+                             {"column": "epsilon_record", "unit": "record",
+                              "neighboring": "zero_out"}])  # fmt: skip
+    path.write_text(json.dumps(summary))
+    row = summaries(tmp_path).iloc[0]
+    assert (row["neighboring"], row["epsilon_record/neighboring"]) == ("replace_one", "zero_out")
+    assert row["epsilon_record/unit"] == "record" and "epsilon/neighboring" not in row
+    line = result_line(summary, "out")
+    assert (
+        "epsilon inf (not private) | epsilon_record 8.44 at delta 1e-05 (record-level, "
+        "zero_out, rdp)" in line
+    ), line
+    summary["epsilon"] = 2.0
+    assert "epsilon 2 at delta 1e-05 (user-level, replace_one, rdp)" in result_line(summary, "o")
+    del summary["accounts"]  # recorded before accounts were: no relation rather than the users'
+    line = result_line(summary, "out")
+    assert "epsilon_record 8.44 |" in line and line.count("replace_one") == 1, line
 
 
 def test_plots_put_record_level_runs_on_their_epsilon_record(tmp_path):
@@ -299,6 +414,10 @@ def test_plots_put_record_level_runs_on_their_epsilon_record(tmp_path):
         summary.update(unit=unit, delta=1e-5, neighboring="zero_out")
         if name == "1":
             summary["epsilon_record"] = 4.0
+            summary["accounts"] = [  # the records' relation is its own
+                {"column": "epsilon", "unit": "user", "neighboring": "zero_out"},
+                {"column": "epsilon_record", "unit": "record", "neighboring": "replace_one"},
+            ]
             metrics = pd.read_csv(tmp_path / name / "metrics.csv")
             metrics["epsilon_record"] = [1.0, 2.5, 4.0]
             metrics.to_csv(tmp_path / name / "metrics.csv", index=False)
@@ -307,7 +426,9 @@ def test_plots_put_record_level_runs_on_their_epsilon_record(tmp_path):
     assert frame.loc["dpsgd", "budget"] == 4.0 and frame.loc["dpsgd", "unit"] == "record"
     assert frame.loc["gaussian", "budget"] == 2.0 and frame.loc["gaussian", "unit"] == "user"
     assert math.isinf(frame.loc["none", "budget"])
-    assert privacy_axis(frame.reset_index()).startswith("record/user-level epsilon")
+    assert frame.loc["dpsgd", "neighboring"] == "replace_one"
+    axis = privacy_axis(frame.reset_index())
+    assert axis.startswith("record/user-level epsilon") and "replace_one/zero_out adjacency" in axis
     assert plot_kind("epsilon", tmp_path, tmp_path / "figures" / "eps")
     assert plot_kind("utility", tmp_path, tmp_path / "figures" / "utility")
 

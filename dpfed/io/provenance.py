@@ -60,16 +60,24 @@ def result_line(summary: dict, output_dir: str) -> str:
         if trivial is not None:
             note = f" ({summary['trivial_predictor']}: {trivial:.3f}{others})"
         parts.append(f"{metric} {summary[metric]:.3f}{note}")
-    epsilon = summary.get("epsilon")
-    if epsilon is None or epsilon == float("inf"):
-        parts.append("epsilon inf (not private)")
-    else:
-        parts.append(f"epsilon {epsilon:.3g} at delta {summary['delta']:g} "
-                     f"({summary['unit']}-level, {summary['neighboring']}, "
+    # every account with its own unit and relation: a record-level account can be under
+    # another relation than the headline's (dpsgd's defaults: replace-one users, zero-out
+    # records with Poisson batches)
+    accounts = {a["column"]: a for a in summary.get("accounts", [])}
+    for column in ("epsilon", "epsilon_record"):
+        epsilon = summary.get(column)
+        if epsilon is None and column != "epsilon":
+            continue
+        if epsilon is None or epsilon == float("inf"):
+            parts.append(f"{column} inf (not private)")
+            continue
+        account = accounts.get(column, summary if column == "epsilon" else None)
+        if account is None:  # a summary from before accounts were recorded: no relation known
+            parts.append(f"{column} {epsilon:.3g}")
+            continue
+        parts.append(f"{column} {epsilon:.3g} at delta {summary['delta']:g} "
+                     f"({account['unit']}-level, {account['neighboring']}, "
                      f"{summary['accountant']})")  # fmt: skip
-    for extra in ("epsilon_record",):
-        if summary.get(extra) is not None:
-            parts.append(f"{extra} {summary[extra]:.3g}")
     # the largest of an audit's bounds (each computed so that all hold together)
     bounds = [summary.get(k) for k in ("audit/epsilon_lower", "audit/epsilon_lower_iterates")]
     bounds = [b for b in bounds if b is not None and b == b]

@@ -5,6 +5,8 @@ It composes the run config its flags describe and builds the privacy plan with
 here is the epsilon ``run.py`` reports for the same settings (and the noise
 multiplier is the one ``dp.target_epsilon`` would calibrate, printed under the
 key of the setting it is: for ``dpsgd`` with user-level noise, ``user_noise_multiplier``).
+The top-level relation fields are the headline ``epsilon``'s; ``accounts`` gives every
+account's own unit, relation and epsilon.
 Every mechanism,
 sampling and neighbouring relation a run accepts is available; settings a run
 refuses are refused here with the flag named.
@@ -230,6 +232,18 @@ def overrides(args) -> tuple[list[str], object]:
             raise ConfigError("--participations", args.participations, ">= 1, with --steps")
         args.population, args.sample_size = math.ceil(args.steps / args.participations), 1
         args.sampling = args.sampling or "cyclic"
+        spaced = math.ceil(args.steps / args.population)  # what cyclic sampling gives one client
+        if spaced != args.participations:  # e.g. 6 in 10 steps: 1 client gives 10, 2 give 5
+            allowed = sorted({math.ceil(args.steps / n) for n in range(1, args.steps + 1)})
+            raise ConfigError(
+                "--participations",
+                args.participations,
+                f"a number of evenly spaced participations {args.steps} steps "
+                f"allow ({', '.join(map(str, allowed[:12]))}"
+                f"{', ...' if len(allowed) > 12 else ''}), or give "
+                "--population and --sample-size instead",
+            )
+        args.evenly_spaced = True
     for flag, value in (("--population", args.population), ("--sample-size", args.sample_size),
                         ("--steps", args.steps)):  # fmt: skip
         if value is None:
@@ -271,10 +285,22 @@ def compute(args) -> dict:
             f"values of the right types ({str(err).splitlines()[0]})",
         ) from None
     plan = build_privacy(cfg, population)
-    if args.participations is not None and args.participations < 0:
-        raise ConfigError("--participations", args.participations, ">= 0")
+    if args.participations is not None:
+        if args.participations < 1:  # a client that never took part: nothing to account
+            raise ConfigError("--participations", args.participations, ">= 1")
+        per_client = any(a.per_participation for a in plan.accounts)
+        if not (per_client or getattr(args, "evenly_spaced", False)):
+            raise ConfigError(
+                "--participations",
+                args.participations,
+                "left out with these settings: it sets the participations of "
+                "per-client accounts (local DP, DP-SGD's epsilon_record) and, "
+                "for bandmf without --population and --sample-size, the "
+                "participation pattern; elsewhere the sampling fixes them",
+            )
     out = {"command": args.command,
-           **{k: v for k, v in vars(args).items() if k not in ("command", "epsilon")}}  # fmt: skip
+           **{k: v for k, v in vars(args).items()
+              if k not in ("command", "epsilon", "evenly_spaced")}}  # fmt: skip
     if args.command == "noise":
         out["target_epsilon"] = args.epsilon
     out["mechanism"] = plan.label
@@ -295,7 +321,11 @@ def compute(args) -> dict:
         out["user_noise_multiplier"] = described["user_noise_multiplier"]
     else:
         out["noise_multiplier"] = plan.noise_multiplier
-    out.update(plan.epsilons(participations=args.participations))
+    epsilons = plan.epsilons(participations=args.participations)
+    out.update(epsilons)
+    # the top-level relation, sensitivity and event are the headline account's (``epsilon``);
+    # every account, with its own unit and relation (DP-SGD's record-level one can differ)
+    out["accounts"] = [{**a.describe(), "epsilon": epsilons[a.column]} for a in plan.accounts]
     if args.command == "noise":
         out["epsilon_reached"] = plan.epsilon(plan.budget_account)
     out["dp_event_round_1"] = event_to_dict(plan.headline.event(1))

@@ -164,7 +164,10 @@ def _fits_in_memory(discretization: float):
     """Names the setting when a PLD is too large to build (a noise multiplier near 0)."""
     try:
         yield
-    except MemoryError:
+    except (MemoryError, ValueError) as err:
+        # numpy's "Maximum allowed size exceeded" (an array larger than the address space)
+        if isinstance(err, ValueError) and "Maximum allowed size" not in str(err):
+            raise
         raise ConfigError("dp.accountant", "pld", "rdp for releases with this little noise: "
                           "their privacy loss distribution does not fit in memory at "
                           f"pld_discretization={discretization:g}",

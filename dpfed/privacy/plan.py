@@ -273,7 +273,17 @@ class PrivacyPlan:
 
     def warnings(self) -> tuple[str, ...]:
         """Settings the mechanism allows but that are probably not meant (logged by a run)."""
-        return self.mechanism.warnings(self)
+        out = self.mechanism.warnings(self)
+        users = self.population.num_clients
+        delta = self.settings.delta
+        if any(a.private and a.unit == "user" for a in self.accounts) and delta * users >= 1:
+            out += (
+                f"dp.delta={delta:g} is not below 1 / population (1/{users}): releasing one "
+                "random user's data in full meets (0, 1/population)-DP, so this guarantee "
+                "allows it; take delta well below 1/population (McMahan et al. 2018 use "
+                f"population^-1.1: {users**-1.1:.3g})",
+            )
+        return out
 
     def describe_line(self) -> str:
         """One log line: mechanism, sampling, relation, accountant and planned epsilon."""

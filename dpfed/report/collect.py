@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -101,7 +102,10 @@ def summaries(root: str | Path) -> pd.DataFrame:
 
     Columns: ``run`` (directory), ``choice/<group>`` for each config group
     choice, ``override/<key>`` for each command-line override, then the
-    summary's scalar fields (``epsilon``, ``eval/accuracy``, ``rounds``, ...).
+    summary's scalar fields (``epsilon``, ``eval/accuracy``, ``rounds``, ...;
+    ``unit`` and ``neighboring`` are the headline ``epsilon``'s) and, for every
+    other account, ``<column>/unit`` and ``<column>/neighboring``
+    (``epsilon_record/neighboring``).
     """
     rows = []
     for run_dir in run_dirs(root):
@@ -112,6 +116,10 @@ def summaries(root: str | Path) -> pd.DataFrame:
         row.update({f"override/{k}": v for k, v in _overrides(run_dir, summary).items()})
         row.update({k: v for k, v in summary.items()
                     if isinstance(v, str | int | float | bool) or v is None})  # fmt: skip
+        for account in summary.get("accounts", []):  # the top-level ones are the headline's
+            if account["column"] != "epsilon":
+                for key in ("unit", "neighboring"):
+                    row[f"{account['column']}/{key}"] = account[key]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -135,6 +143,13 @@ def audited(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     if record.any():
         frame.loc[record, "epsilon"] = frame.loc[record, "epsilon_record"]
+        # its own relation: with dp.neighboring unset, DP-SGD's users are replace-one and its
+        # records in Poisson batches zero-out
+        # (None where a run recorded no accounts: unknown, not the users')
+        for key in ("neighboring", "unit"):
+            own = frame.get(f"epsilon_record/{key}", pd.Series(None, index=frame.index))
+            frame[key] = frame.get(key, pd.Series(None, index=frame.index)).astype(object)
+            frame.loc[record, key] = own[record]
     mechanism = frame.get("mechanism", mechanism_labels(frame)).astype(str)
     frame["mechanism"] = mechanism.where(~record, mechanism + " (in clients)")
     return frame
@@ -250,24 +265,64 @@ def _cell(mean, std, digits: int) -> str:
     return text if std is None or std != std else f"{text} ± {std:.2g}"
 
 
+_RANDOM_TRIALS = re.compile(r"\$\{dpfed\.random_trials:([^}]*)\}")
+
+
+def declared_trials(trial: str | Path) -> dict:
+    """How the search a trial belongs to chose its number of trials, from the trial's recorded
+    ``.hydra/hydra.yaml`` (``hydra.sweeper.n_trials``, kept unresolved by Hydra).
+
+    Returns:
+        ``{"kind": "random", "mean": M, "distribution": law}`` for
+        ``${dpfed.random_trials:M,law[,seed]}``; ``{"kind": "fixed", "trials": N}`` for
+        ``n_trials: N``; ``{"kind": "grid"}`` for a sweeper without ``n_trials`` (a grid of
+        runs); ``{"kind": "unknown"}`` where nothing was recorded.
+    """
+    path = Path(trial) / ".hydra" / "hydra.yaml"
+    if not path.exists():
+        return {"kind": "unknown"}
+    sweeper = ((yaml.safe_load(path.read_text()) or {}).get("hydra") or {}).get("sweeper") or {}
+    n_trials = sweeper.get("n_trials")
+    if n_trials is None:
+        return {"kind": "grid"}
+    drawn = _RANDOM_TRIALS.fullmatch(str(n_trials).strip())
+    if drawn:
+        args = [a.strip() for a in drawn.group(1).split(",")]
+        return {
+            "kind": "random",
+            "mean": float(args[0]),
+            "distribution": args[1] if len(args) > 1 else "poisson",
+        }
+    if isinstance(n_trials, int):
+        return {"kind": "fixed", "trials": n_trials}
+    return {"kind": "unknown"}
+
+
 def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
                 mean: float | None = None) -> list[dict]:  # fmt: skip
     """Per account: the epsilon of releasing the best of these runs' trials (Papernot & Steinke).
 
     The runs are read as the trials of a random search whose number of trials
-    is random with mean ``mean`` (default: the number of trials; a search run with
-    ``${dpfed.random_trials:mean,...}`` states its own) and law ``distribution``
-    (Papernot & Steinke 2022). A trial is one run, or the seeds of one trial run
+    is random with mean ``mean`` and law ``distribution`` (Papernot & Steinke
+    2022). A search that drew its number of trials with
+    ``${dpfed.random_trials:M,law}`` recorded both (`declared_trials`): they are
+    used, and a ``distribution`` or ``mean`` that contradicts them is an error
+    (the bound holds for the law the search drew from, not for the number it
+    happened to draw). Elsewhere ``mean`` defaults to the number of trials and
+    the row's ``covered`` is False: a fixed number of trials or a grid is not
+    covered by the theorem. A trial is one run, or the seeds of one trial run
     with ``optimized_seeds`` > 1 (read from each run's recorded config: its
     ``seed_<s>`` folder's parent), whose releases compose: they all touch the same
     data. The per-trial RDP is the worst trial's.
 
     Returns:
         One dict per account column (``epsilon``, ``epsilon_record``): ``runs``,
-        ``trials``, ``neighboring``, ``delta``, ``epsilon_one_run_max``,
-        ``epsilon_one_trial_max`` and ``epsilon_tuned``, or ``error`` where the
-        runs cannot be combined (other accountants, deltas or relations, or a
-        multi-seed run outside its trial's folder).
+        ``trials``, ``declared`` (`declared_trials`), ``covered``, ``neighboring``,
+        ``delta``, ``epsilon_one_run_max``, ``epsilon_one_trial_max`` and
+        ``epsilon_tuned``, or ``error`` where the runs cannot be combined (other
+        accountants, deltas or relations, a multi-seed run outside its trial's
+        folder, trials of different searches, or settings that contradict what
+        the search declared).
     """
     from dpfed.privacy.accounting import event_from_dict
     from dpfed.privacy.neighboring import RELATIONS_BY_NAME
@@ -284,6 +339,35 @@ def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
                  "error": ("runs recorded with optimized_seeds > 1 outside a seed_<s> folder of "
                            f"their trial, whose seeds cannot be grouped: {ungrouped}")}
                 for column in columns]  # fmt: skip
+    declared = [declared_trials(t) for t in trial_of]
+    laws = {json.dumps(d, sort_keys=True) for d in declared}
+    declared = declared[0] if declared else {"kind": "unknown"}
+    problem = None
+    if len(laws) > 1:
+        problem = f"the runs come from searches that chose their trials differently: {sorted(laws)}"
+    elif declared["kind"] == "random":
+        if distribution != declared["distribution"]:
+            problem = (
+                f"the search drew its trials from a {declared['distribution']} law "
+                f"(${{dpfed.random_trials:...}}), not {distribution}"
+            )
+        elif mean is not None and mean != declared["mean"]:
+            problem = (
+                f"the search drew its trials with mean {declared['mean']:g}, not {mean:g} "
+                "(the bound holds for the law drawn from)"
+            )
+        mean = declared["mean"]
+    if problem:
+        return [
+            {
+                "account": column,
+                "runs": len(folders),
+                "distribution": distribution,
+                "declared": declared,
+                "error": problem,
+            }
+            for column in columns
+        ]
     for column in columns:
         accounts = [(s, t, a) for s, t in zip(loaded, trial_of, strict=True)
                     for a in s.get("accounts", []) if a["column"] == column]  # fmt: skip
@@ -293,7 +377,8 @@ def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
             trials.setdefault(trial, []).extend(events)  # a trial's seeds compose
         row = {"account": column, "runs": len(accounts), "trials": len(trials),
                "distribution": distribution,
-               "mean": float(len(trials) if mean is None else mean)}  # fmt: skip
+               "mean": float(len(trials) if mean is None else mean),
+               "declared": declared, "covered": declared["kind"] == "random"}  # fmt: skip
         keys = {(s["accountant"], s["delta"], a["accounting_relation"], a["neighboring"])
                 for s, _, a in accounts}  # fmt: skip
         if len(keys) != 1 or next(iter(keys))[0] != "rdp":

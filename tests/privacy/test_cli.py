@@ -93,6 +93,38 @@ def test_dpsgd_in_clients_prints_both_epsilons(capsys):
     assert code == 0 and math.isinf(out["epsilon"])
     expected = independent_epsilon([(dp_accounting.GaussianDpEvent(0.5), 20)])
     assert out["epsilon_record"] == pytest.approx(expected, rel=1e-9)
+    # each epsilon with its own relation: the top level is the users' (Poisson cohorts:
+    # add/remove), the records' is replace-one (shuffled batches), hence the 0.5 above
+    users, records = out["accounts"]
+    assert out["neighboring"] == users["neighboring"] == "add_remove"
+    assert (records["column"], records["unit"], records["neighboring"]) == (
+        "epsilon_record",
+        "record",
+        "replace_one",
+    )
+    assert records["sensitivity"] == 2 and records["epsilon"] == out["epsilon_record"]
+    assert math.isinf(users["epsilon"])
+
+
+def test_dpsgd_with_poisson_record_batches_names_their_zero_out_relation(capsys):
+    """Poisson record batches are accounted under zero-out only; with --neighboring unset the
+    users' account is replace-one (shuffled cohorts). A review found the users' relation printed
+    as the only one, beside the records' epsilon."""
+    code, out, err = cli(capsys, "epsilon", "--mechanism", "dpsgd", "--record-sampling",
+                         "poisson", "--client-records", "760.6", "--client-batch-size", "64",
+                         "--sampling", "shuffle", "--population", "10", "--sample-size", "3",
+                         "--steps", "20", "--local-epochs", "2")  # fmt: skip
+    assert code == 0, err
+    users, records = out["accounts"]
+    assert out["neighboring"] == users["neighboring"] == "replace_one"
+    assert records["neighboring"] == "zero_out" and records["accounting_relation"] == (
+        "add_or_remove_one"
+    )
+    # 20 rounds of 3 of 10 clients, shuffled: at most 7 participations (6 full epochs, then a
+    # 7th started), each 2 local epochs of ceil(760.6 / 64) = 12 Poisson steps at q = 64 / 760.6
+    step = dp_accounting.PoissonSampledDpEvent(64 / 760.6, dp_accounting.GaussianDpEvent(1.0))
+    expected = independent_epsilon([(step, 7 * 2 * 12)])
+    assert out["epsilon_record"] == records["epsilon"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_dpsgd_noise_prints_each_multiplier_under_the_flag_that_sets_it(capsys):
@@ -175,9 +207,26 @@ def test_every_mechanism_a_run_accepts_is_available(capsys, mechanism):
         (["epsilon", "--mechanism", "dpsgd", *COHORT, "--noise-multiplier", "2",
           "--neighboring", "zero_out", "--local-epochs", "-1", "--record-sampling", "poisson",
           "--client-records", "100", "--client-batch-size", "10"], "--local-epochs"),
+        # participations no cyclic spacing gives (1 client: 10, 2 clients: 5), none, or where
+        # no account takes them (the sampling fixes them): refused, not silently changed or
+        # ignored (a review found 6 turned into 5, and ignored with --population)
+        (["epsilon", "--mechanism", "bandmf", "--steps", "10", "--participations", "6",
+          "--noise-multiplier", "3", "--neighboring", "zero_out"], "--participations"),
+        (["epsilon", "--mechanism", "laplace_local", *COHORT, "--noise-multiplier", "10",
+          "--participations", "0"], "--participations"),
+        (["epsilon", "--mechanism", "bandmf", *COHORT, "--participations", "6",
+          "--noise-multiplier", "3", "--neighboring", "zero_out"], "--participations"),
+        (["epsilon", *COHORT, "--noise-multiplier", "1", "--participations", "3"],
+         "--participations"),
         # a PLD of so little noise would take petabytes: refused, not a MemoryError traceback
         (["epsilon", *COHORT, "--noise-multiplier", "1e-6", "--accountant", "pld"],
          "--accountant"),
+        # ... or larger than numpy can index, which it reports as a ValueError (a review found
+        # that traceback), Gaussian and Laplace alike
+        (["epsilon", "--population", "100", "--sample-size", "10", "--steps", "10",
+          "--noise-multiplier", "1e-9", "--accountant", "pld"], "--accountant"),
+        (["epsilon", "--mechanism", "laplace_local", "--population", "10", "--sample-size", "10",
+          "--steps", "3", "--noise-multiplier", "1e-300", "--accountant", "pld"], "--accountant"),
     ],
 )  # fmt: skip
 def test_impossible_settings_are_rejected_with_the_flag_named(capsys, args, flag):

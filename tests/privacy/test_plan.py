@@ -434,6 +434,20 @@ def test_adaptive_records_the_sums_own_noise_and_warns_when_the_count_takes_most
     assert all(plan(f"dp={option}").warnings() == () for option in SCHEMAS if option != "adaptive")
 
 
+def test_a_user_level_delta_not_below_one_over_the_population_is_warned_about():
+    """(0, 1/N)-DP allows publishing one random user's data: a delta of 1e-5 means little with
+    10^5 users or more (an independent review asked for the warning)."""
+    big = Population(100_000, None, 24)
+    (warning,) = plan("dp=gaussian", "strategy.clients_per_round=100", population=big).warnings()
+    assert "dp.delta=1e-05 is not below 1 / population (1/100000)" in warning
+    assert f"{100_000**-1.1:.3g}" in warning  # the suggestion: population^-1.1
+    below = plan("dp=gaussian", "strategy.clients_per_round=100", "dp.delta=5e-6", population=big)
+    assert below.warnings() == ()
+    # not private, or private only per record: no user-level delta to warn about
+    assert plan("dp=none", population=big).warnings() == ()
+    assert plan("dp=dpsgd", "strategy.clients_per_round=100", population=big).warnings() == ()
+
+
 def test_adaptive_refuses_count_noise_that_the_budget_cannot_afford():
     with pytest.raises(ConfigError, match="dp.clipped_count_stddev"):
         plan("dp=adaptive", "strategy.clients_per_round=10")  # default 0.05 * 10 <= 1.3 / 2
