@@ -54,13 +54,22 @@ def calibrate_noise_multiplier(
                               f"reachable: {reason} noise_multiplier={top:.6g} gives epsilon "
                               f"{eps(top):.4g}")  # fmt: skip
         high = min(high * 4, top)
+
+    def eps_below_high(z: float) -> float:
+        """eps(z) for a z below one already evaluated; inf where the accountant refuses so
+        little noise (PLD's size limit): less noise never costs less, so z is then too small."""
+        try:
+            return eps(z)
+        except ConfigError:
+            return math.inf
+
     low = high / 4
-    while eps(low) <= target_epsilon and low > 1e-3:
+    while eps_below_high(low) <= target_epsilon and low > 1e-3:
         high, low = low, low / 4
     eps_high = eps(high)
     while eps_high < target_epsilon * (1 - rel_tol) and high / low > 1 + 1e-9:
         mid = math.sqrt(low * high)
-        eps_mid = eps(mid)
+        eps_mid = eps_below_high(mid)
         if eps_mid <= target_epsilon:
             high, eps_high = mid, eps_mid
         else:

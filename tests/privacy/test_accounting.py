@@ -191,3 +191,38 @@ def test_record_sampler_pools_seeded_clients_and_counts_their_records():
     assert sum(sampler.steps(r) for r in range(1, 4)) == math.ceil(3 * 140 / 10)
     with pytest.raises(ConfigError, match="batch_size"):
         RecordPoissonSampler(population, 1, batch_size=8, seed=0)
+
+
+def test_calibration_reads_a_refused_little_noise_as_too_little():
+    """PLD refuses releases with very little noise (`PLD_MAX_POINTS`, or dp-accounting's own
+    failures there): the calibration's search below 1 then treats that noise multiplier as
+    too small (less noise never costs less) and still lands within its tolerance below the
+    target, where before the refusal (or dp-accounting's ValueError) ended the search."""
+    from dpfed.errors import ConfigError
+    from dpfed.privacy.calibration import calibrate_noise_multiplier
+
+    class Ledger:  # epsilon 1 / z, refused below z = 0.05
+        def planned_epsilon(self, events):
+            (z,) = events
+            if z < 0.05:
+                raise ConfigError("dp.accountant", "pld", "rdp", absolute=True)
+            return 1 / z
+
+    z, eps = calibrate_noise_multiplier(lambda z: [z], Ledger(), target_epsilon=10)
+    assert eps <= 10 and eps == pytest.approx(10, rel=0.005) and z == pytest.approx(0.1, rel=0.005)
+    with pytest.raises(ConfigError, match="dp.accountant"):  # the refusal itself, where z = 1 is
+        calibrate_noise_multiplier(lambda z: [z / 100], Ledger(), target_epsilon=1000)
+
+
+def test_pld_failures_of_dp_accounting_are_refused_naming_the_accountant():
+    """dp-accounting 0.4.3's PLD raises "deltas are not in non-increasing order" for 10
+    Poisson releases at q 0.1 and noise multiplier 0.0625 (below `PLD_MAX_POINTS`): refused
+    naming dp.accountant, not a traceback."""
+    from dpfed.errors import ConfigError
+    from dpfed.privacy.accounting import PLD_MAX_POINTS, pld_points
+
+    event = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(0.0625))
+    assert pld_points(event, 1e-4) < PLD_MAX_POINTS
+    accountant = Accountant("pld", 1e-5, ADD)
+    with pytest.raises(ConfigError, match="cannot be built by dp-accounting"):
+        accountant.planned_epsilon([event] * 10)

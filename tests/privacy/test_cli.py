@@ -221,6 +221,10 @@ def test_every_mechanism_a_run_accepts_is_available(capsys, mechanism):
         # a PLD of so little noise would take petabytes: refused, not a MemoryError traceback
         (["epsilon", *COHORT, "--noise-multiplier", "1e-6", "--accountant", "pld"],
          "--accountant"),
+        # ... or tens of GB, which swapped for over 10 minutes before (z = 0.01; at 0.05 it
+        # takes 43 s and 1.9 GB): refused from the size it would span
+        (["epsilon", "--population", "100", "--sample-size", "10", "--steps", "10",
+          "--noise-multiplier", "0.02", "--accountant", "pld"], "--accountant"),
         # ... or larger than numpy can index, which it reports as a ValueError (a review found
         # that traceback), Gaussian and Laplace alike
         (["epsilon", "--population", "100", "--sample-size", "10", "--steps", "10",
@@ -233,6 +237,19 @@ def test_impossible_settings_are_rejected_with_the_flag_named(capsys, args, flag
     code, out, err = cli(capsys, *args)
     assert code == 2 and out is None
     assert err.startswith(f"error: {flag}=") and "must be" in err
+
+
+def test_a_coarser_pld_discretization_accounts_what_the_fine_one_refuses(capsys):
+    """The refusal names its way out: at a 100 x coarser discretization the same releases
+    span about 100 x fewer points, and PLD's epsilon stays at or below RDP's."""
+    args = ("epsilon", "--population", "100", "--sample-size", "10", "--steps", "10",
+            "--noise-multiplier", "0.02")  # fmt: skip
+    code, _, err = cli(capsys, *args, "--accountant", "pld")
+    assert code == 2 and "3.3e+07 points" in err and "dp.pld_discretization" in err
+    code, coarse, err = cli(capsys, *args, "--accountant", "pld", "--pld-discretization", "0.01")
+    assert code == 0, err
+    code, rdp, _ = cli(capsys, *args)
+    assert 0 < coarse["epsilon"] <= rdp["epsilon"] < math.inf
 
 
 def test_module_entry_point_prints_one_json_object_and_shows_defaults_in_help():
