@@ -64,6 +64,10 @@ class Audit:
         """The audit's settings for summary.json."""
         return {}
 
+    def warnings(self, plan) -> tuple[str, ...]:
+        """Settings the audit runs with but that weaken what it checks (logged by a run)."""
+        return ()
+
     def state_dict(self) -> dict:
         """What the audit needs to continue after a checkpoint (JSON)."""
         return {}

@@ -212,6 +212,20 @@ class GradientCanaryAudit(CanaryAuditBase):
                                         self.delta, alpha)  # fmt: skip
         return out
 
+    def warnings(self, plan) -> tuple[str, ...]:
+        """The canaries realise zero-out adjacency; an epsilon accounted under replace-one
+        (DP-SGD's default with shuffled batches: sensitivity 2 x clip) is larger than the
+        zero-out one, so checking the bounds against it catches less. (Add/remove, with
+        Poisson batches, is accounted as zero-out is: the same epsilon.)"""
+        bound = plan.account("epsilon_record" if self.in_clients else "epsilon")
+        if str(bound.neighboring) != "replace_one":  # add/remove: the same epsilon as zero-out
+            return ()
+        return (f"audit: the canaries realise zero-out adjacency (a canary's gradient present "
+                f"or zero), but {bound.column} is accounted under {bound.neighboring}, which "
+                "gives a larger epsilon: the audit's bounds are checked against more than the "
+                "zero-out epsilon and catch less; dp.neighboring=zero_out compares like with "
+                "like",)  # fmt: skip
+
     def describe(self) -> dict:
         return {
             "audit": "canary_gradients (one-run auditing, Steinke et al. 2023, Dirac canaries)",

@@ -253,7 +253,7 @@ class Simulation:
             "train_seconds": 0.0,
         }
         log.info("privacy: %s", self.plan.describe_line())
-        for warning in self.plan.warnings():
+        for warning in (*self.plan.warnings(), *self.audit.warnings(self.plan)):
             log.warning(warning)
         if math.isfinite(self.epsilon_planned) and self.epsilon_planned > 10:
             log.warning("the planned epsilon %.3g is above 10: little privacy. Poisson cohorts "

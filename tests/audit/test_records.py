@@ -285,3 +285,37 @@ def test_a_canary_placed_beyond_its_users_batches_is_refused_not_scored():
     assert shard.get_single_element()[4].shape == (2, 2, 1)
     with pytest.raises(RuntimeError, match="beyond user 1's 1 batches"):
         backend.pack(strategy, data, None, [[(1, 0)], [(1, 1)]])
+
+
+@pytest.mark.parametrize(
+    "neighboring,warned",
+    [("zero_out", False), ("replace_one", True), (None, True)],  # None: shuffled: replace-one
+)
+def test_an_audit_against_a_replace_one_epsilon_is_warned_about(neighboring, warned):
+    """The canaries realise zero-out; with dp.neighboring unset, DP-SGD in clients with
+    shuffled batches is accounted under replace-one (noise z / 2): a larger epsilon, so a
+    looser check (an independent review). A run logs the warning; pooled Poisson batches
+    (add/remove, accounted as zero-out) give none."""
+    from dpfed.build import build_audit, build_privacy
+    from dpfed.data.base import Population
+
+    overrides = [o for o in IN_CLIENTS if not o.startswith("dp.neighboring")]
+    if neighboring:
+        overrides.append(f"dp.neighboring={neighboring}")
+    cfg = compose_config(*overrides, "dp.noise_multiplier=2")
+    population = Population.with_mean_records(100, 30.0, 24)
+    plan = build_privacy(cfg, population)
+    assert str(plan.account("epsilon_record").neighboring) == (neighboring or "replace_one")
+    audit = build_audit(cfg)
+    audit.in_clients = True  # what wrap sets from the plan's sampler
+    warnings = audit.warnings(plan)
+    assert bool(warnings) == warned
+    if warned:
+        assert "epsilon_record is accounted under replace_one" in warnings[0]
+        assert "dp.neighboring=zero_out" in warnings[0]
+    pooled = compose_config(*AUDIT, "dp.noise_multiplier=2")
+    pooled_plan = build_privacy(pooled, Population(1, lambda clients: 480, 24))
+    pooled_audit = build_audit(pooled)
+    pooled_audit.in_clients = False
+    assert str(pooled_plan.account("epsilon").neighboring) == "add_remove"
+    assert pooled_audit.warnings(pooled_plan) == ()
