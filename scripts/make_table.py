@@ -18,7 +18,7 @@ Example:
     python scripts/make_table.py results/sweeps/lr \\
         --rows override/strategy.client_optimizer.learning_rate \\
         --tuning poisson   # + the epsilon of releasing the best run (Papernot & Steinke 2022)
-    python scripts/make_table.py results/searches/smart_home --tuning geometric  # its drawn law
+    python scripts/make_table.py results/searches/private_smart_home --tuning geometric
 """
 
 from __future__ import annotations
@@ -156,14 +156,19 @@ def _coverage(row: dict) -> str:
     """Whether the theorem covers the sweep: only a search that drew its number of trials."""
     declared = row["declared"]
     if row["covered"]:
+        seeded = (
+            "; from a seed: it holds only while the seed, and so the number of trials, stays secret"
+            if declared.get("seeded")
+            else ""
+        )
         return (
             f" (the search drew its number of trials: {declared['distribution']}, mean "
-            f"{declared['mean']:g})"
+            f"{declared['mean']:g}{seeded})"
         )
     how = {
         "fixed": f"a fixed number of trials (n_trials={declared.get('trials')})",
         "grid": "a grid of runs",
-        "unknown": "an unrecorded number of trials",
+        "unknown": "a number of trials it did not record in a form read here",
     }[declared["kind"]]
     return (
         f"; NOT COVERED: this sweep ran {how}, and the bound holds only for a search that "

@@ -172,8 +172,9 @@ def readme_sweep(tmp_path, monkeypatch):
                    "choices": {"dp": "gaussian", "dataset": "smart_home"}}  # fmt: skip
         (run / "summary.json").write_text(json.dumps(summary))
     # the private search's folder, laid out like a sweep's
-    shutil.copytree(tmp_path / "results" / "sweeps" / "noise",
-                    tmp_path / "results" / "searches" / "smart_home")  # fmt: skip
+    for search in ("smart_home", "private_smart_home"):
+        shutil.copytree(tmp_path / "results" / "sweeps" / "noise",
+                        tmp_path / "results" / "searches" / search)  # fmt: skip
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -236,7 +236,8 @@ def test_the_tuning_cost_uses_the_law_the_search_drew_its_trials_from(tmp_path, 
         return folders
 
     drawn = search("drawn", "${dpfed.random_trials:10,poisson}")
-    assert declared_trials(drawn[0]) == {"kind": "random", "mean": 10.0, "distribution": "poisson"}
+    assert declared_trials(drawn[0]) == {
+        "kind": "random", "mean": 10.0, "distribution": "poisson", "seeded": False}  # fmt: skip
     (row,) = tuning_cost(drawn, "poisson")
     add = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
     at_10 = tuning_epsilon([[(event, 50)]] * 6, add, 1e-5, mean=10, distribution="poisson")
@@ -253,9 +254,16 @@ def test_the_tuning_cost_uses_the_law_the_search_drew_its_trials_from(tmp_path, 
         tuning_cost(drawn, "geometric")[0]["error"]  # fmt: skip
     assert "drew its trials with mean 10, not 6" in tuning_cost(drawn, "poisson", 6)[0]["error"]
     assert tuning_cost(drawn, "poisson", 10)[0]["epsilon_tuned"] == row["epsilon_tuned"]
-    seeded = search("seeded", "${dpfed.random_trials:4, geometric, 3}", runs=2)
-    assert declared_trials(seeded[0]) == {"kind": "random", "mean": 4.0,
-                                          "distribution": "geometric"}  # fmt: skip
+    seeded = search("seeded", "${dpfed.random_trials:4, 'geometric', 3}", runs=2)  # quoted
+    assert declared_trials(seeded[0]) == {
+        "kind": "random", "mean": 4.0, "distribution": "geometric", "seeded": True}  # fmt: skip
+    assert main([str(tmp_path / "seeded"), "--values", "epsilon", "--tuning", "geometric"]) == 0
+    assert "holds only while the seed, and so the number of trials, stays secret" in \
+        capsys.readouterr().out  # fmt: skip
+    # two runs of one search (results/searches/<name>/<time>/...): each drew its own count;
+    # pooled they are not one draw at mean 10 (a review found 8 trials costed at mean 4)
+    again = search("drawn_again", "${dpfed.random_trials:10,poisson}")
+    assert "come from 2 searches" in tuning_cost([*drawn, *again], "poisson")[0]["error"]
     # a fixed number of trials, a grid, nothing recorded: computed, and said to be uncovered
     fixed = search("fixed", 6)
     assert declared_trials(fixed[0]) == {"kind": "fixed", "trials": 6}

@@ -217,7 +217,8 @@ class GradientCanaryAudit(CanaryAuditBase):
         (DP-SGD's default with shuffled batches: sensitivity 2 x clip) is larger than the
         zero-out one, so checking the bounds against it catches less. (Add/remove, with
         Poisson batches, is accounted as zero-out is: the same epsilon.)"""
-        bound = plan.account("epsilon_record" if self.in_clients else "epsilon")
+        in_clients = plan.sampler.unit != "record"  # as `wrap` decides
+        bound = plan.account("epsilon_record" if in_clients else "epsilon")
         if str(bound.neighboring) != "replace_one":  # add/remove: the same epsilon as zero-out
             return ()
         return (f"audit: the canaries realise zero-out adjacency (a canary's gradient present "

@@ -155,7 +155,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--participations", type=int, default=None,
                         help="rounds one client took part in, for per-client accounts (local "
                              "DP, record-level DP-SGD in clients); default: the most the "
-                             "sampling allows")  # fmt: skip
+                             "sampling allows. With --mechanism bandmf and no --population or "
+                             "--sample-size: K cyclic participations evenly spaced over "
+                             "--steps. Refused where no account takes it")  # fmt: skip
     parser.add_argument("--local-epochs", type=int, default=1, help="dpsgd: local epochs")
     parser.add_argument("--record-sampling", choices=("shuffle", "poisson"), default=None,
                         help="dpsgd: how clients draw batches (default: shuffle)")  # fmt: skip
@@ -230,6 +232,10 @@ def overrides(args) -> tuple[list[str], object]:
         # K participations evenly spaced over the steps: one client per round, cyclically
         if args.steps is None or args.participations < 1:
             raise ConfigError("--participations", args.participations, ">= 1, with --steps")
+        if args.sampling not in (None, "cyclic"):  # the spacing below is cyclic sampling's
+            raise ConfigError("--participations", args.participations, "given with "
+                              f"--population and --sample-size for --sampling {args.sampling}, "
+                              "or with cyclic sampling")  # fmt: skip
         args.population, args.sample_size = math.ceil(args.steps / args.participations), 1
         args.sampling = args.sampling or "cyclic"
         spaced = math.ceil(args.steps / args.population)  # what cyclic sampling gives one client

@@ -159,6 +159,17 @@ def _rdp_of(event: dp_accounting.DpEvent, orders: tuple | None, relation) -> np.
     return rdp
 
 
+class PLDRefused(ConfigError):
+    """The PLD accountant cannot account these releases (too little noise): use ``rdp``."""
+
+    def __init__(self, why: str, discretization: float):
+        allowed = (
+            "rdp for releases with this little noise: their privacy loss distribution "
+            f"{why} at pld_discretization={discretization:g}"
+        )
+        super().__init__("dp.accountant", "pld", allowed, absolute=True)
+
+
 @contextlib.contextmanager
 def _fits_in_memory(discretization: float):
     """Names the setting when dp-accounting cannot build a PLD (a noise multiplier near 0):
@@ -173,41 +184,58 @@ def _fits_in_memory(discretization: float):
         why = f"cannot be built by dp-accounting ({str(err).splitlines()[0][:120]})"
     else:
         return
-    allowed = (
-        "rdp for releases with this little noise: their privacy loss distribution "
-        f"{why} at pld_discretization={discretization:g}"
-    )
-    raise ConfigError("dp.accountant", "pld", allowed, absolute=True) from None
+    raise PLDRefused(why, discretization) from None
 
 
-# The most points a Gaussian's privacy loss distribution may span before the PLD accountant
-# is refused: at the default discretization (1e-4) a noise multiplier near 0.02. Measured here:
-# 10 Poisson-sampled releases at z = 0.05 (about 7e6 points) took 43 s and 1.9 GB, memory
-# growing as 1 / z^2; at z = 0.01 the run swapped for over 10 minutes without a result.
+# The most points a privacy loss distribution may span before the PLD accountant is refused:
+# at the default discretization (1e-4), one Gaussian release at a noise multiplier near 0.02,
+# or 1000 at about 0.05. Measured here: 10 Poisson-sampled releases at z = 0.05 (estimated
+# 1e7 points) took 43 s and 1.9 GB, memory growing as 1 / z^2; at z = 0.01 the run swapped
+# for over 10 minutes without a result.
 PLD_MAX_POINTS = 3e7
+_TAIL_STDS = 8  # dp-accounting truncates tails of mass 1e-15: about 8 standard deviations
 
 
-def _gaussians(event: dp_accounting.DpEvent):
-    """The Gaussian releases nested in ``event`` (sampled, composed)."""
-    if isinstance(event, dp_accounting.GaussianDpEvent):
-        yield event
-    elif isinstance(event, dp_accounting.SelfComposedDpEvent | dp_accounting.PoissonSampledDpEvent
-                    | dp_accounting.SampledWithoutReplacementDpEvent):  # fmt: skip
-        yield from _gaussians(event.event)
+def _releases(event: dp_accounting.DpEvent, times: int = 1):
+    """``(kind, noise multiplier, times)`` of the Gaussian and Laplace releases in ``event``
+    (sampled, composed), ``times`` how often each is composed."""
+    if isinstance(event, dp_accounting.GaussianDpEvent | dp_accounting.LaplaceDpEvent):
+        if event.noise_multiplier > 0:
+            kind = "gaussian" if isinstance(event, dp_accounting.GaussianDpEvent) else "laplace"
+            yield kind, event.noise_multiplier, times
+    elif isinstance(event, dp_accounting.SelfComposedDpEvent):
+        yield from _releases(event.event, times * event.count)
+    elif isinstance(
+        event, dp_accounting.PoissonSampledDpEvent | dp_accounting.SampledWithoutReplacementDpEvent
+    ):
+        yield from _releases(event.event, times)
     elif isinstance(event, dp_accounting.ComposedDpEvent):
         for inner in event.events:
-            yield from _gaussians(inner)
+            yield from _releases(inner, times)
 
 
-def pld_points(event: dp_accounting.DpEvent, discretization: float) -> float:
-    """About how many points the widest Gaussian privacy loss distribution in ``event`` spans:
-    the loss of a Gaussian of noise multiplier z ranges over (1 + 2 t z) / z^2 for the
-    mechanism's outputs within t = 8 standard deviations, in steps of ``discretization``."""
-    noises = [g.noise_multiplier for g in _gaussians(event) if g.noise_multiplier > 0]
-    if not noises:
-        return 0.0
-    z = min(noises)
-    return (1 + 16 * z) / z**2 / discretization
+def pld_points(counts, discretization: float) -> float:
+    """About how many points the composed privacy loss distribution of ``(event, count)``
+    pairs spans, in steps of ``discretization`` (an upper estimate: sampling narrows it).
+
+    One release of a Gaussian of noise multiplier z has losses over about
+    (1 + 2 t z) / z^2 (outputs within t standard deviations); a Laplace of scale b over 2 / b.
+    n compositions widen that n-fold at most, and by the central limit theorem to about
+    2 t sqrt(n) standard deviations of one loss (1 / z, resp. 1 / b): the smaller of the two,
+    for the noisiest release and the number of releases of its kind.
+    """
+    widths = []
+    for kind in ("gaussian", "laplace"):
+        found = [(z, n) for event, count in counts
+                 for k, z, n in _releases(event, count) if k == kind]  # fmt: skip
+        if not found:
+            continue
+        z = min(z for z, _ in found)
+        n = sum(n for _, n in found)
+        t = _TAIL_STDS
+        one = (1 + 2 * t * z) / z**2 if kind == "gaussian" else 2 / z
+        widths.append(max(one, min(n * one, 2 * t * math.sqrt(n) / z)))
+    return sum(widths) / discretization
 
 
 @functools.lru_cache(maxsize=256)
@@ -218,16 +246,14 @@ def _pld_epsilon(counts: tuple, relation, discretization: float, delta: float) -
     events for every r within an epoch (DP-FTRL, BandMF), and its PLD is slow to build.
 
     Raises:
-        ConfigError: naming ``accountant``, where a release has so little noise that its
-            PLD would not fit in memory (or take long to find out: `PLD_MAX_POINTS`).
+        PLDRefused: naming ``accountant``, where the releases have so little noise that
+            their PLD would not fit in memory (or take long to find out: `PLD_MAX_POINTS`).
     """
-    points = max((pld_points(event, discretization) for event, _ in counts), default=0.0)
+    points = pld_points(counts, discretization)
     if points > PLD_MAX_POINTS:
-        raise ConfigError("dp.accountant", "pld", "rdp for releases with this little noise: "
-                          f"their privacy loss distribution would span about {points:.2g} "
-                          f"points at pld_discretization={discretization:g} (at most "
-                          f"{PLD_MAX_POINTS:.0e}; a larger dp.pld_discretization is coarser "
-                          "and smaller)", absolute=True)  # fmt: skip
+        raise PLDRefused(f"would span about {points:.2g} points (at most {PLD_MAX_POINTS:.0e}; "
+                         "a larger dp.pld_discretization is coarser and smaller)",
+                         discretization)  # fmt: skip
     accountant = PLDAccountant(relation, discretization)
     with _fits_in_memory(discretization):
         for event, count in counts:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import dp_accounting
 
 from dpfed.errors import ConfigError
-from dpfed.privacy.accounting import Accountant
+from dpfed.privacy.accounting import Accountant, PLDRefused
 
 MAX_NOISE_MULTIPLIER = 1e4
 
@@ -60,7 +60,7 @@ def calibrate_noise_multiplier(
         little noise (PLD's size limit): less noise never costs less, so z is then too small."""
         try:
             return eps(z)
-        except ConfigError:
+        except PLDRefused:
             return math.inf
 
     low = high / 4

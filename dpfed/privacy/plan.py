@@ -276,7 +276,8 @@ class PrivacyPlan:
         out = self.mechanism.warnings(self)
         users = self.population.num_clients
         delta = self.settings.delta
-        if any(a.private and a.unit == "user" for a in self.accounts) and delta * users >= 1:
+        user_level = any(a.private and a.unit == "user" for a in self.accounts)
+        if user_level and self.settings.accountant != "pure" and delta * users >= 1:
             out += (
                 f"dp.delta={delta:g} is not below 1 / population (1/{users}): releasing one "
                 "random user's data in full meets (0, 1/population)-DP, so this guarantee "

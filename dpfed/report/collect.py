@@ -146,10 +146,11 @@ def audited(frame: pd.DataFrame) -> pd.DataFrame:
         # its own relation: with dp.neighboring unset, DP-SGD's users are replace-one and its
         # records in Poisson batches zero-out
         # (None where a run recorded no accounts: unknown, not the users')
-        for key in ("neighboring", "unit"):
-            own = frame.get(f"epsilon_record/{key}", pd.Series(None, index=frame.index))
-            frame[key] = frame.get(key, pd.Series(None, index=frame.index)).astype(object)
-            frame.loc[record, key] = own[record]
+        own = frame.get("epsilon_record/neighboring", pd.Series(None, index=frame.index))
+        frame["neighboring"] = frame.get("neighboring", own).astype(object)
+        frame.loc[record, "neighboring"] = own[record]
+        frame["unit"] = frame.get("unit", pd.Series(None, index=frame.index)).astype(object)
+        frame.loc[record, "unit"] = "record"
     mechanism = frame.get("mechanism", mechanism_labels(frame)).astype(str)
     frame["mechanism"] = mechanism.where(~record, mechanism + " (in clients)")
     return frame
@@ -273,7 +274,7 @@ def declared_trials(trial: str | Path) -> dict:
     ``.hydra/hydra.yaml`` (``hydra.sweeper.n_trials``, kept unresolved by Hydra).
 
     Returns:
-        ``{"kind": "random", "mean": M, "distribution": law}`` for
+        ``{"kind": "random", "mean": M, "distribution": law, "seeded": bool}`` for
         ``${dpfed.random_trials:M,law[,seed]}``; ``{"kind": "fixed", "trials": N}`` for
         ``n_trials: N``; ``{"kind": "grid"}`` for a sweeper without ``n_trials`` (a grid of
         runs); ``{"kind": "unknown"}`` where nothing was recorded.
@@ -287,11 +288,12 @@ def declared_trials(trial: str | Path) -> dict:
         return {"kind": "grid"}
     drawn = _RANDOM_TRIALS.fullmatch(str(n_trials).strip())
     if drawn:
-        args = [a.strip() for a in drawn.group(1).split(",")]
+        args = [a.strip().strip("'\"") for a in drawn.group(1).split(",")]  # quoted or not
         return {
             "kind": "random",
             "mean": float(args[0]),
             "distribution": args[1] if len(args) > 1 else "poisson",
+            "seeded": len(args) > 2,  # whoever knows the seed knows the number of trials
         }
     if isinstance(n_trials, int):
         return {"kind": "fixed", "trials": n_trials}
@@ -342,9 +344,17 @@ def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
     declared = [declared_trials(t) for t in trial_of]
     laws = {json.dumps(d, sort_keys=True) for d in declared}
     declared = declared[0] if declared else {"kind": "unknown"}
+    sweeps = sorted({str(t.parent) for t in trial_of})  # a search's trials share its folder
     problem = None
     if len(laws) > 1:
         problem = f"the runs come from searches that chose their trials differently: {sorted(laws)}"
+    elif declared["kind"] == "random" and len(sweeps) > 1:
+        # each search drew its own number of trials: pooled, they are not one draw of the law
+        problem = (
+            f"the runs come from {len(sweeps)} searches (sweep folders {sweeps}); each drew "
+            "its own number of trials: give one search's folder (releasing the best of "
+            "several searches composes their costs)"
+        )
     elif declared["kind"] == "random":
         if distribution != declared["distribution"]:
             problem = (

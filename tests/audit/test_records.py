@@ -306,9 +306,7 @@ def test_an_audit_against_a_replace_one_epsilon_is_warned_about(neighboring, war
     population = Population.with_mean_records(100, 30.0, 24)
     plan = build_privacy(cfg, population)
     assert str(plan.account("epsilon_record").neighboring) == (neighboring or "replace_one")
-    audit = build_audit(cfg)
-    audit.in_clients = True  # what wrap sets from the plan's sampler
-    warnings = audit.warnings(plan)
+    warnings = build_audit(cfg).warnings(plan)
     assert bool(warnings) == warned
     if warned:
         assert "epsilon_record is accounted under replace_one" in warnings[0]
@@ -316,6 +314,5 @@ def test_an_audit_against_a_replace_one_epsilon_is_warned_about(neighboring, war
     pooled = compose_config(*AUDIT, "dp.noise_multiplier=2")
     pooled_plan = build_privacy(pooled, Population(1, lambda clients: 480, 24))
     pooled_audit = build_audit(pooled)
-    pooled_audit.in_clients = False
     assert str(pooled_plan.account("epsilon").neighboring) == "add_remove"
     assert pooled_audit.warnings(pooled_plan) == ()

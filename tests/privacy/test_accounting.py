@@ -21,6 +21,9 @@ from dpfed.privacy.accounting import (
 from dpfed.privacy.sampling import FixedSizeSampler, PoissonSampler, ShuffleSampler
 from tests.helpers import independent_epsilon
 
+# Run by `pytest -m slow` (and CI), not by default: dp-accounting's PLD failure takes 11 s.
+SLOW_CASES = {"test_pld_failures_of_dp_accounting_are_refused_naming_the_accountant"}
+
 ADD = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 REPLACE_ONE = dp_accounting.NeighboringRelation.REPLACE_ONE
 GAUSSIAN = dp_accounting.GaussianDpEvent(1.0)
@@ -197,32 +200,65 @@ def test_calibration_reads_a_refused_little_noise_as_too_little():
     """PLD refuses releases with very little noise (`PLD_MAX_POINTS`, or dp-accounting's own
     failures there): the calibration's search below 1 then treats that noise multiplier as
     too small (less noise never costs less) and still lands within its tolerance below the
-    target, where before the refusal (or dp-accounting's ValueError) ended the search."""
-    from dpfed.errors import ConfigError
+    target, where before the refusal (or dp-accounting's ValueError) ended the search. Other
+    refusals are not swallowed."""
+    from dpfed.privacy.accounting import PLDRefused
     from dpfed.privacy.calibration import calibrate_noise_multiplier
 
     class Ledger:  # epsilon 1 / z, refused below z = 0.05
+        def __init__(self, refusal):
+            self.refusal = refusal
+
         def planned_epsilon(self, events):
             (z,) = events
             if z < 0.05:
-                raise ConfigError("dp.accountant", "pld", "rdp", absolute=True)
+                raise self.refusal
             return 1 / z
 
-    z, eps = calibrate_noise_multiplier(lambda z: [z], Ledger(), target_epsilon=10)
-    assert eps <= 10 and eps == pytest.approx(10, rel=0.005) and z == pytest.approx(0.1, rel=0.005)
-    with pytest.raises(ConfigError, match="dp.accountant"):  # the refusal itself, where z = 1 is
-        calibrate_noise_multiplier(lambda z: [z / 100], Ledger(), target_epsilon=1000)
+    pld = PLDRefused("would span too many points", 1e-4)
+    # the search probes 1, 1/4, 1/16 (epsilon 16 <= 18), then 1/64: refused
+    z, eps = calibrate_noise_multiplier(lambda z: [z], Ledger(pld), target_epsilon=18)
+    assert eps <= 18 and eps == pytest.approx(18, rel=0.005) and z == pytest.approx(1 / 18, 0.005)
+    other = ConfigError("clip", 0.1, "another refusal")
+    with pytest.raises(ConfigError, match="another refusal"):
+        calibrate_noise_multiplier(lambda z: [z], Ledger(other), target_epsilon=18)
+    with pytest.raises(PLDRefused, match="dp.accountant"):  # refused where z = 1 is evaluated
+        calibrate_noise_multiplier(lambda z: [z / 100], Ledger(pld), target_epsilon=1000)
+
+
+def test_the_pld_size_estimate_grows_with_compositions_and_counts_laplace():
+    """A review found the estimate per release: 1000 rounds at z 0.05 passed it and hit the
+    wait it guards against, and Laplace releases counted 0 points."""
+    from dpfed.privacy.accounting import PLD_MAX_POINTS, pld_points
+
+    def sampled(z):
+        return dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(z))
+
+    ten, thousand = (
+        pld_points([(sampled(0.05), 10)], 1e-4),
+        pld_points([(sampled(0.05), 1000)], 1e-4),
+    )
+    assert ten < PLD_MAX_POINTS < thousand  # 10 took 43 s here; 1000 are refused
+    # the same releases nested in a self-composition count as often
+    nested = dp_accounting.SelfComposedDpEvent(sampled(0.05), 100)
+    assert pld_points([(nested, 10)], 1e-4) == thousand
+    assert pld_points([(sampled(1.0), 10000)], 1e-4) < PLD_MAX_POINTS  # typical FL runs pass
+    laplace = dp_accounting.LaplaceDpEvent(1e-4)
+    assert pld_points([(laplace, 1)], 1e-4) > PLD_MAX_POINTS  # 2 / b / d = 2e8
+    assert pld_points([(dp_accounting.LaplaceDpEvent(10.0), 100)], 1e-4) == pytest.approx(1.6e5)
+    assert pld_points([(dp_accounting.GaussianDpEvent(0.0), 5)], 1e-4) == 0  # no noise: no PLD
+    with pytest.raises(ConfigError, match="dp.accountant"):
+        Accountant("pld", 1e-5, ADD).planned_epsilon([sampled(0.05)] * 1000)
 
 
 def test_pld_failures_of_dp_accounting_are_refused_naming_the_accountant():
     """dp-accounting 0.4.3's PLD raises "deltas are not in non-increasing order" for 10
     Poisson releases at q 0.1 and noise multiplier 0.0625 (below `PLD_MAX_POINTS`): refused
     naming dp.accountant, not a traceback."""
-    from dpfed.errors import ConfigError
     from dpfed.privacy.accounting import PLD_MAX_POINTS, pld_points
 
     event = dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(0.0625))
-    assert pld_points(event, 1e-4) < PLD_MAX_POINTS
+    assert pld_points([(event, 10)], 1e-4) < PLD_MAX_POINTS
     accountant = Accountant("pld", 1e-5, ADD)
     with pytest.raises(ConfigError, match="cannot be built by dp-accounting"):
         accountant.planned_epsilon([event] * 10)

@@ -218,6 +218,9 @@ def test_every_mechanism_a_run_accepts_is_available(capsys, mechanism):
           "--noise-multiplier", "3", "--neighboring", "zero_out"], "--participations"),
         (["epsilon", *COHORT, "--noise-multiplier", "1", "--participations", "3"],
          "--participations"),
+        (["epsilon", "--mechanism", "bandmf", "--sampling", "min_sep_poisson",
+          "--sampling-groups", "2", "--steps", "10", "--participations", "5",
+          "--noise-multiplier", "3", "--neighboring", "zero_out"], "--participations"),
         # a PLD of so little noise would take petabytes: refused, not a MemoryError traceback
         (["epsilon", *COHORT, "--noise-multiplier", "1e-6", "--accountant", "pld"],
          "--accountant"),

@@ -446,6 +446,9 @@ def test_a_user_level_delta_not_below_one_over_the_population_is_warned_about():
     # not private, or private only per record: no user-level delta to warn about
     assert plan("dp=none", population=big).warnings() == ()
     assert plan("dp=dpsgd", "strategy.clients_per_round=100", population=big).warnings() == ()
+    # the pure accountant (local Laplace) has no delta at all
+    local = plan("dp=laplace_local", "strategy.clients_per_round=100", population=big)
+    assert local.settings.accountant == "pure" and local.warnings() == ()
 
 
 def test_adaptive_refuses_count_noise_that_the_budget_cannot_afford():
