@@ -109,6 +109,12 @@ def no_leftover_workers():
     assert not left, f"worker_binary processes left running: {sorted(left)}"
 
 
+# Where the slow suite's time goes (pytest -m slow --durations): each of these modules' slow
+# tests runs run.py or reproduce.py in a subprocess, 20 to 120 s (the default experiment's).
+STARTED_FIRST = ("tests/test_run.py", "tests/test_experiments.py", "tests/test_hparams_search.py",
+                 "tests/io/test_resume.py")  # fmt: skip
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks set here
 def pytest_collection_modifyitems(config, items):
     """Marks `slow` the cases a module lists in ``SLOW_CASES`` (test name with its case id).
@@ -116,7 +122,13 @@ def pytest_collection_modifyitems(config, items):
     The default run keeps one case of each property; the others run with ``pytest -m slow``,
     which CI runs after the default suite. A listed name that matches no test is an error, so
     a renamed test or case cannot drop out of the slow run unnoticed.
+
+    The modules in ``STARTED_FIRST`` are moved to the front (in their order, each keeping its
+    own): their tests run ``run.py`` or ``reproduce.py`` in subprocesses for tens of seconds,
+    and started last they leave one xdist worker idle while the other finishes them.
     """
+    rank = {name: i for i, name in enumerate(STARTED_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
     listed: dict[str, set[str]] = {}
     collected: dict[str, set[str]] = {}
     for item in items:
