@@ -56,13 +56,16 @@ def run(cfg: DictConfig, out_dir: str) -> dict:
     except ConfigError as err:
         refuse(err, multirun, out_dir)
     if checkpoints.finished:  # resume=true on a run that already ended: leave it as it is
-        print(f"dpfed: the run in {out_dir} is complete ({checkpoints.summary['status']} after "
-              f"{checkpoints.round} rounds); nothing to resume")  # fmt: skip
+        print(
+            f"dpfed: the run in {out_dir} is complete ({checkpoints.summary['status']} after "
+            f"{checkpoints.round} rounds); nothing to resume"
+        )
         return checkpoints.summary
     resume = resume_command(task, out_dir)
     # A failing job writes summary.json status "failed"; in a sweep the other jobs run on.
-    with recorded_failure(out_dir, multirun,
-                          lambda: {"status": "failed", **provenance(cfg, choices)}):  # fmt: skip
+    with recorded_failure(
+        out_dir, multirun, lambda: {"status": "failed", **provenance(cfg, choices)}
+    ):
         prepared = prepare(cfg, checkpoints)  # bad values and data fail here, before TensorFlow
         simulation = build_simulation(cfg, checkpoints, prepared)
         writer = build_writer(cfg, out_dir, simulation)
@@ -82,6 +85,8 @@ if __name__ == "__main__":
     try:
         main()
     except (RunInterrupted, KeyboardInterrupt) as err:
-        print(f"dpfed: interrupted ({str(err) or 'SIGINT'}); summary.json says how to resume",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"dpfed: interrupted ({str(err) or 'SIGINT'}); summary.json says how to resume",
+            file=sys.stderr,
+        )
         sys.exit(130)

@@ -43,8 +43,12 @@ def check_run(cfg: DictConfig) -> None:
     """Run-level settings (``rounds``, ``seed``, ``checkpoint_every``)."""
     check(cfg.rounds >= 1, "rounds", cfg.rounds, ">= 1")
     check(cfg.seed >= 0, "seed", cfg.seed, ">= 0")
-    check(cfg.get("checkpoint_every", 0) >= 0, "checkpoint_every", cfg.get("checkpoint_every"),
-          ">= 0 (0: only after the last round)")  # fmt: skip
+    check(
+        cfg.get("checkpoint_every", 0) >= 0,
+        "checkpoint_every",
+        cfg.get("checkpoint_every"),
+        ">= 0 (0: only after the last round)",
+    )
 
 
 # keys of the dataset node that configure the run, not the dataset object
@@ -102,13 +106,26 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
     with config_group("dp"):
         mechanism = instantiate(OmegaConf.masked_copy(dp, mechanism_keys))
         orders = None if dp.orders is None else tuple(float(o) for o in dp.orders)
-        settings = Settings(str(dp.accountant), float(dp.delta), orders, str(dp.conversion),
-                            float(dp.pld_discretization))  # fmt: skip
+        settings = Settings(
+            str(dp.accountant),
+            float(dp.delta),
+            orders,
+            str(dp.conversion),
+            float(dp.pld_discretization),
+        )
         settings.validate()
-        check(dp.target_epsilon is None or dp.target_epsilon > 0, "target_epsilon",
-              dp.target_epsilon, "null or > 0")  # fmt: skip
-        check(dp.max_epsilon is None or dp.max_epsilon > 0, "max_epsilon", dp.max_epsilon,
-              "null or > 0")  # fmt: skip
+        check(
+            dp.target_epsilon is None or dp.target_epsilon > 0,
+            "target_epsilon",
+            dp.target_epsilon,
+            "null or > 0",
+        )
+        check(
+            dp.max_epsilon is None or dp.max_epsilon > 0,
+            "max_epsilon",
+            dp.max_epsilon,
+            "null or > 0",
+        )
         check(dp.seed is None or dp.seed >= 0, "seed", dp.seed, "null (secret) or >= 0")
     secret = dp.seed is None
     seed = int(dp.seed) if not secret else (dp_seed if dp_seed is not None else draw_secret_seed())
@@ -126,16 +143,32 @@ def build_privacy(cfg: DictConfig, population, dp_seed: int | None = None):
     ctx = PlanContext(sampler, neighboring, cfg.rounds, local_epochs, population, batch_size)
 
     def plan_with(z: float) -> PrivacyPlan:
-        return PrivacyPlan(mechanism, mechanism.label, sampler, mechanism.accounts(ctx, z),
-                           settings, z, cfg.rounds, ctx.local_epochs, population,
-                           dp.target_epsilon, dp.max_epsilon, seed, secret, batch_size)  # fmt: skip
+        return PrivacyPlan(
+            mechanism,
+            mechanism.label,
+            sampler,
+            mechanism.accounts(ctx, z),
+            settings,
+            z,
+            cfg.rounds,
+            ctx.local_epochs,
+            population,
+            dp.target_epsilon,
+            dp.max_epsilon,
+            seed,
+            secret,
+            batch_size,
+        )
 
     with config_group("dp"):
         plan = plan_with(mechanism.tunable_noise)
         check_accountable(plan)  # before calibrating, which composes the same events
         if dp.max_epsilon is not None and plan.budget_account is None:
-            raise ConfigError("max_epsilon", dp.max_epsilon, "null: this run releases nothing "
-                              "private (no noise), so no budget can hold")  # fmt: skip
+            raise ConfigError(
+                "max_epsilon",
+                dp.max_epsilon,
+                "null: this run releases nothing private (no noise), so no budget can hold",
+            )
         if dp.target_epsilon is not None:
             plan = calibrate(plan_with, dp.target_epsilon, mechanism.noise_limit(ctx))
     with config_group("audit"):
@@ -216,9 +249,19 @@ def build_simulation(cfg: DictConfig, checkpoints=None, prepared: Prepared | Non
     # The initial model must depend on the seed only, not on what was built before it.
     tf.keras.utils.set_random_seed(cfg.seed)
     process = strategy.build_process(backend, model, parts, plan, dataset)
-    return Simulation(dataset, model, plan, parts, strategy, backend, process, seed=cfg.seed,
-                      progress=cfg.logger.progress, checkpoints=checkpoints,
-                      audit=audit)  # fmt: skip
+    return Simulation(
+        dataset,
+        model,
+        plan,
+        parts,
+        strategy,
+        backend,
+        process,
+        seed=cfg.seed,
+        progress=cfg.logger.progress,
+        checkpoints=checkpoints,
+        audit=audit,
+    )
 
 
 def build_checkpoints(cfg: DictConfig, output_dir: str, multirun: bool = False):
@@ -234,8 +277,9 @@ def build_checkpoints(cfg: DictConfig, output_dir: str, multirun: bool = False):
     from dpfed.io.checkpoint import Checkpoints
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    return Checkpoints(output_dir, cfg.checkpoint_every, config, resume=cfg.resume,
-                       fresh_if_empty=multirun)  # fmt: skip
+    return Checkpoints(
+        output_dir, cfg.checkpoint_every, config, resume=cfg.resume, fresh_if_empty=multirun
+    )
 
 
 def build_writer(cfg: DictConfig, output_dir: str, simulation):

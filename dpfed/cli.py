@@ -16,9 +16,21 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 # Hydra flags that take a value (the value is not an override)
-VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-               "--config-dir", "-cd", "--experimental-rerun",
-               "--shell-completion", "-sc"}  # fmt: skip
+VALUE_FLAGS = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--shell-completion",
+    "-sc",
+}
 
 
 def _groups() -> tuple[str, ...]:
@@ -70,8 +82,11 @@ def unknown_keys(argv: list[str]) -> list[str]:
     for override in parsed:
         group = override.key_or_group
         if override.package is None and (group in GROUPS or group.startswith("hydra/")):
-            value = next(iter(override.sweep_string_iterator())) if (
-                override.is_sweep_override()) else override.get_value_element_as_str()  # fmt: skip
+            value = (
+                next(iter(override.sweep_string_iterator()))
+                if (override.is_sweep_override())
+                else override.get_value_element_as_str()
+            )
             choices.append(f"{group}={value}")
             chosen.add(override.input_line)
         elif override.package is not None:
@@ -97,11 +112,14 @@ def unknown_keys(argv: list[str]) -> list[str]:
             close = difflib.get_close_matches(key, peers, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]}?)" if close else ""
             group = key.split(".", 1)[0]
-            where = (f"the config has no {key}" if group not in cfg or group not in picked
-                     else f"{group}={picked[group]} has no setting "
-                          f"{key.split('.', 1)[1]}")  # fmt: skip
-            messages.append(f"{override.input_line}: {where}{hint}; `python run.py --cfg job` "
-                            "shows every key")  # fmt: skip
+            where = (
+                f"the config has no {key}"
+                if group not in cfg or group not in picked
+                else f"{group}={picked[group]} has no setting {key.split('.', 1)[1]}"
+            )
+            messages.append(
+                f"{override.input_line}: {where}{hint}; `python run.py --cfg job` shows every key"
+            )
     return messages
 
 
@@ -109,29 +127,40 @@ def help_text() -> str:
     """``python run.py --help``: groups and their options, examples, the default config."""
     from dpfed.config import CONF, compose
 
-    lines = ["dpfed: differentially private federated training of GRU sequence models.", "",
-             "python run.py [group=option ...] [key=value ...]       one run",
-             "python run.py -m dp.noise_multiplier=0.5,1,2 ...       a sweep (one job per value)",
-             "python run.py -m hydra/launcher=parallel ...           a sweep, 2 jobs at a time",
-             "python run.py ... resume=true hydra.run.dir=<run dir>  continue an interrupted run",
-             "python run.py experiment=<name>                        a paper-table preset",
-             "python run.py hparams_search=<dataset>                 a hyperparameter search",
-             "python run.py --cfg job                                the composed config", "",
-             "== Configuration groups ==",
-             "Choose one option per group (group=option):", ""]  # fmt: skip
+    lines = [
+        "dpfed: differentially private federated training of GRU sequence models.",
+        "",
+        "python run.py [group=option ...] [key=value ...]       one run",
+        "python run.py -m dp.noise_multiplier=0.5,1,2 ...       a sweep (one job per value)",
+        "python run.py -m hydra/launcher=parallel ...           a sweep, 2 jobs at a time",
+        "python run.py ... resume=true hydra.run.dir=<run dir>  continue an interrupted run",
+        "python run.py experiment=<name>                        a paper-table preset",
+        "python run.py hparams_search=<dataset>                 a hyperparameter search",
+        "python run.py --cfg job                                the composed config",
+        "",
+        "== Configuration groups ==",
+        "Choose one option per group (group=option):",
+        "",
+    ]
     for group in (*GROUPS, "hydra/launcher"):
         options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
         lines.append(f"{group}: {', '.join(options)}")
-    lines += ["",
-              "Optimizers are chosen per side: optimizer@strategy.client_optimizer=adam "
-              "strategy.client_optimizer.learning_rate=0.01",
-              "Privacy: python -m dpfed.privacy --help (the calculator); README.md, "
-              "'Privacy accounting'.", "", "== Config ==",
-              "Override any key (key=value); the composed defaults are:", "",
-              OmegaConf.to_yaml(compose()).rstrip(), "",
-              "Outputs go to results/runs/<date>/<time>_<dataset>_<dp>_seed<seed>/ (metrics.csv, "
-              "summary.json, tensorboard/, checkpoint/). "
-              "Hydra's own flags: --hydra-help."]  # fmt: skip
+    lines += [
+        "",
+        "Optimizers are chosen per side: optimizer@strategy.client_optimizer=adam "
+        "strategy.client_optimizer.learning_rate=0.01",
+        "Privacy: python -m dpfed.privacy --help (the calculator); README.md, "
+        "'Privacy accounting'.",
+        "",
+        "== Config ==",
+        "Override any key (key=value); the composed defaults are:",
+        "",
+        OmegaConf.to_yaml(compose()).rstrip(),
+        "",
+        "Outputs go to results/runs/<date>/<time>_<dataset>_<dp>_seed<seed>/ (metrics.csv, "
+        "summary.json, tensorboard/, checkpoint/). "
+        "Hydra's own flags: --hydra-help.",
+    ]
     return "\n".join(lines)
 
 

@@ -212,5 +212,6 @@ def compose(*overrides: str, return_hydra_config: bool = False):
         hydra.clear()
         initialize_config_dir(config_dir=str(CONF), version_base="1.3")  # stays initialized
         _composing["ready"] = True
-    return hydra_compose(config_name="config", overrides=list(overrides),
-                         return_hydra_config=return_hydra_config)  # fmt: skip
+    return hydra_compose(
+        config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config
+    )

@@ -84,9 +84,11 @@ def interrupts_deferred() -> Iterator[None]:
     installed, in the main thread (the only one that receives signals)."""
     global _deferred_depth, _pending_signal
     _deferred_depth += 1
-    hold_sigint = (_deferred_depth == 1
-                   and threading.current_thread() is threading.main_thread()
-                   and signal.getsignal(signal.SIGINT) is signal.default_int_handler)  # fmt: skip
+    hold_sigint = (
+        _deferred_depth == 1
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
     if hold_sigint:
         signal.signal(signal.SIGINT, interrupt)
     pending = None
@@ -257,9 +259,13 @@ def metric_value(summary: dict, metric: str) -> float:
         return float(summary[metric])
     numeric = [key for key, value in summary.items() if number(value)]
     found = "absent" if metric not in summary else f"{summary[metric]!r}, not a number"
-    raise ConfigError("optimized_metric", metric,
-                      f"a numeric key of the run's summary.json ({metric} is {found}); "
-                      f"this run's are: {', '.join(numeric)}", absolute=True)  # fmt: skip
+    raise ConfigError(
+        "optimized_metric",
+        metric,
+        f"a numeric key of the run's summary.json ({metric} is {found}); "
+        f"this run's are: {', '.join(numeric)}",
+        absolute=True,
+    )
 
 
 SEED_FOLDER = re.compile(r"seed_(\d+)")  # one seed of a search's trial (optimized_seeds)
@@ -272,8 +278,14 @@ def resume_command(task: list[str], output_dir: str | Path) -> str:
     folder = str(output_dir).replace("\\", "\\\\").replace("'", "\\'")
     override = f"hydra.run.dir='{folder}'"  # Hydra reads the quoted folder verbatim
     plain = not set(override) & set('"$`\\!')  # then double quotes keep it as it is
-    return " ".join(["python run.py", *map(shlex.quote, task), "resume=true",
-                     f'"{override}"' if plain else shlex.quote(override)])  # fmt: skip
+    return " ".join(
+        [
+            "python run.py",
+            *map(shlex.quote, task),
+            "resume=true",
+            f'"{override}"' if plain else shlex.quote(override),
+        ]
+    )
 
 
 def seed_overrides(task: list[str], seed: int) -> list[str]:
@@ -282,7 +294,10 @@ def seed_overrides(task: list[str], seed: int) -> list[str]:
     ``hparams_search`` config would start."""
     own = ("seed", "optimized_seeds", "hydra.mode")
     return [o for o in task if o.split("=", 1)[0].lstrip("+~") not in own] + [
-        f"seed={seed}", "optimized_seeds=1", "hydra.mode=RUN"]  # fmt: skip
+        f"seed={seed}",
+        "optimized_seeds=1",
+        "hydra.mode=RUN",
+    ]
 
 
 def over_seeds(run: Callable[[DictConfig, str], dict], cfg: DictConfig, output_dir: str) -> dict:
@@ -304,9 +319,12 @@ def over_seeds(run: Callable[[DictConfig, str], dict], cfg: DictConfig, output_d
     """
     seeds, metric = cfg.get("optimized_seeds", 1), cfg.get("optimized_metric")
     check(isinstance(seeds, int) and seeds >= 1, "optimized_seeds", seeds, ">= 1")
-    check(seeds == 1 or metric is not None, "optimized_seeds", seeds,
-          "1 unless optimized_metric is set "
-          "(the seeds' mean is what a search optimises)")  # fmt: skip
+    check(
+        seeds == 1 or metric is not None,
+        "optimized_seeds",
+        seeds,
+        "1 unless optimized_metric is set (the seeds' mean is what a search optimises)",
+    )
     if seeds == 1:
         return run(cfg, output_dir)
     values = []
@@ -316,10 +334,16 @@ def over_seeds(run: Callable[[DictConfig, str], dict], cfg: DictConfig, output_d
         summary = run(seeded, str(Path(output_dir) / f"seed_{seed}"))
         values.append(metric_value(summary, metric))
     mean = sum(values) / len(values)
-    print(f"dpfed: {metric} {mean:.4g}, the mean over seeds {cfg.seed} to {cfg.seed + seeds - 1} "
-          f"({', '.join(f'{v:.4g}' for v in values)}), in {output_dir}")  # fmt: skip
-    return {"status": "completed", metric: mean, f"{metric}/per_seed": values,
-            "seeds": list(range(cfg.seed, cfg.seed + seeds))}  # fmt: skip
+    print(
+        f"dpfed: {metric} {mean:.4g}, the mean over seeds {cfg.seed} to {cfg.seed + seeds - 1} "
+        f"({', '.join(f'{v:.4g}' for v in values)}), in {output_dir}"
+    )
+    return {
+        "status": "completed",
+        metric: mean,
+        f"{metric}/per_seed": values,
+        "seeds": list(range(cfg.seed, cfg.seed + seeds)),
+    }
 
 
 def optimized(run: Callable[[], dict], metric: str | None, hydra_cfg: DictConfig) -> dict | float:

@@ -131,9 +131,10 @@ def _ignore_reaped_worker(unraisable) -> None:
     worker that was reaped: a harmless ``ProcessLookupError`` Python would print
     as a traceback. Everything else goes to the default hook.
     """
-    if (isinstance(unraisable.exc_value, ProcessLookupError)
-            and getattr(unraisable.object, "__module__", "")
-            == executor_factory.__name__):  # fmt: skip
+    if (
+        isinstance(unraisable.exc_value, ProcessLookupError)
+        and getattr(unraisable.object, "__module__", "") == executor_factory.__name__
+    ):
         return
     _default_unraisablehook(unraisable)
 

@@ -45,8 +45,9 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -91,8 +92,17 @@ def time_interleaved(fns: dict, warmup: int = 2, rounds: int = 15, calls: int = 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _ghost_vs_plain(batch, steps, features, units, classes, vocab=None, every_step=False,
-                    tf_privacy=False, quick=False) -> dict:  # fmt: skip
+def _ghost_vs_plain(
+    batch,
+    steps,
+    features,
+    units,
+    classes,
+    vocab=None,
+    every_step=False,
+    tf_privacy=False,
+    quick=False,
+) -> dict:
     """Seconds of a ghost-clipped DP-SGD step and of plain SGD steps on one Keras GRU stack."""
     import numpy as np
     import tensorflow as tf
@@ -155,10 +165,15 @@ def _ghost_vs_plain(batch, steps, features, units, classes, vocab=None, every_st
         grads = tape.gradient(loss, own_model.trainable_variables)
         own_opt.apply_gradients(zip(grads, own_model.trainable_variables, strict=True))
 
-    times = time_interleaved({"plain_sgd": plain_step(False),
-                              "plain_sgd_unrolled": plain_step(True),
-                              "plain_sgd_dpfed_forward": plain_own_forward, "ghost_dpsgd": ghost},
-                             rounds=5 if quick else 15)  # fmt: skip
+    times = time_interleaved(
+        {
+            "plain_sgd": plain_step(False),
+            "plain_sgd_unrolled": plain_step(True),
+            "plain_sgd_dpfed_forward": plain_own_forward,
+            "ghost_dpsgd": ghost,
+        },
+        rounds=5 if quick else 15,
+    )
     if tf_privacy:
         from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras as tfp_keras
         from tensorflow_privacy.privacy.optimizers import (
@@ -167,22 +182,28 @@ def _ghost_vs_plain(batch, steps, features, units, classes, vocab=None, every_st
 
         def keras_dp(optimizer_class):
             keras = model()
-            optimizer = optimizer_class(l2_norm_clip=1.0, noise_multiplier=1.1,
-                                        num_microbatches=batch, learning_rate=0.01)  # fmt: skip
+            optimizer = optimizer_class(
+                l2_norm_clip=1.0, noise_multiplier=1.1, num_microbatches=batch, learning_rate=0.01
+            )
             keras.compile(optimizer=optimizer, loss=none_loss)
             return lambda: keras.train_on_batch(x, y)
 
         repeat = 3 if quick else 5
-        times["tf_privacy_microbatched"] = time_calls(keras_dp(tfp_keras.DPKerasSGDOptimizer),
-                                                      warmup=1, repeat=repeat)  # fmt: skip
+        times["tf_privacy_microbatched"] = time_calls(
+            keras_dp(tfp_keras.DPKerasSGDOptimizer), warmup=1, repeat=repeat
+        )
         times["tf_privacy_vectorized"] = time_calls(
-            keras_dp(tfp_vec.VectorizedDPKerasSGDOptimizer), warmup=1, repeat=repeat)  # fmt: skip
+            keras_dp(tfp_vec.VectorizedDPKerasSGDOptimizer), warmup=1, repeat=repeat
+        )
     plain_time = min(times["plain_sgd"], times["plain_sgd_unrolled"])  # Keras' faster step
-    return {"seconds": times,
-            "ratios": {k: v / plain_time for k, v in times.items() if not k.startswith("plain")},
-            # against plain SGD through the same per-step forward: what clipping itself costs
-            "ratios_own_forward": {"ghost_dpsgd": times["ghost_dpsgd"]
-                                   / times["plain_sgd_dpfed_forward"]}}  # fmt: skip
+    return {
+        "seconds": times,
+        "ratios": {k: v / plain_time for k, v in times.items() if not k.startswith("plain")},
+        # against plain SGD through the same per-step forward: what clipping itself costs
+        "ratios_own_forward": {
+            "ghost_dpsgd": times["ghost_dpsgd"] / times["plain_sgd_dpfed_forward"]
+        },
+    }
 
 
 def dpsgd_step(quick: bool = False) -> dict:
@@ -191,8 +212,9 @@ def dpsgd_step(quick: bool = False) -> dict:
     The plain step is the faster of Keras' GRU as built and unrolled.
     """
     batch, steps, features, units = (16, 8, 8, 16) if quick else (128, 28, 28, 128)
-    result = _ghost_vs_plain(batch, steps, features, [units, units], 10, tf_privacy=True,
-                             quick=quick)  # fmt: skip
+    result = _ghost_vs_plain(
+        batch, steps, features, [units, units], 10, tf_privacy=True, quick=quick
+    )
     return {
         "workload": f"DP-SGD step / plain SGD step, GRU({units})x2 -> Dense(10), "
         f"{steps}x{features} inputs, batch {batch}",
@@ -201,7 +223,7 @@ def dpsgd_step(quick: bool = False) -> dict:
             "reference": "tf_privacy_microbatched",
             "fast": "ghost_dpsgd",
             "target": 1.25,
-        },  # fmt: skip
+        },
     }
 
 
@@ -211,8 +233,9 @@ def dpsgd_step_shakespeare(quick: bool = False) -> dict:
     A next-character label at every step of sequences of 80 characters, a client's batch of 16.
     """
     batch, steps, units = (4, 16, 16) if quick else (16, 80, 256)
-    result = _ghost_vs_plain(batch, steps, None, [units, units], 90, vocab=90, every_step=True,
-                             quick=quick)  # fmt: skip
+    result = _ghost_vs_plain(
+        batch, steps, None, [units, units], 90, vocab=90, every_step=True, quick=quick
+    )
     return {
         "workload": f"DP-SGD step / plain SGD step, Shakespeare char-GRU: Embedding(90, 8), "
         f"GRU({units})x2, next character at each of {steps} steps, batch {batch}",
@@ -233,7 +256,7 @@ FEDAVG = [
     "strategy.batch_size=16",
     "logger.progress=false",
     "logger.tensorboard=false",
-]  # fmt: skip  (100 clients x 64 training examples, GRU(64), 32 steps x 16 features)
+]  # 100 clients x 64 training examples, GRU(64), 32 steps x 16 features
 
 
 def _round_seconds(overrides: list[str], rounds: int) -> tuple[float, dict]:
@@ -251,9 +274,11 @@ def _round_seconds(overrides: list[str], rounds: int) -> tuple[float, dict]:
             summary = simulation.run(build_writer(cfg, out, simulation))
         frame = pd.read_csv(Path(out) / "metrics.csv")
     seconds = frame["round_seconds"].iloc[1:]
-    return float(seconds.median()), {"examples": int(frame["train/examples"].iloc[-1]),
-                                     "final_train_loss": float(frame["train/loss"].iloc[-1]),
-                                     "epsilon": summary.get("epsilon")}  # fmt: skip
+    return float(seconds.median()), {
+        "examples": int(frame["train/examples"].iloc[-1]),
+        "final_train_loss": float(frame["train/loss"].iloc[-1]),
+        "epsilon": summary.get("epsilon"),
+    }
 
 
 def _fedavg(dp: str, quick: bool) -> dict:
@@ -268,13 +293,27 @@ def _fedavg(dp: str, quick: bool) -> dict:
     ]
     times, details = {}, {}
     times["centralized_pass"], details["centralized_pass"] = _round_seconds(
-        [*base, "strategy=centralized", "strategy.batch_size=16", "strategy.eval_every=0",
-         "dp=none"], rounds)  # fmt: skip
+        [
+            *base,
+            "strategy=centralized",
+            "strategy.batch_size=16",
+            "strategy.eval_every=0",
+            "dp=none",
+        ],
+        rounds,
+    )
     # the same examples in one centralized pass at the cohort's total batch (a strong baseline)
     large = clients * 16
     times["centralized_large_batch"], details["centralized_large_batch"] = _round_seconds(
-        [*base, "strategy=centralized", f"strategy.batch_size={large}", "strategy.eval_every=0",
-         "dp=none"], rounds)  # fmt: skip
+        [
+            *base,
+            "strategy=centralized",
+            f"strategy.batch_size={large}",
+            "strategy.eval_every=0",
+            "dp=none",
+        ],
+        rounds,
+    )
     times["tff_reference"], details["tff_reference"] = _round_seconds(
         [*federated, "backend=reference"], rounds
     )
@@ -286,8 +325,16 @@ def _fedavg(dp: str, quick: bool) -> dict:
     # then cannot favour either side).
     again = _round_seconds([*federated, "backend=vectorized"], rounds)[0]
     times["vectorized"] = min(times["vectorized"], again)
-    again = _round_seconds([*base, "strategy=centralized", f"strategy.batch_size={large}",
-                            "strategy.eval_every=0", "dp=none"], rounds)[0]  # fmt: skip
+    again = _round_seconds(
+        [
+            *base,
+            "strategy=centralized",
+            f"strategy.batch_size={large}",
+            "strategy.eval_every=0",
+            "dp=none",
+        ],
+        rounds,
+    )[0]
     times["centralized_large_batch"] = min(times["centralized_large_batch"], again)
     central = times["centralized_pass"]
     baselines = ("centralized_pass", "centralized_large_batch")
@@ -299,12 +346,12 @@ def _fedavg(dp: str, quick: bool) -> dict:
         "ratios": {k: v / central for k, v in times.items() if k not in baselines},
         "ratios_large_batch": {
             k: v / times["centralized_large_batch"] for k, v in times.items() if k not in baselines
-        },  # fmt: skip
+        },
         "headline": {
             "reference": "tff_reference",
             "fast": "vectorized",
             "target": 0.5,  # issue 13: keep a FedAvg round within half a batch-16 pass
-        },  # fmt: skip
+        },
     }
 
 
@@ -323,14 +370,21 @@ def fedavg_round_dpsgd(quick: bool = False) -> dict:
     rounds = 3 if quick else 5
     base = FEDAVG + (["dataset.num_clients=20", "dataset.seq_len=8"] if quick else [])
     clients = 20 if quick else 100
-    federated = [*base, f"strategy.clients_per_round={clients}", "strategy.eval_every=0",
-                 "strategy.sampling=fixed"]  # fmt: skip
+    federated = [
+        *base,
+        f"strategy.clients_per_round={clients}",
+        "strategy.eval_every=0",
+        "strategy.sampling=fixed",
+    ]
     times, details = {}, {}
-    for name, overrides in (("gaussian_vectorized", ["dp=gaussian", "backend=vectorized"]),
-                            ("dpsgd_vectorized", ["dp=dpsgd", "backend=vectorized"]),
-                            ("dpsgd_reference", ["dp=dpsgd", "backend=reference"])):  # fmt: skip
+    for name, overrides in (
+        ("gaussian_vectorized", ["dp=gaussian", "backend=vectorized"]),
+        ("dpsgd_vectorized", ["dp=dpsgd", "backend=vectorized"]),
+        ("dpsgd_reference", ["dp=dpsgd", "backend=reference"]),
+    ):
         times[name], details[name] = _round_seconds(
-            [*federated, *overrides], 2 if name.endswith("reference") else rounds)  # fmt: skip
+            [*federated, *overrides], 2 if name.endswith("reference") else rounds
+        )
     base_time = times["gaussian_vectorized"]
     return {
         "workload": f"FedAvg round with DP-SGD in every client / with user-level dp=gaussian, "
@@ -354,8 +408,11 @@ def accounting(quick: bool = False) -> dict:
     relation = dp_accounting.NeighboringRelation.REPLACE_ONE
     times, final = {}, {}
     for kind, rounds in (("rdp", 1_000 if quick else 10_000), ("pld", 100 if quick else 1_000)):
-        ledger = Accountant(kind, 1e-5, relation if kind == "rdp" else
-                               dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE)  # fmt: skip
+        ledger = Accountant(
+            kind,
+            1e-5,
+            relation if kind == "rdp" else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+        )
         pld_event = dp_accounting.PoissonSampledDpEvent(0.001, dp_accounting.GaussianDpEvent(1.0))
         start = time.perf_counter()
         for _ in range(rounds):
@@ -410,17 +467,27 @@ def _peak_rss_of_run(overrides: list[str]) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{err.decode()[-2000:]}")
         summary = json.loads((Path(out) / "summary.json").read_text())
-    return {"peak_rss_mb": peak / 2**20, "seconds": time.perf_counter() - start,
-            "rounds": summary["rounds"], "epsilon": summary["epsilon"]}  # fmt: skip
+    return {
+        "peak_rss_mb": peak / 2**20,
+        "seconds": time.perf_counter() - start,
+        "rounds": summary["rounds"],
+        "epsilon": summary["epsilon"],
+    }
 
 
 def scale(quick: bool = False) -> dict:
     """Peak RSS of a run on 100,000 synthetic clients, 100 per round, against 1,000 clients."""
     rounds = 2 if quick else 5
-    common = ["strategy.clients_per_round=100", f"rounds={rounds}", "strategy.eval_every=0",
-              "logger.progress=false"]  # fmt: skip
-    runs = {f"{n}_clients": _peak_rss_of_run([f"dataset.num_clients={n}", *common])
-            for n in (1_000, 100_000)}  # fmt: skip
+    common = [
+        "strategy.clients_per_round=100",
+        f"rounds={rounds}",
+        "strategy.eval_every=0",
+        "logger.progress=false",
+    ]
+    runs = {
+        f"{n}_clients": _peak_rss_of_run([f"dataset.num_clients={n}", *common])
+        for n in (1_000, 100_000)
+    }
     return {
         "workload": f"default run, 100 clients per round, {rounds} rounds: peak RSS of run.py "
         "and TFF's worker together",
@@ -429,9 +496,18 @@ def scale(quick: bool = False) -> dict:
     }
 
 
-WORKLOADS = {f.__name__: f for f in (dpsgd_step, dpsgd_step_shakespeare, fedavg_round,
-                                     fedavg_round_gaussian, fedavg_round_dpsgd, accounting,
-                                     scale)}  # fmt: skip
+WORKLOADS = {
+    f.__name__: f
+    for f in (
+        dpsgd_step,
+        dpsgd_step_shakespeare,
+        fedavg_round,
+        fedavg_round_gaussian,
+        fedavg_round_dpsgd,
+        accounting,
+        scale,
+    )
+}
 
 
 # --------------------------------------------------------------------------- report
@@ -453,8 +529,11 @@ def headline(result: dict) -> tuple[str, str, str]:
         return "-", f"{result['milliseconds'][h['value']]:.3f} ms", f"< {h['target_ms']} ms"
     runs = result["runs"]
     small, large = runs["1000_clients"]["peak_rss_mb"], runs["100000_clients"]["peak_rss_mb"]
-    return (f"{small:.0f} MB (1,000 clients)", f"{large:.0f} MB (100,000 clients)",
-            f"< {h['target_mb']} MB")  # fmt: skip
+    return (
+        f"{small:.0f} MB (1,000 clients)",
+        f"{large:.0f} MB (100,000 clients)",
+        f"< {h['target_mb']} MB",
+    )
 
 
 def write_table(out: Path = OUT) -> str:
@@ -468,13 +547,21 @@ def write_table(out: Path = OUT) -> str:
         when = result["machine"]["date"][:10] + (" (quick)" if result.get("quick") else "")
         rows.append(f"| `{name}`: {result['workload']} | {ref} | {fast} | {target} | {when} |")
     any_result = next((json.loads(p.read_text()) for p in sorted(out.glob("*.json"))), None)
-    lines = ["# Benchmarks", "", "Made by `python scripts/bench.py`; ratios are against the "
-             "baseline named in each workload, measured in one process on the machine below.", "",
-             *rows, ""]  # fmt: skip
+    lines = [
+        "# Benchmarks",
+        "",
+        "Made by `python scripts/bench.py`; ratios are against the "
+        "baseline named in each workload, measured in one process on the machine below.",
+        "",
+        *rows,
+        "",
+    ]
     if any_result:
         m = any_result["machine"]
-        lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs, "
-                     f"{m['platform']}, TensorFlow {m['tensorflow']}.")  # fmt: skip
+        lines.append(
+            f"Machine: {m['cpu']}, {m['cores']} cores, {m['gpus']} GPUs, "
+            f"{m['platform']}, TensorFlow {m['tensorflow']}."
+        )
     text = "\n".join(lines) + "\n"
     (out / "README.md").write_text(text)
     return text

@@ -88,9 +88,20 @@ def _markdown(cells: pd.DataFrame) -> str:
 def _latex(cells: pd.DataFrame, title: str | None) -> str:
     """A booktabs tabular (pandas' to_latex needs jinja2, which dpfed does not depend on)."""
 
-    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-               "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-               "^": r"\textasciicircum{}", "|": r"\textbar{}", "±": r"$\pm$"}  # fmt: skip
+    special = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+        "|": r"\textbar{}",
+        "±": r"$\pm$",
+    }
 
     def esc(text) -> str:
         text = str(text)
@@ -101,8 +112,12 @@ def _latex(cells: pd.DataFrame, title: str | None) -> str:
     lines = [r"\begin{table}[t]", r"\centering"]
     if title:
         lines.append(rf"\caption{{{esc(title)}}}")
-    lines += [r"\begin{tabular}{" + "l" * len(cells.columns) + "}", r"\toprule",
-              " & ".join(esc(c) for c in cells.columns) + r" \\", r"\midrule"]  # fmt: skip
+    lines += [
+        r"\begin{tabular}{" + "l" * len(cells.columns) + "}",
+        r"\toprule",
+        " & ".join(esc(c) for c in cells.columns) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(esc(v) for v in row) + r" \\" for row in cells.itertuples(index=False)]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines)
@@ -134,8 +149,7 @@ def write_experiment_tables(
     return paths
 
 
-def tuning_lines(run_folders: list[str], distribution: str,
-                 mean: float | None = None) -> list[str]:  # fmt: skip
+def tuning_lines(run_folders: list[str], distribution: str, mean: float | None = None) -> list[str]:
     """The tuning cost of each account, one sentence each (`dpfed.report.collect.tuning_cost`)."""
     lines = []
     for row in tuning_cost(run_folders, distribution, mean):
@@ -192,22 +206,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="markdown")
     parser.add_argument("--digits", type=int, default=4)
     parser.add_argument("--out", help="write here (the folder is created); default: stdout")
-    parser.add_argument("--tables-dir", default=str(ROOT / "results" / "tables"),
-                        help="where an experiment's tables go")  # fmt: skip
-    parser.add_argument("--tuning", choices=("poisson", "geometric", "logarithmic"),
-                        help="also print the epsilon of releasing the best of the runs' "
-                             "trials (a run, or the seeds of an optimized_seeds trial), read as "
-                             "a random search whose number of trials has this law (Papernot & "
-                             "Steinke 2022); a search that drew its trials with "
-                             "${dpfed.random_trials:...} must be given its own law")  # fmt: skip
-    parser.add_argument("--tuning-mean", type=float,
-                        help="the mean number of trials; default: the mean a search's "
-                             "${dpfed.random_trials:...} recorded, else the number of "
-                             "trials")  # fmt: skip
+    parser.add_argument(
+        "--tables-dir",
+        default=str(ROOT / "results" / "tables"),
+        help="where an experiment's tables go",
+    )
+    parser.add_argument(
+        "--tuning",
+        choices=("poisson", "geometric", "logarithmic"),
+        help="also print the epsilon of releasing the best of the runs' "
+        "trials (a run, or the seeds of an optimized_seeds trial), read as "
+        "a random search whose number of trials has this law (Papernot & "
+        "Steinke 2022); a search that drew its trials with "
+        "${dpfed.random_trials:...} must be given its own law",
+    )
+    parser.add_argument(
+        "--tuning-mean",
+        type=float,
+        help="the mean number of trials; default: the mean a search's "
+        "${dpfed.random_trials:...} recorded, else the number of "
+        "trials",
+    )
     args = parser.parse_args(argv)
     if args.tuning_mean is not None and not args.tuning_mean >= 1:
-        print(f"error: --tuning-mean={args.tuning_mean} is not allowed; allowed: >= 1",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: --tuning-mean={args.tuning_mean} is not allowed; allowed: >= 1",
+            file=sys.stderr,
+        )
         return 2
     base = args.root.removesuffix("_quick")
     if not Path(args.root).exists() and base in EXPERIMENTS:
@@ -235,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = render(result, args.format, args.digits)
     if args.tuning:
-        text += "\n\n" + "\n".join(tuning_lines(list(frame["run"]), args.tuning,
-                                                args.tuning_mean))  # fmt: skip
+        text += "\n\n" + "\n".join(tuning_lines(list(frame["run"]), args.tuning, args.tuning_mean))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")

@@ -110,8 +110,9 @@ def labelled_runs(root, statuses=("completed", "stopped")) -> pd.DataFrame:
     target = pd.to_numeric(frame.get("override/dp.target_epsilon", missing), errors="coerce")
     epsilon = pd.to_numeric(frame.get("epsilon", missing), errors="coerce")
     epsilon_record = pd.to_numeric(frame.get("epsilon_record", missing), errors="coerce")
-    record_only = (frame["mechanism"] != "none") & (epsilon == math.inf) & (
-        epsilon_record < math.inf)  # fmt: skip
+    record_only = (
+        (frame["mechanism"] != "none") & (epsilon == math.inf) & (epsilon_record < math.inf)
+    )
     frame.loc[record_only, "unit"] = "record"
     if "epsilon_record/neighboring" in frame.columns:  # its own relation, not the users'
         frame.loc[record_only, "neighboring"] = frame.loc[record_only, "epsilon_record/neighboring"]
@@ -127,8 +128,9 @@ def privacy_axis(frame: pd.DataFrame) -> str:
     relations = sorted(set(private.get("neighboring", pd.Series(dtype=str)).dropna()))
     units = sorted(set(private.get("unit", pd.Series(dtype=str)).dropna()))
     unit = f"{'/'.join(units)}-level " if units else ""
-    return (f"{unit}epsilon\n(delta {'/'.join(deltas) or '-'}, "
-            f"{'/'.join(relations) or 'no'} adjacency)")  # fmt: skip
+    return (
+        f"{unit}epsilon\n(delta {'/'.join(deltas) or '-'}, {'/'.join(relations) or 'no'} adjacency)"
+    )
 
 
 def plot_utility(root, out, y: str = "eval/accuracy") -> list[Path]:
@@ -151,8 +153,9 @@ def plot_utility(root, out, y: str = "eval/accuracy") -> list[Path]:
             if forecast is not None and forecast.notna().any():
                 lines[name] = float(forecast.mean())
         baselines[dataset] = lines
-    return utility_figure(private, "budget", y, out, xlabel=privacy_axis(frame), ylabel=y,
-                          baselines=baselines)  # fmt: skip
+    return utility_figure(
+        private, "budget", y, out, xlabel=privacy_axis(frame), ylabel=y, baselines=baselines
+    )
 
 
 def plot_curves(root, y: str, out) -> list[Path]:
@@ -228,8 +231,9 @@ def plot_kind(kind: str, root, out) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root")
-    parser.add_argument("--out", required=True,
-                        help="figure (.png, .pdf, .svg); no suffix: .png and .pdf")  # fmt: skip
+    parser.add_argument(
+        "--out", required=True, help="figure (.png, .pdf, .svg); no suffix: .png and .pdf"
+    )
     parser.add_argument("--kind", choices=[*KINDS, "utility", "audit", "clip"])
     parser.add_argument("--x", default="epsilon")
     parser.add_argument("--y", default="eval/accuracy")

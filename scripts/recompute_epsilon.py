@@ -93,12 +93,16 @@ def replan(summary: dict) -> dict:
     records = summary.get("num_records")
     # the sampler's population holds an audit's canary clients; build_privacy adds them again
     clients = summary["num_clients"] - summary.get("audit_inserted", 0)
-    population = Population(clients,
-                            None if records is None else (lambda clients: records),
-                            summary.get("record_size"), None)  # fmt: skip
+    population = Population(
+        clients,
+        None if records is None else (lambda clients: records),
+        summary.get("record_size"),
+        None,
+    )
     if summary.get("client_records_mean"):  # Poisson record batches: q from the mean
-        population = Population.with_mean_records(clients, summary["client_records_mean"],
-                                                  summary.get("record_size"))  # fmt: skip
+        population = Population.with_mean_records(
+            clients, summary["client_records_mean"], summary.get("record_size")
+        )
     plan = build_privacy(cfg, population, dp_seed=0)
     return plan.epsilons(rounds=summary["rounds"], participations=summary["max_participations"])
 
@@ -117,11 +121,20 @@ def check_run(run_dir: str | Path) -> list[dict]:
         reported = math.inf if reported is None else reported
         recomputed = recompute_account(summary, account)
         replanned = planned.get(column, recomputed)
-        out.append({"run": str(run_dir), "account": column, "unit": account["unit"],
-                    "neighboring": account["neighboring"], "rounds": summary["rounds"],
-                    "delta": summary["delta"], "epsilon_reported": reported,
-                    "epsilon_recomputed": recomputed, "epsilon_replanned": replanned,
-                    "match": same(reported, recomputed) and same(reported, replanned)})  # fmt: skip
+        out.append(
+            {
+                "run": str(run_dir),
+                "account": column,
+                "unit": account["unit"],
+                "neighboring": account["neighboring"],
+                "rounds": summary["rounds"],
+                "delta": summary["delta"],
+                "epsilon_reported": reported,
+                "epsilon_recomputed": recomputed,
+                "epsilon_replanned": replanned,
+                "match": same(reported, recomputed) and same(reported, replanned),
+            }
+        )
     return out
 
 

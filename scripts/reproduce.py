@@ -30,13 +30,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--quick", action="store_true", help="the small <name>_quick variant")
-    parser.add_argument("--results", default=str(ROOT / "results"),
-                        help="root of experiments/, tables/ and figures/")  # fmt: skip
-    parser.add_argument("--tables-only", action="store_true",
-                        help="remake the table and figures from the existing runs")  # fmt: skip
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the finished runs, continue the interrupted ones and run "
-                        "the missing ones (after an interruption, with the same grid)")  # fmt: skip
+    parser.add_argument(
+        "--results",
+        default=str(ROOT / "results"),
+        help="root of experiments/, tables/ and figures/",
+    )
+    parser.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="remake the table and figures from the existing runs",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished runs, continue the interrupted ones and run "
+        "the missing ones (after an interruption, with the same grid)",
+    )
     args = parser.parse_args(argv)
     experiment = EXPERIMENTS[args.experiment]
     name = f"{experiment.name}_quick" if args.quick else experiment.name
@@ -53,9 +62,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(run_dir)
         else:
             for extra in sweeps:
-                cmd = [sys.executable, str(ROOT / "run.py"), "-m", f"experiment={name}", *extra,
-                       f"hydra.sweep.dir={sweep_dir}",
-                       *(["resume=true"] if args.resume else [])]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    str(ROOT / "run.py"),
+                    "-m",
+                    f"experiment={name}",
+                    *extra,
+                    f"hydra.sweep.dir={sweep_dir}",
+                    *(["resume=true"] if args.resume else []),
+                ]
                 print("+", " ".join(cmd[1:]), file=sys.stderr, flush=True)
                 failed |= subprocess.run(cmd, cwd=ROOT).returncode != 0
     for path in write_experiment_tables(name, sweep_dir, results / "tables"):

@@ -111,8 +111,12 @@ def no_leftover_workers():
 
 # Where the slow suite's time goes (pytest -m slow --durations): each of these modules' slow
 # tests runs run.py or reproduce.py in a subprocess, 20 to 120 s (the default experiment's).
-STARTED_FIRST = ("tests/test_run.py", "tests/test_experiments.py", "tests/test_hparams_search.py",
-                 "tests/io/test_resume.py")  # fmt: skip
+STARTED_FIRST = (
+    "tests/test_run.py",
+    "tests/test_experiments.py",
+    "tests/test_hparams_search.py",
+    "tests/io/test_resume.py",
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks set here

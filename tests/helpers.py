@@ -19,9 +19,15 @@ PLAIN_SERVER = (
     "strategy.server_optimizer.learning_rate=1.0",
 )
 # Tiny and fast: 12 clients, 3 per round (fixed-size cohorts, so a round is never empty).
-TINY = ("debug=smoke", "dataset.num_clients=12", "strategy.clients_per_round=3",
-        "strategy.sampling=fixed", "model.units=[4]", "dataset.seq_len=4",
-        "strategy.eval_clients=4")  # fmt: skip
+TINY = (
+    "debug=smoke",
+    "dataset.num_clients=12",
+    "strategy.clients_per_round=3",
+    "strategy.sampling=fixed",
+    "model.units=[4]",
+    "dataset.seq_len=4",
+    "strategy.eval_clients=4",
+)
 
 
 def build(*overrides, smoke=("debug=smoke",)):
@@ -83,13 +89,17 @@ RELATIONS = {
 }
 
 
-def independent_epsilon(events, relation: str = "add_or_remove_one", accountant: str = "rdp",
-                        delta: float = 1e-5) -> float:  # fmt: skip
+def independent_epsilon(
+    events, relation: str = "add_or_remove_one", accountant: str = "rdp", delta: float = 1e-5
+) -> float:
     """Epsilon of ``[(event, count), ...]`` with dp-accounting alone (no dpfed code)."""
     if accountant == "pure":
         return float(sum(count / e.noise_multiplier for e, count in events))
-    ref = RdpAccountant(neighboring_relation=RELATIONS[relation]) if accountant == "rdp" else (
-        PLDAccountant(RELATIONS[relation]))  # fmt: skip
+    ref = (
+        RdpAccountant(neighboring_relation=RELATIONS[relation])
+        if accountant == "rdp"
+        else (PLDAccountant(RELATIONS[relation]))
+    )
     for event, count in events:
         ref.compose(event, count)
     eps = ref.get_epsilon(delta)

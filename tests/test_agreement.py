@@ -41,8 +41,13 @@ SLOW_CASES = {
 }
 
 SAMPLINGS = ("fixed", "poisson", "shuffle", "cyclic", "min_sep_poisson", "records")
-SMALL = ("debug=smoke", "rounds=3", "strategy.eval_every=0", "logger.tensorboard=false",
-         "logger.progress=false")  # fmt: skip
+SMALL = (
+    "debug=smoke",
+    "rounds=3",
+    "strategy.eval_every=0",
+    "logger.tensorboard=false",
+    "logger.progress=false",
+)
 spec = importlib.util.spec_from_file_location(
     "recompute", ROOT / "scripts" / "recompute_epsilon.py"
 )
@@ -70,8 +75,10 @@ class NoTraining:
         return SimpleNamespace(trainable=[np.zeros(3, np.float32)], non_trainable=[])
 
     def next(self, state, data=None):
-        metrics = {"client_work": {"train": {"loss": 0.0, "accuracy": 0.0, "num_examples": 0}},
-                   "aggregator": {}}  # fmt: skip
+        metrics = {
+            "client_work": {"train": {"loss": 0.0, "accuracy": 0.0, "num_examples": 0}},
+            "aggregator": {},
+        }
         return SimpleNamespace(state=state, metrics=metrics)
 
     def get_model_weights(self, state):
@@ -86,11 +93,25 @@ def loop_simulation(cfg):
 
     dataset = build_dataset(cfg)
     plan = build_privacy(cfg, dataset.population())
-    strategy = SimpleNamespace(client_update=None, eval_every=0, weighted=False,
-                               describe=lambda: {}, state_codec=lambda p: None)  # fmt: skip
+    strategy = SimpleNamespace(
+        client_update=None,
+        eval_every=0,
+        weighted=False,
+        describe=lambda: {},
+        state_codec=lambda p: None,
+    )
     model = SimpleNamespace(metrics=lambda: [SimpleNamespace(name="accuracy")])
-    sim = Simulation(dataset, model, plan, MechanismParts(), strategy, None, NoTraining(),
-                     seed=cfg.seed, progress=False)  # fmt: skip
+    sim = Simulation(
+        dataset,
+        model,
+        plan,
+        MechanismParts(),
+        strategy,
+        None,
+        NoTraining(),
+        seed=cfg.seed,
+        progress=False,
+    )
     return sim, plan
 
 
@@ -115,17 +136,39 @@ def cli_flags(cfg, summary) -> list[str]:
     if dp.get("accountant") != "rdp":
         flags += ["--accountant", str(dp.accountant)]
     if str(strategy.sampling) == "records":
-        return flags + ["--dataset-size", str(summary["num_records"]), "--batch-size",
-                        str(strategy.batch_size), "--epochs", str(cfg.rounds)]  # fmt: skip
+        return flags + [
+            "--dataset-size",
+            str(summary["num_records"]),
+            "--batch-size",
+            str(strategy.batch_size),
+            "--epochs",
+            str(cfg.rounds),
+        ]
     if strategy.get("sampling_groups") is not None:
         flags += ["--sampling-groups", str(strategy.sampling_groups)]
     if dp.get("record_sampling") == "poisson":
-        flags += ["--record-sampling", "poisson", "--neighboring", str(dp.neighboring),
-                  "--client-batch-size", str(strategy.batch_size),
-                  "--client-records", repr(summary["client_records_mean"])]  # fmt: skip
-    return flags + ["--sampling", str(strategy.sampling), "--population",
-                    str(summary["num_clients"]), "--sample-size", str(strategy.clients_per_round),
-                    "--steps", str(cfg.rounds), "--local-epochs", str(strategy.local_epochs)]  # fmt: skip
+        flags += [
+            "--record-sampling",
+            "poisson",
+            "--neighboring",
+            str(dp.neighboring),
+            "--client-batch-size",
+            str(strategy.batch_size),
+            "--client-records",
+            repr(summary["client_records_mean"]),
+        ]
+    return flags + [
+        "--sampling",
+        str(strategy.sampling),
+        "--population",
+        str(summary["num_clients"]),
+        "--sample-size",
+        str(strategy.clients_per_round),
+        "--steps",
+        str(cfg.rounds),
+        "--local-epochs",
+        str(strategy.local_epochs),
+    ]
 
 
 def check_agreement(summary, cfg, run_dir, capsys):
@@ -143,21 +186,44 @@ def check_agreement(summary, cfg, run_dir, capsys):
 
 @pytest.mark.parametrize("sampling", SAMPLINGS)
 @pytest.mark.parametrize("option", sorted(SCHEMAS))
-def test_run_cli_and_recompute_agree_for_every_mechanism_and_sampling(option, sampling, tmp_path,
-                                                                      capsys):  # fmt: skip
+def test_run_cli_and_recompute_agree_for_every_mechanism_and_sampling(
+    option, sampling, tmp_path, capsys
+):
     try:
         cfg = compose(*overrides_for(option, sampling))
     except Exception as err:  # tree and bandmf select epochs, which pooled records have not
         assert option in ("tree", "bandmf") and sampling == "records" and "sampling" in str(err)
-        code = privacy_cli(["epsilon", "--mechanism", option, "--dataset-size", "100",
-                            "--batch-size", "8", "--epochs", "3", "--noise-multiplier", "1"])  # fmt: skip
+        code = privacy_cli(
+            [
+                "epsilon",
+                "--mechanism",
+                option,
+                "--dataset-size",
+                "100",
+                "--batch-size",
+                "8",
+                "--epochs",
+                "3",
+                "--noise-multiplier",
+                "1",
+            ]
+        )
         assert code == 2 and "is not allowed" in capsys.readouterr().err
         return
     try:
         summary = loop_run(cfg, tmp_path)
     except ConfigError as refused:  # what a run refuses, the calculator refuses with its flag
-        code = privacy_cli(cli_flags(cfg, {"mechanism": option, "max_participations": 1,
-                                           "num_records": 100, "num_clients": 40}))  # fmt: skip
+        code = privacy_cli(
+            cli_flags(
+                cfg,
+                {
+                    "mechanism": option,
+                    "max_participations": 1,
+                    "num_records": 100,
+                    "num_clients": 40,
+                },
+            )
+        )
         assert code == 2, f"the calculator accepted what a run refused: {refused}"
         assert "is not allowed" in capsys.readouterr().err
         return
@@ -165,8 +231,12 @@ def test_run_cli_and_recompute_agree_for_every_mechanism_and_sampling(option, sa
     check_agreement(summary, cfg, tmp_path, capsys)
 
 
-POISSON_RECORDS = ("dp.record_sampling=poisson", "dp.neighboring=zero_out",
-                   "dp.user_noise_multiplier=0", "strategy.batch_size=5")  # fmt: skip
+POISSON_RECORDS = (
+    "dp.record_sampling=poisson",
+    "dp.neighboring=zero_out",
+    "dp.user_noise_multiplier=0",
+    "strategy.batch_size=5",
+)
 
 
 @pytest.mark.parametrize("sampling", ["fixed", "poisson", "shuffle"])
@@ -192,14 +262,25 @@ def test_poisson_record_batches_in_clients_agree(sampling, tmp_path, capsys):
     )
     step = dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(cfg.dp.noise_multiplier))
     accountant.compose(step, steps * summary["max_participations"])
-    assert summary["epsilon_record"] == pytest.approx(accountant.get_epsilon(cfg.dp.delta),
-                                                      rel=1e-9)  # fmt: skip
+    assert summary["epsilon_record"] == pytest.approx(
+        accountant.get_epsilon(cfg.dp.delta), rel=1e-9
+    )
 
 
-REAL = [("gaussian", "poisson"), ("adaptive", "fixed"), ("tree", "shuffle"),
-        ("laplace_local", "poisson"), ("gaussian_local", "shuffle"), ("dpsgd", "fixed"),
-        ("input_noise", "poisson"), ("per_layer", "shuffle"), ("none", "fixed"),
-        ("dpsgd", "records"), ("bandmf", "cyclic"), ("bandmf", "min_sep_poisson")]  # fmt: skip
+REAL = [
+    ("gaussian", "poisson"),
+    ("adaptive", "fixed"),
+    ("tree", "shuffle"),
+    ("laplace_local", "poisson"),
+    ("gaussian_local", "shuffle"),
+    ("dpsgd", "fixed"),
+    ("input_noise", "poisson"),
+    ("per_layer", "shuffle"),
+    ("none", "fixed"),
+    ("dpsgd", "records"),
+    ("bandmf", "cyclic"),
+    ("bandmf", "min_sep_poisson"),
+]
 
 
 @pytest.mark.parametrize("option,sampling", REAL)
@@ -209,8 +290,9 @@ def test_real_runs_agree(runtime, option, sampling, tmp_path, capsys):
 
     cfg = compose(*overrides_for(option, sampling), "rounds=2")
     sim = build_simulation(cfg)
-    summary = sim.run(RunWriter(tmp_path, sim.columns),
-                      {"config": OmegaConf.to_container(cfg, resolve=True)})  # fmt: skip
+    summary = sim.run(
+        RunWriter(tmp_path, sim.columns), {"config": OmegaConf.to_container(cfg, resolve=True)}
+    )
     assert summary["status"] == "completed"
     check_agreement(summary, cfg, tmp_path, capsys)
 

@@ -33,15 +33,24 @@ def test_every_experiment_has_a_quick_variant_and_a_readme_row():
         assert {name, f"{name}_quick"} <= set(PRESETS)
         assert f"python scripts/reproduce.py {name}" in readme
         assert f"results/tables/{name}.md" in readme
-        full, quick = (compose_config(f"experiment={e}", return_hydra_config=True)
-                       for e in (name, f"{name}_quick"))  # fmt: skip
+        full, quick = (
+            compose_config(f"experiment={e}", return_hydra_config=True)
+            for e in (name, f"{name}_quick")
+        )
         # the smoke test runs what the experiment runs, only smaller
         assert quick.hydra.runtime.choices.backend == full.hydra.runtime.choices.backend, name
 
 
 def reproduce(name: str, tmp_path, *flags: str) -> pd.DataFrame:
-    cmd = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), name, "--quick",
-           "--results", str(tmp_path), *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "reproduce.py"),
+        name,
+        "--quick",
+        "--results",
+        str(tmp_path),
+        *flags,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     for suffix in ("md", "tex"):
@@ -129,13 +138,18 @@ def test_audit_quick_tabulates_the_bound_and_catches_the_planted_bug(tmp_path):
     a tenth of the noise the accountant is told: the bound is below the claimed epsilon in the
     honest run and above it in the planted one."""
     table = reproduce("audit", tmp_path).set_index(["audit", "planted noise factor"])
-    assert sorted(table.index) == [("canary clients", 0.1), ("canary clients", 1.0),
-                                   ("canary records", 0.1), ("canary records", 1.0)]  # fmt: skip
+    assert sorted(table.index) == [
+        ("canary clients", 0.1),
+        ("canary clients", 1.0),
+        ("canary records", 0.1),
+        ("canary records", 1.0),
+    ]
     assert set(table["neighboring"]) == {"zero_out"}
     assert set(table["mechanism"]) == {"gaussian", "dpsgd"}
-    for audit, bounds in (("canary clients", ["audit/epsilon_lower"]),
-                          ("canary records", ["audit/epsilon_lower",
-                                              "audit/epsilon_lower_iterates"])):  # fmt: skip
+    for audit, bounds in (
+        ("canary clients", ["audit/epsilon_lower"]),
+        ("canary records", ["audit/epsilon_lower", "audit/epsilon_lower_iterates"]),
+    ):
         honest, planted = table.loc[(audit, 1.0)], table.loc[(audit, 0.1)]
         assert honest["epsilon"] == planted["epsilon"]  # the accountant is told the same noise
         assert max(honest[b] for b in bounds) < honest["epsilon"], audit
@@ -182,8 +196,11 @@ def test_adaptive_clip_shakespeare_quick_runs_the_clips_on_the_shakespeare_basel
         final = table.loc[quantile, "final clip"]
         assert 0 < final and final != pytest.approx(0.1)  # initial_clip 0.1, then adapted
     runs = sorted((tmp_path / "experiments" / "adaptive_clip_shakespeare_quick").glob("*/"))
-    configs = [yaml.safe_load((r / ".hydra" / "config.yaml").read_text()) for r in runs if
-               (r / ".hydra").is_dir()]  # fmt: skip
+    configs = [
+        yaml.safe_load((r / ".hydra" / "config.yaml").read_text())
+        for r in runs
+        if (r / ".hydra").is_dir()
+    ]
     assert len(configs) == 4
     for cfg in configs:  # the tuned baseline's setting, under the experiment's noise
         assert cfg["model"]["units"] == [128] and cfg["strategy"]["sampling"] == "fixed"
@@ -232,8 +249,9 @@ def test_baselines_quick_tabulates_each_baseline_beside_its_majority_class(tmp_p
     assert (lost / "summary.json").exists()
     assert resumed.loc["vowels", "train_seconds"] == table.loc["vowels", "train_seconds"]
     # seeded: the rerun is the same run, up to its time
-    pd.testing.assert_frame_equal(resumed.drop(columns="train_seconds"),
-                                  table.drop(columns="train_seconds"))  # fmt: skip
+    pd.testing.assert_frame_equal(
+        resumed.drop(columns="train_seconds"), table.drop(columns="train_seconds")
+    )
 
 
 def test_privacy_utility_runs_each_user_level_cell_once_at_its_selected_clip():
@@ -248,16 +266,18 @@ def test_privacy_utility_runs_each_user_level_cell_once_at_its_selected_clip():
         budgets = next(o for o in sweep if o.startswith("dp.target_epsilon=")).split("=")[1]
         for budget in budgets.split(","):
             point = [o for o in sweep if not o.startswith("dp.target_epsilon=")]
-            cfg = compose_config("experiment=privacy_utility", *point,
-                                 f"dp.target_epsilon={budget}")  # fmt: skip
+            cfg = compose_config(
+                "experiment=privacy_utility", *point, f"dp.target_epsilon={budget}"
+            )
             choice = {o.split("=")[0]: o.split("=")[1] for o in point if o.count("=") == 1}
             mechanism = "blt" if cfg.dp.get("factorization") == "blt" else choice["dp"]
             key = (choice["dataset"], mechanism, float(budget))
             assert key not in seen, key
             seen[key] = cfg.dp.clip
             assert cfg.dp.neighboring == "zero_out"
-    expected = {(d, m, float(b)): c for (d, m), clips in USER_CLIPS.items()
-                for b, c in clips.items()}  # fmt: skip
+    expected = {
+        (d, m, float(b)): c for (d, m), clips in USER_CLIPS.items() for b, c in clips.items()
+    }
     assert seen == expected
     assert {m for _, m, _ in seen} == {"gaussian", "tree", "bandmf", "blt"}
     assert {b for _, _, b in seen} == {0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0}
@@ -269,16 +289,29 @@ _EVERY_RATE = {1, 2, 4, 8}
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("adaptive_clip", {**{("fixed", c): _EVERY_RATE for c in (0.03, 0.1, 0.3, 1, 3)},
-                           ("adaptive", 0.5): _EVERY_RATE}),
+        (
+            "adaptive_clip",
+            {
+                **{("fixed", c): _EVERY_RATE for c in (0.03, 0.1, 0.3, 1, 3)},
+                ("adaptive", 0.5): _EVERY_RATE,
+            },
+        ),
         # the clips below the best need larger rates (a clipped step is rate x clip): 0.3 up to
         # 16 x, 1 up to 8 x, 3 and 10 and the adaptive clip (which collapses at 4 x) up to 4 x
-        ("adaptive_clip_shakespeare", {("fixed", 0.1): {1}, ("fixed", 0.3): {*_EVERY_RATE, 16},
-                                       ("fixed", 1): _EVERY_RATE, ("fixed", 3): {1, 2, 4},
-                                       ("fixed", 10): {1, 2, 4}, ("adaptive", 0.5): {1, 2, 4},
-                                       ("adaptive", 0.9): {1, 2, 4}}),
+        (
+            "adaptive_clip_shakespeare",
+            {
+                ("fixed", 0.1): {1},
+                ("fixed", 0.3): {*_EVERY_RATE, 16},
+                ("fixed", 1): _EVERY_RATE,
+                ("fixed", 3): {1, 2, 4},
+                ("fixed", 10): {1, 2, 4},
+                ("adaptive", 0.5): {1, 2, 4},
+                ("adaptive", 0.9): {1, 2, 4},
+            },
+        ),
     ],
-)  # fmt: skip
+)
 def test_adaptive_clip_grids_multiply_their_baselines_server_learning_rate(name, expected):
     """Every configuration (each fixed clip, each adaptive quantile) is run at a grid of server
     learning rates going up from the tuned baseline's own (the multiples of it given here),
@@ -297,7 +330,8 @@ def test_adaptive_clip_grids_multiply_their_baselines_server_learning_rate(name,
             assert cfg.model == reference.model and cfg.dataset == reference.dataset
             assert cfg.strategy.client_optimizer == reference.strategy.client_optimizer
             assert cfg.strategy.server_optimizer.get("momentum") == (
-                reference.strategy.server_optimizer.get("momentum"))  # fmt: skip
+                reference.strategy.server_optimizer.get("momentum")
+            )
             adaptive = "Adaptive" in cfg.dp._target_
             arm = ("adaptive", cfg.dp.target_quantile) if adaptive else ("fixed", cfg.dp.clip)
             ratio = OmegaConf.select(cfg, SERVER_LR) / OmegaConf.select(reference, SERVER_LR)
@@ -320,8 +354,9 @@ def test_privacy_utility_protects_watch_and_vowels_records_under_their_baseline(
     assert plain.rounds == baseline.rounds == BASELINE_ROUNDS[dataset]
     assert plain.strategy == baseline.strategy and plain.model == baseline.model
     private = [s for s in sweeps if "dp=dpsgd" in s]
-    assert sorted(float(o.split("=")[1]) for s in private for o in s
-                  if o.startswith("dp.target_epsilon")) == [1, 2, 4, 8]  # fmt: skip
+    assert sorted(
+        float(o.split("=")[1]) for s in private for o in s if o.startswith("dp.target_epsilon")
+    ) == [1, 2, 4, 8]
     for sweep in private:
         assert not any("," in o for o in sweep)  # one setting per budget
         epsilon = float(next(o for o in sweep if o.startswith("dp.target_epsilon")).split("=")[1])
@@ -355,8 +390,7 @@ def test_privacy_utility_table_says_each_rows_unit_of_privacy():
         }
     )
     out = _privacy_utility(frame, ROOT)
-    units = dict(zip(out["choice/dp"] + "/" + out["dataset"], out["unit of privacy"],
-                     strict=False))  # fmt: skip
+    units = dict(zip(out["choice/dp"] + "/" + out["dataset"], out["unit of privacy"], strict=False))
     poisson, shuffled = (
         "record (DP-SGD in clients, Poisson batches)",
         "record (DP-SGD in clients, shuffled batches)",
@@ -388,8 +422,10 @@ def test_the_committed_privacy_utility_table_is_made_from_its_committed_runs(tmp
     pd.testing.assert_frame_equal(made, committed)
     runs = summaries(RECORDS)
     assert (runs["status"] == "completed").all()
-    points = sum(int(np.prod([len(o.split("=", 1)[1].split(",")) for o in sweep]))
-                 for sweep in PRIVACY_UTILITY_SWEEPS)  # fmt: skip
+    points = sum(
+        int(np.prod([len(o.split("=", 1)[1].split(",")) for o in sweep]))
+        for sweep in PRIVACY_UTILITY_SWEEPS
+    )
     assert len(runs) == 3 * points
 
 

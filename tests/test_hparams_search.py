@@ -24,7 +24,7 @@ from dpfed.jobs import (
     optimized,
     over_seeds,
     resume_command,
-    seed_overrides,  # fmt: skip
+    seed_overrides,
 )
 from tests.conftest import CONF, ROOT, compose_config, worker_pids
 
@@ -79,9 +79,13 @@ def test_search_composes_onto_optuna_and_both_ends_of_its_space_build(search):
     assert sweep_dir(full).startswith(f"results/searches/{search}/20")
 
     space = search_space(full)
-    assert {"model.units", "strategy.client_optimizer.learning_rate",
-            "strategy.server_optimizer.learning_rate", "strategy.local_epochs",
-            "strategy.batch_size"} <= set(space)  # fmt: skip
+    assert {
+        "model.units",
+        "strategy.client_optimizer.learning_rate",
+        "strategy.server_optimizer.learning_rate",
+        "strategy.local_epochs",
+        "strategy.batch_size",
+    } <= set(space)
     # Both ends of the space compose (types), and the costliest passes every range check; the
     # task is the one the metric scores.
     low, high = ([f"{k}={ends(d)[i]}" for k, d in space.items()] for i in (0, 1))
@@ -113,8 +117,9 @@ def test_record_search_tunes_dpsgd_in_its_baselines_clients_at_the_budget_given(
     from dpfed.build import build_dataset, build_privacy
     from dpfed.report.experiments import RECORD_LEVEL
 
-    full = compose_config(f"hparams_search=record/{dataset}", "dp.target_epsilon=2",
-                          return_hydra_config=True)  # fmt: skip
+    full = compose_config(
+        f"hparams_search=record/{dataset}", "dp.target_epsilon=2", return_hydra_config=True
+    )
     choices = full.hydra.runtime.choices
     assert (choices.dataset, choices.dp, choices.backend) == (dataset, "dpsgd", "vectorized")
     assert sweep_dir(full).startswith(f"results/searches/record/{dataset}/20")
@@ -127,16 +132,24 @@ def test_record_search_tunes_dpsgd_in_its_baselines_clients_at_the_budget_given(
         assert OmegaConf.select(full, key) == OmegaConf.select(baseline, key), key
 
     space = search_space(full)
-    searched = {"rounds", "strategy.local_epochs", "strategy.batch_size", "dp.clip",
-                "strategy.client_optimizer.learning_rate"}  # fmt: skip
+    searched = {
+        "rounds",
+        "strategy.local_epochs",
+        "strategy.batch_size",
+        "dp.clip",
+        "strategy.client_optimizer.learning_rate",
+    }
     assert searched <= set(space)
     for key, distribution in space.items():  # a key held at one value holds the baseline's
         if isinstance(distribution, CategoricalDistribution) and len(distribution.choices) == 1:
             held = str(OmegaConf.select(baseline, key)).replace(" ", "")
             assert [str(c) for c in distribution.choices] == [held], key
     for i in (0, 1):
-        cfg = compose_config(f"hparams_search=record/{dataset}", "dp.target_epsilon=2",
-                             *[f"{k}={ends(d)[i]}" for k, d in space.items()])  # fmt: skip
+        cfg = compose_config(
+            f"hparams_search=record/{dataset}",
+            "dp.target_epsilon=2",
+            *[f"{k}={ends(d)[i]}" for k, d in space.items()],
+        )
         plan = build_privacy(cfg, build_dataset(cfg).population())
         budget = plan.budget_account
         assert (budget.column, budget.neighboring.value) == ("epsilon_record", "zero_out")
@@ -161,8 +174,14 @@ def test_a_debug_patch_shrinks_a_search_trial():
     assert (cfg.rounds, cfg.dataset.num_clients, cfg.strategy.clients_per_round) == (2, 40, 5)
 
 
-SUMMARY = {"status": "completed", "rounds": 2, "eval/accuracy": 0.75, "eval/loss": 0.5,
-           "eval/mae": None, "epsilon": math.inf}  # fmt: skip
+SUMMARY = {
+    "status": "completed",
+    "rounds": 2,
+    "eval/accuracy": 0.75,
+    "eval/loss": 0.5,
+    "eval/mae": None,
+    "epsilon": math.inf,
+}
 
 
 def hydra_cfg(mode: RunMode, direction: str | None = None):
@@ -188,8 +207,15 @@ def test_a_bad_optimized_metric_names_the_key_and_lists_the_summarys(name):
 
 
 def test_over_seeds_runs_each_seed_in_its_folder_and_returns_their_mean(tmp_path):
-    cfg = OmegaConf.create({"seed": 3, "optimized_seeds": 3, "optimized_metric": "eval/accuracy",
-                            "dataset": {"seed": "${seed}"}, "dp": {"seed": "${seed}"}})  # fmt: skip
+    cfg = OmegaConf.create(
+        {
+            "seed": 3,
+            "optimized_seeds": 3,
+            "optimized_metric": "eval/accuracy",
+            "dataset": {"seed": "${seed}"},
+            "dp": {"seed": "${seed}"},
+        }
+    )
     calls = []
 
     def run(seeded, out_dir):
@@ -206,12 +232,16 @@ def test_over_seeds_runs_each_seed_in_its_folder_and_returns_their_mean(tmp_path
     assert calls[-1] == (3, 3, 3, str(tmp_path))
 
 
-@pytest.mark.parametrize("seeds,metric,allowed", [
-    (0, "eval/accuracy", ">= 1"),
-    (2, None, "1 unless optimized_metric is set"),
-])  # fmt: skip
-def test_a_bad_optimized_seeds_stops_a_run_and_a_search_before_any_run(seeds, metric, allowed,
-                                                                       capsys):  # fmt: skip
+@pytest.mark.parametrize(
+    "seeds,metric,allowed",
+    [
+        (0, "eval/accuracy", ">= 1"),
+        (2, None, "1 unless optimized_metric is set"),
+    ],
+)
+def test_a_bad_optimized_seeds_stops_a_run_and_a_search_before_any_run(
+    seeds, metric, allowed, capsys
+):
     cfg = OmegaConf.create({"seed": 0, "optimized_seeds": seeds, "optimized_metric": metric})
     ran = []
     trial = lambda: over_seeds(lambda c, d: ran.append(d) or SUMMARY, cfg, "out")  # noqa: E731
@@ -231,10 +261,16 @@ def test_a_resume_command_gives_hydra_the_folder_and_a_seed_runs_alone(folder):
     shell expands: the command quotes it for both."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    task = seed_overrides(["hparams_search=record/vowels", "model.units=[16]", "seed=10",
-                           "optimized_seeds=3"], 11)  # fmt: skip
-    assert task == ["hparams_search=record/vowels", "model.units=[16]", "seed=11",
-                    "optimized_seeds=1", "hydra.mode=RUN"]  # fmt: skip
+    task = seed_overrides(
+        ["hparams_search=record/vowels", "model.units=[16]", "seed=10", "optimized_seeds=3"], 11
+    )
+    assert task == [
+        "hparams_search=record/vowels",
+        "model.units=[16]",
+        "seed=11",
+        "optimized_seeds=1",
+        "hydra.mode=RUN",
+    ]
     args = shlex.split(resume_command(task, folder))
     assert args[:2] == ["python", "run.py"] and args[2:-2] == task and args[-2] == "resume=true"
     parsed = OverridesParser.create().parse_overrides(args[2:])
@@ -290,8 +326,15 @@ def test_smoke_search_scores_each_trial_on_its_seeds_and_writes_the_best(run_cli
     """optimized_seeds=2: each trial runs seeds 5 and 6 in its own seed_<s>/ folders and
     scores their mean; the best trial and value are the runs' records."""
     before = worker_pids()
-    result = run_cli("hparams_search=smart_home", "debug=smoke", "hydra.sweeper.n_trials=2",
-                     "seed=5", "optimized_seeds=2", multirun=True, timeout=300)  # fmt: skip
+    result = run_cli(
+        "hparams_search=smart_home",
+        "debug=smoke",
+        "hydra.sweeper.n_trials=2",
+        "seed=5",
+        "optimized_seeds=2",
+        multirun=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.output[-3000:]
     best = yaml.safe_load((result.dir / "optimization_results.yaml").read_text())
     found = seeded_trials(result.dir)
@@ -301,8 +344,9 @@ def test_smoke_search_scores_each_trial_on_its_seeds_and_writes_the_best(run_cli
         assert {s["seed"] for s in trial["seeds"].values()} == {5, 6}
         assert all(s["status"] == "completed" for s in trial["seeds"].values())
         assert all(s["config"]["dataset"]["seed"] == s["seed"] for s in trial["seeds"].values())
-    assert set(best["best_params"]) == set(search_space(compose_config(
-        "hparams_search=smart_home", return_hydra_config=True)))  # fmt: skip
+    assert set(best["best_params"]) == set(
+        search_space(compose_config("hparams_search=smart_home", return_hydra_config=True))
+    )
     means = [sum(s["eval/accuracy"] for s in t["seeds"].values()) / 2 for t in found]
     assert best["best_value"] == pytest.approx(max(means), abs=1e-12), (best, means)
     winners = [t for t, m in zip(found, means, strict=True) if m == max(means)]
@@ -316,8 +360,13 @@ def test_smoke_search_scores_each_trial_on_its_seeds_and_writes_the_best(run_cli
     command = resume_command(seed_overrides(found[0]["overrides"], 6), trial / "seed_6")
     args = shlex.split(command)
     assert args[:2] == ["python", "run.py"] and "optimized_seeds=1" in args
-    again = subprocess.run([sys.executable, str(ROOT / "run.py"), *args[2:]], cwd=result.dir,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args[2:]],
+        cwd=result.dir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert f"the run in {trial / 'seed_6'} is complete" in again.stdout
     deadline = time.time() + 10  # each trial stops its TFF worker; give the last one a moment
@@ -332,9 +381,15 @@ def test_record_search_smoke_runs_private_trials_at_the_budget(run_cli, dataset)
     """hparams_search=record/<dataset> end to end (one trial, 2 rounds): DP-SGD in the clients,
     each run's epsilon_record calibrated to the budget under zero-out, the trial scored by the
     mean over its config's seeds (3 on vowels)."""
-    result = run_cli(f"hparams_search=record/{dataset}", "dp.target_epsilon=2", "debug=smoke",
-                     "hydra.sweeper.n_trials=1", "rounds=2", multirun=True,
-                     timeout=300)  # fmt: skip
+    result = run_cli(
+        f"hparams_search=record/{dataset}",
+        "dp.target_epsilon=2",
+        "debug=smoke",
+        "hydra.sweeper.n_trials=1",
+        "rounds=2",
+        multirun=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.output[-3000:]
     runs = [json.loads(p.read_text()) for p in sorted(result.dir.rglob("summary.json"))]
     cfg = compose_config(f"hparams_search=record/{dataset}")
@@ -362,8 +417,14 @@ def test_record_search_smoke_runs_private_trials_at_the_budget(run_cli, dataset)
 
 def test_failed_trials_do_not_end_the_search(run_cli):
     """Both trials are refused before training (more clients per round than the smoke data has)."""
-    result = run_cli("hparams_search=smart_home", "debug=smoke", "hydra.sweeper.n_trials=2",
-                     "strategy.clients_per_round=100", multirun=True, timeout=120)  # fmt: skip
+    result = run_cli(
+        "hparams_search=smart_home",
+        "debug=smoke",
+        "hydra.sweeper.n_trials=2",
+        "strategy.clients_per_round=100",
+        multirun=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.output[-3000:]
     assert result.stderr.count("this trial of the search scores eval/accuracy = -inf") == 2
     assert all(r["summary"]["status"] == "failed" for r in trials(result.dir))
@@ -376,8 +437,11 @@ def test_a_private_search_draws_its_number_of_trials_when_the_sweeper_reads_it()
     Steinke 2022): the sweeper's config resolves to the seeded draw."""
     from dpfed.privacy.tuning import draw_trials
 
-    full = compose_config("hparams_search=smart_home", "dp=gaussian",
-                          "hydra.sweeper.n_trials=${dpfed.random_trials:4,poisson,3}",
-                          return_hydra_config=True)  # fmt: skip
+    full = compose_config(
+        "hparams_search=smart_home",
+        "dp=gaussian",
+        "hydra.sweeper.n_trials=${dpfed.random_trials:4,poisson,3}",
+        return_hydra_config=True,
+    )
     assert full.hydra.sweeper.n_trials == draw_trials(4, "poisson", 3) > 0
     assert full.dp.noise_multiplier > 0  # a private search: dp given after the search's none

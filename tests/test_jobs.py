@@ -14,8 +14,13 @@ def test_a_failure_keeps_what_the_run_wrote_and_a_summary_reads_back(tmp_path):
     writer.write_summary({"status": "running", "epsilon": math.inf, "loss": math.nan, "rounds": 3})
     write_failure(tmp_path / "run", RuntimeError("boom"), extra=lambda: {"never": "called"})
     got = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert got == {"status": "failed", "epsilon": math.inf, "loss": None, "rounds": 3,
-                   "error": "RuntimeError: boom"}  # fmt: skip
+    assert got == {
+        "status": "failed",
+        "epsilon": math.inf,
+        "loss": None,
+        "rounds": 3,
+        "error": "RuntimeError: boom",
+    }
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["summary.json"]
 
 
@@ -30,4 +35,6 @@ def test_a_failure_before_any_summary_writes_the_extra_fields_or_only_the_error(
 
     write_failure(tmp_path / "b", ValueError("bad"), extra=broken)  # the failure is recorded
     assert json.loads((tmp_path / "b" / "summary.json").read_text()) == {
-        "status": "failed", "error": "ValueError: bad"}  # fmt: skip
+        "status": "failed",
+        "error": "ValueError: bad",
+    }

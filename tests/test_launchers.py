@@ -45,8 +45,9 @@ def test_launcher_schema_rejects_a_typo():
 
 def test_run_folder_is_named_by_dataset_mechanism_and_seed():
     cfg = compose_with_hydra("dataset=health", "dp=tree", "seed=3")
-    assert re.fullmatch(r"results/runs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d_health_tree_seed3",
-                        cfg.hydra.run.dir), cfg.hydra.run.dir  # fmt: skip
+    assert re.fullmatch(
+        r"results/runs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d_health_tree_seed3", cfg.hydra.run.dir
+    ), cfg.hydra.run.dir
 
 
 def test_sweep_job_folder_is_named_by_overrides_and_seed_without_noise():

@@ -12,19 +12,35 @@ import pytest
 
 # (package, version prefix checked, module, attribute, where dpfed uses it)
 PRIVATE_APIS = [
-    ("hydra-core", "1.3.", "hydra._internal.core_plugins.basic_sweeper",
-     "BasicSweeper.split_arguments", "dpfed/report/experiments.py: sweep_points"),
-    ("tensorflow-federated", "0.87.0",
-     "tensorflow_federated.python.core.impl.executor_stacks.executor_factory", "subprocess",
-     "dpfed/runtime.py: _install_worker_patch"),
-    ("tensorflow-federated", "0.87.0",
-     "tensorflow_federated.python.core.impl.context_stack.set_default_context",
-     "set_no_default_context", "dpfed/runtime.py: tff_runtime, _release_at_exit"),
-]  # fmt: skip
+    (
+        "hydra-core",
+        "1.3.",
+        "hydra._internal.core_plugins.basic_sweeper",
+        "BasicSweeper.split_arguments",
+        "dpfed/report/experiments.py: sweep_points",
+    ),
+    (
+        "tensorflow-federated",
+        "0.87.0",
+        "tensorflow_federated.python.core.impl.executor_stacks.executor_factory",
+        "subprocess",
+        "dpfed/runtime.py: _install_worker_patch",
+    ),
+    (
+        "tensorflow-federated",
+        "0.87.0",
+        "tensorflow_federated.python.core.impl.context_stack.set_default_context",
+        "set_no_default_context",
+        "dpfed/runtime.py: tff_runtime, _release_at_exit",
+    ),
+]
 
 
-@pytest.mark.parametrize(("package", "version", "module", "attribute", "where"), PRIVATE_APIS,
-                         ids=[api[3] for api in PRIVATE_APIS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("package", "version", "module", "attribute", "where"),
+    PRIVATE_APIS,
+    ids=[api[3] for api in PRIVATE_APIS],
+)
 def test_a_private_api_exists_in_the_pinned_version(package, version, module, attribute, where):
     """The package is the version checked, and the module still has the attribute."""
     assert metadata.version(package).startswith(version), (

@@ -57,8 +57,13 @@ def of_kind(prefix: str) -> list[tuple[str, str]]:
 
 
 def test_every_readme_command_is_covered_below():
-    kinds = ("python run.py", "python -m dpfed.privacy", "python scripts/make_table.py",
-             "python scripts/plot.py", "python3 -m pip install uv")  # fmt: skip
+    kinds = (
+        "python run.py",
+        "python -m dpfed.privacy",
+        "python scripts/make_table.py",
+        "python scripts/plot.py",
+        "python3 -m pip install uv",
+    )
     assert len(COMMANDS) >= 20
     assert [c for c, _ in COMMANDS if not c.startswith(kinds)] == []
 
@@ -115,8 +120,13 @@ def test_run_commands_compose_and_build_without_error(command, user_table):
 
     argv = shlex.split(command)[2:]
     if "--help" in argv or "--cfg" in argv:
-        done = subprocess.run([sys.executable, str(ROOT / "run.py"), *argv], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         assert ("== Configuration groups ==" in done.stdout) or ("dataset:" in done.stdout)
         return
@@ -166,15 +176,24 @@ def readme_sweep(tmp_path, monkeypatch):
             f"{r},{e},1e-05,{a},{1 - a},1000" for r, e, a in zip(rounds, eps, accuracy, strict=True)
         ]
         (run / "metrics.csv").write_text("\n".join(lines) + "\n")
-        summary = {"status": "completed", "rounds": 20, "epsilon": float(eps[-1]),
-                   "delta": 1e-5, "eval/accuracy": float(accuracy[-1]), "total_bytes_up": 20000,
-                   "unit": "user", "neighboring": "add_remove", "eval/trivial_accuracy": 0.5,
-                   "choices": {"dp": "gaussian", "dataset": "smart_home"}}  # fmt: skip
+        summary = {
+            "status": "completed",
+            "rounds": 20,
+            "epsilon": float(eps[-1]),
+            "delta": 1e-5,
+            "eval/accuracy": float(accuracy[-1]),
+            "total_bytes_up": 20000,
+            "unit": "user",
+            "neighboring": "add_remove",
+            "eval/trivial_accuracy": 0.5,
+            "choices": {"dp": "gaussian", "dataset": "smart_home"},
+        }
         (run / "summary.json").write_text(json.dumps(summary))
     # the private search's folder, laid out like a sweep's
     for search in ("smart_home", "private_smart_home"):
-        shutil.copytree(tmp_path / "results" / "sweeps" / "noise",
-                        tmp_path / "results" / "searches" / search)  # fmt: skip
+        shutil.copytree(
+            tmp_path / "results" / "sweeps" / "noise", tmp_path / "results" / "searches" / search
+        )
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

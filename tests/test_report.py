@@ -18,11 +18,21 @@ def fake_run(root, name, noise, dp, epsilon, accuracy, rounds=3):
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text(f"- dp.noise_multiplier={noise}\n- dp={dp}\n")
-    summary = {"epsilon": epsilon, "eval/accuracy": accuracy, "rounds": rounds,
-               "choices": {"dp": dp, "dataset": "health"}, "dp_events": [{"x": 1}]}  # fmt: skip
+    summary = {
+        "epsilon": epsilon,
+        "eval/accuracy": accuracy,
+        "rounds": rounds,
+        "choices": {"dp": dp, "dataset": "health"},
+        "dp_events": [{"x": 1}],
+    }
     (run / "summary.json").write_text(json.dumps(summary))
-    pd.DataFrame({"round": range(1, rounds + 1), "epsilon": [epsilon * r / rounds for r in range(1, rounds + 1)],
-                  "eval/accuracy": [accuracy] * rounds}).to_csv(run / "metrics.csv", index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "round": range(1, rounds + 1),
+            "epsilon": [epsilon * r / rounds for r in range(1, rounds + 1)],
+            "eval/accuracy": [accuracy] * rounds,
+        }
+    ).to_csv(run / "metrics.csv", index=False)
 
 
 @pytest.fixture
@@ -60,8 +70,10 @@ def test_table_averages_overrides_read_as_text_and_names_a_value_that_is_no_numb
 
     result = table(summaries(sweep), ["choice/dp"], [], ["override/dp.noise_multiplier"])
     assert result.loc["gaussian", "override/dp.noise_multiplier"] == pytest.approx(4.0 / 3)
-    assert make_table([str(sweep), "--rows", "override/dp.noise_multiplier", "--values",
-                       "choice/dp"]) == 2  # fmt: skip
+    assert (
+        make_table([str(sweep), "--rows", "override/dp.noise_multiplier", "--values", "choice/dp"])
+        == 2
+    )
     out, err = capsys.readouterr()
     assert out == ""
     assert err.count("\n") == 1 and "'choice/dp'" in err and "'gaussian'" in err
@@ -110,8 +122,13 @@ def budget_sweep(tmp_path):
         run = tmp_path / str(i)
         (run / ".hydra").mkdir(parents=True)
         (run / ".hydra" / "overrides.yaml").write_text(f"- dp={dp}\n- seed={seed}\n")
-        summary = {"eval/accuracy": 0.5 + 0.01 * i, "epsilon": budget, "status": "completed",
-                   "budget": budget, "choices": {"dp": dp, "dataset": "smart_home"}}  # fmt: skip
+        summary = {
+            "eval/accuracy": 0.5 + 0.01 * i,
+            "epsilon": budget,
+            "status": "completed",
+            "budget": budget,
+            "choices": {"dp": dp, "dataset": "smart_home"},
+        }
         (run / "summary.json").write_text(json.dumps(summary))
     run = tmp_path / "diverged"  # a run whose loss went non-finite: left out, with a note
     (run / ".hydra").mkdir(parents=True)
@@ -135,8 +152,16 @@ def test_pivoted_tables_name_metric_and_value_and_parse(budget_sweep, capsys):
     """The first version wrote headers like `eval/accuracy | 2` that break the Markdown table."""
     from scripts.make_table import main as make_table
 
-    args = [str(budget_sweep), "--rows", "choice/dp", "--columns", "budget", "--values",
-            "eval/accuracy", "epsilon"]  # fmt: skip
+    args = [
+        str(budget_sweep),
+        "--rows",
+        "choice/dp",
+        "--columns",
+        "budget",
+        "--values",
+        "eval/accuracy",
+        "epsilon",
+    ]
     assert make_table([*args, "--format", "markdown"]) == 0
     out, err = capsys.readouterr()
     assert "leaving out diverged run" in err
@@ -173,27 +198,49 @@ def test_make_table_prints_the_tuning_cost_of_releasing_the_best_run(tmp_path, c
         event = dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(noise))
         run = tmp_path / f"{i}_lr"
         run.mkdir()
-        account = {"column": "epsilon", "unit": "user", "neighboring": "add_remove",
-                   "accounting_relation": "add_or_remove_one",
-                   "dp_events": [{"event": event_to_dict(event), "count": 50}]}  # fmt: skip
-        (run / "summary.json").write_text(json.dumps({
-            "status": "completed", "accountant": "rdp", "delta": 1e-5, "epsilon": 1.0 + i,
-            "eval/accuracy": 0.5, "choices": {"dp": "gaussian"}, "accounts": [account]}))  # fmt: skip
+        account = {
+            "column": "epsilon",
+            "unit": "user",
+            "neighboring": "add_remove",
+            "accounting_relation": "add_or_remove_one",
+            "dp_events": [{"event": event_to_dict(event), "count": 50}],
+        }
+        (run / "summary.json").write_text(
+            json.dumps(
+                {
+                    "status": "completed",
+                    "accountant": "rdp",
+                    "delta": 1e-5,
+                    "epsilon": 1.0 + i,
+                    "eval/accuracy": 0.5,
+                    "choices": {"dp": "gaussian"},
+                    "accounts": [account],
+                }
+            )
+        )
         runs.append([(event, 50)])
     assert main([str(tmp_path), "--values", "epsilon", "--tuning", "geometric"]) == 0
     out = capsys.readouterr().out
-    want = tuning_epsilon(runs, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, 1e-5,
-                          distribution="geometric")  # fmt: skip
+    want = tuning_epsilon(
+        runs, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, 1e-5, distribution="geometric"
+    )
     assert f"is epsilon {want:.4g} at delta 1e-05 (add_remove)" in out
     one = composed_epsilon(runs[0], dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, 1e-5)
     assert "mean 3 (3 runs here)" in out and f"at most {one:.4g} for one trial" in out
     assert one < want  # releasing the best of several costs more than one run
     # a private search states the mean it drew its number of trials with
-    assert main([str(tmp_path), "--values", "epsilon", "--tuning", "geometric",
-                 "--tuning-mean", "8"]) == 0  # fmt: skip
+    assert (
+        main([str(tmp_path), "--values", "epsilon", "--tuning", "geometric", "--tuning-mean", "8"])
+        == 0
+    )
     out = capsys.readouterr().out
-    larger = tuning_epsilon(runs, dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, 1e-5,
-                            mean=8, distribution="geometric")  # fmt: skip
+    larger = tuning_epsilon(
+        runs,
+        dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+        1e-5,
+        mean=8,
+        distribution="geometric",
+    )
     assert larger > want and f"mean 8 (3 runs here), is epsilon {larger:.4g}" in out
     assert main([str(tmp_path), "--tuning", "poisson", "--tuning-mean", "0.5"]) == 2
     assert "--tuning-mean=0.5 is not allowed; allowed: >= 1" in capsys.readouterr().err
@@ -213,31 +260,50 @@ def test_the_tuning_cost_uses_the_law_the_search_drew_its_trials_from(tmp_path, 
     from scripts.make_table import main
 
     event = dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.0))
-    account = {"column": "epsilon", "unit": "user", "neighboring": "add_remove",
-               "accounting_relation": "add_or_remove_one",
-               "dp_events": [{"event": event_to_dict(event), "count": 50}]}  # fmt: skip
+    account = {
+        "column": "epsilon",
+        "unit": "user",
+        "neighboring": "add_remove",
+        "accounting_relation": "add_or_remove_one",
+        "dp_events": [{"event": event_to_dict(event), "count": 50}],
+    }
 
     def search(name, n_trials, runs=6):
         folders = []
         for i in range(runs):
             run = tmp_path / name / str(i)
             (run / ".hydra").mkdir(parents=True)
-            sweeper = {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper."
-                       "OptunaSweeper", "direction": "maximize"}  # fmt: skip
+            sweeper = {
+                "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+                "direction": "maximize",
+            }
             if n_trials is not None:
                 sweeper["n_trials"] = n_trials
             (run / ".hydra" / "hydra.yaml").write_text(
                 yaml.safe_dump({"hydra": {"sweeper": sweeper}})
             )
-            (run / "summary.json").write_text(json.dumps({
-                "status": "completed", "accountant": "rdp", "delta": 1e-5, "epsilon": 1.0,
-                "choices": {"dp": "gaussian"}, "accounts": [account]}))  # fmt: skip
+            (run / "summary.json").write_text(
+                json.dumps(
+                    {
+                        "status": "completed",
+                        "accountant": "rdp",
+                        "delta": 1e-5,
+                        "epsilon": 1.0,
+                        "choices": {"dp": "gaussian"},
+                        "accounts": [account],
+                    }
+                )
+            )
             folders.append(run)
         return folders
 
     drawn = search("drawn", "${dpfed.random_trials:10,poisson}")
     assert declared_trials(drawn[0]) == {
-        "kind": "random", "mean": 10.0, "distribution": "poisson", "seeded": False}  # fmt: skip
+        "kind": "random",
+        "mean": 10.0,
+        "distribution": "poisson",
+        "seeded": False,
+    }
     (row,) = tuning_cost(drawn, "poisson")
     add = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
     at_10 = tuning_epsilon([[(event, 50)]] * 6, add, 1e-5, mean=10, distribution="poisson")
@@ -250,16 +316,24 @@ def test_the_tuning_cost_uses_the_law_the_search_drew_its_trials_from(tmp_path, 
     assert "(the search drew its number of trials: poisson, mean 10)" in out
     assert "NOT COVERED" not in out
     # flags that contradict the recorded law are refused, not obeyed
-    assert "the search drew its trials from a poisson law (${dpfed.random_trials:...}), not geo" in \
-        tuning_cost(drawn, "geometric")[0]["error"]  # fmt: skip
+    assert (
+        "the search drew its trials from a poisson law (${dpfed.random_trials:...}), not geo"
+        in tuning_cost(drawn, "geometric")[0]["error"]
+    )
     assert "drew its trials with mean 10, not 6" in tuning_cost(drawn, "poisson", 6)[0]["error"]
     assert tuning_cost(drawn, "poisson", 10)[0]["epsilon_tuned"] == row["epsilon_tuned"]
     seeded = search("seeded", "${dpfed.random_trials:4, 'geometric', 3}", runs=2)  # quoted
     assert declared_trials(seeded[0]) == {
-        "kind": "random", "mean": 4.0, "distribution": "geometric", "seeded": True}  # fmt: skip
+        "kind": "random",
+        "mean": 4.0,
+        "distribution": "geometric",
+        "seeded": True,
+    }
     assert main([str(tmp_path / "seeded"), "--values", "epsilon", "--tuning", "geometric"]) == 0
-    assert "holds only while the seed, and so the number of trials, stays secret" in \
-        capsys.readouterr().out  # fmt: skip
+    assert (
+        "holds only while the seed, and so the number of trials, stays secret"
+        in capsys.readouterr().out
+    )
     # two runs of one search (results/searches/<name>/<time>/...): each drew its own count;
     # pooled they are not one draw at mean 10 (a review found 8 trials costed at mean 4)
     again = search("drawn_again", "${dpfed.random_trials:10,poisson}")
@@ -272,8 +346,10 @@ def test_the_tuning_cost_uses_the_law_the_search_drew_its_trials_from(tmp_path, 
     (row,) = tuning_cost(fixed, "poisson")
     assert not row["covered"] and row["mean"] == 6
     assert main([str(tmp_path / "fixed"), "--values", "epsilon", "--tuning", "poisson"]) == 0
-    assert "NOT COVERED: this sweep ran a fixed number of trials (n_trials=6)" in \
-        capsys.readouterr().out  # fmt: skip
+    assert (
+        "NOT COVERED: this sweep ran a fixed number of trials (n_trials=6)"
+        in capsys.readouterr().out
+    )
     # trials of two searches that chose their numbers differently are not one search
     assert "chose their trials differently" in tuning_cost([*drawn, *fixed], "poisson")[0]["error"]
 
@@ -300,16 +376,29 @@ def test_the_seeds_of_a_trial_compose_in_the_tuning_cost(tmp_path):
             event = dp_accounting.PoissonSampledDpEvent(
                 0.05, dp_accounting.GaussianDpEvent(noise + 0.1 * seed)
             )
-            account = {"column": "epsilon", "unit": "user", "neighboring": "add_remove",
-                       "accounting_relation": "add_or_remove_one",
-                       "dp_events": [{"event": event_to_dict(event), "count": 40}]}  # fmt: skip
+            account = {
+                "column": "epsilon",
+                "unit": "user",
+                "neighboring": "add_remove",
+                "accounting_relation": "add_or_remove_one",
+                "dp_events": [{"event": event_to_dict(event), "count": 40}],
+            }
             run = trial / f"seed_{seed}"
             run.mkdir()
-            (run / "summary.json").write_text(json.dumps({
-                "status": "completed", "accountant": "rdp", "delta": 1e-5, "seed": seed,
-                "epsilon": composed_epsilon([(event, 40)], relation, 1e-5),
-                "config": {"seed": seed, "optimized_seeds": 2},
-                "choices": {"dp": "gaussian"}, "accounts": [account]}))  # fmt: skip
+            (run / "summary.json").write_text(
+                json.dumps(
+                    {
+                        "status": "completed",
+                        "accountant": "rdp",
+                        "delta": 1e-5,
+                        "seed": seed,
+                        "epsilon": composed_epsilon([(event, 40)], relation, 1e-5),
+                        "config": {"seed": seed, "optimized_seeds": 2},
+                        "choices": {"dp": "gaussian"},
+                        "accounts": [account],
+                    }
+                )
+            )
             events.append((event, 40))
         trials.append(events)
     folders = run_dirs(tmp_path)
@@ -324,8 +413,10 @@ def test_the_seeds_of_a_trial_compose_in_the_tuning_cost(tmp_path):
     assert row["epsilon_one_trial_max"] == pytest.approx(worst_trial)
     assert row["epsilon_one_run_max"] < worst_trial < row["epsilon_tuned"]
     # read as four independent one-run trials, the same runs would cost less: not composed
-    assert tuning_epsilon([[e] for t in trials for e in t], relation, 1e-5,
-                          mean=2.0) < row["epsilon_tuned"]  # fmt: skip
+    assert (
+        tuning_epsilon([[e] for t in trials for e in t], relation, 1e-5, mean=2.0)
+        < row["epsilon_tuned"]
+    )
     from scripts.make_table import tuning_lines
 
     (line,) = tuning_lines([str(f) for f in folders], "poisson")
@@ -353,17 +444,19 @@ def test_the_seeds_of_a_trial_compose_in_the_tuning_cost(tmp_path):
 def test_audited_runs_compare_canary_records_in_clients_with_the_record_level_epsilon():
     from dpfed.report.collect import audited
 
-    frame = pd.DataFrame({
-        "choice/dp": ["dpsgd", "dpsgd", "gaussian"],
-        "audit_bounds": ["epsilon_record", "epsilon", None],
-        "epsilon": [math.inf, 2.5, 1.5],
-        "epsilon_record": [3.0, None, None],
-        # dp.neighboring unset: replace-one users, zero-out records in Poisson batches
-        "unit": ["user", "record", "user"],
-        "neighboring": ["replace_one", "add_remove", "add_remove"],
-        "epsilon_record/unit": ["record", None, None],
-        "epsilon_record/neighboring": ["zero_out", None, None],
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "choice/dp": ["dpsgd", "dpsgd", "gaussian"],
+            "audit_bounds": ["epsilon_record", "epsilon", None],
+            "epsilon": [math.inf, 2.5, 1.5],
+            "epsilon_record": [3.0, None, None],
+            # dp.neighboring unset: replace-one users, zero-out records in Poisson batches
+            "unit": ["user", "record", "user"],
+            "neighboring": ["replace_one", "add_remove", "add_remove"],
+            "epsilon_record/unit": ["record", None, None],
+            "epsilon_record/neighboring": ["zero_out", None, None],
+        }
+    )
     out = audited(frame)
     assert list(out["epsilon"]) == [3.0, 2.5, 1.5]
     assert list(out["mechanism"]) == ["dpsgd (in clients)", "dpsgd", "gaussian"]
@@ -387,11 +480,19 @@ def test_summaries_name_every_accounts_relation_and_the_last_line_prints_it(tmp_
     fake_run(tmp_path, "0", 0.0, "dpsgd", math.inf, 0.5)
     path = tmp_path / "0" / "summary.json"
     summary = json.loads(path.read_text())
-    summary.update(unit="user", neighboring="replace_one", delta=1e-5, accountant="rdp",
-                   epsilon_record=8.443, rounds=20, status="completed",
-                   accounts=[{"column": "epsilon", "unit": "user", "neighboring": "replace_one"},
-                             {"column": "epsilon_record", "unit": "record",
-                              "neighboring": "zero_out"}])  # fmt: skip
+    summary.update(
+        unit="user",
+        neighboring="replace_one",
+        delta=1e-5,
+        accountant="rdp",
+        epsilon_record=8.443,
+        rounds=20,
+        status="completed",
+        accounts=[
+            {"column": "epsilon", "unit": "user", "neighboring": "replace_one"},
+            {"column": "epsilon_record", "unit": "record", "neighboring": "zero_out"},
+        ],
+    )
     path.write_text(json.dumps(summary))
     row = summaries(tmp_path).iloc[0]
     assert (row["neighboring"], row["epsilon_record/neighboring"]) == ("replace_one", "zero_out")
@@ -448,15 +549,17 @@ def test_the_communication_target_is_the_experiments_not_the_folders(tmp_path):
     from dpfed.report.experiments import experiment_table
 
     root = tmp_path / "my_sweep"
-    for run, (strategy, accuracies) in enumerate([("fedavg", [0.4, 0.6, 0.8]),
-                                                  ("fedsgd", [0.3, 0.45, 0.55])]):  # fmt: skip
+    for run, (strategy, accuracies) in enumerate(
+        [("fedavg", [0.4, 0.6, 0.8]), ("fedsgd", [0.3, 0.45, 0.55])]
+    ):
         fake_run(root, str(run), 1.0, "none", math.inf, accuracies[-1])
         summary = json.loads((root / str(run) / "summary.json").read_text())
         summary.update({"total_bytes_down": 300, "total_bytes_up": 600, "status": "completed"})
         summary["choices"]["strategy"] = strategy
         (root / str(run) / "summary.json").write_text(json.dumps(summary))
-        pd.DataFrame({"round": [1, 2, 3], "eval/accuracy": accuracies, "bytes_down": 100,
-                      "bytes_up": 200}).to_csv(root / str(run) / "metrics.csv", index=False)  # fmt: skip
+        pd.DataFrame(
+            {"round": [1, 2, 3], "eval/accuracy": accuracies, "bytes_down": 100, "bytes_up": 200}
+        ).to_csv(root / str(run) / "metrics.csv", index=False)
     quick = experiment_table("communication_quick", root)
     assert quick.loc["fedavg", "rounds to acc 0.5"] == 2
     assert quick.loc["fedavg", "bytes to acc 0.5"] == 600
@@ -474,23 +577,41 @@ def test_adaptive_clipping_is_named_by_its_target_quantile_in_tables_and_figures
     from dpfed.report import figures
     from dpfed.report.experiments import EXPERIMENTS
 
-    runs = pd.DataFrame({
-        "choice/dp": ["gaussian", "gaussian", "adaptive", "adaptive", "adaptive"],
-        "clip": [0.3, 3.0, 0.1, 0.1, 0.1],
-        "target_quantile": [0.5, 0.5, 0.5, 0.9, 0.9],
-        "dp/clip": [0.3, 3.0, 1.4, 2.2, 2.6],
-        "eval/accuracy": [0.3, 0.44, 0.40, 0.43, 0.45],
-    })  # fmt: skip
+    runs = pd.DataFrame(
+        {
+            "choice/dp": ["gaussian", "gaussian", "adaptive", "adaptive", "adaptive"],
+            "clip": [0.3, 3.0, 0.1, 0.1, 0.1],
+            "target_quantile": [0.5, 0.5, 0.5, 0.9, 0.9],
+            "dp/clip": [0.3, 3.0, 1.4, 2.2, 2.6],
+            "eval/accuracy": [0.3, 0.44, 0.40, 0.43, 0.45],
+        }
+    )
     rows = EXPERIMENTS["adaptive_clip_shakespeare"].derive(runs, tmp_path)
-    assert list(rows["clip"]) == ["0.3", "3", "adaptive (median)", "adaptive (quantile 0.9)",
-                                  "adaptive (quantile 0.9)"]  # fmt: skip
+    assert list(rows["clip"]) == [
+        "0.3",
+        "3",
+        "adaptive (median)",
+        "adaptive (quantile 0.9)",
+        "adaptive (quantile 0.9)",
+    ]
     assert list(rows["final clip"]) == [0.3, 3.0, 1.4, 2.2, 2.6]
     legends = []
-    monkeypatch.setattr(figures, "save", lambda fig, out: legends.extend(
-        t.get_text() for legend in fig.legends for t in legend.get_texts()))  # fmt: skip
+    monkeypatch.setattr(
+        figures,
+        "save",
+        lambda fig, out: legends.extend(
+            t.get_text() for legend in fig.legends for t in legend.get_texts()
+        ),
+    )
     adaptive = runs[runs["choice/dp"] == "adaptive"]
-    figures.clip_figure(runs[runs["choice/dp"] == "gaussian"], adaptive, tmp_path / "f",
-                        y="eval/accuracy", ylabel="accuracy", note="")  # fmt: skip
+    figures.clip_figure(
+        runs[runs["choice/dp"] == "gaussian"],
+        adaptive,
+        tmp_path / "f",
+        y="eval/accuracy",
+        ylabel="accuracy",
+        note="",
+    )
     plt.close("all")
     # one line per quantile, each at its own runs' mean final clip
     assert "adaptive (median): final clip 1.4" in legends
@@ -501,11 +622,20 @@ def _clip_run(root, name, dp, clip, server_lr, accuracy, seed, final_clip=None):
     """A finished run of the adaptive-clip experiment as its summary.json holds it."""
     run = root / name
     run.mkdir(parents=True)
-    summary = {"status": "completed", "epsilon": 4.2, "neighboring": "add_remove", "seed": seed,
-               "clip": clip, "eval/accuracy": accuracy, "dp/clip": final_clip,
-               "choices": {"dp": dp, "dataset": "smart_home"},
-               "config": {"seed": seed, "strategy": {"server_optimizer": {
-                   "learning_rate": server_lr, "momentum": 0.9}}}}  # fmt: skip
+    summary = {
+        "status": "completed",
+        "epsilon": 4.2,
+        "neighboring": "add_remove",
+        "seed": seed,
+        "clip": clip,
+        "eval/accuracy": accuracy,
+        "dp/clip": final_clip,
+        "choices": {"dp": dp, "dataset": "smart_home"},
+        "config": {
+            "seed": seed,
+            "strategy": {"server_optimizer": {"learning_rate": server_lr, "momentum": 0.9}},
+        },
+    }
     (run / "summary.json").write_text(json.dumps(summary))
 
 
@@ -520,10 +650,13 @@ def test_the_adaptive_clip_table_keeps_each_clip_at_its_best_server_learning_rat
     from dpfed.report.experiments import experiment_table
 
     grid = {  # (dp, clip, server lr): accuracy at seeds 0 and 1; final clip of adaptive runs
-        ("gaussian", 0.1, 0.2): (0.60, 0.62), ("gaussian", 0.1, 0.8): (0.70, 0.66),
-        ("gaussian", 1.0, 0.2): (0.75, 0.71), ("gaussian", 1.0, 0.8): (0.50, 0.80),
-        ("adaptive", None, 0.2): (0.65, 0.67), ("adaptive", None, 0.8): (0.74, 0.72),
-    }  # fmt: skip
+        ("gaussian", 0.1, 0.2): (0.60, 0.62),
+        ("gaussian", 0.1, 0.8): (0.70, 0.66),
+        ("gaussian", 1.0, 0.2): (0.75, 0.71),
+        ("gaussian", 1.0, 0.8): (0.50, 0.80),
+        ("adaptive", None, 0.2): (0.65, 0.67),
+        ("adaptive", None, 0.8): (0.74, 0.72),
+    }
     for k, ((dp, clip, rate), accuracies) in enumerate(grid.items()):
         for seed, accuracy in enumerate(accuracies):
             final = 0.2 + rate if dp == "adaptive" else None
@@ -545,15 +678,19 @@ def test_the_adaptive_clip_table_keeps_each_clip_at_its_best_server_learning_rat
     def keep(fig, out):
         legends.extend(t.get_text() for legend in fig.legends for t in legend.get_texts())
         curves.update({line.get_label(): list(line.get_ydata()) for line in fig.axes[0].lines})
-        curves.update({bars.get_label(): list(bars.lines[0].get_ydata())
-                       for bars in fig.axes[0].containers})  # fmt: skip
+        curves.update(
+            {bars.get_label(): list(bars.lines[0].get_ydata()) for bars in fig.axes[0].containers}
+        )
 
     monkeypatch.setattr(figures, "save", keep)
     import scripts.plot as plot
 
     plot.plot_clip(tmp_path, tmp_path / "fig")
-    assert {"fixed clip, server lr 0.2", "fixed clip, server lr 0.8",
-            "fixed clip, best server lr"} <= set(legends)  # fmt: skip
+    assert {
+        "fixed clip, server lr 0.2",
+        "fixed clip, server lr 0.8",
+        "fixed clip, best server lr",
+    } <= set(legends)
     assert "adaptive (median), server lr 0.8: final clip 1" in legends
     # the bold curve is each clip at the table's rate: clip 0.1 at 0.8, clip 1 at 0.2
     bold = next(values for label, values in curves.items() if label.endswith("best server lr"))
@@ -588,22 +725,24 @@ def test_the_utility_figure_draws_each_datasets_reference_lines(tmp_path, monkey
     fake_run(tmp_path, "0", 1.0, "gaussian", 2.0, 0.74)
     fake_run(tmp_path, "1", 0.0, "none", math.inf, 0.76)
     fake_run(tmp_path, "2", 1.0, "gaussian", 2.0, 0.85)
-    for name, dataset, extra in (("0", "smart_home", {"eval/last_value_accuracy": 0.68,
-                                                      "eval/oracle_accuracy": 0.81}),
-                                 ("1", "smart_home", {"eval/last_value_accuracy": 0.70,
-                                                      "eval/oracle_accuracy": 0.83}),
-                                 ("2", "health", {})):  # fmt: skip
+    for name, dataset, extra in (
+        ("0", "smart_home", {"eval/last_value_accuracy": 0.68, "eval/oracle_accuracy": 0.81}),
+        ("1", "smart_home", {"eval/last_value_accuracy": 0.70, "eval/oracle_accuracy": 0.83}),
+        ("2", "health", {}),
+    ):
         path = tmp_path / name / "summary.json"
         summary = json.loads(path.read_text())
         summary["choices"]["dataset"] = dataset
-        summary.update(trivial_predictor="majority class", **{"eval/trivial_accuracy": 0.6},
-                       **extra)  # fmt: skip
+        summary.update(
+            trivial_predictor="majority class", **{"eval/trivial_accuracy": 0.6}, **extra
+        )
         path.write_text(json.dumps(summary))
     drawn = {}
     monkeypatch.setattr(plot, "utility_figure", lambda *a, baselines, **k: drawn.update(baselines))
     plot.plot_utility(tmp_path, tmp_path / "utility")
-    assert drawn["smart_home"] == pytest.approx({"no DP": 0.76, "majority class": 0.6,
-                                                 "last value": 0.69, "oracle": 0.82})  # fmt: skip
+    assert drawn["smart_home"] == pytest.approx(
+        {"no DP": 0.76, "majority class": 0.6, "last value": 0.69, "oracle": 0.82}
+    )
     assert drawn["health"] == {"majority class": 0.6}
     # and every reference line gets its own style on the figure, by its label
     from dpfed.report.figures import _OTHER_REFERENCE, _REFERENCE_LINES
@@ -626,9 +765,13 @@ def test_the_utility_figure_draws_each_datasets_reference_lines(tmp_path, monkey
 def test_table_rows_sort_numbers_written_as_text_by_value():
     """A clip column holds "10" and "adaptive (median)": 3 comes before 10, labels after numbers,
     and missing values last."""
-    frame = pd.DataFrame({"mechanism": ["gaussian"] * 5 + ["adaptive", "gaussian"],
-                          "clip": ["10", "3", "0.3", "1", "0.03", "adaptive (median)", None],
-                          "eval/accuracy": [0.5, 0.6, 0.7, 0.8, 0.4, 0.9, 0.1]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "mechanism": ["gaussian"] * 5 + ["adaptive", "gaussian"],
+            "clip": ["10", "3", "0.3", "1", "0.03", "adaptive (median)", None],
+            "eval/accuracy": [0.5, 0.6, 0.7, 0.8, 0.4, 0.9, 0.1],
+        }
+    )
     out = table(frame, ["mechanism", "clip"], [], ["eval/accuracy"])
     clips = [clip for _, clip in out.index]
     assert clips[:6] == ["adaptive (median)", "0.03", "0.3", "1", "3", "10"] and pd.isna(clips[6])
@@ -665,16 +808,21 @@ def test_curves_of_many_budgets_share_one_shade_per_budget_and_a_short_legend(
     each mechanism and each budget once instead of every pair."""
     from dpfed.report import figures
 
-    rows = [{"dataset": d, "mechanism": f"{m}, eps {b}", "round": r, "eval/accuracy": 0.5 + r / 10}
-            for d in ("health", "smart_home") for m in ("gaussian", "tree")
-            for b in ("0.5", "4", "16") for r in (1, 2)]  # fmt: skip
+    rows = [
+        {"dataset": d, "mechanism": f"{m}, eps {b}", "round": r, "eval/accuracy": 0.5 + r / 10}
+        for d in ("health", "smart_home")
+        for m in ("gaussian", "tree")
+        for b in ("0.5", "4", "16")
+        for r in (1, 2)
+    ]
     rows += [{"dataset": "watch", "mechanism": "dpsgd, eps 4", "round": 1, "eval/accuracy": 0.3}]
     captured = {}
 
     def keep(fig, out):
         captured["legend"] = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
-        captured["alpha"] = {line.get_label(): line.get_alpha() for ax in fig.axes
-                             for line in ax.get_lines()}  # fmt: skip
+        captured["alpha"] = {
+            line.get_label(): line.get_alpha() for ax in fig.axes for line in ax.get_lines()
+        }
         return []
 
     monkeypatch.setattr(figures, "save", keep)
@@ -695,11 +843,20 @@ def test_curves_of_many_budgets_get_a_panel_per_mechanism_with_the_non_private_r
     a dataset without budgeted series keeps a single panel."""
     from dpfed.report import figures
 
-    rows = [{"dataset": "health", "mechanism": f"{m}, eps {b}", "round": r,
-             "eval/accuracy": (0.2 if m == "tree" else 0.6) + b / 100 + r / 10}
-            for m in ("gaussian", "tree") for b in (1, 4) for r in (1, 2)]  # fmt: skip
-    rows += [{"dataset": "health", "mechanism": "none", "round": r, "eval/accuracy": 0.9}
-             for r in (1, 2)]  # fmt: skip
+    rows = [
+        {
+            "dataset": "health",
+            "mechanism": f"{m}, eps {b}",
+            "round": r,
+            "eval/accuracy": (0.2 if m == "tree" else 0.6) + b / 100 + r / 10,
+        }
+        for m in ("gaussian", "tree")
+        for b in (1, 4)
+        for r in (1, 2)
+    ]
+    rows += [
+        {"dataset": "health", "mechanism": "none", "round": r, "eval/accuracy": 0.9} for r in (1, 2)
+    ]
     rows += [{"dataset": "watch", "mechanism": "dpsgd, eps 2", "round": 1, "eval/accuracy": 0.3}]
     rows += [{"dataset": "plain", "mechanism": "none", "round": 1, "eval/accuracy": 0.5}]
     rows += [{"dataset": "health", "mechanism": None, "round": 1, "eval/accuracy": 0.0}]  # no run
@@ -708,8 +865,9 @@ def test_curves_of_many_budgets_get_a_panel_per_mechanism_with_the_non_private_r
     def keep(fig, out):
         shown = [ax for ax in fig.axes if ax.get_visible()]
         captured["titles"] = [ax.get_title() for ax in shown]
-        captured["lines"] = {ax.get_title(): sorted(line.get_label() for line in ax.get_lines())
-                             for ax in shown}  # fmt: skip
+        captured["lines"] = {
+            ax.get_title(): sorted(line.get_label() for line in ax.get_lines()) for ax in shown
+        }
         captured["ylim"] = {ax.get_title(): ax.get_ylim() for ax in shown}
         captured["hidden"] = len(fig.axes) - len(shown)
         return []

@@ -72,8 +72,10 @@ def tensorboard_scalars(run_dir) -> dict[str, dict[int, float]]:
 
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
     acc.Reload()
-    return {tag: {e.step: float(make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
-            for tag in acc.Tags()["tensors"]}  # fmt: skip
+    return {
+        tag: {e.step: float(make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+        for tag in acc.Tags()["tensors"]
+    }
 
 
 def check_tensorboard_matches_metrics(run_dir, metrics) -> None:
@@ -94,8 +96,10 @@ def test_each_dataset_end_to_end_with_gaussian_dp_in_one_sweep(run_cli):
     result = run_cli(SMOKE, "dataset=smart_home,health,finance", multirun=True)
     assert result.returncode == 0, result.output[-3000:]
     jobs = sweep_jobs(result)
-    assert jobs == [f"{i}_dataset={name},debug=smoke_seed0"
-                    for i, name in enumerate(("smart_home", "health", "finance"))]  # fmt: skip
+    assert jobs == [
+        f"{i}_dataset={name},debug=smoke_seed0"
+        for i, name in enumerate(("smart_home", "health", "finance"))
+    ]
     seen = set()
     for job in jobs:
         summary, metrics = check_dp_run(result, job)
@@ -111,12 +115,14 @@ def test_failing_job_is_recorded_and_the_rest_of_the_sweep_runs(run_cli):
     """The middle job's ConfigError neither stops the sweep nor hides: failed summary, exit 1."""
     result = run_cli(SMOKE, "dp.noise_multiplier=0.8,-1,1.6", multirun=True)
     assert result.returncode == 1, result.output[-3000:]
-    message = ("dp.noise_multiplier=-1.0 is not allowed: dp.noise_multiplier must be a finite "
-               "number >= 0")  # fmt: skip
+    message = (
+        "dp.noise_multiplier=-1.0 is not allowed: dp.noise_multiplier must be a finite number >= 0"
+    )
     assert f"dpfed: invalid configuration: {message}" in result.stderr
     jobs = sweep_jobs(result)
-    assert jobs == [f"{i}_debug=smoke,dp.noise_multiplier={z}_seed0"
-                    for i, z in enumerate(("0.8", "-1", "1.6"))]  # fmt: skip
+    assert jobs == [
+        f"{i}_debug=smoke,dp.noise_multiplier={z}_seed0" for i, z in enumerate(("0.8", "-1", "1.6"))
+    ]
     failed = result.summary(jobs[1])
     assert failed["status"] == "failed" and failed["error"] == f"ConfigError: {message}"
     assert (
@@ -154,15 +160,21 @@ def test_dp_none_reports_infinite_epsilon_and_weighted_fedavg_runs(runtime, tmp_
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("dp.noise_multiplier=-1", "dp.noise_multiplier=-1.0 is not allowed: dp.noise_multiplier "
-         "must be a finite number >= 0"),
+        (
+            "dp.noise_multiplier=-1",
+            "dp.noise_multiplier=-1.0 is not allowed: dp.noise_multiplier "
+            "must be a finite number >= 0",
+        ),
         ("dp.clip=0", "dp.clip=0.0 is not allowed: dp.clip must be a finite number > 0"),
         ("dp.delta=1.5", "dp.delta=1.5 is not allowed: dp.delta must be in (0, 1)"),
-        ("strategy.clients_per_round=41", "strategy.clients_per_round=41 is not allowed: "
-         "strategy.clients_per_round must be in [1, 40] (the dataset has 40 clients)"),
+        (
+            "strategy.clients_per_round=41",
+            "strategy.clients_per_round=41 is not allowed: "
+            "strategy.clients_per_round must be in [1, 40] (the dataset has 40 clients)",
+        ),
         ("rounds=0", "rounds=0 is not allowed: rounds must be >= 1"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_fails_cleanly_before_training(run_cli, override, message):
     result = run_cli(SMOKE, override)
     assert result.returncode == 2
@@ -174,13 +186,15 @@ def test_bad_input_fails_cleanly_before_training(run_cli, override, message):
 @pytest.mark.parametrize(
     "override,hint",
     [
-        ("dp.noise_multiplir=1", "dp=gaussian has no setting noise_multiplir (did you mean "
-         "dp.noise_multiplier?)"),
+        (
+            "dp.noise_multiplir=1",
+            "dp=gaussian has no setting noise_multiplir (did you mean dp.noise_multiplier?)",
+        ),
         ("strategy.clients_per_rnd=5", "did you mean strategy.clients_per_round?"),
         ("+dp.clip=2", "+dp.clip adds a key, but dp.clip exists: set it with dp.clip=..."),
         ("dp.initial_clip=0.5", "dp=gaussian has no setting initial_clip"),
     ],
-)  # fmt: skip
+)
 def test_an_unknown_key_is_named_with_the_closest_known_ones(override, hint):
     from dpfed.cli import unknown_keys
 
@@ -207,8 +221,13 @@ def test_a_diverged_run_stops_says_so_and_exits_non_zero(runtime, tmp_path):
     # on the one-step task a learning rate of 1e30 overflows the first round; two hours ahead the
     # smoke-size run stayed finite for its 4 rounds (observed, not traced)
     with pytest.raises(RunDiverged, match="after round 1"):
-        run_in_process(tmp_path, "dp=none", "strategy.client_optimizer.learning_rate=1e30",
-                       "rounds=4", "dataset.horizon=1")  # fmt: skip
+        run_in_process(
+            tmp_path,
+            "dp=none",
+            "strategy.client_optimizer.learning_rate=1e30",
+            "rounds=4",
+            "dataset.horizon=1",
+        )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_round"] == 1
     assert summary["rounds"] == 1 and "after round 1" in summary["error"]
@@ -313,8 +332,10 @@ def test_a_terminated_run_says_interrupted_and_how_to_resume(run_cli, tmp_path, 
     try:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "run.py"), SMOKE, "rounds=200", f"hydra.run.dir={out}"],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
     try:
@@ -391,18 +412,29 @@ def test_the_finalizer_error_of_a_reaped_worker_is_dropped_and_others_are_not(mo
     finalizer.__module__ = runtime.executor_factory.__name__
     passed_on = []
     monkeypatch.setattr(runtime, "_default_unraisablehook", passed_on.append)
-    reaped = types.SimpleNamespace(exc_type=ProcessLookupError, exc_value=ProcessLookupError(3),
-                                   exc_traceback=None, err_msg=None, object=finalizer)  # fmt: skip
+    reaped = types.SimpleNamespace(
+        exc_type=ProcessLookupError,
+        exc_value=ProcessLookupError(3),
+        exc_traceback=None,
+        err_msg=None,
+        object=finalizer,
+    )
     runtime._ignore_reaped_worker(reaped)
     assert passed_on == []
-    other = types.SimpleNamespace(exc_type=ValueError, exc_value=ValueError("kept"),
-                                  exc_traceback=None, err_msg=None, object=finalizer)  # fmt: skip
+    other = types.SimpleNamespace(
+        exc_type=ValueError,
+        exc_value=ValueError("kept"),
+        exc_traceback=None,
+        err_msg=None,
+        object=finalizer,
+    )
     runtime._ignore_reaped_worker(other)
     assert passed_on == [other]
 
 
-@pytest.mark.parametrize("dataset", ["smart_home", "health", "finance", "shakespeare", "watch",
-                                     "vowels", "markets"])  # fmt: skip
+@pytest.mark.parametrize(
+    "dataset", ["smart_home", "health", "finance", "shakespeare", "watch", "vowels", "markets"]
+)
 def test_every_packaged_dataset_runs_with_no_other_override(dataset):
     """Each dataset brings the cohort its population allows (``dataset.default_cohort``)."""
     from dpfed.build import prepare

@@ -28,8 +28,18 @@ def collect(tmp_path, slow_cases: str, *args: str) -> subprocess.CompletedProces
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_module.py").write_text(textwrap.dedent(MODULE % slow_cases))
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers = slow: slow\n")
-    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-           "-p", "no:xdist", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--collect-only",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        *args,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
 

@@ -69,5 +69,8 @@ class GradientCanaryAuditConfig:
     planted_noise_factor: float = 1.0
 
 
-SCHEMAS = {"none": NoAuditConfig, "canaries": CanaryAuditConfig,
-           "canary_gradients": GradientCanaryAuditConfig}  # fmt: skip
+SCHEMAS = {
+    "none": NoAuditConfig,
+    "canaries": CanaryAuditConfig,
+    "canary_gradients": GradientCanaryAuditConfig,
+}

@@ -106,14 +106,24 @@ class CanaryAuditBase(Audit):
     initial: np.ndarray
     process = None
 
-    def __init__(self, delta: float | None = None, significance: float = 0.05,
-                 seed: int | None = None, planted_noise_factor: float = 1.0,
-                 run_seed: int = 0, dp_delta: float = DEFAULT_DELTA):  # fmt: skip
+    def __init__(
+        self,
+        delta: float | None = None,
+        significance: float = 0.05,
+        seed: int | None = None,
+        planted_noise_factor: float = 1.0,
+        run_seed: int = 0,
+        dp_delta: float = DEFAULT_DELTA,
+    ):
         check(delta is None or 0 < delta < 1, "delta", delta, "null (dp.delta) or in (0, 1)")
         check(0 < significance < 0.5, "significance", significance, "in (0, 0.5)")
         check(seed is None or seed >= 0, "seed", seed, "null (the run's seed) or >= 0")
-        check(0 <= planted_noise_factor <= 1, "planted_noise_factor", planted_noise_factor,
-              "in [0, 1] (1: no planted bug)")  # fmt: skip
+        check(
+            0 <= planted_noise_factor <= 1,
+            "planted_noise_factor",
+            planted_noise_factor,
+            "in [0, 1] (1: no planted bug)",
+        )
         self.significance = float(significance)
         self.delta = float(dp_delta if delta is None else delta)
         self.seed = int(run_seed if seed is None else seed)
@@ -140,8 +150,10 @@ class CanaryAuditBase(Audit):
         return {}
 
     def state_dict(self) -> dict:
-        return {**{k: [float(v) for v in a] for k, a in self.statistics().items()},
-                "initial_model_sha256": _digest(self.initial)}  # fmt: skip
+        return {
+            **{k: [float(v) for v in a] for k, a in self.statistics().items()},
+            "initial_model_sha256": _digest(self.initial),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restores the statistics; the initial model must be the checkpointed run's.
@@ -155,8 +167,10 @@ class CanaryAuditBase(Audit):
                 current[...] = np.asarray(state[name], np.float64)
         saved = state.get("initial_model_sha256")
         if saved is not None and saved != _digest(self.initial):
-            raise RuntimeError("the resumed run's initial model differs from the checkpointed "
-                               "run's: the audit's statistics cannot be continued")  # fmt: skip
+            raise RuntimeError(
+                "the resumed run's initial model differs from the checkpointed "
+                "run's: the audit's statistics cannot be continued"
+            )
 
 
 def _digest(array: np.ndarray) -> str:

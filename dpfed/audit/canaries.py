@@ -60,8 +60,12 @@ from dpfed.privacy.noise import position_seed, stream_key
 # query's own clipping makes it exactly a clip long.
 CANARY_NORM = 1e3
 
-COLUMNS = ("audit/canaries", "audit/epsilon_lower", "audit/epsilon_estimate",
-           "audit/epsilon_estimate_iterates")  # fmt: skip
+COLUMNS = (
+    "audit/canaries",
+    "audit/epsilon_lower",
+    "audit/epsilon_estimate",
+    "audit/epsilon_estimate_iterates",
+)
 
 
 def canary_direction(seed, shapes) -> list:
@@ -74,8 +78,10 @@ def canary_direction(seed, shapes) -> list:
     import tensorflow as tf
 
     seed = tf.cast(seed, tf.int64)
-    leaves = [tf.random.stateless_normal(shape, tf.random.experimental.stateless_fold_in(seed, j))
-              for j, shape in enumerate(shapes)]  # fmt: skip
+    leaves = [
+        tf.random.stateless_normal(shape, tf.random.experimental.stateless_fold_in(seed, j))
+        for j, shape in enumerate(shapes)
+    ]
     norm = tf.linalg.global_norm(leaves)
     return [leaf / norm for leaf in leaves]
 
@@ -104,8 +110,7 @@ def canary_query(query, seeds: np.ndarray, shapes):
             self._query, self._template = query, None
 
         def initial_global_state(self):
-            return self._State(self._query.initial_global_state(),
-                               tf.zeros([len(seeds)], tf.bool))  # fmt: skip
+            return self._State(self._query.initial_global_state(), tf.zeros([len(seeds)], tf.bool))
 
         def derive_sample_params(self, global_state):
             return self._query.derive_sample_params(global_state.inner)
@@ -130,12 +135,18 @@ def canary_query(query, seeds: np.ndarray, shapes):
 
             def body(k, state):
                 leaves = [CANARY_NORM * d for d in canary_direction(table[ids[k]], shapes)]
-                record = (leaves if self._template is None
-                          else tf.nest.pack_sequence_as(self._template, leaves))  # fmt: skip
+                record = (
+                    leaves
+                    if self._template is None
+                    else tf.nest.pack_sequence_as(self._template, leaves)
+                )
                 return k + 1, self._query.accumulate_record(params, state, record)
 
-            _, total = tf.while_loop(lambda k, _: k < tf.size(ids, out_type=tf.int64), body,
-                                     (tf.constant(0, tf.int64), sample_state))  # fmt: skip
+            _, total = tf.while_loop(
+                lambda k, _: k < tf.size(ids, out_type=tf.int64),
+                body,
+                (tf.constant(0, tf.int64), sample_state),
+            )
             result, inner, event = self._query.get_noised_result(total, global_state.inner)
             return result, self._State(inner, tf.zeros_like(global_state.inserted)), event
 
@@ -163,10 +174,17 @@ class CanaryAudit(CanaryAuditBase):
 
     columns = COLUMNS
 
-    def __init__(self, inserted: int = 100, held_out: int = 100, delta: float | None = None,
-                 significance: float = 0.05, seed: int | None = None,
-                 planted_noise_factor: float = 1.0, run_seed: int = 0,
-                 dp_delta: float = DEFAULT_DELTA):  # fmt: skip
+    def __init__(
+        self,
+        inserted: int = 100,
+        held_out: int = 100,
+        delta: float | None = None,
+        significance: float = 0.05,
+        seed: int | None = None,
+        planted_noise_factor: float = 1.0,
+        run_seed: int = 0,
+        dp_delta: float = DEFAULT_DELTA,
+    ):
         check(inserted >= 2, "inserted", inserted, ">= 2 (a Gaussian is fit to their statistics)")
         check(held_out >= 2, "held_out", held_out, ">= 2 (a Gaussian is fit to their statistics)")
         super().__init__(delta, significance, seed, planted_noise_factor, run_seed, dp_delta)
@@ -185,29 +203,42 @@ class CanaryAudit(CanaryAuditBase):
             def train_records(clients):
                 return records([c for c in clients if int(c) < real])
 
-        return replace(population, num_clients=real + self.inserted,
-                       train_records=None if records is None else train_records)  # fmt: skip
+        return replace(
+            population,
+            num_clients=real + self.inserted,
+            train_records=None if records is None else train_records,
+        )
 
     def check(self, plan) -> None:
         if plan.sampler.unit == "record":
-            raise ConfigError("audit", "canaries", "canary_gradients with strategy=centralized "
-                              "(canary clients audit federated runs; canary records audit "
-                              "DP-SGD on pooled records)", absolute=True)  # fmt: skip
+            raise ConfigError(
+                "audit",
+                "canaries",
+                "canary_gradients with strategy=centralized "
+                "(canary clients audit federated runs; canary records audit "
+                "DP-SGD on pooled records)",
+                absolute=True,
+            )
 
     def wrap(self, parts, plan, model):
         if parts.query is None or parts.local is not None:
-            raise ConfigError("audit", "canaries", f"none with dp={plan.label}: canary clients "
-                              "audit a central noised sum of clipped client updates (gaussian, "
-                              "adaptive, per_layer, tree, bandmf, dpsgd with user_noise_multiplier "
-                              "> 0); for a non-private control use dp.noise_multiplier=0",
-                              absolute=True)  # fmt: skip
+            raise ConfigError(
+                "audit",
+                "canaries",
+                f"none with dp={plan.label}: canary clients "
+                "audit a central noised sum of clipped client updates (gaussian, "
+                "adaptive, per_layer, tree, bandmf, dpsgd with user_noise_multiplier "
+                "> 0); for a non-private control use dp.noise_multiplier=0",
+                absolute=True,
+            )
         from dpfed.runtime import tff
 
         self.first_canary = plan.population.num_clients - self.inserted
         self.shapes = [tuple(w.shape) for w in model.keras_model().trainable_weights]
         query = canary_query(parts.query, self.seeds[: self.inserted], self.shapes)
-        return replace(parts, query=query,
-                       aggregator=tff.aggregators.DifferentiallyPrivateFactory(query))  # fmt: skip
+        return replace(
+            parts, query=query, aggregator=tff.aggregators.DifferentiallyPrivateFactory(query)
+        )
 
     # ------------------------------------------------------------------ run
     def start(self, process, state) -> None:
@@ -215,9 +246,11 @@ class CanaryAudit(CanaryAuditBase):
 
         self.process = process
         leaves = tf.nest.flatten(state)
-        found = [i for i, v in enumerate(leaves)
-                 if np.asarray(v).dtype == bool
-                 and np.asarray(v).shape == (self.inserted,)]  # fmt: skip
+        found = [
+            i
+            for i, v in enumerate(leaves)
+            if np.asarray(v).dtype == bool and np.asarray(v).shape == (self.inserted,)
+        ]
         if len(found) != 1:
             raise RuntimeError(f"expected one canary mask in the process state, found {len(found)}")
         self._mask_leaf = found[0]
@@ -269,10 +302,10 @@ class CanaryAudit(CanaryAuditBase):
             ),
             "audit/epsilon_estimate": _estimate(
                 one_shot_epsilon, final, None, self.delta, dim=self.dim
-            ),  # fmt: skip
+            ),
             "audit/epsilon_estimate_iterates": _estimate(
                 one_shot_epsilon, iterates[:m], iterates[m:], self.delta
-            ),  # fmt: skip
+            ),
         }
 
     def describe(self) -> dict:

@@ -83,10 +83,16 @@ class GradientCanaryAudit(CanaryAuditBase):
 
     columns = COLUMNS
 
-    def __init__(self, canaries: int = 1000, delta: float | None = None,
-                 significance: float = 0.05, seed: int | None = None,
-                 planted_noise_factor: float = 1.0, run_seed: int = 0,
-                 dp_delta: float = DEFAULT_DELTA):  # fmt: skip
+    def __init__(
+        self,
+        canaries: int = 1000,
+        delta: float | None = None,
+        significance: float = 0.05,
+        seed: int | None = None,
+        planted_noise_factor: float = 1.0,
+        run_seed: int = 0,
+        dp_delta: float = DEFAULT_DELTA,
+    ):
         check(canaries >= 2, "canaries", canaries, ">= 2")
         super().__init__(delta, significance, seed, planted_noise_factor, run_seed, dp_delta)
         self.canaries = int(canaries)
@@ -102,10 +108,14 @@ class GradientCanaryAudit(CanaryAuditBase):
     def check(self, plan) -> None:
         in_clients = plan.sampler.unit != "record"  # pooled records: always Poisson batches
         if in_clients and getattr(plan.mechanism, "record_sampling", "shuffle") == "poisson":
-            raise ConfigError("audit", "canary_gradients", "none with dp.record_sampling="
-                              "poisson (canary records are placed in one batch per local "
-                              "epoch, as shuffled batches hold every record)",
-                              absolute=True)  # fmt: skip
+            raise ConfigError(
+                "audit",
+                "canary_gradients",
+                "none with dp.record_sampling="
+                "poisson (canary records are placed in one batch per local "
+                "epoch, as shuffled batches hold every record)",
+                absolute=True,
+            )
 
     def mechanism_plan(self, plan):
         return plan  # the planted bug scales the example-level noise alone (`wrap`)
@@ -114,10 +124,15 @@ class GradientCanaryAudit(CanaryAuditBase):
         from dataclasses import replace
 
         if parts.example_dp is None:
-            raise ConfigError("audit", "canary_gradients", f"none with dp={plan.label}: canary "
-                              "records audit DP-SGD (dp=dpsgd, or dp=gaussian with "
-                              "strategy=centralized); for a non-private control use "
-                              "dp.noise_multiplier=0", absolute=True)  # fmt: skip
+            raise ConfigError(
+                "audit",
+                "canary_gradients",
+                f"none with dp={plan.label}: canary "
+                "records audit DP-SGD (dp=dpsgd, or dp=gaussian with "
+                "strategy=centralized); for a non-private control use "
+                "dp.noise_multiplier=0",
+                absolute=True,
+            )
         sizes = [int(np.prod(w.shape)) for w in model.keras_model().trainable_weights]
         self.dim = sum(sizes)
         allowed = f"<= {self.dim}, the model's trainable weights (one coordinate per canary)"
@@ -130,17 +145,20 @@ class GradientCanaryAudit(CanaryAuditBase):
         self.in_clients = plan.sampler.unit != "record"
         if self.in_clients:  # each canary record belongs to one real client
             owners = np.random.default_rng([self._key, 4]).integers(
-                plan.population.num_clients, size=self.canaries)  # fmt: skip
+                plan.population.num_clients, size=self.canaries
+            )
             self._owned = {int(c): np.flatnonzero(owners == c) for c in np.unique(owners)}
         else:
             self.q = float(plan.sampler.q)
         noise = parts.example_dp.noise_multiplier * self.planted_noise_factor
-        return replace(parts, example_dp=replace(parts.example_dp, noise_multiplier=noise,
-                                                 probe=self))  # fmt: skip
+        return replace(
+            parts, example_dp=replace(parts.example_dp, noise_multiplier=noise, probe=self)
+        )
 
     # ------------------------------------------------------------------ in clients
-    def placements(self, round_num: int, client: int, batches_per_epoch: int,
-                   epochs: int) -> list[tuple[int, int]]:  # fmt: skip
+    def placements(
+        self, round_num: int, client: int, batches_per_epoch: int, epochs: int
+    ) -> list[tuple[int, int]]:
         """``(step, canary)`` for each canary record of ``client`` in round ``round_num``.
 
         Each canary sits in one of the client's ``batches_per_epoch`` batches in every
@@ -154,9 +172,11 @@ class GradientCanaryAudit(CanaryAuditBase):
         rng = np.random.default_rng([self._key, 3, round_num, int(client)])
         batches = rng.integers(batches_per_epoch, size=(epochs, len(owned)))
         self._count += int(self.included[owned].sum()) * epochs
-        return [(epoch * batches_per_epoch + int(batch), int(canary))
-                for epoch in range(epochs)
-                for batch, canary in zip(batches[epoch], owned, strict=True)]  # fmt: skip
+        return [
+            (epoch * batches_per_epoch + int(batch), int(canary))
+            for epoch in range(epochs)
+            for batch, canary in zip(batches[epoch], owned, strict=True)
+        ]
 
     def observe_round(self, client_work: dict) -> None:
         """Adds the round's residual per canary (summed by the clients) to the statistic."""
@@ -203,13 +223,16 @@ class GradientCanaryAudit(CanaryAuditBase):
         alpha = self.significance / 2
         out = {}
         one_sided = self.included.all() or not self.included.any()  # no in (or out) scores
-        for column, scores in (("audit/epsilon_lower", final),
-                               ("audit/epsilon_lower_iterates", self._residual)):  # fmt: skip
+        for column, scores in (
+            ("audit/epsilon_lower", final),
+            ("audit/epsilon_lower_iterates", self._residual),
+        ):
             if one_sided or not np.all(np.isfinite(scores)) or not np.any(scores):
                 out[column] = math.nan  # no test to make, or nothing moved these coordinates
                 continue
-            out[column] = one_run_audit(scores[self.included], scores[~self.included],
-                                        self.delta, alpha)  # fmt: skip
+            out[column] = one_run_audit(
+                scores[self.included], scores[~self.included], self.delta, alpha
+            )
         return out
 
     def warnings(self, plan) -> tuple[str, ...]:
@@ -221,11 +244,13 @@ class GradientCanaryAudit(CanaryAuditBase):
         bound = plan.account("epsilon_record" if in_clients else "epsilon")
         if str(bound.neighboring) != "replace_one":  # add/remove: the same epsilon as zero-out
             return ()
-        return (f"audit: the canaries realise zero-out adjacency (a canary's gradient present "
-                f"or zero), but {bound.column} is accounted under {bound.neighboring}, which "
-                "gives a larger epsilon: the audit's bounds are checked against more than the "
-                "zero-out epsilon and catch less; dp.neighboring=zero_out compares like with "
-                "like",)  # fmt: skip
+        return (
+            f"audit: the canaries realise zero-out adjacency (a canary's gradient present "
+            f"or zero), but {bound.column} is accounted under {bound.neighboring}, which "
+            "gives a larger epsilon: the audit's bounds are checked against more than the "
+            "zero-out epsilon and catch less; dp.neighboring=zero_out compares like with "
+            "like",
+        )
 
     def describe(self) -> dict:
         return {

@@ -37,8 +37,9 @@ class Population:
     client_records_mean: float | None = None
 
     @classmethod
-    def with_mean_records(cls, num_clients: int, mean: float,
-                          record_size: int | None = None) -> Population:  # fmt: skip
+    def with_mean_records(
+        cls, num_clients: int, mean: float, record_size: int | None = None
+    ) -> Population:
         """A population whose clients hold ``mean`` records on average: what the accounting
         of a run's recorded ``client_records_mean`` sees (Poisson record batches)."""
         return cls(num_clients, None, record_size, client_records_mean=float(mean))

@@ -43,8 +43,12 @@ class LazyClientData:
         element_spec: (x, y) `ArraySpec` of one example.
     """
 
-    def __init__(self, num_clients: int, make_arrays: Callable[[int], ClientArrays],
-                 element_spec: tuple[ArraySpec, ArraySpec]):  # fmt: skip
+    def __init__(
+        self,
+        num_clients: int,
+        make_arrays: Callable[[int], ClientArrays],
+        element_spec: tuple[ArraySpec, ArraySpec],
+    ):
         self._num_clients = num_clients
         self._make_arrays = make_arrays
         self.array_spec = element_spec

@@ -136,8 +136,12 @@ class Markets(RecordedDataset):
             horizon = 5 if horizon is None else horizon
             check(horizon >= 1, "horizon", horizon, ">= 1 (days of realized variance)")
         else:
-            check(horizon in (None, 1), "horizon", horizon,
-                  f"null or 1 with target={target} (the next day)")  # fmt: skip
+            check(
+                horizon in (None, 1),
+                "horizon",
+                horizon,
+                f"null or 1 with target={target} (the next day)",
+            )
             horizon = 1
         check(lags >= 1, "lags", lags, ">= 1")
         check(norm_window >= 2, "norm_window", norm_window, ">= 2")

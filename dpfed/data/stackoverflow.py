@@ -63,25 +63,38 @@ class TFFStackOverflow(FederatedDataset):
     labels = "every_step"
     num_features = None
 
-    def __init__(self, cache_dir: str, vocab_size: int = 10_000, seq_len: int = 20,
-                 max_examples: int = 128, num_clients: int | None = None, seed: int = 0,
-                 examples_mean: float | None = None, eval_fraction: float = 0.2,
-                 labels: str = "every_step"):  # fmt: skip
+    def __init__(
+        self,
+        cache_dir: str,
+        vocab_size: int = 10_000,
+        seq_len: int = 20,
+        max_examples: int = 128,
+        num_clients: int | None = None,
+        seed: int = 0,
+        examples_mean: float | None = None,
+        eval_fraction: float = 0.2,
+        labels: str = "every_step",
+    ):
         check(labels == "every_step", "labels", labels, "every_step (the next word)")
         check(vocab_size >= 1, "vocab_size", vocab_size, ">= 1")
         check(seq_len >= 2, "seq_len", seq_len, ">= 2")
         check(max_examples >= 1, "max_examples", max_examples, ">= 1")
         root = Path(cache_dir).expanduser()
         database = root / DATABASE
-        counts = next((p for p in (root / WORD_COUNTS, root / "datasets" / WORD_COUNTS)
-                       if p.is_file()), None)  # fmt: skip
+        counts = next(
+            (p for p in (root / WORD_COUNTS, root / "datasets" / WORD_COUNTS) if p.is_file()), None
+        )
         if not database.is_file() or counts is None:
             missing = DATABASE if not database.is_file() else WORD_COUNTS
-            raise ConfigError("cache_dir", cache_dir, f"a directory that already holds "
-                              f"{DATABASE} and {WORD_COUNTS} ({missing} is not in {root}); fill "
-                              "it once on a machine with network access with TFF's "
-                              "stackoverflow.load_data and load_word_counts(cache_dir=...), "
-                              "dpfed never downloads")  # fmt: skip
+            raise ConfigError(
+                "cache_dir",
+                cache_dir,
+                f"a directory that already holds "
+                f"{DATABASE} and {WORD_COUNTS} ({missing} is not in {root}); fill "
+                "it once on a machine with network access with TFF's "
+                "stackoverflow.load_data and load_word_counts(cache_dir=...), "
+                "dpfed never downloads",
+            )
         self.seq_len, self.max_examples = seq_len, max_examples
         self.vocab = read_vocabulary(counts, vocab_size)
         v = len(self.vocab)

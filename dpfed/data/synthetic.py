@@ -109,8 +109,12 @@ class SyntheticDataset(FederatedDataset):
 
     def train_records(self, clients) -> int:
         """Training records of ``clients``, from their sizes alone (no data is generated)."""
-        return int(sum(self.num_examples(int(i)) - self._eval_count(self.num_examples(int(i)))
-                       for i in clients))  # fmt: skip
+        return int(
+            sum(
+                self.num_examples(int(i)) - self._eval_count(self.num_examples(int(i)))
+                for i in clients
+            )
+        )
 
     def _client_params(self, rng: np.random.Generator) -> dict:
         raise NotImplementedError

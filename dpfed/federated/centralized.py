@@ -37,9 +37,16 @@ class Centralized(Strategy):
         eval_every, eval_clients: as for the federated strategies.
     """
 
-    def __init__(self, batch_size: int, learning_rate: float, momentum: float, eval_every: int,
-                 eval_clients: int, clients_per_round: int | None = None,
-                 sampling: str = "records"):  # fmt: skip
+    def __init__(
+        self,
+        batch_size: int,
+        learning_rate: float,
+        momentum: float,
+        eval_every: int,
+        eval_clients: int,
+        clients_per_round: int | None = None,
+        sampling: str = "records",
+    ):
         check(batch_size >= 1, "batch_size", batch_size, ">= 1")
         check(learning_rate > 0, "learning_rate", learning_rate, "> 0")
         check(0 <= momentum < 1, "momentum", momentum, "in [0, 1)")
@@ -56,19 +63,33 @@ class Centralized(Strategy):
     def build_process(self, backend, model, parts, plan, dataset):
         """A `CentralizedProcess` on the plan's pool of records."""
         if backend.lockstep:
-            raise ConfigError("backend", "vectorized", "reference with strategy=centralized "
-                              "(there are no clients to train in lockstep)",
-                              absolute=True)  # fmt: skip
+            raise ConfigError(
+                "backend",
+                "vectorized",
+                "reference with strategy=centralized (there are no clients to train in lockstep)",
+                absolute=True,
+            )
         from dpfed.federated.pooled import CentralizedProcess
 
         x, y = self.pool(dataset.train, plan.sampler.clients)
         optimizer = {"learning_rate": self.learning_rate, "momentum": self.momentum}
-        return CentralizedProcess(model, x, y, plan.sampler, optimizer, parts.example_dp,
-                                  plan.sampler.seed, plan.stream_key("dpsgd"))  # fmt: skip
+        return CentralizedProcess(
+            model,
+            x,
+            y,
+            plan.sampler,
+            optimizer,
+            parts.example_dp,
+            plan.sampler.seed,
+            plan.stream_key("dpsgd"),
+        )
 
     def state_codec(self, process):
         return process  # CentralizedProcess checkpoints its own weights and optimizer
 
     def describe(self) -> dict:
-        return {"batch_size": self.batch_size, "learning_rate": self.learning_rate,
-                "momentum": self.momentum}  # fmt: skip
+        return {
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "momentum": self.momentum,
+        }

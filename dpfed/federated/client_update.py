@@ -67,11 +67,19 @@ def check_weighting(weighted: bool, parts) -> None:
         ConfigError: naming ``strategy.weighted``.
     """
     if weighted and parts.aggregator is not None:
-        raise ConfigError("strategy.weighted", True,
-                          "false with this dp mechanism (its aggregator weighs every client "
-                          "equally, as user-level DP requires)", absolute=True)  # fmt: skip
+        raise ConfigError(
+            "strategy.weighted",
+            True,
+            "false with this dp mechanism (its aggregator weighs every client "
+            "equally, as user-level DP requires)",
+            absolute=True,
+        )
     if weighted and parts.poisson_batches is not None:
-        raise ConfigError("strategy.weighted", True,
-                          "false with dp.record_sampling=poisson (a client's weight would be "
-                          "the number of records its Poisson batches drew, which tells whether "
-                          "a record was drawn)", absolute=True)  # fmt: skip
+        raise ConfigError(
+            "strategy.weighted",
+            True,
+            "false with dp.record_sampling=poisson (a client's weight would be "
+            "the number of records its Poisson batches drew, which tells whether "
+            "a record was drawn)",
+            absolute=True,
+        )

@@ -124,20 +124,24 @@ class CentralizedProcess:
         """Weights, optimizer variables (iterations, momentum) and the epoch counter."""
         arrays = {f"weight_{i:04d}": v.numpy() for i, v in enumerate(self.keras.weights)}
         self.optimizer.build(self.keras.trainable_variables)
-        arrays.update({f"optimizer_{i:04d}": v.numpy()
-                       for i, v in enumerate(self.optimizer.variables)})  # fmt: skip
+        arrays.update(
+            {f"optimizer_{i:04d}": v.numpy() for i, v in enumerate(self.optimizer.variables)}
+        )
         arrays["round"] = np.asarray(self._round)
         return arrays
 
     def restore_from_arrays(self, arrays: dict[str, np.ndarray]):
         """Sets what `state_to_arrays` saved (after `initialize`); returns the state."""
         self.optimizer.build(self.keras.trainable_variables)
-        for prefix, variables in (("weight", self.keras.weights),
-                                  ("optimizer", self.optimizer.variables)):  # fmt: skip
+        for prefix, variables in (
+            ("weight", self.keras.weights),
+            ("optimizer", self.optimizer.variables),
+        ):
             names = sorted(k for k in arrays if k.startswith(prefix + "_"))
             if len(names) != len(variables):
-                raise ValueError(f"checkpoint has {len(names)} {prefix} tensors, this run "
-                                 f"has {len(variables)}")  # fmt: skip
+                raise ValueError(
+                    f"checkpoint has {len(names)} {prefix} tensors, this run has {len(variables)}"
+                )
             for name, variable in zip(names, variables, strict=True):
                 variable.assign(arrays[name])
         self._round = int(arrays["round"])
@@ -162,7 +166,10 @@ class CentralizedProcess:
                 probe.observe(residual.numpy())
             self.metric.update_state(self.y[idx], predictions)
             total, count = total + float(loss) * len(idx), count + len(idx)
-        train = {"loss": total / max(count, 1), self.metric.name: float(self.metric.result()),
-                 "num_examples": count}  # fmt: skip
+        train = {
+            "loss": total / max(count, 1),
+            self.metric.name: float(self.metric.result()),
+            "num_examples": count,
+        }
         metrics = {"client_work": {"train": train}, "aggregator": {}}
         return SimpleNamespace(state=self._weights(), metrics=metrics)

@@ -35,8 +35,20 @@ class Simulation:
 
     """
 
-    def __init__(self, dataset, model, plan, parts, strategy, backend, process, seed: int,
-                 progress: bool = True, checkpoints=None, audit=None):  # fmt: skip
+    def __init__(
+        self,
+        dataset,
+        model,
+        plan,
+        parts,
+        strategy,
+        backend,
+        process,
+        seed: int,
+        progress: bool = True,
+        checkpoints=None,
+        audit=None,
+    ):
         from dpfed.audit.base import NoAudit
 
         self.dataset, self.model, self.plan, self.parts = dataset, model, plan, parts
@@ -87,8 +99,16 @@ class Simulation:
         if poisson is not None:
             poisson = PoissonBatches(self.plan.stream_key("record_sampling"), *poisson)
         probe = example_dp.probe if example_dp else None
-        return self.backend.cohort_data(self.strategy, self.dataset.train, client_ids, round_num,
-                                        self.seed, self._noise_key, probe, poisson)  # fmt: skip
+        return self.backend.cohort_data(
+            self.strategy,
+            self.dataset.train,
+            client_ids,
+            round_num,
+            self.seed,
+            self._noise_key,
+            probe,
+            poisson,
+        )
 
     def _eval_arrays(self):
         """The held-out data evaluated: of ``strategy.eval_clients`` clients drawn with the
@@ -166,8 +186,10 @@ class Simulation:
             if not np.isfinite(value):
                 return f"{column} is {value} after round {row['round']}"
             if first is not None and value > DIVERGENCE_FACTOR * first:
-                return (f"{column} is {value:.3g} after round {row['round']}, more than "
-                        f"{DIVERGENCE_FACTOR:g} times the first round's training loss")  # fmt: skip
+                return (
+                    f"{column} is {value:.3g} after round {row['round']}, more than "
+                    f"{DIVERGENCE_FACTOR:g} times the first round's training loss"
+                )
         weights = self.process.get_model_weights(state).trainable
         if not all(np.isfinite(np.asarray(w)).all() for w in weights):
             return f"the model has non-finite weights after round {row['round']}"
@@ -256,9 +278,12 @@ class Simulation:
         for warning in (*self.plan.warnings(), *self.audit.warnings(self.plan)):
             log.warning(warning)
         if math.isfinite(self.epsilon_planned) and self.epsilon_planned > 10:
-            log.warning("the planned epsilon %.3g is above 10: little privacy. Poisson cohorts "
-                        "(strategy.sampling=poisson), more noise or dp.target_epsilon give a "
-                        "meaningful budget", self.epsilon_planned)  # fmt: skip
+            log.warning(
+                "the planned epsilon %.3g is above 10: little privacy. Poisson cohorts "
+                "(strategy.sampling=poisson), more noise or dp.target_epsilon give a "
+                "meaningful budget",
+                self.epsilon_planned,
+            )
         state = self.process.initialize()
         self._bytes_per_client = self._model_bytes(state)
         self.audit.start(self.process, state)
@@ -268,8 +293,15 @@ class Simulation:
             first = self.checkpoints.round + 1
         elif self.checkpoints is not None:
             self.checkpoints.clear()
-        bar = tqdm(range(first, self.rounds + 1), desc="rounds", unit="round", initial=first - 1,
-                   total=self.rounds, disable=not self.progress, dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(
+            range(first, self.rounds + 1),
+            desc="rounds",
+            unit="round",
+            initial=first - 1,
+            total=self.rounds,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         recorded = first - 1
         try:
             for round_num in bar:
@@ -284,8 +316,13 @@ class Simulation:
                 recorded = round_num  # released and accounted, whatever interrupts it now
                 writer.write_round(row)
                 if reason := self.diverged(state, row):
-                    summary.update(status="diverged", diverged_round=round_num, error=reason,
-                                   rounds=round_num, **self.ledger.describe())  # fmt: skip
+                    summary.update(
+                        status="diverged",
+                        diverged_round=round_num,
+                        error=reason,
+                        rounds=round_num,
+                        **self.ledger.describe(),
+                    )
                     raise RunDiverged(reason)
                 summary.update(
                     {k: v for k, v in row.items() if "/" in k and v is not None},
@@ -304,7 +341,8 @@ class Simulation:
             raise
         except BaseException as err:  # keep what finished; say why the run ended early
             interrupted = isinstance(err, KeyboardInterrupt) or type(err).__name__ == (
-                "RunInterrupted")  # fmt: skip
+                "RunInterrupted"
+            )
             summary["status"] = "interrupted" if interrupted else "failed"
             summary["error"] = f"{type(err).__name__}: {err}"
             # a signal between a round's accounting and its summary: count what was spent
@@ -367,11 +405,17 @@ class Simulation:
         self.audit.load_state_dict(meta.get("audit", {}))
         writer.resume(rounds)
         resumed = [*meta["summary"].get("resumed_from_round", []), rounds]
-        summary = {**summary, **meta["summary"], **extra_summary, "status": "running",
-                   "resumed_from_round": resumed}  # fmt: skip
+        summary = {
+            **summary,
+            **meta["summary"],
+            **extra_summary,
+            "status": "running",
+            "resumed_from_round": resumed,
+        }
         summary.pop("error", None)
-        log.info("resuming after round %d of %d from %s", rounds, self.rounds,
-                 self.checkpoints.path)  # fmt: skip
+        log.info(
+            "resuming after round %d of %d from %s", rounds, self.rounds, self.checkpoints.path
+        )
         return state, summary
 
 

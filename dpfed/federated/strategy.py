@@ -63,16 +63,28 @@ class Strategy(abc.ABC):
 
 def _check_evaluation(eval_every: int, eval_clients: int) -> None:
     check(eval_every >= 0, "eval_every", eval_every, ">= 0 (0 disables evaluation)")
-    check(eval_clients == -1 or eval_clients >= 1, "eval_clients", eval_clients,
-          "-1 (all clients) or >= 1")  # fmt: skip
+    check(
+        eval_clients == -1 or eval_clients >= 1,
+        "eval_clients",
+        eval_clients,
+        "-1 (all clients) or >= 1",
+    )
 
 
 class FederatedStrategy(Strategy):
     """A strategy with clients; the backend runs their `ClientUpdate` (args: `StrategyConfig`)."""
 
-    def __init__(self, weighted: bool, clients_per_round: int, sampling: str, batch_size: int,
-                 eval_every: int, eval_clients: int, server_optimizer,
-                 sampling_groups: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        weighted: bool,
+        clients_per_round: int,
+        sampling: str,
+        batch_size: int,
+        eval_every: int,
+        eval_clients: int,
+        server_optimizer,
+        sampling_groups: int | None = None,
+    ):
         check(batch_size >= 1, "batch_size", batch_size, ">= 1")
         check(clients_per_round >= 1, "clients_per_round", clients_per_round, ">= 1")
         _check_evaluation(eval_every, eval_clients)
@@ -85,9 +97,13 @@ class FederatedStrategy(Strategy):
 
     def describe(self) -> dict:
         update = self.client_update
-        return {"weighted": self.weighted, "batch_size": self.batch_size,
-                "client_work": str(update.work), "local_epochs": update.local_epochs,
-                "proximal_strength": update.proximal_mu}  # fmt: skip
+        return {
+            "weighted": self.weighted,
+            "batch_size": self.batch_size,
+            "client_work": str(update.work),
+            "local_epochs": update.local_epochs,
+            "proximal_strength": update.proximal_mu,
+        }
 
 
 def _optimizer_hparams(optimizer) -> dict:
@@ -155,8 +171,7 @@ class FedSGD(FederatedStrategy):
 
     @property
     def client_update(self) -> ClientUpdate:
-        return ClientUpdate(ClientWork.gradient, batch_size=self.batch_size,
-                            weighted=self.weighted)  # fmt: skip
+        return ClientUpdate(ClientWork.gradient, batch_size=self.batch_size, weighted=self.weighted)
 
 
 # --------------------------------------------------------------------------- schemas
@@ -254,5 +269,9 @@ class CentralizedConfig:
     eval_clients: int = 200
 
 
-SCHEMAS = {"fedavg": FedAvgConfig, "fedprox": FedProxConfig, "fedsgd": FedSGDConfig,
-           "centralized": CentralizedConfig}  # fmt: skip
+SCHEMAS = {
+    "fedavg": FedAvgConfig,
+    "fedprox": FedProxConfig,
+    "fedsgd": FedSGDConfig,
+    "centralized": CentralizedConfig,
+}

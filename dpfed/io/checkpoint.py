@@ -33,8 +33,13 @@ META = "meta"
 # Keys that may differ between an interrupted run and its resumption: they
 # change neither what is computed nor what is written (optimized_metric and
 # optimized_seeds pick what run.py returns to a search; a seed of a trial resumes alone).
-IGNORED_KEYS = ("resume", "checkpoint_every", "logger.progress", "optimized_metric",
-                "optimized_seeds")  # fmt: skip
+IGNORED_KEYS = (
+    "resume",
+    "checkpoint_every",
+    "logger.progress",
+    "optimized_metric",
+    "optimized_seeds",
+)
 # Hydra rewrites these on every call, a refused resumption included; the
 # checkpoint keeps the first call's, so the run dir keeps its true record.
 HYDRA_FILES = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml")
@@ -93,8 +98,9 @@ class TFFStateCodec:
         leaves = tf.nest.flatten(template)
         names = sorted(k for k in arrays if k.startswith("state_"))
         if len(names) != len(leaves):
-            raise CheckpointError(f"checkpoint has {len(names)} state tensors, this run's "
-                                  f"process has {len(leaves)}")  # fmt: skip
+            raise CheckpointError(
+                f"checkpoint has {len(names)} state tensors, this run's process has {len(leaves)}"
+            )
         restored = [
             _like(t, arrays[n], i) for i, (t, n) in enumerate(zip(leaves, names, strict=True))
         ]
@@ -152,14 +158,23 @@ class Checkpoints:
             differing key).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, every: int = 1, config: dict | None = None,
-                 resume: bool = False, fresh_if_empty: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        every: int = 1,
+        config: dict | None = None,
+        resume: bool = False,
+        fresh_if_empty: bool = False,
+    ):
         self.run_dir, self.dir = Path(run_dir), Path(run_dir) / DIRNAME
         self.every, self.config, self.resume = every, config or {}, resume
         self.meta: dict | None = None  # what a resumption starts from
         self.arrays: dict[str, np.ndarray] = {}
-        self.hydra_files = {name: (self.run_dir / name).read_text() for name in HYDRA_FILES
-                            if (self.run_dir / name).exists()}  # fmt: skip
+        self.hydra_files = {
+            name: (self.run_dir / name).read_text()
+            for name in HYDRA_FILES
+            if (self.run_dir / name).exists()
+        }
         never_ran = not any((self.run_dir / f).exists() for f in ("metrics.csv", "summary.json"))
         if resume and not (fresh_if_empty and never_ran and not self.path.exists()):
             self._open_for_resume()
@@ -188,10 +203,14 @@ class Checkpoints:
     def _check_same_config(self, saved: dict) -> None:
         if diff := first_difference(saved, self.config):
             key, saved, current = diff
-            raise ConfigError(key, current,
-                              f"{saved!r} as in the checkpointed run in {self.dir.parent} "
-                              "(resume=true continues a run with the same config; start a new "
-                              "run in a new directory to change it)", absolute=True)  # fmt: skip
+            raise ConfigError(
+                key,
+                current,
+                f"{saved!r} as in the checkpointed run in {self.dir.parent} "
+                "(resume=true continues a run with the same config; start a new "
+                "run in a new directory to change it)",
+                absolute=True,
+            )
 
     def _completed_record(self) -> dict | None:
         """A completed run kept as its record only (summary.json with its config, no checkpoint:
@@ -201,8 +220,12 @@ class Checkpoints:
         if summary.get("status") != "completed" or "config" not in summary:
             return None
         self._check_same_config(summary["config"])
-        return {"finished": True, "round": summary["rounds"], "summary": summary,
-                "config": summary["config"]}  # fmt: skip
+        return {
+            "finished": True,
+            "round": summary["rounds"],
+            "summary": summary,
+            "config": summary["config"],
+        }
 
     def _restore_hydra_files(self) -> None:
         for name, text in self.hydra_files.items():
@@ -252,8 +275,10 @@ class Checkpoints:
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         self._remove_temporaries()
-        document = json.dumps({"format": FORMAT, "config": self.config,
-                               "hydra_files": self.hydra_files, **meta}, default=str)  # fmt: skip
+        document = json.dumps(
+            {"format": FORMAT, "config": self.config, "hydra_files": self.hydra_files, **meta},
+            default=str,
+        )
         tmp = self.dir / f".{FILENAME}.tmp-{os.getpid()}"
         with interrupts_deferred():  # SIGTERM / Ctrl-C wait until the checkpoint is in place
             with open(tmp, "wb") as f:

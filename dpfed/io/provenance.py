@@ -21,8 +21,9 @@ def git_commit() -> str | None:
     """The checkout's commit, or None outside a git checkout."""
     root = Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -75,9 +76,11 @@ def result_line(summary: dict, output_dir: str) -> str:
         if account is None:  # a summary from before accounts were recorded: no relation known
             parts.append(f"{column} {epsilon:.3g}")
             continue
-        parts.append(f"{column} {epsilon:.3g} at delta {summary['delta']:g} "
-                     f"({account['unit']}-level, {account['neighboring']}, "
-                     f"{summary['accountant']})")  # fmt: skip
+        parts.append(
+            f"{column} {epsilon:.3g} at delta {summary['delta']:g} "
+            f"({account['unit']}-level, {account['neighboring']}, "
+            f"{summary['accountant']})"
+        )
     # the largest of an audit's bounds (each computed so that all hold together)
     bounds = [summary.get(k) for k in ("audit/epsilon_lower", "audit/epsilon_lower_iterates")]
     bounds = [b for b in bounds if b is not None and b == b]

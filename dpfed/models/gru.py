@@ -77,8 +77,10 @@ class GRUModel:
         import tensorflow as tf
 
         x_spec, y_spec = (spec.tensor_spec() for spec in self._array_spec)
-        return (tf.TensorSpec([None, *x_spec.shape], x_spec.dtype),
-                tf.TensorSpec([None, *y_spec.shape], y_spec.dtype))  # fmt: skip
+        return (
+            tf.TensorSpec([None, *x_spec.shape], x_spec.dtype),
+            tf.TensorSpec([None, *y_spec.shape], y_spec.dtype),
+        )
 
     def keras_model(self, unroll: bool = False):
         """Returns a new, freshly initialised Keras model.
@@ -132,9 +134,11 @@ class GRUModel:
         from dpfed.runtime import tff
 
         return tff.learning.models.from_keras_model(
-            keras_model or self.keras_model(), loss=self.loss(), input_spec=self.input_spec,
+            keras_model or self.keras_model(),
+            loss=self.loss(),
+            input_spec=self.input_spec,
             metrics=self.metrics(),
-        )  # fmt: skip
+        )
 
     def metrics(self) -> list:
         """The Keras metrics: accuracy, or mean absolute error for regression."""

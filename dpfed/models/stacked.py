@@ -68,8 +68,9 @@ class StackedGRU:
         if record is not None:
             if isinstance(inputs, list):
                 inputs = tf.stack(inputs, axis=2)
-            record.add("gru", (inputs, tf.stack(previous, axis=2), tf.stack(resets, axis=2)),
-                       projections)  # fmt: skip
+            record.add(
+                "gru", (inputs, tf.stack(previous, axis=2), tf.stack(resets, axis=2)), projections
+            )
         return outputs if sequences else h
 
     def __call__(self, weights, x, training: bool = False, record=None) -> tf.Tensor:
@@ -100,12 +101,15 @@ class StackedGRU:
         for i in range(len(self.units)):
             kernel, recurrent_kernel, bias = weights[3 * i : 3 * i + 3]
             last = i == len(self.units) - 1
-            steps = self._gru(steps, kernel, recurrent_kernel, bias, not last or self.every_step,
-                              record)  # fmt: skip
+            steps = self._gru(
+                steps, kernel, recurrent_kernel, bias, not last or self.every_step, record
+            )
             if training and self.dropout:
-                steps = ([tf.nn.dropout(s, self.dropout) for s in steps]
-                         if isinstance(steps, list)
-                         else tf.nn.dropout(steps, self.dropout))  # fmt: skip
+                steps = (
+                    [tf.nn.dropout(s, self.dropout) for s in steps]
+                    if isinstance(steps, list)
+                    else tf.nn.dropout(steps, self.dropout)
+                )
         head_kernel, head_bias = weights[-2:]
         if self.every_step:
             x = tf.stack(steps, axis=2)
@@ -126,8 +130,9 @@ class StackedGRU:
         if self.regression:
             per = tf.square(out - tf.cast(y, out.dtype))
         else:
-            per = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int64),
-                                                                 logits=out)  # fmt: skip
+            per = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.cast(y, tf.int64), logits=out
+            )
         return tf.reduce_mean(per, axis=2) if self.every_step else per
 
     def metric_update(self, out, y, mask):

@@ -102,86 +102,153 @@ class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        return text if "default" in text or action.default is None else super()._get_help_string(
-            action)  # fmt: skip
+        return (
+            text
+            if "default" in text or action.default is None
+            else super()._get_help_string(action)
+        )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m dpfed.privacy", description=__doc__.split("\n\n")[0],
+        prog="python -m dpfed.privacy",
+        description=__doc__.split("\n\n")[0],
         formatter_class=DefaultsShown,
-    )  # fmt: skip
-    parser.add_argument("command", choices=("epsilon", "noise"),
-                        help="epsilon: privacy loss of a run; "
-                             "noise: noise multiplier for a target")  # fmt: skip
+    )
+    parser.add_argument(
+        "command",
+        choices=("epsilon", "noise"),
+        help="epsilon: privacy loss of a run; noise: noise multiplier for a target",
+    )
     from dpfed.privacy.accounting import DEFAULT_DELTA
     from dpfed.privacy.mechanisms import SCHEMAS
 
-    parser.add_argument("--mechanism", choices=sorted(SCHEMAS), default="gaussian",
-                        help="the dp= option")  # fmt: skip
-    parser.add_argument("--sampling", choices=SAMPLINGS, default=None,
-                        help="strategy.sampling (default: the mechanism's: shuffle for tree, "
-                             "cyclic for bandmf, else poisson)")  # fmt: skip
-    parser.add_argument("--sampling-groups", type=int, default=None,
-                        help="min_sep_poisson: groups of clients taking turns (a client's "
-                             "rounds are at least this far apart)")  # fmt: skip
+    parser.add_argument(
+        "--mechanism", choices=sorted(SCHEMAS), default="gaussian", help="the dp= option"
+    )
+    parser.add_argument(
+        "--sampling",
+        choices=SAMPLINGS,
+        default=None,
+        help="strategy.sampling (default: the mechanism's: shuffle for tree, "
+        "cyclic for bandmf, else poisson)",
+    )
+    parser.add_argument(
+        "--sampling-groups",
+        type=int,
+        default=None,
+        help="min_sep_poisson: groups of clients taking turns (a client's "
+        "rounds are at least this far apart)",
+    )
     parser.add_argument("--population", type=int, default=None, help="clients in the population")
-    parser.add_argument("--sample-size", type=int, default=None,
-                        help="clients per round (poisson: expected)")  # fmt: skip
+    parser.add_argument(
+        "--sample-size", type=int, default=None, help="clients per round (poisson: expected)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="rounds")
-    parser.add_argument("--noise-multiplier", type=float, default=None,
-                        help="noise std / clip (the run's dp.noise_multiplier; for dpsgd the "
-                             "example-level one, and noise calibrates the user-level one when "
-                             "--user-noise-multiplier > 0)")  # fmt: skip
+    parser.add_argument(
+        "--noise-multiplier",
+        type=float,
+        default=None,
+        help="noise std / clip (the run's dp.noise_multiplier; for dpsgd the "
+        "example-level one, and noise calibrates the user-level one when "
+        "--user-noise-multiplier > 0)",
+    )
     parser.add_argument("--epsilon", type=float, default=None, help="target epsilon (noise)")
     parser.add_argument("--delta", type=float, default=DEFAULT_DELTA, help="target delta")
-    parser.add_argument("--neighboring", choices=("replace_one", "zero_out", "add_remove"),
-                        default=None, help="neighbouring relation (default: the strict one of "
-                        "the sampling)")  # fmt: skip
-    parser.add_argument("--accountant", choices=("rdp", "pld", "pure"), default=None,
-                        help="default: the mechanism's (pure for laplace_local and input_noise, "
-                             "else rdp)")  # fmt: skip
-    parser.add_argument("--conversion", choices=("improved", "classic"), default=None,
-                        help="RDP to (epsilon, delta) conversion "
-                             "(rdp only; default improved)")  # fmt: skip
+    parser.add_argument(
+        "--neighboring",
+        choices=("replace_one", "zero_out", "add_remove"),
+        default=None,
+        help="neighbouring relation (default: the strict one of the sampling)",
+    )
+    parser.add_argument(
+        "--accountant",
+        choices=("rdp", "pld", "pure"),
+        default=None,
+        help="default: the mechanism's (pure for laplace_local and input_noise, else rdp)",
+    )
+    parser.add_argument(
+        "--conversion",
+        choices=("improved", "classic"),
+        default=None,
+        help="RDP to (epsilon, delta) conversion (rdp only; default improved)",
+    )
     parser.add_argument(
         "--orders",
         type=parse_orders,
         default=None,
         help="RDP orders, e.g. 1.1:10.9:0.1,12:63 (default: dp-accounting's)",
     )
-    parser.add_argument("--pld-discretization", type=float, default=None,
-                        help="PLD value discretization (pld only; default 1e-4)")  # fmt: skip
-    parser.add_argument("--participations", type=int, default=None,
-                        help="rounds one client took part in, for per-client accounts (local "
-                             "DP, record-level DP-SGD in clients); default: the most the "
-                             "sampling allows. With --mechanism bandmf and no --population or "
-                             "--sample-size: K cyclic participations evenly spaced over "
-                             "--steps. Refused where no account takes it")  # fmt: skip
+    parser.add_argument(
+        "--pld-discretization",
+        type=float,
+        default=None,
+        help="PLD value discretization (pld only; default 1e-4)",
+    )
+    parser.add_argument(
+        "--participations",
+        type=int,
+        default=None,
+        help="rounds one client took part in, for per-client accounts (local "
+        "DP, record-level DP-SGD in clients); default: the most the "
+        "sampling allows. With --mechanism bandmf and no --population or "
+        "--sample-size: K cyclic participations evenly spaced over "
+        "--steps. Refused where no account takes it",
+    )
     parser.add_argument("--local-epochs", type=int, default=1, help="dpsgd: local epochs")
-    parser.add_argument("--record-sampling", choices=("shuffle", "poisson"), default=None,
-                        help="dpsgd: how clients draw batches (default: shuffle)")  # fmt: skip
-    parser.add_argument("--client-batch-size", type=int, default=None,
-                        help="dpsgd with --record-sampling poisson: a client's expected batch "
-                             "size (strategy.batch_size)")  # fmt: skip
-    parser.add_argument("--client-records", type=float, default=None,
-                        help="dpsgd with --record-sampling poisson: the mean training records "
-                             "of a client (summary.json client_records_mean)")  # fmt: skip
-    parser.add_argument("--user-noise-multiplier", type=float, default=None,
-                        help="dpsgd: user-level noise multiplier on top (0: none)")  # fmt: skip
-    parser.add_argument("--clipped-count-stddev", type=float, default=None,
-                        help="adaptive: clipped-count noise "
-                             "(default 0.05 x sample size)")  # fmt: skip
-    parser.add_argument("--noise", choices=("laplace", "gaussian"), default=None,
-                        help="input_noise: its noise")  # fmt: skip
-    parser.add_argument("--factorization", choices=("banded", "blt", "sqrt_toeplitz"),
-                        default=None,
-                        help="bandmf: the strategy matrix (default: banded)")  # fmt: skip
-    parser.add_argument("--bands", type=int, default=None,
-                        help="bandmf: bands of a banded factorization (default: the rounds of "
-                             "an epoch)")  # fmt: skip
-    parser.add_argument("--buffers", type=int, default=None,
-                        help="bandmf: buffers of a blt factorization (default: 4)")  # fmt: skip
+    parser.add_argument(
+        "--record-sampling",
+        choices=("shuffle", "poisson"),
+        default=None,
+        help="dpsgd: how clients draw batches (default: shuffle)",
+    )
+    parser.add_argument(
+        "--client-batch-size",
+        type=int,
+        default=None,
+        help="dpsgd with --record-sampling poisson: a client's expected batch "
+        "size (strategy.batch_size)",
+    )
+    parser.add_argument(
+        "--client-records",
+        type=float,
+        default=None,
+        help="dpsgd with --record-sampling poisson: the mean training records "
+        "of a client (summary.json client_records_mean)",
+    )
+    parser.add_argument(
+        "--user-noise-multiplier",
+        type=float,
+        default=None,
+        help="dpsgd: user-level noise multiplier on top (0: none)",
+    )
+    parser.add_argument(
+        "--clipped-count-stddev",
+        type=float,
+        default=None,
+        help="adaptive: clipped-count noise (default 0.05 x sample size)",
+    )
+    parser.add_argument(
+        "--noise", choices=("laplace", "gaussian"), default=None, help="input_noise: its noise"
+    )
+    parser.add_argument(
+        "--factorization",
+        choices=("banded", "blt", "sqrt_toeplitz"),
+        default=None,
+        help="bandmf: the strategy matrix (default: banded)",
+    )
+    parser.add_argument(
+        "--bands",
+        type=int,
+        default=None,
+        help="bandmf: bands of a banded factorization (default: the rounds of an epoch)",
+    )
+    parser.add_argument(
+        "--buffers",
+        type=int,
+        default=None,
+        help="bandmf: buffers of a blt factorization (default: 4)",
+    )
     group = parser.add_argument_group("DP-SGD on pooled records (strategy=centralized)")
     group.add_argument("--dataset-size", type=int, default=None, help="training records n")
     group.add_argument("--batch-size", type=int, default=None, help="expected Poisson batch size")
@@ -195,8 +262,11 @@ def overrides(args) -> tuple[list[str], object]:
 
     out = [f"dp={args.mechanism}"]
     # --epsilon is the target only for noise; --orders is a list
-    dp = {key: flag_value(args, flag) for key, flag in DP_FLAGS.items()
-          if key not in ("target_epsilon", "orders")}  # fmt: skip
+    dp = {
+        key: flag_value(args, flag)
+        for key, flag in DP_FLAGS.items()
+        if key not in ("target_epsilon", "orders")
+    }
     dp["seed"] = 0
     if args.orders is not None:
         out.append(f"dp.orders=[{','.join(repr(o) for o in args.orders)}]")
@@ -212,30 +282,44 @@ def overrides(args) -> tuple[list[str], object]:
     for key, value in dp.items():
         if value is not None and key not in keys:
             flag = DP_FLAGS[key]
-            raise ConfigError(flag, value, f"left out with --mechanism {args.mechanism} (it has "
-                              "no such setting)")  # fmt: skip
+            raise ConfigError(
+                flag, value, f"left out with --mechanism {args.mechanism} (it has no such setting)"
+            )
     out += [f"dp.{k}={v}" for k, v in dp.items() if v is not None]
     pooled = [args.dataset_size, args.batch_size, args.epochs]
     if any(v is not None for v in pooled):
         if any(v is None for v in pooled):
-            raise ConfigError("--dataset-size", args.dataset_size,
-                              "given with --batch-size and --epochs "
-                              "(DP-SGD on pooled records)")  # fmt: skip
+            raise ConfigError(
+                "--dataset-size",
+                args.dataset_size,
+                "given with --batch-size and --epochs (DP-SGD on pooled records)",
+            )
         if args.dataset_size < 1:
             raise ConfigError("--dataset-size", args.dataset_size, ">= 1")
-        out += ["strategy=centralized", f"strategy.batch_size={args.batch_size}",
-                f"rounds={args.epochs}"]  # fmt: skip
+        out += [
+            "strategy=centralized",
+            f"strategy.batch_size={args.batch_size}",
+            f"rounds={args.epochs}",
+        ]
         n = args.dataset_size
         return out, Population(1, lambda clients: n * len(clients), 1)
-    if (args.mechanism == "bandmf" and args.participations is not None
-            and args.population is None and args.sample_size is None):  # fmt: skip
+    if (
+        args.mechanism == "bandmf"
+        and args.participations is not None
+        and args.population is None
+        and args.sample_size is None
+    ):
         # K participations evenly spaced over the steps: one client per round, cyclically
         if args.steps is None or args.participations < 1:
             raise ConfigError("--participations", args.participations, ">= 1, with --steps")
         if args.sampling not in (None, "cyclic"):  # the spacing below is cyclic sampling's
-            raise ConfigError("--participations", args.participations, "given with "
-                              f"--population and --sample-size for --sampling {args.sampling}, "
-                              "or with cyclic sampling")  # fmt: skip
+            raise ConfigError(
+                "--participations",
+                args.participations,
+                "given with "
+                f"--population and --sample-size for --sampling {args.sampling}, "
+                "or with cyclic sampling",
+            )
         args.population, args.sample_size = math.ceil(args.steps / args.participations), 1
         args.sampling = args.sampling or "cyclic"
         spaced = math.ceil(args.steps / args.population)  # what cyclic sampling gives one client
@@ -250,22 +334,33 @@ def overrides(args) -> tuple[list[str], object]:
                 "--population and --sample-size instead",
             )
         args.evenly_spaced = True
-    for flag, value in (("--population", args.population), ("--sample-size", args.sample_size),
-                        ("--steps", args.steps)):  # fmt: skip
+    for flag, value in (
+        ("--population", args.population),
+        ("--sample-size", args.sample_size),
+        ("--steps", args.steps),
+    ):
         if value is None:
-            raise ConfigError(flag, None, "given (or --dataset-size, --batch-size and --epochs "
-                              "for DP-SGD on pooled records)")  # fmt: skip
+            raise ConfigError(
+                flag,
+                None,
+                "given (or --dataset-size, --batch-size and --epochs for DP-SGD on pooled records)",
+            )
     if args.population < 1:
         raise ConfigError("--population", args.population, ">= 1")
-    out += [f"strategy.clients_per_round={args.sample_size}", f"rounds={args.steps}",
-            f"strategy.local_epochs={args.local_epochs}"]  # fmt: skip
+    out += [
+        f"strategy.clients_per_round={args.sample_size}",
+        f"rounds={args.steps}",
+        f"strategy.local_epochs={args.local_epochs}",
+    ]
     if args.sampling is not None:
         out.append(f"strategy.sampling={args.sampling}")
     if args.sampling_groups is not None:
         out.append(f"strategy.sampling_groups={args.sampling_groups}")
     if args.record_sampling == "poisson":
-        for flag, value in (("--client-batch-size", args.client_batch_size),
-                            ("--client-records", args.client_records)):  # fmt: skip
+        for flag, value in (
+            ("--client-batch-size", args.client_batch_size),
+            ("--client-records", args.client_records),
+        ):
             if value is None:
                 raise ConfigError(flag, None, "given with --record-sampling poisson")
         if not args.client_records > 0:
@@ -304,24 +399,50 @@ def compute(args) -> dict:
                 "for bandmf without --population and --sample-size, the "
                 "participation pattern; elsewhere the sampling fixes them",
             )
-    out = {"command": args.command,
-           **{k: v for k, v in vars(args).items()
-              if k not in ("command", "epsilon", "evenly_spaced")}}  # fmt: skip
+    out = {
+        "command": args.command,
+        **{k: v for k, v in vars(args).items() if k not in ("command", "epsilon", "evenly_spaced")},
+    }
     if args.command == "noise":
         out["target_epsilon"] = args.epsilon
     out["mechanism"] = plan.label
     described = plan.describe()
-    out.update({k: v for k, v in described.items()
-                if k in ("unit", "neighboring", "accounting_relation", "sampling",
-                         "sampling_probability", "accountant", "conversion", "orders",
-                         "pld_discretization",
-                         "sampling_groups", "amplified",
-                         "sensitivity", "accounted_noise_multiplier", "factorization", "bands",
-                         "buffers", "participations", "min_separation", "rounds_per_epoch",
-                         "factorization_sensitivity", "prefix_sum_rmse",
-                         "prefix_sum_max_error", "record_sampling",
-                         "record_sampling_probability", "record_steps_per_participation",
-                         "client_records_mean", "sum_noise_multiplier")})  # fmt: skip
+    out.update(
+        {
+            k: v
+            for k, v in described.items()
+            if k
+            in (
+                "unit",
+                "neighboring",
+                "accounting_relation",
+                "sampling",
+                "sampling_probability",
+                "accountant",
+                "conversion",
+                "orders",
+                "pld_discretization",
+                "sampling_groups",
+                "amplified",
+                "sensitivity",
+                "accounted_noise_multiplier",
+                "factorization",
+                "bands",
+                "buffers",
+                "participations",
+                "min_separation",
+                "rounds_per_epoch",
+                "factorization_sensitivity",
+                "prefix_sum_rmse",
+                "prefix_sum_max_error",
+                "record_sampling",
+                "record_sampling_probability",
+                "record_steps_per_participation",
+                "client_records_mean",
+                "sum_noise_multiplier",
+            )
+        }
+    )
     if "example_noise_multiplier" in described:  # dpsgd: each multiplier under its own flag
         out["noise_multiplier"] = described["example_noise_multiplier"]
         out["user_noise_multiplier"] = described["user_noise_multiplier"]
@@ -346,8 +467,10 @@ def main(argv: list[str] | None = None) -> int:
         out = compute(args)
     except ConfigError as err:
         key = err.key if err.key.startswith("--") else FLAGS.get(err.key, err.key)
-        print(f"error: {key}={err.value!r} is not allowed: {key} must be {err.allowed}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {key}={err.value!r} is not allowed: {key} must be {err.allowed}",
+            file=sys.stderr,
+        )
         return 2
     print(json.dumps(out, default=str, allow_nan=True))
     return 0

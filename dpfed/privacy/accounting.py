@@ -151,8 +151,9 @@ def _pure_epsilon(event: dp_accounting.DpEvent) -> float:
 @functools.lru_cache(maxsize=1024)
 def _rdp_of(event: dp_accounting.DpEvent, orders: tuple | None, relation) -> np.ndarray:
     """dp-accounting's RDP of one event (shared by every accountant: sampled events are slow)."""
-    accountant = RdpAccountant(orders=None if orders is None else list(orders),
-                               neighboring_relation=relation)  # fmt: skip
+    accountant = RdpAccountant(
+        orders=None if orders is None else list(orders), neighboring_relation=relation
+    )
     accountant.compose(event)
     rdp = accountant.rdp
     rdp.setflags(write=False)
@@ -226,8 +227,9 @@ def pld_points(counts, discretization: float) -> float:
     """
     widths = []
     for kind in ("gaussian", "laplace"):
-        found = [(z, n) for event, count in counts
-                 for k, z, n in _releases(event, count) if k == kind]  # fmt: skip
+        found = [
+            (z, n) for event, count in counts for k, z, n in _releases(event, count) if k == kind
+        ]
         if not found:
             continue
         z = min(z for z, _ in found)
@@ -251,9 +253,11 @@ def _pld_epsilon(counts: tuple, relation, discretization: float, delta: float) -
     """
     points = pld_points(counts, discretization)
     if points > PLD_MAX_POINTS:
-        raise PLDRefused(f"would span about {points:.2g} points (at most {PLD_MAX_POINTS:.0e}; "
-                         "a larger dp.pld_discretization is coarser and smaller)",
-                         discretization)  # fmt: skip
+        raise PLDRefused(
+            f"would span about {points:.2g} points (at most {PLD_MAX_POINTS:.0e}; "
+            "a larger dp.pld_discretization is coarser and smaller)",
+            discretization,
+        )
     accountant = PLDAccountant(relation, discretization)
     with _fits_in_memory(discretization):
         for event, count in counts:
@@ -289,19 +293,36 @@ class Accountant:
         check(str(kind) in kinds, "accountant", kind, f"one of {', '.join(kinds)}")
         check(0 < delta < 1, "delta", delta, "in (0, 1)")
         conversions = [c.value for c in Conversion]
-        check(str(conversion) in conversions, "conversion", conversion,
-              f"one of {', '.join(conversions)}")  # fmt: skip
-        check(str(conversion) == Conversion.improved.value or str(kind) == "rdp", "conversion",
-              conversion, "improved (the default) unless accountant=rdp: only RDP converts to "
-              "(epsilon, delta) in more than one way")  # fmt: skip
-        check(0 < pld_discretization <= 0.1, "pld_discretization", pld_discretization,
-              "in (0, 0.1]")  # fmt: skip
+        check(
+            str(conversion) in conversions,
+            "conversion",
+            conversion,
+            f"one of {', '.join(conversions)}",
+        )
+        check(
+            str(conversion) == Conversion.improved.value or str(kind) == "rdp",
+            "conversion",
+            conversion,
+            "improved (the default) unless accountant=rdp: only RDP converts to "
+            "(epsilon, delta) in more than one way",
+        )
+        check(
+            0 < pld_discretization <= 0.1, "pld_discretization", pld_discretization, "in (0, 0.1]"
+        )
         if orders is not None:
             orders = [float(o) for o in orders]
-            check(len(orders) > 0 and all(o > 1 for o in orders), "orders", orders,
-                  "null or a non-empty list of numbers > 1")  # fmt: skip
-            check(str(kind) == "rdp", "orders", orders, "null unless accountant=rdp (only RDP "
-                  "has orders)")  # fmt: skip
+            check(
+                len(orders) > 0 and all(o > 1 for o in orders),
+                "orders",
+                orders,
+                "null or a non-empty list of numbers > 1",
+            )
+            check(
+                str(kind) == "rdp",
+                "orders",
+                orders,
+                "null unless accountant=rdp (only RDP has orders)",
+            )
         self.kind, self.delta, self.orders = str(kind), delta, orders
         self.conversion = str(conversion)
         self.pld_discretization = pld_discretization
@@ -316,8 +337,14 @@ class Accountant:
 
     def empty(self) -> Accountant:
         """A new accountant with the same settings and nothing composed."""
-        return Accountant(self.kind, self.delta, self.relation, self.orders, self.conversion,
-                          self.pld_discretization)  # fmt: skip
+        return Accountant(
+            self.kind,
+            self.delta,
+            self.relation,
+            self.orders,
+            self.conversion,
+            self.pld_discretization,
+        )
 
     def _new_pld(self) -> IncrementalPLD | None:
         if self.kind != "pld":
@@ -379,8 +406,9 @@ class Accountant:
         if self.kind == "pure":
             return float(sum(c * _pure_epsilon(e) for e, c in counts.items()))
         if self.kind == "pld":
-            releases = tuple((e, c) for e, c in counts.items()
-                             if not isinstance(e, dp_accounting.NoOpDpEvent))  # fmt: skip
+            releases = tuple(
+                (e, c) for e, c in counts.items() if not isinstance(e, dp_accounting.NoOpDpEvent)
+            )
             eps = _pld_epsilon(releases, self.relation, self.pld_discretization, self.delta)
         else:
             rdp = sum(count * self._event_rdp(event) for event, count in counts.items())

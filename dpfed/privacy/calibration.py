@@ -50,9 +50,11 @@ def calibrate_noise_multiplier(
     while eps(high) > target_epsilon:
         if high >= top:
             reason = f"{why}, and" if why else "even"
-            raise ConfigError("target_epsilon", target_epsilon,
-                              f"reachable: {reason} noise_multiplier={top:.6g} gives epsilon "
-                              f"{eps(top):.4g}")  # fmt: skip
+            raise ConfigError(
+                "target_epsilon",
+                target_epsilon,
+                f"reachable: {reason} noise_multiplier={top:.6g} gives epsilon {eps(top):.4g}",
+            )
         high = min(high * 4, top)
 
     def eps_below_high(z: float) -> float:

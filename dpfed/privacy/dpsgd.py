@@ -73,13 +73,18 @@ def clipped_gradient_sum(keras_model, loss, x, y, clip, method: str = "ghost"):
 
 def add_seeded_noise(summed, noise_std, seed):
     """``summed`` plus N(0, noise_std^2) per coordinate, drawn from the seed pair ``seed``."""
-    return [s + seeded_normal(tf.shape(s), tf.random.experimental.stateless_fold_in(seed, i),
-                              noise_std, s.dtype)
-            for i, s in enumerate(summed)]  # fmt: skip
+    return [
+        s
+        + seeded_normal(
+            tf.shape(s), tf.random.experimental.stateless_fold_in(seed, i), noise_std, s.dtype
+        )
+        for i, s in enumerate(summed)
+    ]
 
 
-def noisy_clipped_mean_gradient(keras_model, loss, x, y, clip, noise_std, batch_size, seed,
-                                method: str = "ghost"):  # fmt: skip
+def noisy_clipped_mean_gradient(
+    keras_model, loss, x, y, clip, noise_std, batch_size, seed, method: str = "ghost"
+):
     """DP-SGD gradient: (sum of per-example gradients clipped to ``clip`` + noise) / batch_size.
 
     Args:

@@ -95,18 +95,20 @@ def _gru_norms(inputs, previous, resets, projected):
     units = resets.shape[-1]
     d_zr, d_h = projected[..., : 2 * units], projected[..., 2 * units :]
     d_hr = d_h * resets
-    bias = (2 * _squared_bias_norms(d_zr) + _squared_bias_norms(d_h)
-            + _squared_bias_norms(d_hr))  # fmt: skip
+    bias = 2 * _squared_bias_norms(d_zr) + _squared_bias_norms(d_h) + _squared_bias_norms(d_hr)
     steps, m = inputs.shape[1], inputs.shape[2]
     gram_cost = steps * (m + 5 * units)
     dense_cost = (m + units) * 2 * units + m * units + units * units
     if steps is None or gram_cost >= dense_cost:  # materialising per-example gradients is cheaper
         joint = tf.concat([inputs, previous], axis=-1)
-        return (bias + _squared_weight_norms(joint, d_zr) + _squared_weight_norms(inputs, d_h)
-                + _squared_weight_norms(previous, d_hr))  # fmt: skip
+        return (
+            bias
+            + _squared_weight_norms(joint, d_zr)
+            + _squared_weight_norms(inputs, d_h)
+            + _squared_weight_norms(previous, d_hr)
+        )
     gram_x, gram_h = _gram(inputs), _gram(previous)
-    total = ((gram_x + gram_h) * _gram(d_zr) + gram_x * _gram(d_h)
-             + gram_h * _gram(d_hr))  # fmt: skip
+    total = (gram_x + gram_h) * _gram(d_zr) + gram_x * _gram(d_h) + gram_h * _gram(d_hr)
     return bias + tf.reduce_sum(total, axis=[1, 2])
 
 
@@ -173,10 +175,15 @@ class GhostClipper:
         if isinstance(layer, tf.keras.layers.GRU):
             cell = layer.cell
             activations = (cell.activation, cell.recurrent_activation)
-            ok = (cell.reset_after and cell.use_bias
-                  and activations == (tf.keras.activations.tanh, tf.keras.activations.sigmoid)
-                  and not layer.go_backwards and not layer.stateful and not cell.dropout
-                  and not cell.recurrent_dropout)  # fmt: skip
+            ok = (
+                cell.reset_after
+                and cell.use_bias
+                and activations == (tf.keras.activations.tanh, tf.keras.activations.sigmoid)
+                and not layer.go_backwards
+                and not layer.stateful
+                and not cell.dropout
+                and not cell.recurrent_dropout
+            )
             if not ok:
                 raise ValueError(f"GhostClipper covers Keras' default GRU only, not {layer.name}")
         elif isinstance(layer, tf.keras.layers.Dense):
@@ -184,9 +191,13 @@ class GhostClipper:
                 raise ValueError(f"GhostClipper covers linear Dense layers only, not {layer.name}")
         elif not isinstance(
             layer,
-            (tf.keras.layers.InputLayer, tf.keras.layers.Embedding, tf.keras.layers.Dropout,
-             tf.keras.layers.Lambda),
-        ):  # fmt: skip
+            (
+                tf.keras.layers.InputLayer,
+                tf.keras.layers.Embedding,
+                tf.keras.layers.Dropout,
+                tf.keras.layers.Lambda,
+            ),
+        ):
             raise ValueError(f"GhostClipper does not cover layer {layer.name} ({type(layer)})")
 
     # ------------------------------------------------------------------ forward
@@ -212,16 +223,23 @@ class GhostClipper:
                 h = self._gru(layer, h, tape, records)
             elif isinstance(layer, tf.keras.layers.Dense):
                 h = _stacked(h)
-                pre = tf.matmul(h, layer.kernel) if h.shape.rank == 2 else tf.einsum(
-                    "btm,mk->btk", h, layer.kernel)  # fmt: skip
+                pre = (
+                    tf.matmul(h, layer.kernel)
+                    if h.shape.rank == 2
+                    else tf.einsum("btm,mk->btk", h, layer.kernel)
+                )
                 tape.watch(pre)
-                records.append((_Linear(layer.kernel, layer.bias if layer.use_bias else None),
-                                h, pre))  # fmt: skip
+                records.append(
+                    (_Linear(layer.kernel, layer.bias if layer.use_bias else None), h, pre)
+                )
                 h = pre + layer.bias if layer.use_bias else pre
             elif isinstance(layer, tf.keras.layers.Dropout):
                 if training and layer.rate > 0:
-                    h = ([tf.nn.dropout(t, rate=layer.rate) for t in h] if isinstance(h, list)
-                         else tf.nn.dropout(h, rate=layer.rate))  # fmt: skip
+                    h = (
+                        [tf.nn.dropout(t, rate=layer.rate) for t in h]
+                        if isinstance(h, list)
+                        else tf.nn.dropout(h, rate=layer.rate)
+                    )
             else:  # the regression head's squeeze (checked in __init__)
                 h = layer(_stacked(h))
         return _stacked(h), records
@@ -249,8 +267,13 @@ class GhostClipper:
             outputs.append(state)
         # The recurrent matmul's output gradient is the projection's, with the candidate's
         # third scaled by the reset gate (it enters as r * r_h): no per-step gradients needed.
-        records.append((("gru", cell), (_stacked(inputs), tf.stack(previous, 1),
-                                        tf.stack(resets, 1)), projections))  # fmt: skip
+        records.append(
+            (
+                ("gru", cell),
+                (_stacked(inputs), tf.stack(previous, 1), tf.stack(resets, 1)),
+                projections,
+            )
+        )
         return outputs if layer.return_sequences else state
 
     # ------------------------------------------------------------------ gradients
@@ -282,8 +305,9 @@ class GhostClipper:
         factors = tf.minimum(1.0, clip / tf.maximum(norms, 1e-12))
         grads = {}
         for (op, a, _), d in zip(records, deltas, strict=True):
-            grads.update(self._gradients(op, a, tf.nest.map_structure(
-                lambda t: _scale(t, factors), d)))  # fmt: skip
+            grads.update(
+                self._gradients(op, a, tf.nest.map_structure(lambda t: _scale(t, factors), d))
+            )
         clipped = [grads[v.ref()] for v in self.model.trainable_variables]
         return clipped, norms, losses, predictions
 
@@ -305,11 +329,15 @@ class GhostClipper:
         if kind == "embedding":
             table = layer.embeddings
             flat = tf.reshape(d, [-1, d.shape[-1]])
-            return {table.ref(): tf.math.unsorted_segment_sum(flat, tf.reshape(a, [-1]),
-                                                              table.shape[0])}  # fmt: skip
+            return {
+                table.ref(): tf.math.unsorted_segment_sum(flat, tf.reshape(a, [-1]), table.shape[0])
+            }
         kernel, recurrent, bias = _gru_gradients(*a, d)
-        return {layer.kernel.ref(): kernel, layer.recurrent_kernel.ref(): recurrent,
-                layer.bias.ref(): bias}  # fmt: skip
+        return {
+            layer.kernel.ref(): kernel,
+            layer.recurrent_kernel.ref(): recurrent,
+            layer.bias.ref(): bias,
+        }
 
 
 # --------------------------------------------------------------------------- K models at once
@@ -347,8 +375,9 @@ def _stacked_bias_norms(d):
 
 
 def _stacked_weight_gradient(a, d):
-    return tf.einsum("kbtm,kbtn->kmn", a, d) if a.shape.rank == 4 else tf.einsum(
-        "kbm,kbn->kmn", a, d)  # fmt: skip
+    return (
+        tf.einsum("kbtm,kbtn->kmn", a, d) if a.shape.rank == 4 else tf.einsum("kbm,kbn->kmn", a, d)
+    )
 
 
 def _stacked_bias_gradient(d):
@@ -360,16 +389,22 @@ def _stacked_gru_norms(inputs, previous, resets, projected):
     units = resets.shape[-1]
     d_zr, d_h = projected[..., : 2 * units], projected[..., 2 * units :]
     d_hr = d_h * resets
-    bias = (2 * _stacked_bias_norms(d_zr) + _stacked_bias_norms(d_h)
-            + _stacked_bias_norms(d_hr))  # fmt: skip
+    bias = 2 * _stacked_bias_norms(d_zr) + _stacked_bias_norms(d_h) + _stacked_bias_norms(d_hr)
     steps, m = inputs.shape[2], inputs.shape[3]
     if steps is None or steps * (m + 5 * units) >= (m + units) * 2 * units + (m + units) * units:
         joint = tf.concat([inputs, previous], axis=-1)
-        return (bias + _stacked_weight_norms(joint, d_zr) + _stacked_weight_norms(inputs, d_h)
-                + _stacked_weight_norms(previous, d_hr))  # fmt: skip
+        return (
+            bias
+            + _stacked_weight_norms(joint, d_zr)
+            + _stacked_weight_norms(inputs, d_h)
+            + _stacked_weight_norms(previous, d_hr)
+        )
     gram_x, gram_h = _stacked_gram(inputs), _stacked_gram(previous)
-    total = ((gram_x + gram_h) * _stacked_gram(d_zr) + gram_x * _stacked_gram(d_h)
-             + gram_h * _stacked_gram(d_hr))  # fmt: skip
+    total = (
+        (gram_x + gram_h) * _stacked_gram(d_zr)
+        + gram_x * _stacked_gram(d_h)
+        + gram_h * _stacked_gram(d_hr)
+    )
     return bias + tf.reduce_sum(total, axis=[2, 3])
 
 
@@ -431,7 +466,8 @@ def stacked_clipped_gradients(net, weights, x, y, mask, clip, training: bool = T
         else:
             users, vocab = tf.shape(d)[0], weights[0].shape[1]
             ids = a + vocab * tf.range(users)[:, None, None]
-            flat = tf.math.unsorted_segment_sum(tf.reshape(d, [-1, d.shape[-1]]),
-                                                tf.reshape(ids, [-1]), users * vocab)  # fmt: skip
+            flat = tf.math.unsorted_segment_sum(
+                tf.reshape(d, [-1, d.shape[-1]]), tf.reshape(ids, [-1]), users * vocab
+            )
             grads.append(tf.reshape(flat, [users, vocab, d.shape[-1]]))
     return grads, losses, out

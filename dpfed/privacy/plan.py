@@ -41,8 +41,9 @@ class Settings:
     def accountant_for(self, relation: Relation) -> Accountant:
         """A new, empty accountant with these settings under ``relation``."""
         orders = None if self.orders is None else list(self.orders)
-        return Accountant(self.accountant, self.delta, relation, orders, self.conversion,
-                          self.pld_discretization)  # fmt: skip
+        return Accountant(
+            self.accountant, self.delta, relation, orders, self.conversion, self.pld_discretization
+        )
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,16 @@ class Account:
         return self.noise_multiplier > 0
 
     def describe(self) -> dict:
-        return {"column": self.column, "unit": self.unit, "neighboring": str(self.neighboring),
-                "accounting_relation": RELATION_NAMES[self.relation],
-                "per": "participation" if self.per_participation else "round",
-                "noise_multiplier": self.noise_multiplier,
-                "sensitivity": self.sensitivity,
-                "accounted_noise_multiplier": self.noise_multiplier / self.sensitivity}  # fmt: skip
+        return {
+            "column": self.column,
+            "unit": self.unit,
+            "neighboring": str(self.neighboring),
+            "accounting_relation": RELATION_NAMES[self.relation],
+            "per": "participation" if self.per_participation else "round",
+            "noise_multiplier": self.noise_multiplier,
+            "sensitivity": self.sensitivity,
+            "accounted_noise_multiplier": self.noise_multiplier / self.sensitivity,
+        }
 
 
 def participation_neighboring(ctx: PlanContext, unit: str) -> Neighboring:
@@ -122,23 +127,41 @@ def participation_neighboring(ctx: PlanContext, unit: str) -> Neighboring:
     """
     neighboring = ctx.neighboring or Neighboring.replace_one
     if neighboring not in UNSAMPLED:
-        raise ConfigError("neighboring", str(neighboring),
-                          f"replace_one or zero_out for {unit}-level privacy without sampling "
-                          "amplification (adding or removing a unit changes what is released "
-                          "visibly)")  # fmt: skip
+        raise ConfigError(
+            "neighboring",
+            str(neighboring),
+            f"replace_one or zero_out for {unit}-level privacy without sampling "
+            "amplification (adding or removing a unit changes what is released "
+            "visibly)",
+        )
     return neighboring
 
 
 def participation_account(
-        ctx: PlanContext, column: str, unit: str, noise_multiplier: float,
-        release: Callable[[float], dp_accounting.DpEvent]) -> Account:  # fmt: skip
+    ctx: PlanContext,
+    column: str,
+    unit: str,
+    noise_multiplier: float,
+    release: Callable[[float], dp_accounting.DpEvent],
+) -> Account:
     """An account composing ``release(accounted noise multiplier)`` once per participation."""
     neighboring = participation_neighboring(ctx, unit)
     factor = 2.0 if neighboring == Neighboring.replace_one else 1.0
-    event = (dp_accounting.NonPrivateDpEvent() if noise_multiplier == 0
-             else release(noise_multiplier / factor))  # fmt: skip
-    return Account(column, unit, neighboring, UNSAMPLED[neighboring], True, lambda _: event,
-                   noise_multiplier, factor)  # fmt: skip
+    event = (
+        dp_accounting.NonPrivateDpEvent()
+        if noise_multiplier == 0
+        else release(noise_multiplier / factor)
+    )
+    return Account(
+        column,
+        unit,
+        neighboring,
+        UNSAMPLED[neighboring],
+        True,
+        lambda _: event,
+        noise_multiplier,
+        factor,
+    )
 
 
 @dataclass(frozen=True)
@@ -182,8 +205,14 @@ class PrivacyPlan:
     @functools.cached_property
     def context(self) -> PlanContext:
         """The context the accounts were built in (relation: the headline's; built once)."""
-        return PlanContext(self.sampler, self.headline.neighboring, self.rounds,
-                           self.local_epochs, self.population, self.batch_size)  # fmt: skip
+        return PlanContext(
+            self.sampler,
+            self.headline.neighboring,
+            self.rounds,
+            self.local_epochs,
+            self.population,
+            self.batch_size,
+        )
 
     @property
     def headline(self) -> Account:
@@ -203,8 +232,8 @@ class PrivacyPlan:
         return self.settings.accountant_for(account.relation)
 
     def planned_events(
-            self, account: Account, rounds: int | None = None,
-            participations: int | None = None) -> list[dp_accounting.DpEvent]:  # fmt: skip
+        self, account: Account, rounds: int | None = None, participations: int | None = None
+    ) -> list[dp_accounting.DpEvent]:
         """The events ``account`` composes over ``rounds`` rounds (default: the plan's).
 
         Per-participation accounts compose ``participations`` releases, by default
@@ -217,8 +246,12 @@ class PrivacyPlan:
             return [account.event(k) for k in range(1, participations + 1)]
         return [account.event(r) for r in range(1, rounds + 1)]
 
-    def epsilon(self, account: Account | str | None = None, rounds: int | None = None,
-                participations: int | None = None) -> float:  # fmt: skip
+    def epsilon(
+        self,
+        account: Account | str | None = None,
+        rounds: int | None = None,
+        participations: int | None = None,
+    ) -> float:
         """Epsilon of ``account`` (default: the headline) after ``rounds`` rounds."""
         if isinstance(account, str):
             account = self.account(account)
@@ -291,17 +324,25 @@ class PrivacyPlan:
         budget = self.budget_account
         if budget is None:
             return f"{self.label}: not private (epsilon is infinite)"
-        note = (f"noise multiplier {self.noise_multiplier:.6g} calibrated to target epsilon "
-                f"{self.target_epsilon:g}; " if self.target_epsilon else "")  # fmt: skip
+        note = (
+            f"noise multiplier {self.noise_multiplier:.6g} calibrated to target epsilon "
+            f"{self.target_epsilon:g}; "
+            if self.target_epsilon
+            else ""
+        )
         eps = self.epsilon(budget)
         sampling = f"{self.sampler.describe()['sampling']} sampling"
         if budget.per_participation:  # the cohort's sampler, whose amplification is not credited
-            sampling = (f"{sampling} of clients, {budget.amplification}: every participation "
-                        "of a client composed")  # fmt: skip
-        return (f"{note}{self.label} ({budget.unit}-level, {budget.neighboring} adjacency, "
-                f"{sampling}, {self.settings.accountant} "
-                f"accountant): planned {budget.column} after {self.rounds} rounds {eps:.4g} at "
-                f"delta {self.settings.delta:g}")  # fmt: skip
+            sampling = (
+                f"{sampling} of clients, {budget.amplification}: every participation "
+                "of a client composed"
+            )
+        return (
+            f"{note}{self.label} ({budget.unit}-level, {budget.neighboring} adjacency, "
+            f"{sampling}, {self.settings.accountant} "
+            f"accountant): planned {budget.column} after {self.rounds} rounds {eps:.4g} at "
+            f"delta {self.settings.delta:g}"
+        )
 
 
 def check_accountable(plan: PrivacyPlan) -> None:
@@ -316,14 +357,20 @@ def check_accountable(plan: PrivacyPlan) -> None:
             try:
                 accountant.check(event)
             except UnsupportedEventError as err:
-                raise ConfigError("accountant", plan.settings.accountant,
-                                  f"one that can compose {plan.label}'s releases for "
-                                  f"{account.column} ({err}); rdp composes every release "
-                                  "dpfed makes") from None  # fmt: skip
+                raise ConfigError(
+                    "accountant",
+                    plan.settings.accountant,
+                    f"one that can compose {plan.label}'s releases for "
+                    f"{account.column} ({err}); rdp composes every release "
+                    "dpfed makes",
+                ) from None
 
 
-def calibrate(plan_with: Callable[[float], PrivacyPlan], target_epsilon: float,
-              limit: tuple[float, str] | None = None) -> PrivacyPlan:  # fmt: skip
+def calibrate(
+    plan_with: Callable[[float], PrivacyPlan],
+    target_epsilon: float,
+    limit: tuple[float, str] | None = None,
+) -> PrivacyPlan:
     """The plan whose budget epsilon after all rounds is at most ``target_epsilon`` (within 0.5%).
 
     Args:
@@ -336,15 +383,17 @@ def calibrate(plan_with: Callable[[float], PrivacyPlan], target_epsilon: float,
     """
     probe = plan_with(1.0 if limit is None else min(1.0, limit[0] / 2))
     if probe.budget_account is None:
-        raise ConfigError("target_epsilon", target_epsilon, "null with a mechanism that "
-                          "releases nothing private")  # fmt: skip
+        raise ConfigError(
+            "target_epsilon", target_epsilon, "null with a mechanism that releases nothing private"
+        )
 
     def events_for(z):
         plan = plan_with(z)
         return plan.planned_events(plan.budget_account)
 
-    z, _ = calibrate_noise_multiplier(events_for, probe.accountant(probe.budget_account),
-                                      target_epsilon, limit=limit)  # fmt: skip
+    z, _ = calibrate_noise_multiplier(
+        events_for, probe.accountant(probe.budget_account), target_epsilon, limit=limit
+    )
     return plan_with(z)
 
 
@@ -387,16 +436,18 @@ class PrivacyLedger:
         after = self.accountants[account.column].peek(events[account.column])
         if after <= budget:
             return None
-        return (f"round {self.rounds + 1} would raise {account.column} to {after:.6g}, above "
-                f"dp.max_epsilon={budget:g}")  # fmt: skip
+        return (
+            f"round {self.rounds + 1} would raise {account.column} to {after:.6g}, above "
+            f"dp.max_epsilon={budget:g}"
+        )
 
     def record(self, round_num: int, cohort: Sequence[str], events: dict) -> dict:
         """Commits round ``round_num``; returns every epsilon so far, by column."""
         for client in cohort:
             self.participations[client] = self.participations.get(client, 0) + 1
         self.max_participations = max(
-            self.max_participations,
-            max((self.participations[c] for c in cohort), default=0))  # fmt: skip
+            self.max_participations, max((self.participations[c] for c in cohort), default=0)
+        )
         for column, event in events.items():
             self.accountants[column].record(event)
         self.rounds = round_num
@@ -415,18 +466,29 @@ class PrivacyLedger:
         accounts = []
         for account in self.plan.accounts:
             accountant = self.accountants[account.column]
-            accounts.append({**account.describe(), "epsilon": accountant.epsilon,
-                             "dp_events": accountant.events()})  # fmt: skip
+            accounts.append(
+                {
+                    **account.describe(),
+                    "epsilon": accountant.epsilon,
+                    "dp_events": accountant.events(),
+                }
+            )
         head = self.accountants[self.plan.headline.column]
-        return {**self.epsilons, "dp_events": head.events(), "accounts": accounts,
-                "max_participations": self.max_participations}  # fmt: skip
+        return {
+            **self.epsilons,
+            "dp_events": head.events(),
+            "accounts": accounts,
+            "max_participations": self.max_participations,
+        }
 
     def state_dict(self) -> dict:
         """Participation counts and every accountant's events, JSON-ready (for checkpoints)."""
-        return {"participations": self.participations, "rounds": self.rounds,
-                "max_participations": self.max_participations,
-                "accountants": {c: a.state_dict()
-                                for c, a in self.accountants.items()}}  # fmt: skip
+        return {
+            "participations": self.participations,
+            "rounds": self.rounds,
+            "max_participations": self.max_participations,
+            "accountants": {c: a.state_dict() for c, a in self.accountants.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.participations = dict(state["participations"])

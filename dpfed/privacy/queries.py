@@ -64,14 +64,17 @@ class SeededGaussianSumQuery(tfp.GaussianSumQuery):
     def make_global_state(self, l2_norm_clip, stddev, seed=None):
         """A global state; ``seed`` None starts the noise stream at its first release."""
         seed = initial_seed(self._key) if seed is None else tf.cast(seed, tf.int64)
-        return self._GlobalState(tf.cast(l2_norm_clip, tf.float32), tf.cast(stddev, tf.float32),
-                                 seed)  # fmt: skip
+        return self._GlobalState(
+            tf.cast(l2_norm_clip, tf.float32), tf.cast(stddev, tf.float32), seed
+        )
 
     def get_noised_result(self, sample_state, global_state):
         leaves = tf.nest.flatten(sample_state)
         seeds = _leaf_seeds(global_state.seed, len(leaves))
-        noised = [v + seeded_normal(tf.shape(v), s, global_state.stddev, v.dtype)
-                  for v, s in zip(leaves, seeds, strict=True)]  # fmt: skip
+        noised = [
+            v + seeded_normal(tf.shape(v), s, global_state.stddev, v.dtype)
+            for v, s in zip(leaves, seeds, strict=True)
+        ]
         event = dp_accounting.GaussianDpEvent(global_state.stddev / global_state.l2_norm_clip)
         new_state = global_state._replace(seed=next_seed(global_state.seed))
         return tf.nest.pack_sequence_as(sample_state, noised), new_state, event
@@ -101,10 +104,12 @@ class FactorizedGaussianSumQuery(SeededGaussianSumQuery):
     """
 
     _GlobalState = collections.namedtuple(
-        "_GlobalState", ["l2_norm_clip", "stddev", "seed", "noise_state"])  # fmt: skip
+        "_GlobalState", ["l2_norm_clip", "stddev", "seed", "noise_state"]
+    )
 
-    def __init__(self, l2_norm_clip, stddev, key: int, specs, stream: str, scale: float,
-                 mix, decay):  # fmt: skip
+    def __init__(
+        self, l2_norm_clip, stddev, key: int, specs, stream: str, scale: float, mix, decay
+    ):
         super().__init__(l2_norm_clip, stddev, key)
         self._specs = [tf.TensorSpec(s.shape, s.dtype) for s in tf.nest.flatten(specs)]
         self._stream, self._scale = stream, float(scale)
@@ -117,8 +122,9 @@ class FactorizedGaussianSumQuery(SeededGaussianSumQuery):
     def make_global_state(self, l2_norm_clip, stddev, seed=None, noise_state=None):
         seed = initial_seed(self._key) if seed is None else tf.cast(seed, tf.int64)
         noise_state = self._zero_state() if noise_state is None else noise_state
-        return self._GlobalState(tf.cast(l2_norm_clip, tf.float32), tf.cast(stddev, tf.float32),
-                                 seed, noise_state)  # fmt: skip
+        return self._GlobalState(
+            tf.cast(l2_norm_clip, tf.float32), tf.cast(stddev, tf.float32), seed, noise_state
+        )
 
     def _correlate(self, z, state):
         """One step of the stream for one tensor: (``y_t``, the new state)."""
@@ -139,13 +145,15 @@ class FactorizedGaussianSumQuery(SeededGaussianSumQuery):
         noised, states = [], []
         for value, seed, state in zip(leaves, seeds, global_state.noise_state, strict=True):
             z = tf.random.stateless_normal(tf.shape(value), seed=seed, dtype=tf.float64) * (
-                tf.cast(global_state.stddev, tf.float64))  # fmt: skip
+                tf.cast(global_state.stddev, tf.float64)
+            )
             y, new_state = self._correlate(z, state)
             noised.append(value + tf.cast(y, value.dtype))
             states.append(new_state)
         event = dp_accounting.UnsupportedDpEvent()  # accounted by the privacy plan, per epoch
-        new_global = global_state._replace(seed=next_seed(global_state.seed),
-                                           noise_state=tuple(states))  # fmt: skip
+        new_global = global_state._replace(
+            seed=next_seed(global_state.seed), noise_state=tuple(states)
+        )
         return tf.nest.pack_sequence_as(sample_state, noised), new_global, event
 
 
@@ -183,16 +191,37 @@ class SeededQuantileAdaptiveClipSumQuery(tfp.QuantileAdaptiveClipSumQuery):
         count_key: noise key of the clipped count.
     """
 
-    def __init__(self, initial_l2_norm_clip, noise_multiplier, target_unclipped_quantile,
-                 learning_rate, clipped_count_stddev, expected_num_records,
-                 geometric_update=True, *, sum_key: int, count_key: int):  # fmt: skip
-        super().__init__(initial_l2_norm_clip, noise_multiplier, target_unclipped_quantile,
-                         learning_rate, clipped_count_stddev, expected_num_records,
-                         geometric_update)  # fmt: skip
+    def __init__(
+        self,
+        initial_l2_norm_clip,
+        noise_multiplier,
+        target_unclipped_quantile,
+        learning_rate,
+        clipped_count_stddev,
+        expected_num_records,
+        geometric_update=True,
+        *,
+        sum_key: int,
+        count_key: int,
+    ):
+        super().__init__(
+            initial_l2_norm_clip,
+            noise_multiplier,
+            target_unclipped_quantile,
+            learning_rate,
+            clipped_count_stddev,
+            expected_num_records,
+            geometric_update,
+        )
         self._quantile_estimator_query = SeededQuantileEstimatorQuery(
-            initial_l2_norm_clip, target_unclipped_quantile, learning_rate,
-            clipped_count_stddev, expected_num_records, geometric_update, key=count_key,
-        )  # fmt: skip
+            initial_l2_norm_clip,
+            target_unclipped_quantile,
+            learning_rate,
+            clipped_count_stddev,
+            expected_num_records,
+            geometric_update,
+            key=count_key,
+        )
         self._sum_query = SeededGaussianSumQuery(
             initial_l2_norm_clip, noise_multiplier * initial_l2_norm_clip, sum_key
         )

@@ -76,8 +76,11 @@ class Sampler(abc.ABC):
             return self.default_neighboring
         if neighboring not in self.relations:
             allowed = " or ".join(str(n) for n in self.relations)
-            raise ConfigError("neighboring", str(neighboring),
-                              f"{allowed} with {self.label} sampling ({self.why_not})")  # fmt: skip
+            raise ConfigError(
+                "neighboring",
+                str(neighboring),
+                f"{allowed} with {self.label} sampling ({self.why_not})",
+            )
         return neighboring
 
     why_not: ClassVar[str] = ""
@@ -133,8 +136,12 @@ class CohortSampler(Sampler):
     """
 
     def __init__(self, population: int, clients_per_round: int, seed: int):
-        check(1 <= clients_per_round <= population, "clients_per_round", clients_per_round,
-              f"in [1, {population}] (the dataset has {population} clients)")  # fmt: skip
+        check(
+            1 <= clients_per_round <= population,
+            "clients_per_round",
+            clients_per_round,
+            f"in [1, {population}] (the dataset has {population} clients)",
+        )
         self.population, self.clients_per_round, self.seed = population, clients_per_round, seed
 
     @property
@@ -145,8 +152,11 @@ class CohortSampler(Sampler):
         return rounds
 
     def describe(self) -> dict:
-        return {"sampling": self.label, "num_clients": self.population,
-                "clients_per_round": self.clients_per_round}  # fmt: skip
+        return {
+            "sampling": self.label,
+            "num_clients": self.population,
+            "clients_per_round": self.clients_per_round,
+        }
 
 
 class FixedSizeSampler(CohortSampler):
@@ -163,8 +173,10 @@ class FixedSizeSampler(CohortSampler):
 
     label = "fixed"
     default_neighboring = Neighboring.replace_one
-    relations = {Neighboring.replace_one: Relation.REPLACE_ONE,
-                 Neighboring.zero_out: Relation.REPLACE_ONE}  # fmt: skip
+    relations = {
+        Neighboring.replace_one: Relation.REPLACE_ONE,
+        Neighboring.zero_out: Relation.REPLACE_ONE,
+    }
     why_not = "fixed-size cohorts reveal the population size, so add/remove is not analysed"
     _sample = None
 
@@ -195,10 +207,14 @@ class PoissonSampler(CohortSampler):
 
     label = "poisson"
     default_neighboring = Neighboring.add_remove
-    relations = {Neighboring.add_remove: Relation.ADD_OR_REMOVE_ONE,
-                 Neighboring.zero_out: Relation.ADD_OR_REMOVE_ONE}  # fmt: skip
-    why_not = ("dp-accounting analyses Poisson sampling under add/remove only; replacing a "
-               "client is one removal and one addition, so use zero_out or add_remove")  # fmt: skip
+    relations = {
+        Neighboring.add_remove: Relation.ADD_OR_REMOVE_ONE,
+        Neighboring.zero_out: Relation.ADD_OR_REMOVE_ONE,
+    }
+    why_not = (
+        "dp-accounting analyses Poisson sampling under add/remove only; replacing a "
+        "client is one removal and one addition, so use zero_out or add_remove"
+    )
 
     def __init__(self, population: int, clients_per_round: int, seed: int):
         super().__init__(population, clients_per_round, seed)
@@ -228,8 +244,10 @@ class ShuffleSampler(CohortSampler):
     label = "shuffle"
     epochs = True
     default_neighboring = Neighboring.replace_one
-    relations = {Neighboring.replace_one: Relation.REPLACE_ONE,
-                 Neighboring.zero_out: Relation.REPLACE_SPECIAL}  # fmt: skip
+    relations = {
+        Neighboring.replace_one: Relation.REPLACE_ONE,
+        Neighboring.zero_out: Relation.REPLACE_SPECIAL,
+    }
     why_not = "cohorts have a fixed size, so add/remove is not analysed"
 
     def __init__(self, population: int, clients_per_round: int, seed: int):
@@ -264,8 +282,11 @@ class ShuffleSampler(CohortSampler):
         return 1  # the last round of one epoch and the first of the next
 
     def describe(self) -> dict:
-        return {**super().describe(), "rounds_per_epoch": self.rounds_per_epoch,
-                "min_separation": self.min_separation}  # fmt: skip
+        return {
+            **super().describe(),
+            "rounds_per_epoch": self.rounds_per_epoch,
+            "min_separation": self.min_separation,
+        }
 
 
 class CyclicSampler(ShuffleSampler):
@@ -323,14 +344,22 @@ class MinSepPoissonSampler(CohortSampler):
     why_not = PoissonSampler.why_not
 
     def __init__(self, population: int, clients_per_round: int, seed: int, groups: int):
-        check(1 <= groups <= population, "sampling_groups", groups,
-              f"in [1, {population}] with strategy.sampling=min_sep_poisson "
-              "(the clients are split into this many groups taking turns)")  # fmt: skip
+        check(
+            1 <= groups <= population,
+            "sampling_groups",
+            groups,
+            f"in [1, {population}] with strategy.sampling=min_sep_poisson "
+            "(the clients are split into this many groups taking turns)",
+        )
         self.groups = int(groups)
         limit = population // self.groups
-        check(1 <= clients_per_round <= limit, "clients_per_round", clients_per_round,
-              f"in [1, {limit}] ({population} clients in {self.groups} groups: a group "
-              "averages that many)")  # fmt: skip
+        check(
+            1 <= clients_per_round <= limit,
+            "clients_per_round",
+            clients_per_round,
+            f"in [1, {limit}] ({population} clients in {self.groups} groups: a group "
+            "averages that many)",
+        )
         super().__init__(population, clients_per_round, seed)
         self.q = clients_per_round * self.groups / population
         self._assignment = np.random.default_rng([seed, 0, 29]).integers(
@@ -364,8 +393,12 @@ class MinSepPoissonSampler(CohortSampler):
         return math.ceil(rounds / self.groups)
 
     def describe(self) -> dict:
-        return {**super().describe(), "sampling_probability": self.q,
-                "sampling_groups": self.groups, "min_separation": self.min_separation}  # fmt: skip
+        return {
+            **super().describe(),
+            "sampling_probability": self.q,
+            "sampling_groups": self.groups,
+            "min_separation": self.min_separation,
+        }
 
 
 class RecordPoissonSampler(Sampler):
@@ -393,16 +426,27 @@ class RecordPoissonSampler(Sampler):
     def __init__(self, population, clients_per_round: int | None, batch_size: int, seed: int):
         n = population.num_clients
         m = n if clients_per_round is None else clients_per_round
-        check(1 <= m <= n, "clients_per_round", m,
-              f"null or in [1, {n}] (the dataset has {n} clients)")  # fmt: skip
+        check(
+            1 <= m <= n,
+            "clients_per_round",
+            m,
+            f"null or in [1, {n}] (the dataset has {n} clients)",
+        )
         self.population, self.seed, self.batch_size = n, seed, batch_size
         self.clients = np.sort(np.random.default_rng([seed, 43]).choice(n, m, replace=False))
-        check(population.train_records is not None, "sampling", "records",
-              "a sampling of clients: "
-              "this dataset cannot say how many records it holds")  # fmt: skip
+        check(
+            population.train_records is not None,
+            "sampling",
+            "records",
+            "a sampling of clients: this dataset cannot say how many records it holds",
+        )
         self.num_records = int(population.train_records(self.clients))
-        check(1 <= batch_size <= self.num_records, "batch_size", batch_size,
-              f"in [1, {self.num_records}] (the pooled training records)")  # fmt: skip
+        check(
+            1 <= batch_size <= self.num_records,
+            "batch_size",
+            batch_size,
+            f"in [1, {self.num_records}] (the pooled training records)",
+        )
         self.q = batch_size / self.num_records
 
     @property
@@ -425,13 +469,21 @@ class RecordPoissonSampler(Sampler):
         return rounds
 
     def describe(self) -> dict:
-        return {"sampling": self.label, "num_clients": self.population,
-                "clients_per_round": len(self.clients), "num_records": self.num_records,
-                "sampling_probability": self.q}  # fmt: skip
+        return {
+            "sampling": self.label,
+            "num_clients": self.population,
+            "clients_per_round": len(self.clients),
+            "num_records": self.num_records,
+            "sampling_probability": self.q,
+        }
 
 
-SAMPLERS = {Sampling.fixed: FixedSizeSampler, Sampling.poisson: PoissonSampler,
-            Sampling.shuffle: ShuffleSampler, Sampling.cyclic: CyclicSampler}  # fmt: skip
+SAMPLERS = {
+    Sampling.fixed: FixedSizeSampler,
+    Sampling.poisson: PoissonSampler,
+    Sampling.shuffle: ShuffleSampler,
+    Sampling.cyclic: CyclicSampler,
+}
 
 
 def build_sampler(strategy_cfg, population, seed: int) -> Sampler:
@@ -446,16 +498,23 @@ def build_sampler(strategy_cfg, population, seed: int) -> Sampler:
     """
     sampling = strategy_cfg.sampling
     if str(sampling) == RecordSampling.records:
-        return RecordPoissonSampler(population, strategy_cfg.clients_per_round,
-                                    strategy_cfg.batch_size, seed)  # fmt: skip
+        return RecordPoissonSampler(
+            population, strategy_cfg.clients_per_round, strategy_cfg.batch_size, seed
+        )
     groups = strategy_cfg.get("sampling_groups")
     if str(sampling) == Sampling.min_sep_poisson:
-        check(groups is not None, "sampling_groups", groups,
-              ">= 1 with strategy.sampling=min_sep_poisson")  # fmt: skip
-        return MinSepPoissonSampler(population.num_clients, strategy_cfg.clients_per_round,
-                                    seed, groups)  # fmt: skip
-    check(groups is None, "sampling_groups", groups,
-          "null unless strategy.sampling=min_sep_poisson")  # fmt: skip
+        check(
+            groups is not None,
+            "sampling_groups",
+            groups,
+            ">= 1 with strategy.sampling=min_sep_poisson",
+        )
+        return MinSepPoissonSampler(
+            population.num_clients, strategy_cfg.clients_per_round, seed, groups
+        )
+    check(
+        groups is None, "sampling_groups", groups, "null unless strategy.sampling=min_sep_poisson"
+    )
     return SAMPLERS[Sampling(str(sampling))](
         population.num_clients, strategy_cfg.clients_per_round, seed
     )

@@ -68,9 +68,11 @@ def random_trials(mean, distribution: str = "poisson", seed=None) -> int:
     """
     trials = draw_trials(float(mean), str(distribution), None if seed is None else int(seed))
     if trials == 0:
-        raise ValueError("the private random search drew 0 trials (Poisson): it releases "
-                         "nothing, by Papernot & Steinke's analysis; do not rerun it to get "
-                         "a run (that changes the distribution the bound is for)")  # fmt: skip
+        raise ValueError(
+            "the private random search drew 0 trials (Poisson): it releases "
+            "nothing, by Papernot & Steinke's analysis; do not rerun it to get "
+            "a run (that changes the distribution the bound is for)"
+        )
     return trials
 
 
@@ -82,8 +84,9 @@ def run_rdp(events: Sequence[tuple[dp_accounting.DpEvent, int]], relation, order
     return np.asarray(accountant._rdp, dtype=np.float64)  # noqa: SLF001 (no public getter)
 
 
-def composed_epsilon(events: Sequence[tuple[dp_accounting.DpEvent, int]], relation,
-                     delta: float) -> float:  # fmt: skip
+def composed_epsilon(
+    events: Sequence[tuple[dp_accounting.DpEvent, int]], relation, delta: float
+) -> float:
     """Epsilon at ``delta`` of ``(event, count)`` releases composed (dp-accounting's RDP
     accountant, its orders and conversion): one trial's, whose seeds' runs all compose."""
     accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
@@ -93,9 +96,14 @@ def composed_epsilon(events: Sequence[tuple[dp_accounting.DpEvent, int]], relati
     return math.inf if eps is None or math.isnan(eps) else float(eps)
 
 
-def tuning_epsilon(runs: Sequence[Sequence[tuple[dp_accounting.DpEvent, int]]], relation,
-                   delta: float, mean: float | None = None, distribution: str = "poisson",
-                   orders: Sequence[float] | None = None) -> float:  # fmt: skip
+def tuning_epsilon(
+    runs: Sequence[Sequence[tuple[dp_accounting.DpEvent, int]]],
+    relation,
+    delta: float,
+    mean: float | None = None,
+    distribution: str = "poisson",
+    orders: Sequence[float] | None = None,
+) -> float:
     """Epsilon at ``delta`` of releasing the best of K trials, each one of ``runs``.
 
     Args:

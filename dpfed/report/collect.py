@@ -111,11 +111,21 @@ def summaries(root: str | Path) -> pd.DataFrame:
     for run_dir in run_dirs(root):
         summary = json.loads((run_dir / "summary.json").read_text())
         row = {"run": str(run_dir)}
-        row.update({f"choice/{k}": v for k, v in summary.get("choices", {}).items()
-                    if not k.startswith("hydra")})  # fmt: skip
+        row.update(
+            {
+                f"choice/{k}": v
+                for k, v in summary.get("choices", {}).items()
+                if not k.startswith("hydra")
+            }
+        )
         row.update({f"override/{k}": v for k, v in _overrides(run_dir, summary).items()})
-        row.update({k: v for k, v in summary.items()
-                    if isinstance(v, str | int | float | bool) or v is None})  # fmt: skip
+        row.update(
+            {
+                k: v
+                for k, v in summary.items()
+                if isinstance(v, str | int | float | bool) or v is None
+            }
+        )
         for account in summary.get("accounts", []):  # the top-level ones are the headline's
             if account["column"] != "epsilon":
                 for key in ("unit", "neighboring"):
@@ -158,8 +168,11 @@ def audited(frame: pd.DataFrame) -> pd.DataFrame:
 
 def curves(root: str | Path) -> pd.DataFrame:
     """Every run's metrics.csv stacked, with a ``run`` column (for per-round plots)."""
-    frames = [pd.read_csv(d / "metrics.csv").assign(run=str(d))
-              for d in run_dirs(root) if (d / "metrics.csv").exists()]  # fmt: skip
+    frames = [
+        pd.read_csv(d / "metrics.csv").assign(run=str(d))
+        for d in run_dirs(root)
+        if (d / "metrics.csv").exists()
+    ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -202,9 +215,11 @@ def _numbers(column: pd.Series) -> pd.Series:
     numbers = pd.to_numeric(column, errors="coerce")
     bad = column[numbers.isna() & column.notna()]
     if not bad.empty:
-        raise KeyError(f"value column {column.name!r} holds {bad.iloc[0]!r}, which is not a "
-                       "number; averaged values must be numbers (put it in --rows or "
-                       "--columns instead)")  # fmt: skip
+        raise KeyError(
+            f"value column {column.name!r} holds {bad.iloc[0]!r}, which is not a "
+            "number; averaged values must be numbers (put it in --rows or "
+            "--columns instead)"
+        )
     return numbers
 
 
@@ -225,8 +240,9 @@ def reach_target(data: pd.DataFrame, metric: str, target: float) -> pd.DataFrame
         frame = frame.sort_values("round")
         hit = frame[frame[metric] >= target]
         if hit.empty:
-            rows.append({"run": run, "rounds_to_target": float("nan"),
-                         "bytes_to_target": float("nan")})  # fmt: skip
+            rows.append(
+                {"run": run, "rounds_to_target": float("nan"), "bytes_to_target": float("nan")}
+            )
             continue
         first = hit["round"].iloc[0]
         upto = frame[frame["round"] <= first]
@@ -300,8 +316,9 @@ def declared_trials(trial: str | Path) -> dict:
     return {"kind": "unknown"}
 
 
-def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
-                mean: float | None = None) -> list[dict]:  # fmt: skip
+def tuning_cost(
+    run_folders: list[str | Path], distribution: str = "poisson", mean: float | None = None
+) -> list[dict]:
     """Per account: the epsilon of releasing the best of these runs' trials (Papernot & Steinke).
 
     The runs are read as the trials of a random search whose number of trials
@@ -337,10 +354,18 @@ def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
     out = []
     ungrouped = [str(d) for d, t in zip(folders, trial_of, strict=True) if t is None]
     if ungrouped:  # counted as trials of their own, they would understate the cost: refuse
-        return [{"account": column, "runs": len(folders), "distribution": distribution,
-                 "error": ("runs recorded with optimized_seeds > 1 outside a seed_<s> folder of "
-                           f"their trial, whose seeds cannot be grouped: {ungrouped}")}
-                for column in columns]  # fmt: skip
+        return [
+            {
+                "account": column,
+                "runs": len(folders),
+                "distribution": distribution,
+                "error": (
+                    "runs recorded with optimized_seeds > 1 outside a seed_<s> folder of "
+                    f"their trial, whose seeds cannot be grouped: {ungrouped}"
+                ),
+            }
+            for column in columns
+        ]
     declared = [declared_trials(t) for t in trial_of]
     laws = {json.dumps(d, sort_keys=True) for d in declared}
     declared = declared[0] if declared else {"kind": "unknown"}
@@ -379,32 +404,49 @@ def tuning_cost(run_folders: list[str | Path], distribution: str = "poisson",
             for column in columns
         ]
     for column in columns:
-        accounts = [(s, t, a) for s, t in zip(loaded, trial_of, strict=True)
-                    for a in s.get("accounts", []) if a["column"] == column]  # fmt: skip
+        accounts = [
+            (s, t, a)
+            for s, t in zip(loaded, trial_of, strict=True)
+            for a in s.get("accounts", [])
+            if a["column"] == column
+        ]
         trials: dict[Path, list] = {}
         for _, trial, account in accounts:
             events = [(event_from_dict(e["event"]), e["count"]) for e in account["dp_events"]]
             trials.setdefault(trial, []).extend(events)  # a trial's seeds compose
-        row = {"account": column, "runs": len(accounts), "trials": len(trials),
-               "distribution": distribution,
-               "mean": float(len(trials) if mean is None else mean),
-               "declared": declared, "covered": declared["kind"] == "random"}  # fmt: skip
-        keys = {(s["accountant"], s["delta"], a["accounting_relation"], a["neighboring"])
-                for s, _, a in accounts}  # fmt: skip
+        row = {
+            "account": column,
+            "runs": len(accounts),
+            "trials": len(trials),
+            "distribution": distribution,
+            "mean": float(len(trials) if mean is None else mean),
+            "declared": declared,
+            "covered": declared["kind"] == "random",
+        }
+        keys = {
+            (s["accountant"], s["delta"], a["accounting_relation"], a["neighboring"])
+            for s, _, a in accounts
+        }
         if len(keys) != 1 or next(iter(keys))[0] != "rdp":
-            row["error"] = ("the runs differ in accountant, delta or relation, or do not use "
-                            f"the rdp accountant: {sorted(map(str, keys))}")  # fmt: skip
+            row["error"] = (
+                "the runs differ in accountant, delta or relation, or do not use "
+                f"the rdp accountant: {sorted(map(str, keys))}"
+            )
             out.append(row)
             continue
         _, delta, relation, neighboring = next(iter(keys))
         relation = RELATIONS_BY_NAME[relation]
         reported = [s.get(column) for s, _, _ in accounts]
-        row.update(neighboring=neighboring, delta=delta,
-                   epsilon_one_run_max=max(math.inf if e is None else e for e in reported),
-                   epsilon_one_trial_max=max(composed_epsilon(events, relation, delta)
-                                             for events in trials.values()),
-                   epsilon_tuned=tuning_epsilon(list(trials.values()), relation, delta,
-                                                mean=row["mean"],
-                                                distribution=distribution))  # fmt: skip
+        row.update(
+            neighboring=neighboring,
+            delta=delta,
+            epsilon_one_run_max=max(math.inf if e is None else e for e in reported),
+            epsilon_one_trial_max=max(
+                composed_epsilon(events, relation, delta) for events in trials.values()
+            ),
+            epsilon_tuned=tuning_epsilon(
+                list(trials.values()), relation, delta, mean=row["mean"], distribution=distribution
+            ),
+        )
         out.append(row)
     return out

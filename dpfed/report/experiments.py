@@ -49,10 +49,13 @@ def _privacy_utility(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     poisson = frame.get("record_sampling_probability", pd.Series(np.nan, index=frame.index))
     frame["unit of privacy"] = np.where(
         record,
-        np.where(poisson.notna(), "record (DP-SGD in clients, Poisson batches)",
-                 "record (DP-SGD in clients, shuffled batches)"),
+        np.where(
+            poisson.notna(),
+            "record (DP-SGD in clients, Poisson batches)",
+            "record (DP-SGD in clients, shuffled batches)",
+        ),
         "user",
-    )  # fmt: skip
+    )
     target = frame.get("override/dp.target_epsilon", pd.Series(np.nan, index=frame.index))
     frame["epsilon budget"] = pd.to_numeric(target, errors="coerce")
     private = frame[frame["mechanism"] != "none"]
@@ -61,8 +64,10 @@ def _privacy_utility(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     for dataset, runs in baseline.groupby("dataset"):  # one copy per row of the dataset
         rows = private.loc[private["dataset"] == dataset, ["mechanism", "unit of privacy"]]
         rows = sorted(set(rows.itertuples(index=False, name=None)))
-        copies += [runs.assign(**{"mechanism": m, "unit of privacy": unit})
-                   for m, unit in rows or [("none", runs["unit of privacy"].iloc[0])]]  # fmt: skip
+        copies += [
+            runs.assign(**{"mechanism": m, "unit of privacy": unit})
+            for m, unit in rows or [("none", runs["unit of privacy"].iloc[0])]
+        ]
     return pd.concat([private, *copies], ignore_index=True)
 
 
@@ -101,36 +106,79 @@ _SAME_RELATION = "dp.neighboring=zero_out"
 # about one batch, so q would be near 1), so a record's epsilon depends on its releases (rounds
 # x local epochs) alone, and from 2 on its batch of 128 holds a client's every utterance.
 _WATCH_POISSON = "dp.record_sampling=poisson"
-_WATCH_1 = ("rounds=20", "strategy.local_epochs=2", "strategy.batch_size=32", "dp.clip=0.0194",
-            "strategy.client_optimizer.learning_rate=2.1", _WATCH_POISSON)  # fmt: skip
-_WATCH_2 = ("rounds=10", "strategy.local_epochs=2", "strategy.batch_size=32", "dp.clip=0.0363",
-            "strategy.client_optimizer.learning_rate=4.55", _WATCH_POISSON)  # fmt: skip
-_WATCH_4 = ("rounds=10", "strategy.local_epochs=2", "strategy.batch_size=32", "dp.clip=0.216",
-            "strategy.client_optimizer.learning_rate=1.1", _WATCH_POISSON)  # fmt: skip
+_WATCH_1 = (
+    "rounds=20",
+    "strategy.local_epochs=2",
+    "strategy.batch_size=32",
+    "dp.clip=0.0194",
+    "strategy.client_optimizer.learning_rate=2.1",
+    _WATCH_POISSON,
+)
+_WATCH_2 = (
+    "rounds=10",
+    "strategy.local_epochs=2",
+    "strategy.batch_size=32",
+    "dp.clip=0.0363",
+    "strategy.client_optimizer.learning_rate=4.55",
+    _WATCH_POISSON,
+)
+_WATCH_4 = (
+    "rounds=10",
+    "strategy.local_epochs=2",
+    "strategy.batch_size=32",
+    "dp.clip=0.216",
+    "strategy.client_optimizer.learning_rate=1.1",
+    _WATCH_POISSON,
+)
 # 8: the search's winner at 8 (20 rounds) run for 40, which scored 0.803 against 0.730 as a
 # one-trial search at 8 (80 rounds: 0.464; experiments/README.md, watch's reruns)
-_WATCH_8 = ("rounds=40", "strategy.local_epochs=1", "strategy.batch_size=128", "dp.clip=0.846",
-            "strategy.client_optimizer.learning_rate=0.856", _WATCH_POISSON)  # fmt: skip
+_WATCH_8 = (
+    "rounds=40",
+    "strategy.local_epochs=1",
+    "strategy.batch_size=128",
+    "dp.clip=0.846",
+    "strategy.client_optimizer.learning_rate=0.856",
+    _WATCH_POISSON,
+)
 # vowels' trials score the mean of seeds 10 to 12 (optimized_seeds=3) on one fixed split
 # (dataset.seed=10): the table's seeds 0 to 2 are fresh draws of the model, the noise and the split
 # 1: the winner of the earlier search (batches of at most 32), which the current one did not beat
-_VOWELS_FEW_ROUNDS = ("model.units=[16]", "rounds=5", "strategy.local_epochs=2",
-                      "strategy.batch_size=32", "dp.clip=0.237",
-                      "strategy.client_optimizer.learning_rate=4.21")  # fmt: skip
+_VOWELS_FEW_ROUNDS = (
+    "model.units=[16]",
+    "rounds=5",
+    "strategy.local_epochs=2",
+    "strategy.batch_size=32",
+    "dp.clip=0.237",
+    "strategy.client_optimizer.learning_rate=4.21",
+)
 # 2 and 4: the search's first (random) trial, the best at both; 8: the batch-16 winner of the
 # earlier search, run with batches of 128 and the client learning rate 12 (the best of 5, 12, 25
 # tried), which beat every trial of the search at 8 (experiments/README.md, Record-level searches)
-_VOWELS_FULL_BATCH = ("model.units=[8]", "rounds=10", "strategy.local_epochs=2",
-                      "strategy.batch_size=128", "dp.clip=0.71",
-                      "strategy.client_optimizer.learning_rate=3.69")  # fmt: skip
-_VOWELS_MOST_ROUNDS = ("model.units=[8]", "rounds=50", "strategy.local_epochs=2",
-                       "strategy.batch_size=128", "dp.clip=0.0583",
-                       "strategy.client_optimizer.learning_rate=12")  # fmt: skip
+_VOWELS_FULL_BATCH = (
+    "model.units=[8]",
+    "rounds=10",
+    "strategy.local_epochs=2",
+    "strategy.batch_size=128",
+    "dp.clip=0.71",
+    "strategy.client_optimizer.learning_rate=3.69",
+)
+_VOWELS_MOST_ROUNDS = (
+    "model.units=[8]",
+    "rounds=50",
+    "strategy.local_epochs=2",
+    "strategy.batch_size=128",
+    "dp.clip=0.0583",
+    "strategy.client_optimizer.learning_rate=12",
+)
 RECORD_LEVEL: dict[str, dict[float, tuple[str, ...]]] = {
     "watch": {1: _WATCH_1, 2: _WATCH_2, 4: _WATCH_4, 8: _WATCH_8},
-    "vowels": {1: _VOWELS_FEW_ROUNDS, 2: _VOWELS_FULL_BATCH, 4: _VOWELS_FULL_BATCH,
-               8: _VOWELS_MOST_ROUNDS},
-}  # fmt: skip
+    "vowels": {
+        1: _VOWELS_FEW_ROUNDS,
+        2: _VOWELS_FULL_BATCH,
+        4: _VOWELS_FULL_BATCH,
+        8: _VOWELS_MOST_ROUNDS,
+    },
+}
 # the non-private column runs the baseline itself, whose rounds the experiment's 20 would replace
 BASELINE_ROUNDS = {"watch": 20, "vowels": 50}
 # The user-level fixed-clip mechanisms' clip per dataset, mechanism and budget: the best at seed 0
@@ -138,9 +186,12 @@ BASELINE_ROUNDS = {"watch": 20, "vowels": 50}
 # tuned preset's updates are larger: 0.3 / 1 / 3 and 0.1 / 0.3 / 1; its blt takes bandmf's clip)
 # (experiments/README.md, "The user-level rows' clip"); the table's seeds 0 to 2 rerun it.
 # adaptive picks its own clip.
-_FIXED_CLIP_MECHANISMS = {"gaussian": ("dp=gaussian",), "tree": ("dp=tree",),
-                          "bandmf": ("dp=bandmf",),
-                          "blt": ("dp=bandmf", "dp.factorization=blt")}  # fmt: skip
+_FIXED_CLIP_MECHANISMS = {
+    "gaussian": ("dp=gaussian",),
+    "tree": ("dp=tree",),
+    "bandmf": ("dp=bandmf",),
+    "blt": ("dp=bandmf", "dp.factorization=blt"),
+}
 _CLIP_03 = {1: 0.3, 2: 0.3, 4: 0.3, 8: 0.3}
 _SMART_HOME_BANDMF = {0.125: 0.3, 0.25: 0.3, 0.5: 1.0, 1: 1.0, 2: 3.0, 4: 1.0, 8: 1.0}
 USER_CLIPS: dict[tuple[str, str], dict[float, float]] = {
@@ -162,10 +213,15 @@ def _clipped_sweeps(dataset: str, cohort: int) -> list[tuple[str, ...]]:
         clips = USER_CLIPS[dataset, mechanism]
         for clip in sorted(set(clips.values())):
             budgets = ",".join(f"{b:g}" for b, c in sorted(clips.items()) if c == clip)
-            point = (*_HPARAMS[dataset], f"dataset={dataset}",
-                     f"strategy.clients_per_round={cohort}", *choice)  # fmt: skip
-            sweeps.append((*point, f"dp.clip={clip:g}", f"dp.target_epsilon={budgets}",
-                           _SAME_RELATION))  # fmt: skip
+            point = (
+                *_HPARAMS[dataset],
+                f"dataset={dataset}",
+                f"strategy.clients_per_round={cohort}",
+                *choice,
+            )
+            sweeps.append(
+                (*point, f"dp.clip={clip:g}", f"dp.target_epsilon={budgets}", _SAME_RELATION)
+            )
     return sweeps
 
 
@@ -174,20 +230,40 @@ PRIVACY_UTILITY_SWEEPS = tuple(
     for dataset, m in _COHORTS.items()
     for sweep in (
         *_clipped_sweeps(dataset, m),
-        (*_HPARAMS[dataset], f"dataset={dataset}", f"strategy.clients_per_round={m}",
-         "dp=adaptive", _BUDGETS, f"dp.clipped_count_stddev={m / 2}", _SAME_RELATION),
+        (
+            *_HPARAMS[dataset],
+            f"dataset={dataset}",
+            f"strategy.clients_per_round={m}",
+            "dp=adaptive",
+            _BUDGETS,
+            f"dp.clipped_count_stddev={m / 2}",
+            _SAME_RELATION,
+        ),
         (*_HPARAMS[dataset], f"dataset={dataset}", f"strategy.clients_per_round={m}", "dp=none"),
     )
 ) + tuple(
     sweep
     for dataset, budgets in RECORD_LEVEL.items()
     for sweep in (
-        *((f"baseline={dataset}", f"dataset={dataset}", "dp=dpsgd", f"dp.target_epsilon={b:g}",
-           *settings, _SAME_RELATION) for b, settings in budgets.items()),
-        (f"baseline={dataset}", f"dataset={dataset}", f"rounds={BASELINE_ROUNDS[dataset]}",
-         "dp=none"),
+        *(
+            (
+                f"baseline={dataset}",
+                f"dataset={dataset}",
+                "dp=dpsgd",
+                f"dp.target_epsilon={b:g}",
+                *settings,
+                _SAME_RELATION,
+            )
+            for b, settings in budgets.items()
+        ),
+        (
+            f"baseline={dataset}",
+            f"dataset={dataset}",
+            f"rounds={BASELINE_ROUNDS[dataset]}",
+            "dp=none",
+        ),
     )
-)  # fmt: skip
+)
 
 MNIST_EXPECTED = {(1.3, 15): 1.19, (1.1, 60): 3.01, (0.7, 45): 7.10}  # TF Privacy's tutorial
 
@@ -215,8 +291,12 @@ def _communication(frame: pd.DataFrame, root: Path, *, target: float) -> pd.Data
     frame["bytes up per round"] = frame["total_bytes_up"] / frame["rounds"]
     reached = reach_target(curves(root), "eval/accuracy", target)
     frame = frame.merge(reached, on="run", how="left")
-    return frame.rename(columns={"rounds_to_target": f"rounds to acc {target:g}",
-                                 "bytes_to_target": f"bytes to acc {target:g}"})  # fmt: skip
+    return frame.rename(
+        columns={
+            "rounds_to_target": f"rounds to acc {target:g}",
+            "bytes_to_target": f"bytes to acc {target:g}",
+        }
+    )
 
 
 def _audit(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
@@ -225,17 +305,26 @@ def _audit(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     frame = audited(frame)
     planted = frame.get("audit_planted_noise_factor", pd.Series(1.0, index=frame.index))
     names = {"canaries": "canary clients", "canary_gradients": "canary records"}
-    return frame.assign(**{"audit": frame["choice/audit"].map(names).fillna(frame["choice/audit"]),
-                           "noise multiplier": frame["noise_multiplier"],
-                           "planted noise factor": planted.fillna(1.0),
-                           "neighboring": frame["neighboring"]})  # fmt: skip
+    return frame.assign(
+        **{
+            "audit": frame["choice/audit"].map(names).fillna(frame["choice/audit"]),
+            "noise multiplier": frame["noise_multiplier"],
+            "planted noise factor": planted.fillna(1.0),
+            "neighboring": frame["neighboring"],
+        }
+    )
 
 
 AUDIT_MECHANISMS = "dp=gaussian,adaptive,tree,bandmf"
 _CANARY_CLIENTS = ("audit=canaries", "audit.inserted=200", "audit.held_out=200")
 # DP-SGD on the pooled records of all 1000 clients (about 32,000), 20 epochs of batches of 256
-_CANARY_RECORDS = ("strategy=centralized", "backend=reference", "dp=dpsgd",
-                   "audit=canary_gradients", "audit.canaries=2000")  # fmt: skip
+_CANARY_RECORDS = (
+    "strategy=centralized",
+    "backend=reference",
+    "dp=dpsgd",
+    "audit=canary_gradients",
+    "audit.canaries=2000",
+)
 # DP-SGD inside the clients of the federated runs (no user-level noise): record level
 _CANARY_RECORDS_IN_CLIENTS = ("dp=dpsgd", "audit=canary_gradients", "audit.canaries=2000")
 AUDIT_SWEEPS = (
@@ -248,15 +337,32 @@ AUDIT_SWEEPS = (
     (*_CANARY_RECORDS_IN_CLIENTS, "dp.noise_multiplier=4", "audit.planted_noise_factor=0,0.1"),
 )
 AUDIT_QUICK_SWEEPS = (
-    ("audit=canaries", "audit.inserted=40", "audit.held_out=40", "strategy.sampling=shuffle",
-     "strategy.clients_per_round=20", "dp=gaussian", "dp.noise_multiplier=1",
-     "audit.planted_noise_factor=1,0.1"),
+    (
+        "audit=canaries",
+        "audit.inserted=40",
+        "audit.held_out=40",
+        "strategy.sampling=shuffle",
+        "strategy.clients_per_round=20",
+        "dp=gaussian",
+        "dp.noise_multiplier=1",
+        "audit.planted_noise_factor=1,0.1",
+    ),
     # every smoke client's records (about 480), 4 epochs of batches of 32: about 60 steps
-    ("strategy=centralized", "backend=reference", "strategy.clients_per_round=null",
-     "strategy.sampling=records", "strategy.batch_size=32", "rounds=4", "strategy.eval_every=2",
-     "dp=dpsgd", "audit=canary_gradients", "audit.canaries=1000", "dp.noise_multiplier=2",
-     "audit.planted_noise_factor=1,0.1"),
-)  # fmt: skip
+    (
+        "strategy=centralized",
+        "backend=reference",
+        "strategy.clients_per_round=null",
+        "strategy.sampling=records",
+        "strategy.batch_size=32",
+        "rounds=4",
+        "strategy.eval_every=2",
+        "dp=dpsgd",
+        "audit=canary_gradients",
+        "audit.canaries=1000",
+        "dp.noise_multiplier=2",
+        "audit.planted_noise_factor=1,0.1",
+    ),
+)
 
 
 SERVER_LR = "strategy.server_optimizer.learning_rate"
@@ -270,10 +376,14 @@ def _adaptive_clip(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     clip = frame["clip"].map(lambda c: f"{c:g}" if pd.notna(c) else "")
     final = frame.get("dp/clip", pd.Series(np.nan, index=frame.index))
     labels = target_quantiles(frame).map(adaptive_label)
-    frame = frame.assign(**{"clip": clip.where(~adaptive, labels),
-                            "final clip": final.where(adaptive, frame["clip"]),
-                            "mechanism": frame["choice/dp"],
-                            "server lr": config_values(frame, SERVER_LR)})  # fmt: skip
+    frame = frame.assign(
+        **{
+            "clip": clip.where(~adaptive, labels),
+            "final clip": final.where(adaptive, frame["clip"]),
+            "mechanism": frame["choice/dp"],
+            "server lr": config_values(frame, SERVER_LR),
+        }
+    )
     tried = frame.groupby(["mechanism", "clip"])["server lr"].transform("nunique")
     frame = frame.assign(**{"server lrs tried": tried})
     return best_of(frame, ["mechanism", "clip"], "server lr", "eval/accuracy")
@@ -343,12 +453,23 @@ MF_ERROR_SWEEPS = (
 
 
 # Published settings, each point the paper's own (population, cohort, noise, rounds, delta).
-_ANDREW_2021 = ("dp=gaussian", "dataset.num_clients=1000000", "strategy.clients_per_round=510",
-                "dp.noise_multiplier=0.510", "rounds=1200",
-                "dp.delta=2.51188643150958e-7")  # 10^-6.6  # fmt: skip
-_KAIROUZ_2021 = ("dp=tree", "dataset.num_clients=342477", "strategy.clients_per_round=100",
-                 "dp.noise_multiplier=1.13,8.83", "rounds=1600", "dp.delta=1e-6",
-                 "dp.neighboring=zero_out")  # fmt: skip
+_ANDREW_2021 = (
+    "dp=gaussian",
+    "dataset.num_clients=1000000",
+    "strategy.clients_per_round=510",
+    "dp.noise_multiplier=0.510",
+    "rounds=1200",
+    "dp.delta=2.51188643150958e-7",
+)  # 10^-6.6
+_KAIROUZ_2021 = (
+    "dp=tree",
+    "dataset.num_clients=342477",
+    "strategy.clients_per_round=100",
+    "dp.noise_multiplier=1.13,8.83",
+    "rounds=1600",
+    "dp.delta=1e-6",
+    "dp.neighboring=zero_out",
+)
 PUBLISHED_SWEEPS = (
     (*_ANDREW_2021, "strategy.sampling=fixed", "dp.neighboring=zero_out,replace_one"),
     (*_ANDREW_2021, "strategy.sampling=poisson", "dp.neighboring=add_remove"),  # contrast
@@ -369,21 +490,30 @@ PUBLISHED = {
 
 def _published(frame: pd.DataFrame, root: Path) -> pd.DataFrame:
     """Rows per published setting and relation; the paper's epsilon where it is its own."""
-    keys = zip(frame["choice/dp"], frame["num_clients"], frame["clients_per_round"],
-               frame["noise_multiplier"].round(4), frame["rounds"],
-               [f"{d:.3g}" for d in frame["delta"]], frame["sampling"], frame["neighboring"],
-               strict=True)  # fmt: skip
+    keys = zip(
+        frame["choice/dp"],
+        frame["num_clients"],
+        frame["clients_per_round"],
+        frame["noise_multiplier"].round(4),
+        frame["rounds"],
+        [f"{d:.3g}" for d in frame["delta"]],
+        frame["sampling"],
+        frame["neighboring"],
+        strict=True,
+    )
     published = [PUBLISHED.get(key) for key in keys]
     paper = frame["choice/dp"].map(PAPERS)
-    return frame.assign(**{
-        "paper": [p if e else f"{p} (contrast)" for p, e in zip(paper, published, strict=True)],
-        "mechanism": frame["choice/dp"],
-        "noise": frame["noise_multiplier"],
-        "clients per round": frame["clients_per_round"],
-        "population": frame["num_clients"],
-        "published epsilon": [str(e) if e else "-" for e in published],
-        "conversion": frame["override/dp.conversion"],
-    })  # fmt: skip
+    return frame.assign(
+        **{
+            "paper": [p if e else f"{p} (contrast)" for p, e in zip(paper, published, strict=True)],
+            "mechanism": frame["choice/dp"],
+            "noise": frame["noise_multiplier"],
+            "clients per round": frame["clients_per_round"],
+            "population": frame["num_clients"],
+            "published epsilon": [str(e) if e else "-" for e in published],
+            "conversion": frame["override/dp.conversion"],
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -537,7 +667,7 @@ EXPERIMENTS = {
                 "eval/accuracy",
                 "rounds to acc {target}",
                 "bytes to acc {target}",
-            ),  # fmt: skip
+            ),
             derive=_communication,
             target=0.7,  # smart_home two hours ahead: just above the last value (about 0.69)
             quick_target=0.5,
@@ -555,7 +685,7 @@ EXPERIMENTS = {
                 ("dp=gaussian", "strategy.sampling=shuffle"),
                 ("dp=tree",),
                 ("dp=bandmf",),
-            ),  # fmt: skip
+            ),
             accounting_only=True,
             derive=_mf_error,
         ),
@@ -605,7 +735,7 @@ EXPERIMENTS = {
                 "audit/epsilon_estimate",
                 "audit/epsilon_estimate_iterates",
                 "eval/accuracy",
-            ),  # fmt: skip
+            ),
             sweeps=AUDIT_SWEEPS,
             quick_sweeps=AUDIT_QUICK_SWEEPS,
             derive=_audit,
@@ -640,8 +770,9 @@ def experiment_table(name: str, sweep_dir: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no finished run under {root}")
     if experiment.derive is not None:
         frame = experiment.derive(frame, root, **({} if target is None else {"target": target}))
-    values = [v.format(target=f"{target:g}") if target is not None else v
-              for v in experiment.values]  # fmt: skip
+    values = [
+        v.format(target=f"{target:g}") if target is not None else v for v in experiment.values
+    ]
     return table(frame, list(experiment.rows), list(experiment.columns), values)
 
 

@@ -76,8 +76,9 @@ def _grid(count: int, columns: int) -> tuple:
     """``count`` panels in rows of ``columns``; the axes beyond ``count`` are for the caller
     to hide."""
     rows = max(1, math.ceil(count / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns + 1.6, 2.9 * rows),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(3.3 * columns + 1.6, 2.9 * rows), squeeze=False
+    )
     return fig, list(axes.ravel())
 
 
@@ -88,20 +89,38 @@ def _legend(fig, axes) -> None:
             handles.setdefault(label, handle)
             labels[label] = label
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="center left",
-                   bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)  # fmt: skip
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+            fontsize=8,
+        )
 
 
 # a panel's reference lines by label; any other (the trivial predictor) is grey and dotted
 # colours no mechanism in `STYLES` uses (tab:brown was blt's and tab:green tree's)
-_REFERENCE_LINES = {"no DP": ("black", "--"), "last value": ("darkslategray", "-."),
-                    "oracle": ("magenta", (0, (1, 1)))}  # fmt: skip
+_REFERENCE_LINES = {
+    "no DP": ("black", "--"),
+    "last value": ("darkslategray", "-."),
+    "oracle": ("magenta", (0, (1, 1))),
+}
 _OTHER_REFERENCE = ("grey", ":")
 
 
-def utility_figure(frame: pd.DataFrame, x: str, y: str, out, *, panel: str = "dataset",
-                   series: str = "mechanism", xlabel: str, ylabel: str,
-                   baselines: dict | None = None) -> list[Path]:  # fmt: skip
+def utility_figure(
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    out,
+    *,
+    panel: str = "dataset",
+    series: str = "mechanism",
+    xlabel: str,
+    ylabel: str,
+    baselines: dict | None = None,
+) -> list[Path]:
     """``y`` against a swept ``x`` (e.g. the epsilon budget): mean ± std over seeds per series.
 
     Args:
@@ -123,9 +142,17 @@ def utility_figure(frame: pd.DataFrame, x: str, y: str, out, *, panel: str = "da
             stats = runs.groupby(x)[y].agg(["mean", "std"]).reset_index()
             stats = stats[np.isfinite(stats[x].astype(float))]
             colour, marker, line = style(str(name))
-            ax.errorbar(stats[x].astype(float), stats["mean"], yerr=stats["std"].fillna(0),
-                        color=colour, marker=marker, linestyle=line, capsize=3, markersize=5,
-                        label=str(name))  # fmt: skip
+            ax.errorbar(
+                stats[x].astype(float),
+                stats["mean"],
+                yerr=stats["std"].fillna(0),
+                color=colour,
+                marker=marker,
+                linestyle=line,
+                capsize=3,
+                markersize=5,
+                label=str(name),
+            )
         for label, value in (baselines or {}).get(key, {}).items():
             colour, line = _REFERENCE_LINES.get(label, _OTHER_REFERENCE)
             ax.axhline(value, color=colour, lw=1, ls=line, label=label)
@@ -149,9 +176,17 @@ def _variant_order(variant: str) -> tuple:
     return (0, float(number.group()), variant) if number else (1, 0.0, variant)
 
 
-def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "dataset",
-                  series: str = "mechanism", xlabel: str | None = None,
-                  ylabel: str | None = None) -> list[Path]:  # fmt: skip
+def curves_figure(
+    data: pd.DataFrame,
+    x: str,
+    y: str,
+    out,
+    *,
+    panel: str = "dataset",
+    series: str = "mechanism",
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+) -> list[Path]:
     """Per-round curves, mean ± std over seeds (a band) per series, one panel per ``panel``.
 
     A series named ``<family>, <variant>`` (``gaussian, eps 2``) takes its family's style, in a
@@ -204,14 +239,28 @@ def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "data
             alpha = shade.get(variant[name], 1.0) if split else 1.0
             every = max(1, len(stats) // 8)
             # staggered markers keep series that coincide distinguishable
-            ax.plot(stats[x], stats["mean"], color=colour, marker=marker, linestyle=line,
-                    alpha=alpha, markersize=4, markevery=(index % every, every),
-                    label=name)  # fmt: skip
+            ax.plot(
+                stats[x],
+                stats["mean"],
+                color=colour,
+                marker=marker,
+                linestyle=line,
+                alpha=alpha,
+                markersize=4,
+                markevery=(index % every, every),
+                label=name,
+            )
             spread = stats["std"].fillna(0)
             if spread.any():  # a family's many bands stay light where they overlap
                 band = 0.06 if split and variant[name] else 0.15
-                ax.fill_between(stats[x], stats["mean"] - spread, stats["mean"] + spread,
-                                color=colour, alpha=band, linewidth=0)  # fmt: skip
+                ax.fill_between(
+                    stats[x],
+                    stats["mean"] - spread,
+                    stats["mean"] + spread,
+                    color=colour,
+                    alpha=band,
+                    linewidth=0,
+                )
         ax.set_title(title, fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel or x, fontsize=9)
@@ -229,12 +278,16 @@ def curves_figure(data: pd.DataFrame, x: str, y: str, out, *, panel: str = "data
         ax.set_ylabel(ylabel or y, fontsize=9)
     if split:  # a family per style, a variant per shade
         looks = {f: style(f) for f in sorted(set(family.values()))}
-        handles = [Line2D([], [], color=c, marker=m, linestyle=ls, markersize=4, label=f)
-                   for f, (c, m, ls) in looks.items()]  # fmt: skip
-        handles += [Line2D([], [], color="black", alpha=shade[v], linewidth=2, label=v)
-                    for v in variants]  # fmt: skip
-        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5),
-                   frameon=False, fontsize=8)  # fmt: skip
+        handles = [
+            Line2D([], [], color=c, marker=m, linestyle=ls, markersize=4, label=f)
+            for f, (c, m, ls) in looks.items()
+        ]
+        handles += [
+            Line2D([], [], color="black", alpha=shade[v], linewidth=2, label=v) for v in variants
+        ]
+        fig.legend(
+            handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8
+        )
     else:
         _legend(fig, used)
     fig.tight_layout()
@@ -258,29 +311,56 @@ def audit_figure(frame: pd.DataFrame, out, *, xlabel: str) -> list[Path]:
     for mechanism, part in data.groupby("mechanism"):
         colour, marker, _ = style(str(mechanism))
         honest = part[part["planted"] == 1]
-        ax.scatter(honest["epsilon"], honest["bound"].clip(lower=floor),
-                   color=colour, marker=marker, label=f"{mechanism}: lower bound")  # fmt: skip
+        ax.scatter(
+            honest["epsilon"],
+            honest["bound"].clip(lower=floor),
+            color=colour,
+            marker=marker,
+            label=f"{mechanism}: lower bound",
+        )
         honest = honest[honest["estimate"].notna()]
         if not honest.empty:
-            ax.scatter(honest["epsilon"], honest["estimate"].clip(lower=floor),
-                       facecolors="none", edgecolors=colour, marker=marker,
-                       label=f"{mechanism}: one-shot estimate")  # fmt: skip
+            ax.scatter(
+                honest["epsilon"],
+                honest["estimate"].clip(lower=floor),
+                facecolors="none",
+                edgecolors=colour,
+                marker=marker,
+                label=f"{mechanism}: one-shot estimate",
+            )
     planted = data[data["planted"] < 1]
     if not planted.empty:
-        ax.scatter(planted["epsilon"], planted["bound"].clip(lower=floor),
-                   color="red", marker="X", s=60, label="planted bug: lower bound")  # fmt: skip
+        ax.scatter(
+            planted["epsilon"],
+            planted["bound"].clip(lower=floor),
+            color="red",
+            marker="X",
+            s=60,
+            label="planted bug: lower bound",
+        )
         # labels fanned out top to bottom in the order of their points, with leader lines
         ordered = planted.sort_values("bound", ascending=False)
         for i, (_, row) in enumerate(ordered.iterrows()):
-            ax.annotate(f"{row['mechanism']}, noise x{row['planted']:g}",
-                        (row["epsilon"], row["bound"]), textcoords="offset points",
-                        xytext=(24, 11 * ((len(ordered) - 1) / 2 - i)), fontsize=7,
-                        color="red", va="center",
-                        arrowprops={"arrowstyle": "-", "color": "red", "lw": 0.5})  # fmt: skip
+            ax.annotate(
+                f"{row['mechanism']}, noise x{row['planted']:g}",
+                (row["epsilon"], row["bound"]),
+                textcoords="offset points",
+                xytext=(24, 11 * ((len(ordered) - 1) / 2 - i)),
+                fontsize=7,
+                color="red",
+                va="center",
+                arrowprops={"arrowstyle": "-", "color": "red", "lw": 0.5},
+            )
     values = pd.concat([data["epsilon"], data["bound"], data["estimate"]]).astype(float)
     top = float(values[np.isfinite(values)].max()) * 2
-    ax.plot([floor, top], [floor, top], color="grey", linestyle=":", linewidth=1,
-            label="audit = accountant")  # fmt: skip
+    ax.plot(
+        [floor, top],
+        [floor, top],
+        color="grey",
+        linestyle=":",
+        linewidth=1,
+        label="audit = accountant",
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -290,8 +370,16 @@ def audit_figure(frame: pd.DataFrame, out, *, xlabel: str) -> list[Path]:
     return save(fig, out)
 
 
-def clip_figure(fixed: pd.DataFrame, adaptive: pd.DataFrame, out, *, y: str, ylabel: str,
-                note: str, trivial: tuple[str, float] | None = None) -> list[Path]:  # fmt: skip
+def clip_figure(
+    fixed: pd.DataFrame,
+    adaptive: pd.DataFrame,
+    out,
+    *,
+    y: str,
+    ylabel: str,
+    note: str,
+    trivial: tuple[str, float] | None = None,
+) -> list[Path]:
     """``y`` against the fixed clip (mean ± std over seeds, log x), and each adaptive target
     quantile's result as a horizontal band placed at its mean final clip (Andrew et al. 2021's
     claim).
@@ -311,13 +399,27 @@ def clip_figure(fixed: pd.DataFrame, adaptive: pd.DataFrame, out, *, y: str, yla
         shades = plt.cm.Blues(np.linspace(0.35, 0.75, len(rates)))
         for rate, shade in zip(rates, shades, strict=True):
             curve = fixed[fixed["server lr"] == rate].groupby("clip")[y].mean().sort_index()
-            ax.plot(curve.index, curve.values, color=shade, linewidth=0.8, marker=".",
-                    label=f"fixed clip, server lr {rate:.4g}")  # fmt: skip
+            ax.plot(
+                curve.index,
+                curve.values,
+                color=shade,
+                linewidth=0.8,
+                marker=".",
+                label=f"fixed clip, server lr {rate:.4g}",
+            )
         fixed = best_of(fixed, ["clip"], "server lr", y)
     means = fixed.groupby("clip")[y].agg(["mean", "std"]).sort_index()
     tuned = ", best server lr" if len(rates) > 1 else ""
-    ax.errorbar(means.index, means["mean"], yerr=means["std"].fillna(0), color=colour,
-                marker=marker, linestyle=line, capsize=3, label=f"fixed clip{tuned}")  # fmt: skip
+    ax.errorbar(
+        means.index,
+        means["mean"],
+        yerr=means["std"].fillna(0),
+        color=colour,
+        marker=marker,
+        linestyle=line,
+        capsize=3,
+        label=f"fixed clip{tuned}",
+    )
     first_colour, marker, _ = style("adaptive")
     for k, (quantile, runs) in enumerate(adaptive.groupby(target_quantiles(adaptive))):
         colour = first_colour if k == 0 else f"C{k + 2}"
@@ -331,8 +433,14 @@ def clip_figure(fixed: pd.DataFrame, adaptive: pd.DataFrame, out, *, y: str, yla
         ax.axhspan(mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
         ax.axhline(mean, color=colour, linestyle="--", linewidth=1.2, label=name)
         final = float(runs["dp/clip"].mean())
-        ax.plot([final], [mean], color=colour, marker=marker, linestyle="none",
-                label=f"{name}: final clip {final:.3g}")  # fmt: skip
+        ax.plot(
+            [final],
+            [mean],
+            color=colour,
+            marker=marker,
+            linestyle="none",
+            label=f"{name}: final clip {final:.3g}",
+        )
     if trivial is not None:
         ax.axhline(trivial[1], color="grey", linestyle=":", linewidth=1, label=trivial[0])
     ax.set_xscale("log")

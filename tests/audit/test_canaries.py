@@ -61,11 +61,16 @@ def test_canary_query_adds_the_sampled_canaries_clipped_before_the_noise():
 
 @pytest.mark.parametrize(
     ("overrides", "match"),
-    [(("audit.inserted=1",), r"^audit\.inserted=1 .* >= 2"),
-     (("audit.significance=0.5",), r"^audit\.significance=0\.5 .* in \(0, 0\.5\)"),
-     (("audit.planted_noise_factor=2",), r"^audit\.planted_noise_factor=2\.0 .* in \[0, 1\]"),
-     (("strategy=centralized",), r"^audit='canaries' .* canary_gradients with strategy=centralized")],
-)  # fmt: skip
+    [
+        (("audit.inserted=1",), r"^audit\.inserted=1 .* >= 2"),
+        (("audit.significance=0.5",), r"^audit\.significance=0\.5 .* in \(0, 0\.5\)"),
+        (("audit.planted_noise_factor=2",), r"^audit\.planted_noise_factor=2\.0 .* in \[0, 1\]"),
+        (
+            ("strategy=centralized",),
+            r"^audit='canaries' .* canary_gradients with strategy=centralized",
+        ),
+    ],
+)
 def test_bad_audit_settings_are_refused_before_training(overrides, match):
     from dpfed.data.base import Population
 
@@ -78,8 +83,9 @@ def test_canaries_join_the_population_the_accountant_sees():
     from dpfed.data.base import Population
 
     plain = build_privacy(compose_config("dp.seed=0"), Population(1000))
-    audited = build_privacy(compose_config("dp.seed=0", "audit=canaries", "audit.inserted=50"),
-                            Population(1000))  # fmt: skip
+    audited = build_privacy(
+        compose_config("dp.seed=0", "audit=canaries", "audit.inserted=50"), Population(1000)
+    )
     assert audited.sampler.population == 1050 and plain.sampler.population == 1000
     assert audited.epsilon() < plain.epsilon()  # q = 50/1050 < 50/1000
 
@@ -91,9 +97,16 @@ def test_local_mechanisms_are_refused(runtime):
         build("audit=canaries", "dp=laplace_local")
 
 
-AUDIT = ("audit=canaries", "audit.inserted=40", "audit.held_out=40", "rounds=6",
-         "strategy.sampling=shuffle", "strategy.clients_per_round=20", "strategy.eval_every=3",
-         "dp.neighboring=zero_out")  # fmt: skip
+AUDIT = (
+    "audit=canaries",
+    "audit.inserted=40",
+    "audit.held_out=40",
+    "rounds=6",
+    "strategy.sampling=shuffle",
+    "strategy.clients_per_round=20",
+    "strategy.eval_every=3",
+    "dp.neighboring=zero_out",
+)
 
 
 @pytest.mark.slow
@@ -102,8 +115,12 @@ def test_an_audited_run_reports_its_estimates_beside_epsilon(runtime, tmp_path):
     from scripts.recompute_epsilon import check_run
 
     sim, summary, rows = run_in_process(tmp_path, *AUDIT, "dp.noise_multiplier=1.0")
-    for column in ("audit/canaries", "audit/epsilon_lower", "audit/epsilon_estimate",
-                   "audit/epsilon_estimate_iterates"):  # fmt: skip
+    for column in (
+        "audit/canaries",
+        "audit/epsilon_lower",
+        "audit/epsilon_estimate",
+        "audit/epsilon_estimate_iterates",
+    ):
         assert column in rows.columns and column in summary
     assert list(rows["audit/epsilon_lower"].notna()) == [False, False, True, False, False, True]
     # shuffled epochs of 80 clients (40 real + 40 canaries) in cohorts of 20: every inserted
@@ -121,17 +138,25 @@ def test_an_audited_run_reports_its_estimates_beside_epsilon(runtime, tmp_path):
         "debug=smoke", "logger.tensorboard=false", *AUDIT, "dp.noise_multiplier=1.0"
     )
     path = tmp_path / "summary.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()),
-                                "config": OmegaConf.to_container(cfg, resolve=True)}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {**json.loads(path.read_text()), "config": OmegaConf.to_container(cfg, resolve=True)}
+        )
+    )
     records = check_run(tmp_path)
     assert records and all(r["match"] for r in records), records
 
 
-@pytest.mark.parametrize("mechanism", [("dp=gaussian", "dp.noise_multiplier=0.5"),
-                                       ("dp=adaptive", "dp.noise_multiplier=1.0"),
-                                       ("dp=tree", "dp.noise_multiplier=1.0"),
-                                       ("dp=bandmf", "dp.noise_multiplier=1.0")],
-                         ids=["gaussian", "adaptive", "tree", "bandmf"])  # fmt: skip
+@pytest.mark.parametrize(
+    "mechanism",
+    [
+        ("dp=gaussian", "dp.noise_multiplier=0.5"),
+        ("dp=adaptive", "dp.noise_multiplier=1.0"),
+        ("dp=tree", "dp.noise_multiplier=1.0"),
+        ("dp=bandmf", "dp.noise_multiplier=1.0"),
+    ],
+    ids=["gaussian", "adaptive", "tree", "bandmf"],
+)
 def test_the_lower_bound_stays_below_the_accountants_epsilon(runtime, tmp_path, mechanism):
     """On the audit experiment's backend; the reference backend audits the same run (below)."""
     _, summary, rows = run_in_process(tmp_path, *AUDIT, *mechanism, "backend=vectorized")
@@ -147,8 +172,9 @@ def test_the_audit_finds_a_planted_noise_bug(runtime, tmp_path):
     exceeds the claimed epsilon (and the same run with the noise it claims stays below)."""
     vectorized = ("dp.noise_multiplier=1.0", "backend=vectorized")  # as the audit experiment
     _, honest, _ = run_in_process(tmp_path / "honest", *AUDIT, *vectorized)
-    _, planted, _ = run_in_process(tmp_path / "planted", *AUDIT, *vectorized,
-                                   "audit.planted_noise_factor=0.1")  # fmt: skip
+    _, planted, _ = run_in_process(
+        tmp_path / "planted", *AUDIT, *vectorized, "audit.planted_noise_factor=0.1"
+    )
     assert planted["epsilon"] == honest["epsilon"]  # the accountant is told the same noise
     assert planted["audit_planted_noise_factor"] == 0.1
     assert honest["audit/epsilon_lower"] < honest["epsilon"] < planted["audit/epsilon_lower"]
@@ -159,8 +185,9 @@ def test_the_audit_finds_a_planted_noise_bug(runtime, tmp_path):
 def test_the_vectorized_backend_audits_the_same_run(runtime, tmp_path):
     """Canaries enter the same DP query when users train in lockstep (UserLevelQuery)."""
     _, reference, _ = run_in_process(tmp_path / "reference", *AUDIT, "dp.noise_multiplier=1.0")
-    _, vectorized, _ = run_in_process(tmp_path / "vectorized", *AUDIT, "dp.noise_multiplier=1.0",
-                                      "backend=vectorized")  # fmt: skip
+    _, vectorized, _ = run_in_process(
+        tmp_path / "vectorized", *AUDIT, "dp.noise_multiplier=1.0", "backend=vectorized"
+    )
     for key in ("audit/epsilon_lower", "audit/epsilon_estimate", "audit/epsilon_estimate_iterates"):
         assert vectorized[key] == pytest.approx(reference[key], rel=1e-3, abs=1e-6)
 
@@ -182,9 +209,17 @@ def test_clopper_pearson_bound_is_below_jeffreys_and_a_still_model_proves_nothin
 def test_the_last_line_of_an_audited_run_names_the_bound():
     from dpfed.io.provenance import result_line
 
-    summary = {"epsilon": 2.03, "delta": 1e-5, "unit": "user", "neighboring": "add_remove",
-               "accountant": "rdp", "rounds": 10, "status": "completed",
-               "audit/epsilon_lower": 0.1777, "audit_significance": 0.05}  # fmt: skip
+    summary = {
+        "epsilon": 2.03,
+        "delta": 1e-5,
+        "unit": "user",
+        "neighboring": "add_remove",
+        "accountant": "rdp",
+        "rounds": 10,
+        "status": "completed",
+        "audit/epsilon_lower": 0.1777,
+        "audit_significance": 0.05,
+    }
     line = result_line(summary, "out")
     assert (
         "epsilon 2.03 at delta 1e-05" in line and "audit: epsilon >= 0.178 (95% confidence)" in line

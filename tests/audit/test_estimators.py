@@ -140,7 +140,9 @@ def test_one_run_bound_is_where_p_value_hits_significance():
 def test_one_run_bound_monotone_in_counts_and_delta():
     by_correct = [est.one_run_epsilon_lower_bound(200, v, 1e-5) for v in range(120, 201, 10)]
     assert np.all(np.diff(by_correct) > 0)
-    by_delta = [est.one_run_epsilon_lower_bound(200, 190, d, num_canaries=1000) for d in (1e-8, 1e-5, 1e-4)]  # fmt: skip
+    by_delta = [
+        est.one_run_epsilon_lower_bound(200, 190, d, num_canaries=1000) for d in (1e-8, 1e-5, 1e-4)
+    ]
     assert np.all(np.diff(by_delta) < 0)
     # More canaries abstained on means a larger delta term: a smaller bound.
     assert est.one_run_epsilon_lower_bound(
@@ -194,10 +196,12 @@ def test_one_run_audit_pays_for_the_threshold_search():
     thresholds, _, _ = est._roc_frontier(in_scores, out_scores)
     alpha = 0.05 / len(thresholds)
     per_threshold = [
-        (est.one_run_audit(in_scores, out_scores, 1e-6, alpha, threshold=t),
-         est.one_run_audit(in_scores, out_scores, 1e-6, threshold=t))
+        (
+            est.one_run_audit(in_scores, out_scores, 1e-6, alpha, threshold=t),
+            est.one_run_audit(in_scores, out_scores, 1e-6, threshold=t),
+        )
         for t in thresholds
-    ]  # fmt: skip
+    ]
     assert searched == pytest.approx(max(c for c, _ in per_threshold), rel=1e-7)
     assert searched < max(u for _, u in per_threshold)
 
@@ -414,9 +418,7 @@ def test_one_shot_closed_form_null_reproduces_reference(dim, expected):
 
 def test_cosine_null_matches_its_density_and_gaussian_limit():
     dim = 200
-    density = np.exp(
-        special.gammaln(dim / 2) - special.gammaln((dim - 1) / 2)
-    ) / np.sqrt(np.pi)  # fmt: skip
+    density = np.exp(special.gammaln(dim / 2) - special.gammaln((dim - 1) / 2)) / np.sqrt(np.pi)
     for t in (-0.2, 0.0, 0.1, 0.25):
         tail = integrate.quad(lambda x: density * (1 - x * x) ** ((dim - 3) / 2), t, 1)[0]
         assert math.exp(est._cosine_null_logsf(t, dim)) == pytest.approx(tail, rel=1e-7)
@@ -456,10 +458,14 @@ def test_jeffreys_bound_monotone_in_significance_and_delta(alpha_or_delta):
     rng = np.random.default_rng(SEED)
     seen, unseen = rng.normal(1.0, 0.5, 100), rng.normal(0.0, 0.5, 100)
     if alpha_or_delta == "significance":
-        bounds = [est.jeffreys_epsilon_lower_bound(seen, unseen, 1e-5, a) for a in np.logspace(-3, -1, 10)]  # fmt: skip
+        bounds = [
+            est.jeffreys_epsilon_lower_bound(seen, unseen, 1e-5, a) for a in np.logspace(-3, -1, 10)
+        ]
         assert np.all(np.diff(bounds) >= 0) and bounds[-1] > bounds[0]
     else:
-        bounds = [est.jeffreys_epsilon_lower_bound(seen, unseen, d, 1e-2) for d in np.logspace(-6, -1, 10)]  # fmt: skip
+        bounds = [
+            est.jeffreys_epsilon_lower_bound(seen, unseen, d, 1e-2) for d in np.logspace(-6, -1, 10)
+        ]
         assert np.all(np.diff(bounds) <= 0) and bounds[-1] < bounds[0]
 
 

@@ -14,22 +14,39 @@ from tests.helpers import build, run_in_process
 
 # DP-SGD inside 20 of 40 smoke-sized clients per round (about 12 records, 2 batches each), 4
 # rounds: almost every client, and so almost every canary record, takes part 1 to 4 times.
-IN_CLIENTS = ("dp=dpsgd", "backend=vectorized", "audit=canary_gradients", "audit.canaries=1000",
-              "strategy.clients_per_round=20", "strategy.sampling=fixed", "rounds=4",
-              "strategy.eval_every=2", "dp.neighboring=zero_out")  # fmt: skip
+IN_CLIENTS = (
+    "dp=dpsgd",
+    "backend=vectorized",
+    "audit=canary_gradients",
+    "audit.canaries=1000",
+    "strategy.clients_per_round=20",
+    "strategy.sampling=fixed",
+    "rounds=4",
+    "strategy.eval_every=2",
+    "dp.neighboring=zero_out",
+)
 # DP-SGD on the pooled records of 40 smoke-sized clients (about 480 records), 4 epochs of
 # Poisson batches of 32 (about 60 steps): each included canary is drawn about 4 times.
-AUDIT = ("strategy=centralized", "strategy.clients_per_round=null", "dp=dpsgd",
-         "audit=canary_gradients", "audit.canaries=1000", "rounds=4", "strategy.batch_size=32",
-         "strategy.eval_every=2")  # fmt: skip
+AUDIT = (
+    "strategy=centralized",
+    "strategy.clients_per_round=null",
+    "dp=dpsgd",
+    "audit=canary_gradients",
+    "audit.canaries=1000",
+    "rounds=4",
+    "strategy.batch_size=32",
+    "strategy.eval_every=2",
+)
 
 
 @pytest.mark.parametrize(
     ("overrides", "match"),
-    [(("audit.canaries=1",), r"^audit\.canaries=1 .* >= 2"),
-     (("audit.significance=0.5",), r"^audit\.significance=0\.5 .* in \(0, 0\.5\)"),
-     (("audit.planted_noise_factor=-1",), r"^audit\.planted_noise_factor=-1\.0 .* in \[0, 1\]")],
-)  # fmt: skip
+    [
+        (("audit.canaries=1",), r"^audit\.canaries=1 .* >= 2"),
+        (("audit.significance=0.5",), r"^audit\.significance=0\.5 .* in \(0, 0\.5\)"),
+        (("audit.planted_noise_factor=-1",), r"^audit\.planted_noise_factor=-1\.0 .* in \[0, 1\]"),
+    ],
+)
 def test_bad_audit_settings_are_refused_before_training(overrides, match):
     from dpfed.data.base import Population
 
@@ -49,8 +66,13 @@ def test_canary_records_in_clients_are_refused_with_poisson_record_batches():
         ConfigError, match=r"^audit='canary_gradients' .* dp\.record_sampling=poisson"
     ):
         build_privacy(cfg, population, dp_seed=0)
-    clients = compose_config("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
-                             "dp.user_noise_multiplier=1", "audit=canaries")  # fmt: skip
+    clients = compose_config(
+        "dp=dpsgd",
+        "dp.record_sampling=poisson",
+        "dp.neighboring=zero_out",
+        "dp.user_noise_multiplier=1",
+        "audit=canaries",
+    )
     plan = build_privacy(clients, population, dp_seed=0)
     assert plan.describe()["client_records_mean"] == 12  # canary clients hold no records
     pooled = compose_config(*AUDIT, "dp.record_sampling=poisson")  # always Poisson batches there
@@ -136,8 +158,9 @@ def test_the_bound_stays_below_epsilon_and_finds_a_planted_noise_bug(runtime, tm
     from scripts.recompute_epsilon import check_run
 
     _, honest, rows = run_in_process(tmp_path / "honest", *AUDIT, "dp.noise_multiplier=2.0")
-    _, planted, _ = run_in_process(tmp_path / "planted", *AUDIT, "dp.noise_multiplier=2.0",
-                                   "audit.planted_noise_factor=0.1")  # fmt: skip
+    _, planted, _ = run_in_process(
+        tmp_path / "planted", *AUDIT, "dp.noise_multiplier=2.0", "audit.planted_noise_factor=0.1"
+    )
     for column in ("audit/canaries", "audit/epsilon_lower", "audit/epsilon_lower_iterates"):
         assert column in rows.columns and column in honest
     assert list(rows["audit/epsilon_lower"].notna()) == [False, True] * 2
@@ -171,10 +194,18 @@ def test_the_audit_statistic_survives_a_checkpoint():
 def test_the_last_line_names_the_larger_of_the_two_bounds():
     from dpfed.io.provenance import result_line
 
-    summary = {"epsilon": 2.5, "delta": 1e-5, "unit": "record", "neighboring": "add_remove",
-               "accountant": "rdp", "rounds": 20, "status": "completed",
-               "audit/epsilon_lower": 0.17, "audit/epsilon_lower_iterates": 0.42,
-               "audit_significance": 0.05}  # fmt: skip
+    summary = {
+        "epsilon": 2.5,
+        "delta": 1e-5,
+        "unit": "record",
+        "neighboring": "add_remove",
+        "accountant": "rdp",
+        "rounds": 20,
+        "status": "completed",
+        "audit/epsilon_lower": 0.17,
+        "audit/epsilon_lower_iterates": 0.42,
+        "audit_significance": 0.05,
+    }
     assert "audit: epsilon >= 0.42 (95% confidence)" in result_line(summary, "out")
     summary["audit/epsilon_lower_iterates"] = math.nan
     assert "audit: epsilon >= 0.17 (95% confidence)" in result_line(summary, "out")
@@ -207,8 +238,11 @@ def test_canary_records_in_clients_sit_in_one_batch_per_epoch_drawn_from_the_pos
     from dpfed.privacy.mechanisms.base import ExampleDP, MechanismParts
 
     model = SimpleNamespace(keras_model=lambda: SimpleNamespace(trainable_weights=[np.zeros(900)]))
-    plan = SimpleNamespace(sampler=SimpleNamespace(unit="user"), label="dpsgd",
-                           population=SimpleNamespace(num_clients=30))  # fmt: skip
+    plan = SimpleNamespace(
+        sampler=SimpleNamespace(unit="user"),
+        label="dpsgd",
+        population=SimpleNamespace(num_clients=30),
+    )
 
     def wrapped(seed):
         audit = GradientCanaryAudit(canaries=300, run_seed=seed, planted_noise_factor=0.5)
@@ -243,9 +277,9 @@ def test_canary_records_in_clients_stay_below_epsilon_record_and_find_a_planted_
     from scripts.recompute_epsilon import check_run
 
     _, honest, _ = run_in_process(tmp_path / "honest", *IN_CLIENTS, "dp.noise_multiplier=8")
-    sim, planted, rows = run_in_process(tmp_path / "planted", *IN_CLIENTS,
-                                        "dp.noise_multiplier=8",
-                                        "audit.planted_noise_factor=0")  # fmt: skip
+    sim, planted, rows = run_in_process(
+        tmp_path / "planted", *IN_CLIENTS, "dp.noise_multiplier=8", "audit.planted_noise_factor=0"
+    )
     audit = sim.audit
     drawn = audit._residual / audit.clip
     np.testing.assert_allclose(drawn, np.round(drawn), atol=1e-5)
@@ -278,8 +312,7 @@ def test_a_canary_placed_beyond_its_users_batches_is_refused_not_scored():
     from dpfed.federated.backends.vectorized import VectorizedBackend
 
     strategy = SimpleNamespace(client_update=SimpleNamespace(batch_size=2))
-    data = [ClientRound([(np.zeros((n, 3, 1), np.float32), np.zeros(n, np.int32))])
-            for n in (4, 2)]  # fmt: skip
+    data = [ClientRound([(np.zeros((n, 3, 1), np.float32), np.zeros(n, np.int32))]) for n in (4, 2)]
     backend = VectorizedBackend(users_per_shard=4)
     (shard,) = backend.pack(strategy, data, None, [[(1, 0)], [(0, 1)]])
     assert shard.get_single_element()[4].shape == (2, 2, 1)

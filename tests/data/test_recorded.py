@@ -326,9 +326,16 @@ def test_vowels_next_frame_targets_the_next_frames_coefficient():
 # --------------------------------------------------------------------------- markets
 def test_markets_return_target_is_the_next_days_log_return_from_the_csv():
     d = Markets(
-        instruments=["sp500"], client_by="instrument", target="return", seq_len=10, lags=3,
-        norm_window=20, stride=1, labels="last", **BASE,
-    )  # fmt: skip
+        instruments=["sp500"],
+        client_by="instrument",
+        target="return",
+        seq_len=10,
+        lags=3,
+        norm_window=20,
+        stride=1,
+        labels="last",
+        **BASE,
+    )
     assert d.num_clients == 1 and d.task == "regression" and d.num_features == 3
     check_contract(d)
     path = package_file("arch", "data", "sp500", "sp500.csv.gz")
@@ -342,9 +349,14 @@ def test_markets_return_target_is_the_next_days_log_return_from_the_csv():
         expected = 100 * math.log(close[t + 2] / close[t + 1])  # return t -> t + 1
         assert y[k] == pytest.approx(expected, rel=1e-4)
     direction = Markets(
-        instruments=["sp500"], client_by="instrument", target="direction", seq_len=10, lags=3,
-        norm_window=20, **BASE,
-    )  # fmt: skip
+        instruments=["sp500"],
+        client_by="instrument",
+        target="direction",
+        seq_len=10,
+        lags=3,
+        norm_window=20,
+        **BASE,
+    )
     np.testing.assert_array_equal(direction.train.arrays(0)[1], (y > 0).astype(np.int32))
 
 
@@ -355,9 +367,15 @@ def test_markets_volatility_target_compares_the_next_and_last_horizons_realized_
         assert y[t] == float(np.mean(r[t + 1 : t + 4] ** 2) > np.mean(r[t - 2 : t + 1] ** 2))
     assert np.isnan(y[:2]).all() and np.isnan(y[-3:]).all() and np.isfinite(y[2:-3]).all()
     d = Markets(
-        instruments=["sp500"], client_by="instrument", target="volatility", horizon=3,
-        seq_len=10, lags=3, norm_window=20, **BASE,
-    )  # fmt: skip
+        instruments=["sp500"],
+        client_by="instrument",
+        target="volatility",
+        horizon=3,
+        seq_len=10,
+        lags=3,
+        norm_window=20,
+        **BASE,
+    )
     assert d.task == "classification" and d.num_classes == 2
     check_contract(d)
     returns = log_returns(load_prices("sp500"))
@@ -403,10 +421,15 @@ def write_table(tmp_path, rows=30, clients=("a", "b", "c"), name="data.csv"):
         t = rng.permutation(rows)  # shuffled: the order column must sort them
         frames.append(
             pd.DataFrame(
-                {"user": c, "time": t, "x1": t * 1.0 + 100 * (ord(c) - 97), "x2": rng.normal(size=rows),
-                 "label": t % 3}
+                {
+                    "user": c,
+                    "time": t,
+                    "x1": t * 1.0 + 100 * (ord(c) - 97),
+                    "x2": rng.normal(size=rows),
+                    "label": t % 3,
+                }
             )
-        )  # fmt: skip
+        )
     frame = pd.concat(frames, ignore_index=True)
     path = tmp_path / name
     if name.endswith(".parquet"):
@@ -418,10 +441,18 @@ def write_table(tmp_path, rows=30, clients=("a", "b", "c"), name="data.csv"):
 
 def table(path, **overrides):
     kwargs = dict(
-        path=str(path), feature_columns=["x1", "x2"], target_column="label", client_column="user",
-        order_column="time", task="classification", labels="last", stride=1, standardize="none",
-        seq_len=5, **BASE,
-    )  # fmt: skip
+        path=str(path),
+        feature_columns=["x1", "x2"],
+        target_column="label",
+        client_column="user",
+        order_column="time",
+        task="classification",
+        labels="last",
+        stride=1,
+        standardize="none",
+        seq_len=5,
+        **BASE,
+    )
     kwargs.update(overrides)
     return Table(**kwargs)
 
@@ -443,8 +474,14 @@ def test_table_windows_rows_in_order_per_client(tmp_path, name):
 
 
 def test_table_without_client_column_is_partitioned(tmp_path):
-    d = table(write_table(tmp_path), client_column=None, order_column=None, num_clients=4,
-              partition="quantity", alpha=1.0)  # fmt: skip
+    d = table(
+        write_table(tmp_path),
+        client_column=None,
+        order_column=None,
+        num_clients=4,
+        partition="quantity",
+        alpha=1.0,
+    )
     assert d.num_clients == 4
     check_contract(d)
     assert sum(d.num_examples(i) for i in range(4)) == 90 - 5 + 1
@@ -582,12 +619,20 @@ def make_stackoverflow_cache(directory, clients, words):
         for split, sentences in splits.items():
             db.execute("INSERT INTO client_metadata VALUES (?, ?, ?)", (cid, split, len(sentences)))
             for text in sentences:
-                fields = {"creation_date": "2010", "score": 1, "tags": "python", "title": "t",
-                          "tokens": text, "type": "question"}  # fmt: skip
-                proto = tf.train.Example(features=tf.train.Features(
-                    feature={k: feature(v) for k, v in fields.items()}))  # fmt: skip
-                db.execute("INSERT INTO examples VALUES (?, ?, ?)",
-                           (split, cid, proto.SerializeToString()))  # fmt: skip
+                fields = {
+                    "creation_date": "2010",
+                    "score": 1,
+                    "tags": "python",
+                    "title": "t",
+                    "tokens": text,
+                    "type": "question",
+                }
+                proto = tf.train.Example(
+                    features=tf.train.Features(feature={k: feature(v) for k, v in fields.items()})
+                )
+                db.execute(
+                    "INSERT INTO examples VALUES (?, ?, ?)", (split, cid, proto.SerializeToString())
+                )
     db.commit()
     db.close()
     (directory / "datasets").mkdir()
@@ -644,6 +689,13 @@ def test_overlapping_or_client_standardized_windows_are_declared_coupled():
     default = Watch(seq_len=50, num_clients=None, examples_mean=None, eval_fraction=0.2, seed=0)
     assert "overlap" in default.population().coupled_records
     assert "standardized" in default.population().coupled_records
-    independent = Watch(seq_len=50, stride=50, standardize="window", num_clients=None,
-                        examples_mean=None, eval_fraction=0.2, seed=0)  # fmt: skip
+    independent = Watch(
+        seq_len=50,
+        stride=50,
+        standardize="window",
+        num_clients=None,
+        examples_mean=None,
+        eval_fraction=0.2,
+        seed=0,
+    )
     assert independent.population().coupled_records is None

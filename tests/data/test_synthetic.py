@@ -108,8 +108,11 @@ def test_smart_home_at_horizon_1_generates_the_data_of_the_old_default_task():
 
 def test_last_value_forecasts_each_target_by_its_current_value():
     # one step ahead, the naive forecast at step t is the target of step t - 1
-    for d in (make(SmartHome, labels="every_step", horizon=1), make(Finance, labels="every_step"),
-              make(Finance, labels="every_step", target="return")):  # fmt: skip
+    for d in (
+        make(SmartHome, labels="every_step", horizon=1),
+        make(Finance, labels="every_step"),
+        make(Finance, labels="every_step", target="return"),
+    ):
         x, y = d.eval.arrays(1)
         forecast = d.last_value(x)
         assert forecast.shape == y.shape and forecast.dtype == y.dtype

@@ -46,10 +46,14 @@ def bound_model(*overrides):
         ("model=textbook",),
         ("dataset=health", "dataset.labels=every_step", "model.outputs=every_step"),
         ("dataset=finance", "dataset.target=return", "model.units=[6,5]"),
-        ("dataset=finance", "dataset.target=return", "dataset.labels=every_step",
-         "model.outputs=every_step"),
+        (
+            "dataset=finance",
+            "dataset.target=return",
+            "dataset.labels=every_step",
+            "model.outputs=every_step",
+        ),
     ],
-)  # fmt: skip
+)
 def test_stacked_forward_equals_each_users_keras_model(overrides):
     model, dataset = bound_model(*overrides)
     x, _ = dataset.train.arrays(0)
@@ -83,9 +87,17 @@ def test_stacked_forward_embeds_tokens_for_text_models():
 
 def _rounds(strategy, sizes, round_num=1, seed=0):
     update = strategy.client_update
-    return [ClientRound.shuffled(np.arange(n * 2, dtype=np.float32).reshape(n, 1, 2) + 100 * k,
-                                 np.arange(n, dtype=np.int32), update, seed, round_num, k)
-            for k, n in enumerate(sizes)]  # fmt: skip
+    return [
+        ClientRound.shuffled(
+            np.arange(n * 2, dtype=np.float32).reshape(n, 1, 2) + 100 * k,
+            np.arange(n, dtype=np.int32),
+            update,
+            seed,
+            round_num,
+            k,
+        )
+        for k, n in enumerate(sizes)
+    ]
 
 
 def test_a_clients_round_is_a_permutation_per_epoch_keyed_by_its_position():
@@ -103,8 +115,11 @@ def test_a_clients_round_is_a_permutation_per_epoch_keyed_by_its_position():
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches[:3]]), orders[0])
     same = _rounds(strategy, [21])[0].epochs[0][1]
     np.testing.assert_array_equal(same, orders[0])  # a function of the position alone
-    for other in (_rounds(strategy, [21], round_num=2)[0], _rounds(strategy, [21], seed=1)[0],
-                  _rounds(strategy, [0, 21])[1]):  # fmt: skip
+    for other in (
+        _rounds(strategy, [21], round_num=2)[0],
+        _rounds(strategy, [21], seed=1)[0],
+        _rounds(strategy, [0, 21])[1],
+    ):
         assert not np.array_equal(other.epochs[0][1], orders[0])
 
 
@@ -125,8 +140,9 @@ def _poisson(n, q=0.1, steps=30, key=123, round_num=2, client=5):
     from dpfed.federated.backends.base import PoissonBatches
 
     x = np.arange(n, dtype=np.float32).reshape(n, 1, 1) * 2
-    return ClientRound.poisson(x, np.arange(n, dtype=np.int32), PoissonBatches(key, q, 10), steps,
-                               round_num, client)  # fmt: skip
+    return ClientRound.poisson(
+        x, np.arange(n, dtype=np.int32), PoissonBatches(key, q, 10), steps, round_num, client
+    )
 
 
 def test_poisson_batches_take_each_record_with_probability_q_keyed_by_position():
@@ -146,8 +162,9 @@ def test_poisson_batches_take_each_record_with_probability_q_keyed_by_position()
     again = _poisson(40)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(again.steps, client.steps, strict=True))
     for other in (_poisson(40, key=124), _poisson(40, round_num=3), _poisson(40, client=6)):
-        assert any(not np.array_equal(a[1], b[1])
-                   for a, b in zip(other.steps, client.steps, strict=True))  # fmt: skip
+        assert any(
+            not np.array_equal(a[1], b[1]) for a, b in zip(other.steps, client.steps, strict=True)
+        )
     full = _poisson(3, q=1.0, steps=2)  # q = 1: every step holds every record
     assert len(full.steps) == 2 and all(len(y) == 3 for _, y in full.steps)
     assert [len(y) for _, y in _poisson(0, steps=4).steps] == [0] * 4  # noise-only steps
@@ -191,8 +208,9 @@ def test_shards_hold_each_users_batches_in_order_padded_and_masked():
     assert not s1[:, 0].numpy().any()  # the user without data has no seeds
     assert x1.shape == (2, 3, 8, 1, 2) and x2.shape == (3, 1, 8, 1, 2)  # users sorted by steps
     np.testing.assert_array_equal(m1.numpy().sum((0, 2)), [0, 3, 13])  # empty user: all masked
-    np.testing.assert_array_equal(x1[:, 2].numpy()[m1[:, 2].numpy() > 0],
-                                  np.concatenate([b[0] for b in expected[0]]))  # fmt: skip
+    np.testing.assert_array_equal(
+        x1[:, 2].numpy()[m1[:, 2].numpy() > 0], np.concatenate([b[0] for b in expected[0]])
+    )
     np.testing.assert_array_equal(m2.numpy().sum((0, 2)), [21])
     assert m2[2, 0].numpy().sum() == 5 and not x2[2, 0, 5:].numpy().any()  # padded with zeros
 
@@ -220,29 +238,65 @@ def assert_same_round(reference, vectorized):
 @pytest.mark.parametrize(
     "overrides",
     [
-        ("dp=none", "strategy.weighted=true", "strategy.local_epochs=2",
-         "strategy.client_optimizer.momentum=0.9"),
-        ("dataset=finance", "dataset.target=return", "dataset.labels=every_step",
-         "model.outputs=every_step", "dp=none"),
-        ("dataset=health", "dataset.labels=every_step", "model.outputs=every_step",
-         "dp=per_layer", "dp.noise_multiplier=0.5", "dp.clip=0.01"),
+        (
+            "dp=none",
+            "strategy.weighted=true",
+            "strategy.local_epochs=2",
+            "strategy.client_optimizer.momentum=0.9",
+        ),
+        (
+            "dataset=finance",
+            "dataset.target=return",
+            "dataset.labels=every_step",
+            "model.outputs=every_step",
+            "dp=none",
+        ),
+        (
+            "dataset=health",
+            "dataset.labels=every_step",
+            "model.outputs=every_step",
+            "dp=per_layer",
+            "dp.noise_multiplier=0.5",
+            "dp.clip=0.01",
+        ),
         ("dp=tree", "dp.noise_multiplier=0.5"),
         ("dp=bandmf", "dp.noise_multiplier=0.5", "strategy.clients_per_round=10"),
         ("dp=laplace_local", "dp.noise_multiplier=5", "dp.clip=0.05"),  # seeded per client
         ("strategy=fedadam", "dp=none"),  # TFF's server optimizer state carries over
         ("dp=dpsgd", "dp.noise_multiplier=0", "dp.clip=0.05", "strategy.local_epochs=2"),
-        ("dp=dpsgd", "dp.noise_multiplier=2", "dp.clip=0.05", "strategy=fedprox",
-         "strategy.client_optimizer.momentum=0.5", "dp.user_noise_multiplier=0.5"),
+        (
+            "dp=dpsgd",
+            "dp.noise_multiplier=2",
+            "dp.clip=0.05",
+            "strategy=fedprox",
+            "strategy.client_optimizer.momentum=0.5",
+            "dp.user_noise_multiplier=0.5",
+        ),
         ("dp=dpsgd", "dataset=shakespeare", "model.units=[8]", "dp.noise_multiplier=1"),
         # Poisson batches of expected size 2: some empty (noise alone), some larger than 2
-        ("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
-         "dp.noise_multiplier=1", "dp.clip=0.05", "strategy.batch_size=2"),
+        (
+            "dp=dpsgd",
+            "dp.record_sampling=poisson",
+            "dp.neighboring=zero_out",
+            "dp.noise_multiplier=1",
+            "dp.clip=0.05",
+            "strategy.batch_size=2",
+        ),
     ],
-    ids=["weighted-momentum", "regression-every-step", "per-layer", "tree", "bandmf", "local",
-         "fedadam",
-         "dpsgd-binding-clip", "dpsgd-noise-fedprox-user-level", "dpsgd-text",
-         "dpsgd-poisson-records"],
-)  # fmt: skip
+    ids=[
+        "weighted-momentum",
+        "regression-every-step",
+        "per-layer",
+        "tree",
+        "bandmf",
+        "local",
+        "fedadam",
+        "dpsgd-binding-clip",
+        "dpsgd-noise-fedprox-user-level",
+        "dpsgd-text",
+        "dpsgd-poisson-records",
+    ],
+)
 def test_a_round_is_the_reference_round(runtime, overrides):
     server = () if "strategy=fedadam" in overrides else PLAIN_SERVER
     # tree and bandmf draw their own epochs (shuffled, cyclic)
@@ -278,8 +332,12 @@ def test_seeded_noise_is_drawn_identically(runtime):
 
 @pytest.mark.slow
 def test_adaptive_clipping_over_two_rounds(runtime):
-    overrides = ("dp=adaptive", "dp.noise_multiplier=0.5", "dp.clipped_count_stddev=1.0",
-                 "dp.initial_clip=0.01")  # fmt: skip
+    overrides = (
+        "dp=adaptive",
+        "dp.noise_multiplier=0.5",
+        "dp.clipped_count_stddev=1.0",
+        "dp.initial_clip=0.01",
+    )
     reference = first_rounds(*FIXED, *overrides, rounds=2)
     vectorized = first_rounds(*FIXED, *overrides, *VECTORIZED, rounds=2)
     assert_same_round(reference, vectorized)
@@ -288,8 +346,13 @@ def test_adaptive_clipping_over_two_rounds(runtime):
 
 @pytest.mark.slow
 def test_fedprox_equals_the_reference(runtime):
-    overrides = ("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none",
-                 "strategy.weighted=true", *FIXED)  # fmt: skip
+    overrides = (
+        "strategy=fedprox",
+        "strategy.proximal_strength=0.5",
+        "dp=none",
+        "strategy.weighted=true",
+        *FIXED,
+    )
     reference = first_rounds(*overrides)
     vectorized = first_rounds(*overrides, *VECTORIZED)
     assert_same_round(reference, vectorized)
@@ -327,17 +390,34 @@ def test_a_vectorized_run_completes_and_writes_metrics(runtime, tmp_path):
         (("backend=vectorized", "backend.users_per_shard=0"), "backend.users_per_shard"),
         (("backend=vectorized", "strategy=fedsgd"), "backend"),
         (("backend=vectorized", "strategy=centralized"), "backend"),
-        (("backend=vectorized", "optimizer@strategy.client_optimizer=adam"),
-         "strategy.client_optimizer"),
+        (
+            ("backend=vectorized", "optimizer@strategy.client_optimizer=adam"),
+            "strategy.client_optimizer",
+        ),
         (("strategy=fedsgd", "dp=dpsgd"), "strategy"),
         (("strategy=fedsgd", "dp=laplace_local"), "strategy"),
         # a client's weight would count the records its Poisson batches drew (both backends)
-        (("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
-          "strategy.weighted=true"), "strategy.weighted"),
-        (("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
-          "strategy.weighted=true", "backend=vectorized"), "strategy.weighted"),
+        (
+            (
+                "dp=dpsgd",
+                "dp.record_sampling=poisson",
+                "dp.neighboring=zero_out",
+                "strategy.weighted=true",
+            ),
+            "strategy.weighted",
+        ),
+        (
+            (
+                "dp=dpsgd",
+                "dp.record_sampling=poisson",
+                "dp.neighboring=zero_out",
+                "strategy.weighted=true",
+                "backend=vectorized",
+            ),
+            "strategy.weighted",
+        ),
     ],
-)  # fmt: skip
+)
 def test_unsupported_settings_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:
         build_simulation(compose_config("debug=smoke", *overrides))

@@ -20,13 +20,17 @@ FIXED = "strategy.sampling=fixed"
 # (gaussian and dpsgd keep the noise-free check, the tree its own test; fedsgd trains under DP;
 # laplace_local reports local epsilon; DP-SGD's cap binds in the clients).
 SLOW_CASES = {
-    *(f"test_every_strategy_trains_with_user_level_dp[{s}]"
-      for s in ("fedadam", "fedyogi", "fedprox")),
-    *(f"test_without_noise_or_clipping_every_mechanism_is_its_non_private_counterpart[{m}]"
-      for m in ("adaptive", "bandmf", "gaussian_local", "laplace_local", "per_layer", "tree")),
+    *(
+        f"test_every_strategy_trains_with_user_level_dp[{s}]"
+        for s in ("fedadam", "fedyogi", "fedprox")
+    ),
+    *(
+        f"test_without_noise_or_clipping_every_mechanism_is_its_non_private_counterpart[{m}]"
+        for m in ("adaptive", "bandmf", "gaussian_local", "laplace_local", "per_layer", "tree")
+    ),
     "test_max_epsilon_binds_record_level_dp_sgd_too[overrides0]",
     "test_local_dp_reports_the_worst_clients_epsilon[gaussian_local]",
-}  # fmt: skip
+}
 
 
 def test_updates_are_clipped_to_clip(runtime):
@@ -50,8 +54,12 @@ def test_noise_std_is_noise_multiplier_times_clip_over_expected_cohort(runtime):
 def test_an_empty_poisson_cohort_still_releases_its_noise(runtime):
     """Skipping the round would reveal that nobody was sampled (not what Poisson analysis assumes)."""
     z, clip = 2.0, 1e-3
-    sim = build("strategy.clients_per_round=1", f"dp.noise_multiplier={z}", f"dp.clip={clip}",
-                "strategy.server_optimizer.momentum=null")  # fmt: skip
+    sim = build(
+        "strategy.clients_per_round=1",
+        f"dp.noise_multiplier={z}",
+        f"dp.clip={clip}",
+        "strategy.server_optimizer.momentum=null",
+    )
     empty = next(r for r in range(1, 50) if not sim.sampler.sample(r))
     state = sim.process.initialize()
     before = [np.asarray(w) for w in sim.process.get_model_weights(state).trainable]
@@ -96,18 +104,26 @@ def test_max_epsilon_stops_before_the_round_that_would_exceed_it(runtime, tmp_pa
     assert len(metrics) == 2 and metrics["epsilon"].max() <= budget
 
 
-@pytest.mark.parametrize("overrides", [
-    ("dp=dpsgd", "strategy.sampling=fixed", "dataset.num_clients=6",
-     "strategy.clients_per_round=6"),  # every client every round
-    ("strategy=centralized", "dp=dpsgd", "strategy.batch_size=8"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (
+            "dp=dpsgd",
+            "strategy.sampling=fixed",
+            "dataset.num_clients=6",
+            "strategy.clients_per_round=6",
+        ),  # every client every round
+        ("strategy=centralized", "dp=dpsgd", "strategy.batch_size=8"),
+    ],
+)
 def test_max_epsilon_binds_record_level_dp_sgd_too(runtime, tmp_path, overrides):
     """The first version ignored dp.max_epsilon for DP-SGD without user-level noise."""
     probe = build(*overrides, "rounds=4")
     column = probe.plan.budget_account.column
     budget = probe.plan.epsilon(column, rounds=2, participations=2) * 1.0001
-    sim, summary, metrics = run_in_process(tmp_path, *overrides, "rounds=4",
-                                           f"dp.max_epsilon={budget}")  # fmt: skip
+    sim, summary, metrics = run_in_process(
+        tmp_path, *overrides, "rounds=4", f"dp.max_epsilon={budget}"
+    )
     assert summary["status"] == "stopped" and summary[column] <= budget
     assert summary["max_participations"] == summary["rounds"] == len(metrics) <= 2
 
@@ -136,8 +152,9 @@ def test_every_strategy_trains_with_user_level_dp(runtime, tmp_path, strategy):
 
 
 def test_adaptive_clip_is_logged_moves_and_is_accounted_like_gaussian(runtime, tmp_path):
-    sim, summary, metrics = run_in_process(tmp_path, "dp=adaptive", "dp.clipped_count_stddev=2.0",
-                                           "rounds=3", "dp.initial_clip=0.01")  # fmt: skip
+    sim, summary, metrics = run_in_process(
+        tmp_path, "dp=adaptive", "dp.clipped_count_stddev=2.0", "rounds=3", "dp.initial_clip=0.01"
+    )
     clips = metrics["dp/clip"].to_numpy()
     assert np.isfinite(clips).all() and clips[-1] != clips[0]
     assert summary["epsilon"] == pytest.approx(build("rounds=3").epsilon_planned, rel=1e-12)
@@ -146,8 +163,9 @@ def test_adaptive_clip_is_logged_moves_and_is_accounted_like_gaussian(runtime, t
         adaptive_clip_noise_params,
     )
 
-    z_sum, _ = adaptive_clip_noise_params(summary["noise_multiplier"],
-                                          sim.plan.sampler.expected_cohort, 2.0)  # fmt: skip
+    z_sum, _ = adaptive_clip_noise_params(
+        summary["noise_multiplier"], sim.plan.sampler.expected_cohort, 2.0
+    )
     assert summary["sum_noise_multiplier"] == pytest.approx(z_sum, rel=1e-12)
 
 
@@ -165,26 +183,28 @@ def test_local_dp_reports_the_worst_clients_epsilon(runtime, tmp_path, mechanism
 
 
 def test_local_noise_reaches_the_server_update(runtime):
-    loud, params, cohort = one_round_update("dp=gaussian_local", "dp.noise_multiplier=50",
-                                            "dp.clip=1e-3", FIXED)  # fmt: skip
+    loud, params, cohort = one_round_update(
+        "dp=gaussian_local", "dp.noise_multiplier=50", "dp.clip=1e-3", FIXED
+    )
     # each client adds std 50 * 1e-3; the mean of `cohort` clients has std 0.05 / sqrt(cohort)
     assert np.std(loud) == pytest.approx(0.05 / np.sqrt(cohort), rel=0.15)
 
 
 def test_dp_ftrl_tree_shorter_than_an_epoch_is_one_tree_over_its_rounds(runtime, tmp_path):
-    sim, summary, metrics = run_in_process(tmp_path, "dp=tree", "rounds=3",
-                                           "dp.noise_multiplier=2")  # fmt: skip
+    sim, summary, metrics = run_in_process(tmp_path, "dp=tree", "rounds=3", "dp.noise_multiplier=2")
     assert summary["status"] == "completed" and np.isfinite(metrics["train/loss"]).all()
     assert summary["neighboring"] == "replace_one" and summary["restart_period"] == 8
     tree = dpa.SingleEpochTreeAggregationDpEvent(1.0, 3)  # z / 2 (replace-one), 3 of 8 rounds
-    assert summary["epsilon"] == pytest.approx(independent_epsilon([(tree, 1)], "replace_special"),
-                                               rel=1e-9)  # fmt: skip
+    assert summary["epsilon"] == pytest.approx(
+        independent_epsilon([(tree, 1)], "replace_special"), rel=1e-9
+    )
     assert (metrics["epsilon"] == summary["epsilon"]).all()  # one tree, counted when it starts
 
 
 def test_dpsgd_in_clients_reports_record_level_epsilon(runtime, tmp_path):
-    sim, summary, metrics = run_in_process(tmp_path, "dp=dpsgd", "rounds=3",
-                                           "strategy.local_epochs=2", FIXED)  # fmt: skip
+    sim, summary, metrics = run_in_process(
+        tmp_path, "dp=dpsgd", "rounds=3", "strategy.local_epochs=2", FIXED
+    )
     assert summary["status"] == "completed" and np.isfinite(metrics["train/loss"]).all()
     assert np.isinf(metrics["epsilon"]).all()  # no user-level protection without user noise
     k = summary["max_participations"]
@@ -207,12 +227,14 @@ def test_centralized_trains_on_pooled_data(runtime, tmp_path):
 
 
 def test_centralized_dpsgd_records_what_it_used_and_is_poisson_sampled_steps(runtime, tmp_path):
-    sim, summary, metrics = run_in_process(tmp_path, "strategy=centralized", "dp=dpsgd",
-                                           "strategy.batch_size=8")  # fmt: skip
+    sim, summary, metrics = run_in_process(
+        tmp_path, "strategy=centralized", "dp=dpsgd", "strategy.batch_size=8"
+    )
     n = summary["num_records"]
     event = dpa.PoissonSampledDpEvent(8 / n, dpa.GaussianDpEvent(1.0))
-    assert summary["epsilon"] == pytest.approx(independent_epsilon([(event, -(-2 * n // 8))]),
-                                               rel=1e-9)  # fmt: skip
+    assert summary["epsilon"] == pytest.approx(
+        independent_epsilon([(event, -(-2 * n // 8))]), rel=1e-9
+    )
     assert summary["noise_multiplier"] == 1.0 and summary["example_clip"] == 1.0
     assert summary["unit"] == "record" and summary["neighboring"] == "add_remove"
 
@@ -238,14 +260,22 @@ def test_centralized_reproduces_tf_privacy_compute_dp_sgd_privacy(runtime):
     from dpfed.build import build_dataset, build_privacy
     from dpfed.config import compose
 
-    cfg = compose("strategy=centralized", "dp=dpsgd", "rounds=10", "strategy.batch_size=128",
-                  "dataset.num_clients=1000", "dataset.examples_mean=75",
-                  "dataset.examples_spread=0", "dataset.seq_len=4",
-                  "dp.orders=[" + ",".join([*orders, "128", "256", "512"]) + "]")  # fmt: skip
+    cfg = compose(
+        "strategy=centralized",
+        "dp=dpsgd",
+        "rounds=10",
+        "strategy.batch_size=128",
+        "dataset.num_clients=1000",
+        "dataset.examples_mean=75",
+        "dataset.examples_spread=0",
+        "dataset.seq_len=4",
+        "dp.orders=[" + ",".join([*orders, "128", "256", "512"]) + "]",
+    )
     plan = build_privacy(cfg, build_dataset(cfg).population())
     assert plan.sampler.num_records == 60000
-    expected, _ = compute_dp_sgd_privacy(n=60000, batch_size=128, noise_multiplier=1.0, epochs=10,
-                                         delta=1e-5)  # fmt: skip
+    expected, _ = compute_dp_sgd_privacy(
+        n=60000, batch_size=128, noise_multiplier=1.0, epochs=10, delta=1e-5
+    )
     assert plan.epsilon() == pytest.approx(expected, rel=1e-6)
 
 
@@ -330,7 +360,8 @@ def test_the_trivial_predictors_are_scored_on_the_evaluation_data(runtime, overr
     line = result_line({**trivial, metric: 0.5, "rounds": 2, "status": "completed"}, "out")
     assert f"{trivial['trivial_predictor']}: " in line and f"last value: {expected:.3f}" in line
     if oracle:  # scored on the same clients, in the same order
-        best = np.concatenate([sim.dataset.oracle_forecast(i, sim.dataset.eval.arrays(i)[0])
-                               for i in sim._eval_ids])  # fmt: skip
+        best = np.concatenate(
+            [sim.dataset.oracle_forecast(i, sim.dataset.eval.arrays(i)[0]) for i in sim._eval_ids]
+        )
         assert len(sim._eval_ids) == 6 and trivial["eval/oracle_accuracy"] == np.mean(best == y)
         assert f"last value: {expected:.3f}; oracle: {np.mean(best == y):.3f})" in line

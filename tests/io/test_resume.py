@@ -87,18 +87,37 @@ def assert_same_run(got: pd.DataFrame, want: pd.DataFrame) -> None:
     "overrides",
     [
         ("dp=adaptive", "dp.clipped_count_stddev=2.0", "dp.initial_clip=0.05"),
-        ("dp=dpsgd", "strategy.sampling=fixed", "dp.user_noise_multiplier=0.5",
-         "backend=vectorized"),
+        (
+            "dp=dpsgd",
+            "strategy.sampling=fixed",
+            "dp.user_noise_multiplier=0.5",
+            "backend=vectorized",
+        ),
         ("dp=laplace_local", "dp.seed=null"),
-        ("dp=bandmf", "dp.noise_multiplier=0.5", "strategy.clients_per_round=20",
-         "backend=vectorized"),
+        (
+            "dp=bandmf",
+            "dp.noise_multiplier=0.5",
+            "strategy.clients_per_round=20",
+            "backend=vectorized",
+        ),
         ("audit=canaries", "audit.inserted=10", "audit.held_out=10", "backend=vectorized"),
-        ("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
-         "strategy.batch_size=4", "backend=vectorized"),
+        (
+            "dp=dpsgd",
+            "dp.record_sampling=poisson",
+            "dp.neighboring=zero_out",
+            "strategy.batch_size=4",
+            "backend=vectorized",
+        ),
     ],
-    ids=["adaptive", "dpsgd-vectorized", "local_secret_seed", "bandmf-vectorized",
-         "audit-vectorized", "dpsgd-poisson-records-vectorized"],
-)  # fmt: skip
+    ids=[
+        "adaptive",
+        "dpsgd-vectorized",
+        "local_secret_seed",
+        "bandmf-vectorized",
+        "audit-vectorized",
+        "dpsgd-poisson-records-vectorized",
+    ],
+)
 def test_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(runtime, tmp_path, overrides):
     from dpfed.build import build_checkpoints
 
@@ -130,8 +149,9 @@ def test_interrupted_and_resumed_run_ends_as_an_uninterrupted_one(runtime, tmp_p
     same = compose_config(SMOKE, "logger.tensorboard=false", "resume=true", *overrides)
     done = build_checkpoints(same, str(run_dir))
     assert done.finished and done.round == 4 and done.summary == got_summary
-    other = compose_config(SMOKE, "logger.tensorboard=false", "resume=true", *overrides,
-                           "dp.noise_multiplier=2")  # fmt: skip
+    other = compose_config(
+        SMOKE, "logger.tensorboard=false", "resume=true", *overrides, "dp.noise_multiplier=2"
+    )
     was = f"{float(same.dp.noise_multiplier)}".replace(".", r"\.")
     with pytest.raises(ConfigError, match=rf"^dp\.noise_multiplier=2\.0 .* must be {was} "):
         build_checkpoints(other, str(run_dir))
@@ -143,8 +163,13 @@ def test_interrupted_and_resumed_centralized_run_ends_as_an_uninterrupted_one(
     runtime, tmp_path, dp
 ):
     """DP-SGD on pooled records: weights, optimizer slots, epoch counter and seeded noise."""
-    overrides = ("strategy=centralized", f"dp={dp}", "rounds=3", "strategy.momentum=0.5",
-                 "strategy.batch_size=8")  # fmt: skip
+    overrides = (
+        "strategy=centralized",
+        f"dp={dp}",
+        "rounds=3",
+        "strategy.momentum=0.5",
+        "strategy.batch_size=8",
+    )
     want_summary, want = in_process(tmp_path / "whole", *overrides)
     run_dir = tmp_path / "resumed"
     crashed, rows = in_process(run_dir, *overrides, crash_after=2)
@@ -161,9 +186,14 @@ def flat_update(*overrides, rounds=1, sim=None):
     """The flat model change after ``rounds`` rounds of a smoke run (server: plain SGD, lr 1)."""
     from dpfed.build import build_simulation
 
-    sim = sim or build_simulation(compose_config(SMOKE, "strategy.server_optimizer.momentum=null",
-                                                 "strategy.server_optimizer.learning_rate=1.0",
-                                                 *overrides))  # fmt: skip
+    sim = sim or build_simulation(
+        compose_config(
+            SMOKE,
+            "strategy.server_optimizer.momentum=null",
+            "strategy.server_optimizer.learning_rate=1.0",
+            *overrides,
+        )
+    )
     state = start = sim.process.initialize()
     for r in range(1, rounds + 1):
         state = sim.process.next(state, sim.cohort_datasets(sim.sampler.sample(r), r)).state
@@ -193,8 +223,9 @@ def test_seeded_noise_has_the_configured_stddev(runtime):
     # Clients that do not move (learning rate 0) send zero updates: the model change is
     # the noise alone, N(0, (z * clip / expected cohort)^2) in every coordinate.
     z, clip = 20.0, 0.5
-    noise, sim = flat_update("strategy.client_optimizer.learning_rate=0",
-                             f"dp.noise_multiplier={z}", f"dp.clip={clip}")  # fmt: skip
+    noise, sim = flat_update(
+        "strategy.client_optimizer.learning_rate=0", f"dp.noise_multiplier={z}", f"dp.clip={clip}"
+    )
     cohort = sim.sampler.expected_cohort
     assert noise.size > 2000 and abs(np.mean(noise)) < 0.1 * z * clip / cohort
     assert np.std(noise) == pytest.approx(z * clip / cohort, rel=0.05)
@@ -260,8 +291,9 @@ def seeded_queries(seed):
     }
 
 
-@pytest.mark.parametrize("mechanism",
-                         ["gaussian", "adaptive", "tree", "per_layer", "bandmf", "blt"])  # fmt: skip
+@pytest.mark.parametrize(
+    "mechanism", ["gaussian", "adaptive", "tree", "per_layer", "bandmf", "blt"]
+)
 def test_every_mechanisms_noise_is_seeded_and_fresh_every_round(mechanism):
     record = [np.zeros(300, np.float32), np.zeros((20, 10), np.float32)]
     first = noised(seeded_queries(0)[mechanism], record)
@@ -283,8 +315,9 @@ def test_adaptive_clipped_count_noise_is_seeded():
         state, out = query.initial_global_state(), []
         for _ in range(3):
             params = query.derive_sample_params(state)
-            sample = query.accumulate_record(params, query.initial_sample_state([tf.zeros(3)]),
-                                             [tf.zeros(3)])  # fmt: skip
+            sample = query.accumulate_record(
+                params, query.initial_sample_state([tf.zeros(3)]), [tf.zeros(3)]
+            )
             _, state, _ = query.get_noised_result(sample, state)
             out.append(float(state.sum_state.l2_norm_clip))
         return out
@@ -334,11 +367,14 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path):
 def test_resume_with_another_config_names_the_first_differing_key(tmp_path):
     saved = OmegaConf.to_container(compose_config(SMOKE), resolve=True)
     Checkpoints(tmp_path, config=saved).save({}, {"round": 1, "finished": False})
-    again = OmegaConf.to_container(compose_config(SMOKE, "resume=true", "checkpoint_every=3",
-                                                  "logger.progress=true"), resolve=True)  # fmt: skip
+    again = OmegaConf.to_container(
+        compose_config(SMOKE, "resume=true", "checkpoint_every=3", "logger.progress=true"),
+        resolve=True,
+    )
     assert Checkpoints(tmp_path, config=again, resume=True).round == 1
-    other = OmegaConf.to_container(compose_config(SMOKE, "resume=true", "strategy.batch_size=4"),
-                                   resolve=True)  # fmt: skip
+    other = OmegaConf.to_container(
+        compose_config(SMOKE, "resume=true", "strategy.batch_size=4"), resolve=True
+    )
     with pytest.raises(ConfigError, match=r"^strategy\.batch_size=4 .* must be 8 "):
         Checkpoints(tmp_path, config=other, resume=True)
 
@@ -363,8 +399,9 @@ def test_a_completed_run_kept_as_its_record_is_finished_on_resume(tmp_path):
     again = OmegaConf.to_container(compose_config(SMOKE, "resume=true"), resolve=True)
     job = Checkpoints(tmp_path, config=again, resume=True, fresh_if_empty=True)
     assert job.finished and job.round == 2 and job.summary == summary
-    other = OmegaConf.to_container(compose_config(SMOKE, "resume=true", "strategy.batch_size=4"),
-                                   resolve=True)  # fmt: skip
+    other = OmegaConf.to_container(
+        compose_config(SMOKE, "resume=true", "strategy.batch_size=4"), resolve=True
+    )
     with pytest.raises(ConfigError, match=r"^strategy\.batch_size=4 .* must be 8 "):
         Checkpoints(tmp_path, config=other, resume=True)
     for status in ("failed", "interrupted"):  # only a completed record stands for its run
@@ -427,8 +464,7 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(runtime, tmp_path
 
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -437,8 +473,9 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(runtime, tmp_path
             if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # header + 2
                 break
             time.sleep(0.05)
-        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if p.pid in worker_pids()]  # fmt: skip
+        workers = [
+            p for p in psutil.Process(proc.pid).children(recursive=True) if p.pid in worker_pids()
+        ]
         assert workers, "the run should have started a worker"
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -448,8 +485,13 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(runtime, tmp_path
     killed_rows = len(pd.read_csv(run_dir / "metrics.csv"))
     assert 2 <= killed_rows < 5
 
-    resumed = subprocess.run([*cmd, "resume=true", "logger.progress=false"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [*cmd, "resume=true", "logger.progress=false"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and len(summary["resumed_from_round"]) == 1

@@ -41,8 +41,11 @@ def test_the_pure_accountant_refuses_what_it_cannot_compose_instead_of_skipping_
     """The first version summed Laplace events only and reported epsilon 0 for everything else."""
     accountant = Accountant("pure", 1e-5, ADD)
     assert not accountant.supports(event)
-    for compute in (lambda: accountant.epsilon_of(Counter([event])),
-                    lambda: accountant.record(event), lambda: accountant.peek(event)):  # fmt: skip
+    for compute in (
+        lambda: accountant.epsilon_of(Counter([event])),
+        lambda: accountant.record(event),
+        lambda: accountant.peek(event),
+    ):
         with pytest.raises(UnsupportedEventError):
             compute()
     assert accountant.releases == 0
@@ -97,7 +100,14 @@ def test_shuffled_epochs_release_once_per_started_epoch():
     release = dp_accounting.GaussianDpEvent(1.5)
     events = [sampler.round_event(r, release) for r in range(1, 8)]
     assert [isinstance(e, dp_accounting.GaussianDpEvent) for e in events] == [
-        True, False, False, True, False, False, True]  # fmt: skip
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
     assert sampler.max_participations(7) == 3 and sampler.epoch_rounds(7, 7) == 1
     epoch = [c for r in (1, 2, 3) for c in sampler.sample(r)]
     assert len(epoch) == len(set(epoch)) == 90
@@ -146,8 +156,12 @@ def test_planned_pld_epsilons_are_shared_only_between_equal_releases():
     assert accountant.epsilon_of(Counter({release: 3, noop: 1})) == fresh(count=3)
     assert accountant.epsilon_of(Counter({noop: 4})) == 0.0
     for kwargs in ({"delta": 1e-3}, {"discretization": 1e-2}):
-        other = Accountant("pld", kwargs.get("delta", 1e-5), ADD,
-                           pld_discretization=kwargs.get("discretization", 1e-4))  # fmt: skip
+        other = Accountant(
+            "pld",
+            kwargs.get("delta", 1e-5),
+            ADD,
+            pld_discretization=kwargs.get("discretization", 1e-4),
+        )
         assert other.epsilon_of(Counter({release: 2})) == fresh(**kwargs) != fresh()
 
 

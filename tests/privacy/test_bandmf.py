@@ -38,12 +38,19 @@ def test_selecting_bandmf_selects_cyclic_cohorts_that_return_every_epoch():
 @pytest.mark.parametrize("neighboring", ["replace_one", "zero_out"])
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])
 def test_epsilon_is_one_gaussian_of_noise_over_the_factorizations_sensitivity(
-        factorization, neighboring, accountant):  # fmt: skip
+    factorization, neighboring, accountant
+):
     z, rounds = 3.0, 25
     extra = ("dp.bands=5",) if factorization == "banded" else ()
-    got = plan("dp=bandmf", f"dp.factorization={factorization}", f"dp.neighboring={neighboring}",
-               f"dp.accountant={accountant}", f"dp.noise_multiplier={z}", f"rounds={rounds}",
-               *extra)  # fmt: skip
+    got = plan(
+        "dp=bandmf",
+        f"dp.factorization={factorization}",
+        f"dp.neighboring={neighboring}",
+        f"dp.accountant={accountant}",
+        f"dp.noise_multiplier={z}",
+        f"rounds={rounds}",
+        *extra,
+    )
     described = got.describe()
     coefficients = got.mechanism.strategy(got.context).coefficients
     C = mf.toeplitz(coefficients, rounds)
@@ -59,8 +66,9 @@ def test_epsilon_is_one_gaussian_of_noise_over_the_factorizations_sensitivity(
     assert per_round[0] > 0 and per_round[-1] == pytest.approx(got.epsilon(), rel=1e-12)
     assert per_round[1:10] == [per_round[0]] * 9 and per_round[10] > per_round[9]
     after_one = mf.sensitivity(mf.toeplitz(coefficients[:10], 10), 1, 10)
-    want_one = independent_epsilon([(dpa.GaussianDpEvent(z / (factor * after_one)), 1)],
-                                   accountant=accountant)  # fmt: skip
+    want_one = independent_epsilon(
+        [(dpa.GaussianDpEvent(z / (factor * after_one)), 1)], accountant=accountant
+    )
     assert per_round[0] == pytest.approx(want_one, rel=1e-6 if accountant == "rdp" else 1e-3)
 
 
@@ -69,14 +77,21 @@ def test_cyclic_sensitivity_equals_brute_force_over_every_participation_pattern(
     n, sep = 12, 4
     for factorization in ("banded", "blt", "sqrt_toeplitz"):
         mechanism = BandMFMechanism(1.0, 1.0, factorization, bands=3)
-        ctx = plan("dp=bandmf", "strategy.clients_per_round=50", f"rounds={n}",
-                   population=Population(sep * 50, None, 1)).context  # fmt: skip
+        ctx = plan(
+            "dp=bandmf",
+            "strategy.clients_per_round=50",
+            f"rounds={n}",
+            population=Population(sep * 50, None, 1),
+        ).context
         coefficients = mechanism.strategy(ctx).coefficients
         C = mf.toeplitz(coefficients, n)
         gram = C.T @ C
-        brute = max(gram[np.ix_(p, p)].sum() for k in range(1, 4)
-                    for p in itertools.combinations(range(n), k)
-                    if all(b - a >= sep for a, b in itertools.pairwise(p)))  # fmt: skip
+        brute = max(
+            gram[np.ix_(p, p)].sum()
+            for k in range(1, 4)
+            for p in itertools.combinations(range(n), k)
+            if all(b - a >= sep for a, b in itertools.pairwise(p))
+        )
         got = mechanism.epoch_sensitivities(ctx)[-1]
         assert got**2 == pytest.approx(brute, rel=1e-9), factorization
 
@@ -84,13 +99,21 @@ def test_cyclic_sensitivity_equals_brute_force_over_every_participation_pattern(
 def test_shuffled_epochs_are_bounded_by_back_to_back_participations():
     """With shuffle a client comes once per epoch, anywhere in it: the bound covers every case."""
     n, per_epoch = 12, 4
-    ctx = plan("dp=bandmf", "strategy.sampling=shuffle", "strategy.clients_per_round=50",
-               f"rounds={n}", "dp.bands=3", population=Population(200, None, 1)).context  # fmt: skip
+    ctx = plan(
+        "dp=bandmf",
+        "strategy.sampling=shuffle",
+        "strategy.clients_per_round=50",
+        f"rounds={n}",
+        "dp.bands=3",
+        population=Population(200, None, 1),
+    ).context
     mechanism = BandMFMechanism(1.0, 1.0, "banded", bands=3)
     C = mf.toeplitz(mechanism.strategy(ctx).coefficients, n)
     gram = C.T @ C
-    one_per_epoch = max(gram[np.ix_(p, p)].sum() for p in itertools.product(
-        *(range(e * per_epoch, (e + 1) * per_epoch) for e in range(3))))  # fmt: skip
+    one_per_epoch = max(
+        gram[np.ix_(p, p)].sum()
+        for p in itertools.product(*(range(e * per_epoch, (e + 1) * per_epoch) for e in range(3)))
+    )
     bound = mechanism.epoch_sensitivities(ctx)[-1] ** 2
     assert one_per_epoch <= bound + 1e-12
     assert bound == pytest.approx(prefix_sensitivity(C[:, 0], n, 3, 1) ** 2)
@@ -98,14 +121,16 @@ def test_shuffled_epochs_are_bounded_by_back_to_back_participations():
 
 @pytest.mark.parametrize(
     "overrides,key",
-    [(("strategy.sampling=poisson",), "strategy.sampling"),
-     (("strategy.sampling=fixed",), "strategy.sampling"),
-     (("dp.neighboring=add_remove",), "dp.neighboring"),
-     (("dp.bands=11", "rounds=25"), "dp.bands"),  # more bands than the separation (10)
-     (("dp.bands=30", "rounds=25", "strategy.sampling=shuffle"), "dp.bands"),
-     (("dp.buffers=0", "dp.factorization=blt"), "dp.buffers"),
-     (("dp.factorization=dense",), "dp.factorization")],
-)  # fmt: skip
+    [
+        (("strategy.sampling=poisson",), "strategy.sampling"),
+        (("strategy.sampling=fixed",), "strategy.sampling"),
+        (("dp.neighboring=add_remove",), "dp.neighboring"),
+        (("dp.bands=11", "rounds=25"), "dp.bands"),  # more bands than the separation (10)
+        (("dp.bands=30", "rounds=25", "strategy.sampling=shuffle"), "dp.bands"),
+        (("dp.buffers=0", "dp.factorization=blt"), "dp.buffers"),
+        (("dp.factorization=dense",), "dp.factorization"),
+    ],
+)
 def test_settings_the_analysis_does_not_cover_are_refused(overrides, key):
     with pytest.raises(Exception) as raised:
         plan("dp=bandmf", *overrides)
@@ -122,9 +147,30 @@ def test_gboard_pt_br_row_through_the_calculator(capsys):
     """Xu et al. 2023: 1000 bands, z = 8.35, 2 participations > 1000 rounds apart, delta 1e-10."""
     from dpfed.privacy.__main__ import main
 
-    assert main(["epsilon", "--mechanism", "bandmf", "--bands", "1000", "--steps", "2000",
-                 "--participations", "2", "--noise-multiplier", "8.35", "--neighboring",
-                 "zero_out", "--accountant", "pld", "--delta", "1e-10"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "epsilon",
+                "--mechanism",
+                "bandmf",
+                "--bands",
+                "1000",
+                "--steps",
+                "2000",
+                "--participations",
+                "2",
+                "--noise-multiplier",
+                "8.35",
+                "--neighboring",
+                "zero_out",
+                "--accountant",
+                "pld",
+                "--delta",
+                "1e-10",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["factorization_sensitivity"] ** 2 == pytest.approx(2.0)
     assert out["min_separation"] == 1000 and out["participations"] == 2
@@ -134,8 +180,12 @@ def test_gboard_pt_br_row_through_the_calculator(capsys):
 def test_bandmf_beats_tree_aggregation_at_equal_epsilon():
     """Error of the prefix sums (what the model accumulates) per unit accounted noise."""
     rounds, epochs = 64, 4
-    ctx = plan("dp=bandmf", "strategy.clients_per_round=12", f"rounds={rounds}",
-               population=Population(12 * rounds // epochs, None, 1)).context  # fmt: skip
+    ctx = plan(
+        "dp=bandmf",
+        "strategy.clients_per_round=12",
+        f"rounds={rounds}",
+        population=Population(12 * rounds // epochs, None, 1),
+    ).context
     tree = mf.tree_prefix_sum_error(rounds, "rmse", participations=epochs)
     for factorization in ("banded", "blt"):
         mechanism = BandMFMechanism(1.0, 1.0, factorization)
@@ -152,8 +202,16 @@ def streamed(strategy, sigma, rounds, shape=(4000,), clip=1e9, records=None):
 
     from dpfed.privacy.queries import FactorizedGaussianSumQuery
 
-    query = FactorizedGaussianSumQuery(clip, sigma, 7, [tf.TensorSpec(shape)], strategy.stream,
-                                       strategy.scale, strategy.mix, strategy.decay)  # fmt: skip
+    query = FactorizedGaussianSumQuery(
+        clip,
+        sigma,
+        7,
+        [tf.TensorSpec(shape)],
+        strategy.stream,
+        strategy.scale,
+        strategy.mix,
+        strategy.decay,
+    )
     state, out = query.initial_global_state(), []
     for t in range(rounds):
         record = [np.zeros(shape, np.float32) if records is None else records[t]]
@@ -167,8 +225,13 @@ def streamed(strategy, sigma, rounds, shape=(4000,), clip=1e9, records=None):
 @pytest.mark.parametrize("factorization", ["banded", "blt"])
 def test_noise_over_rounds_has_the_factorizations_covariance(factorization):
     rounds, sigma = 8, 2.0
-    ctx = plan("dp=bandmf", f"dp.factorization={factorization}", "strategy.clients_per_round=50",
-               f"rounds={rounds}", population=Population(200, None, 1)).context  # fmt: skip
+    ctx = plan(
+        "dp=bandmf",
+        f"dp.factorization={factorization}",
+        "strategy.clients_per_round=50",
+        f"rounds={rounds}",
+        population=Population(200, None, 1),
+    ).context
     strategy = BandMFMechanism(1.0, 1.0, factorization, bands=3).strategy(ctx)
     noise = streamed(strategy, sigma, rounds)  # (rounds, coordinates): coordinates independent
     C = mf.toeplitz(strategy.coefficients, rounds)

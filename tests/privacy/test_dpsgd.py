@@ -50,8 +50,15 @@ def test_noise_std_over_batch_size_is_added_to_the_clipped_sum():
     model = GRUModel([8], outputs="last").bind(data)
     keras = model.keras_model(unroll=True)
     x, y = data.train.arrays(0)
-    grads = noisy_clipped_mean_gradient(keras, model.loss("none"), tf.constant(x[:4]),
-                                        tf.constant(y[:4]), 1e-6, 2.0, 16.0,
-                                        tf.constant([3, 4], tf.int64))  # fmt: skip
+    grads = noisy_clipped_mean_gradient(
+        keras,
+        model.loss("none"),
+        tf.constant(x[:4]),
+        tf.constant(y[:4]),
+        1e-6,
+        2.0,
+        16.0,
+        tf.constant([3, 4], tf.int64),
+    )
     flat = np.concatenate([g.numpy().ravel() for g in grads])
     assert flat.std() == pytest.approx(2.0 / 16.0, rel=0.1)  # signal: 4 * 1e-6 / 16 at most

@@ -25,17 +25,18 @@ CCE = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=
 MSE = tf.keras.losses.MeanSquaredError(reduction="none")
 
 
-def gru_stack(seq_len, features, units, outputs, head, vocab=None, regression=False,
-              unroll=False):  # fmt: skip
+def gru_stack(seq_len, features, units, outputs, head, vocab=None, regression=False, unroll=False):
     """The layer shapes `GRUModel` builds (built by hand so text and every head are covered)."""
     tf.keras.utils.set_random_seed(7)
-    inputs = tf.keras.Input((seq_len,) if vocab else (seq_len, features),
-                            dtype=tf.int32 if vocab else tf.float32)  # fmt: skip
+    inputs = tf.keras.Input(
+        (seq_len,) if vocab else (seq_len, features), dtype=tf.int32 if vocab else tf.float32
+    )
     x = tf.keras.layers.Embedding(vocab, features, name="embedding")(inputs) if vocab else inputs
     for i, u in enumerate(units):
         last = i == len(units) - 1
-        x = tf.keras.layers.GRU(u, return_sequences=not last or outputs == "every_step",
-                                unroll=unroll, name=f"gru_{i}")(x)  # fmt: skip
+        x = tf.keras.layers.GRU(
+            u, return_sequences=not last or outputs == "every_step", unroll=unroll, name=f"gru_{i}"
+        )(x)
     out = tf.keras.layers.Dense(head, name="head")(x)
     if regression:
         out = tf.keras.layers.Lambda(lambda t: tf.squeeze(t, -1), name="squeeze")(out)
@@ -69,8 +70,9 @@ CASES = {
 def tf_privacy_clipped_sum(model, loss, x, y, clip):
     """TF Privacy 0.9's microbatched DP-SGD, one microbatch per example, noise 0, times B."""
     n = int(x.shape[0])
-    optimizer = DPKerasSGDOptimizer(l2_norm_clip=clip, noise_multiplier=0.0, num_microbatches=n,
-                                    learning_rate=1.0)  # fmt: skip
+    optimizer = DPKerasSGDOptimizer(
+        l2_norm_clip=clip, noise_multiplier=0.0, num_microbatches=n, learning_rate=1.0
+    )
     with tf.GradientTape(persistent=True) as tape:
         losses = per_example_loss(loss)(y, model(x, training=True))
     grads_and_vars = optimizer._compute_gradients(losses, model.trainable_variables, tape=tape)
@@ -96,8 +98,16 @@ def test_ghost_clipped_sum_equals_tf_privacy_microbatches(name, clip):
     seq_len, features, units, outputs, head, vocab, regression = CASES[name]
     model = gru_stack(seq_len, features, units, outputs, head, vocab, regression)
     loss = MSE if regression else CCE
-    x, y = batch(np.random.default_rng(zlib.crc32(name.encode())), 11, seq_len, features,
-                 outputs, head, vocab, regression)  # fmt: skip
+    x, y = batch(
+        np.random.default_rng(zlib.crc32(name.encode())),
+        11,
+        seq_len,
+        features,
+        outputs,
+        head,
+        vocab,
+        regression,
+    )
     clipper = GhostClipper(model, loss)
     norms = clipper(x, y, 1.0)[1].numpy()
     clip = {"tiny": norms.min() / 10, "median": float(np.median(norms)), "huge": norms.max() * 10}[

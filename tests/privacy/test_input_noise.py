@@ -16,8 +16,14 @@ from tests.data.test_synthetic import make
 def test_noise_scale_is_the_noise_multiplier_times_the_records_clip(noise, neighboring):
     data = make(Health, seq_len=10, num_features=5, examples_mean=400, examples_spread=0.0)
     clean_x, clean_y = data.train.arrays(0)
-    cfg = compose("dp=input_noise", f"dp.noise={noise}", "dp.noise_multiplier=0.01",
-                  "dp.bound=0.5", "dp.accountant=rdp", f"dp.neighboring={neighboring}")  # fmt: skip
+    cfg = compose(
+        "dp=input_noise",
+        f"dp.noise={noise}",
+        "dp.noise_multiplier=0.01",
+        "dp.bound=0.5",
+        "dp.accountant=rdp",
+        f"dp.neighboring={neighboring}",
+    )
     plan = build_privacy(cfg, data.population())
     noisy = plan.mechanism.setup(plan, None).transform(data)
     x, y = noisy.train.arrays(0)
@@ -32,7 +38,8 @@ def test_noise_scale_is_the_noise_multiplier_times_the_records_clip(noise, neigh
     assert noisy.eval.arrays(0)[0].max() > 0.5  # evaluation stays clean
     sensitivity = 2 * clip if neighboring == "replace_one" else clip
     assert plan.headline.noise_multiplier / plan.headline.sensitivity == pytest.approx(
-        0.01 * clip / sensitivity)  # fmt: skip
+        0.01 * clip / sensitivity
+    )
 
 
 def test_input_noise_is_refused_for_text_and_for_coupled_windows():

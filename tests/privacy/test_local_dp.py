@@ -41,8 +41,14 @@ def test_noise_has_the_configured_scale_and_depends_on_the_seed_only(noise):
         assert out.std() == pytest.approx(2.0, rel=0.02)
     again = randomize(norm, noise, 1e-9, 2.0, [tf.ones([200_000])])[0]
     np.testing.assert_allclose(again, out, atol=1e-6)  # clipped data moves it by <= 1e-9
-    other = randomize(norm, noise, 1e-9, 2.0, [tf.zeros([200_000])],
-                      tf.constant(position_seed(11, 1, 3), tf.int64))[0]  # fmt: skip
+    other = randomize(
+        norm,
+        noise,
+        1e-9,
+        2.0,
+        [tf.zeros([200_000])],
+        tf.constant(position_seed(11, 1, 3), tf.int64),
+    )[0]
     assert not np.allclose(other, out)
 
 

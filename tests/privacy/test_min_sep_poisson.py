@@ -71,17 +71,23 @@ def test_gaussian_with_separated_poisson_composes_only_the_first_groups_rounds()
 
 @pytest.mark.parametrize(
     ("overrides", "key"),
-    [(("dp=bandmf", *AMPLIFIED, "dp.bands=6"), "dp.bands"),
-     (("dp=bandmf", *AMPLIFIED, "dp.factorization=blt"), "dp.factorization"),
-     (("dp=bandmf", *AMPLIFIED, "dp.factorization=sqrt_toeplitz"), "dp.factorization"),
-     (("dp=bandmf", *AMPLIFIED, "dp.neighboring=replace_one"), "dp.neighboring"),
-     (("dp=tree", *AMPLIFIED), "strategy.sampling"),
-     (("dp=gaussian", "strategy.sampling=min_sep_poisson"), "strategy.sampling_groups"),
-     (("dp=gaussian", "strategy.sampling=poisson", "strategy.sampling_groups=5"),
-      "strategy.sampling_groups"),
-     (("dp=gaussian", "strategy.sampling=min_sep_poisson", "strategy.sampling_groups=20"),
-      "strategy.clients_per_round")],
-)  # fmt: skip
+    [
+        (("dp=bandmf", *AMPLIFIED, "dp.bands=6"), "dp.bands"),
+        (("dp=bandmf", *AMPLIFIED, "dp.factorization=blt"), "dp.factorization"),
+        (("dp=bandmf", *AMPLIFIED, "dp.factorization=sqrt_toeplitz"), "dp.factorization"),
+        (("dp=bandmf", *AMPLIFIED, "dp.neighboring=replace_one"), "dp.neighboring"),
+        (("dp=tree", *AMPLIFIED), "strategy.sampling"),
+        (("dp=gaussian", "strategy.sampling=min_sep_poisson"), "strategy.sampling_groups"),
+        (
+            ("dp=gaussian", "strategy.sampling=poisson", "strategy.sampling_groups=5"),
+            "strategy.sampling_groups",
+        ),
+        (
+            ("dp=gaussian", "strategy.sampling=min_sep_poisson", "strategy.sampling_groups=20"),
+            "strategy.clients_per_round",
+        ),
+    ],
+)
 def test_settings_the_analysis_does_not_cover_are_refused(overrides, key):
     with pytest.raises(ConfigError) as err:
         plan(*overrides)
@@ -92,15 +98,35 @@ def test_the_calculator_and_the_plan_agree(capsys):
     from dpfed.data.base import Population
     from dpfed.privacy.__main__ import main
 
-    args = ["epsilon", "--mechanism", "bandmf", "--sampling", "min_sep_poisson",
-            "--sampling-groups", "10", "--population", "1000", "--sample-size", "20",
-            "--steps", "100", "--noise-multiplier", "1"]  # fmt: skip
+    args = [
+        "epsilon",
+        "--mechanism",
+        "bandmf",
+        "--sampling",
+        "min_sep_poisson",
+        "--sampling-groups",
+        "10",
+        "--population",
+        "1000",
+        "--sample-size",
+        "20",
+        "--steps",
+        "100",
+        "--noise-multiplier",
+        "1",
+    ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["amplified"] is True and out["sampling_probability"] == 0.2
-    want = plan("dp=bandmf", "strategy.sampling=min_sep_poisson", "strategy.sampling_groups=10",
-                "strategy.clients_per_round=20", "rounds=100", "dp.noise_multiplier=1",
-                population=Population(1000, None, 1)).epsilon()  # fmt: skip
+    want = plan(
+        "dp=bandmf",
+        "strategy.sampling=min_sep_poisson",
+        "strategy.sampling_groups=10",
+        "strategy.clients_per_round=20",
+        "rounds=100",
+        "dp.noise_multiplier=1",
+        population=Population(1000, None, 1),
+    ).epsilon()
     assert out["epsilon"] == pytest.approx(want, rel=1e-12)
     release = dpa.PoissonSampledDpEvent(0.2, dpa.GaussianDpEvent(1 / out["sensitivity"]))
     assert out["epsilon"] == pytest.approx(

@@ -25,8 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_no_noise_key_is_derived_from_data_bytes():
     """The first version seeded local-DP and DP-SGD noise from a 31-bit hash of the update."""
     hashing = re.compile(r"to_hash_bucket|serialize_tensor|fingerprint")
-    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "dpfed").rglob("*.py")
-                 if hashing.search(p.read_text())]  # fmt: skip
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "dpfed").rglob("*.py")
+        if hashing.search(p.read_text())
+    ]
     assert offenders == []
 
 
@@ -89,9 +92,14 @@ def test_clients_with_bit_identical_updates_draw_independent_local_noise(runtime
     noisy as one client's noise; independent noise averages down by sqrt(cohort).
     """
     scale = 0.01
-    run = first_rounds("dp=gaussian_local", f"dp.noise_multiplier={scale / 1e-3}", "dp.clip=1e-3",
-                       "strategy.client_optimizer.learning_rate=0", "strategy.sampling=fixed",
-                       f"backend={backend}")  # fmt: skip
+    run = first_rounds(
+        "dp=gaussian_local",
+        f"dp.noise_multiplier={scale / 1e-3}",
+        "dp.clip=1e-3",
+        "strategy.client_optimizer.learning_rate=0",
+        "strategy.sampling=fixed",
+        f"backend={backend}",
+    )
     delta = np.concatenate([np.ravel(b - a) for a, b in zip(run[0], run[1], strict=True)])
     cohort = 5
     assert np.std(delta) == pytest.approx(scale / np.sqrt(cohort), rel=0.1)

@@ -79,8 +79,12 @@ RELATIONS = ("replace_one", "zero_out", "add_remove")
 @pytest.mark.parametrize("neighboring", [*RELATIONS, None])
 def test_central_user_level_mechanisms(mechanism, sampling, neighboring):
     extra = ["dp.clipped_count_stddev=10"] if mechanism == "adaptive" else []
-    overrides = (f"dp={mechanism}", f"strategy.sampling={sampling}", *extra,
-                 *([f"dp.neighboring={neighboring}"] if neighboring else []))  # fmt: skip
+    overrides = (
+        f"dp={mechanism}",
+        f"strategy.sampling={sampling}",
+        *extra,
+        *([f"dp.neighboring={neighboring}"] if neighboring else []),
+    )
     relation = neighboring or DEFAULT[sampling]
     if relation not in ALLOWED[sampling]:
         with pytest.raises(ConfigError, match="dp.neighboring"):
@@ -107,21 +111,39 @@ def test_tree_accounts_one_tree_per_epoch_over_the_rounds_it_runs(neighboring):
 def test_a_run_shorter_than_an_epoch_is_one_tree_over_its_rounds():
     """DP-FTRL StackOverflow: 1600 of 342,477/100 rounds per epoch; a whole epoch gives 20.8."""
     population = Population(342_477)
-    got = plan("dp=tree", "dp.neighboring=zero_out", "dp.noise_multiplier=1.13", "rounds=1600",
-               "strategy.clients_per_round=100", "dp.delta=1e-6", "dp.conversion=classic",
-               population=population)  # fmt: skip
+    got = plan(
+        "dp=tree",
+        "dp.neighboring=zero_out",
+        "dp.noise_multiplier=1.13",
+        "rounds=1600",
+        "strategy.clients_per_round=100",
+        "dp.delta=1e-6",
+        "dp.conversion=classic",
+        population=population,
+    )
     assert got.headline.event(1) == dpa.SingleEpochTreeAggregationDpEvent(1.13, 1600)
     assert round(got.epsilon(), 2) == 19.74  # Kairouz et al. 2021, Table (z=1.13)
 
 
 def test_andrew_et_al_fixed_cohorts_under_zero_out_give_their_epsilon_5():
-    got = plan("strategy.sampling=fixed", "dp.neighboring=zero_out", "dp.noise_multiplier=0.510",
-               "strategy.clients_per_round=510", "rounds=1200", "dp.delta=2.5119e-7",
-               population=Population(1_000_000))  # fmt: skip
+    got = plan(
+        "strategy.sampling=fixed",
+        "dp.neighboring=zero_out",
+        "dp.noise_multiplier=0.510",
+        "strategy.clients_per_round=510",
+        "rounds=1200",
+        "dp.delta=2.5119e-7",
+        population=Population(1_000_000),
+    )
     assert round(got.epsilon(), 2) == 4.98
-    strict = plan("strategy.sampling=fixed", "dp.noise_multiplier=0.510", "rounds=1200",
-                  "strategy.clients_per_round=510", "dp.delta=2.5119e-7",
-                  population=Population(1_000_000))  # fmt: skip
+    strict = plan(
+        "strategy.sampling=fixed",
+        "dp.noise_multiplier=0.510",
+        "rounds=1200",
+        "strategy.clients_per_round=510",
+        "dp.delta=2.5119e-7",
+        population=Population(1_000_000),
+    )
     assert strict.epsilon() > 10 * got.epsilon()  # replace-one: the noise counts half
 
 
@@ -131,10 +153,13 @@ def test_andrew_et_al_fixed_cohorts_under_zero_out_give_their_epsilon_5():
 )
 @pytest.mark.parametrize("sampling", list(ALLOWED))
 @pytest.mark.parametrize("neighboring", [*RELATIONS, None])
-def test_local_dp_composes_one_release_per_participation(mechanism, release, sampling,
-                                                         neighboring):  # fmt: skip
-    overrides = (f"dp={mechanism}", f"strategy.sampling={sampling}", "dp.accountant=rdp",
-                 *([f"dp.neighboring={neighboring}"] if neighboring else []))  # fmt: skip
+def test_local_dp_composes_one_release_per_participation(mechanism, release, sampling, neighboring):
+    overrides = (
+        f"dp={mechanism}",
+        f"strategy.sampling={sampling}",
+        "dp.accountant=rdp",
+        *([f"dp.neighboring={neighboring}"] if neighboring else []),
+    )
     if neighboring == "add_remove":
         with pytest.raises(ConfigError, match="dp.neighboring"):
             plan(*overrides)
@@ -145,8 +170,7 @@ def test_local_dp_composes_one_release_per_participation(mechanism, release, sam
     participations = got.sampler.max_participations(ROUNDS)
     assert participations == (3 if sampling == "shuffle" else ROUNDS)
     assert got.epsilon() == pytest.approx(independent_epsilon([(one, participations)]), rel=1e-9)
-    assert got.epsilon(participations=2) == pytest.approx(independent_epsilon([(one, 2)]),
-                                                          rel=1e-9)  # fmt: skip
+    assert got.epsilon(participations=2) == pytest.approx(independent_epsilon([(one, 2)]), rel=1e-9)
 
 
 def test_laplace_local_with_the_pure_accountant_is_two_over_z_per_participation():
@@ -158,10 +182,14 @@ def test_laplace_local_with_the_pure_accountant_is_two_over_z_per_participation(
     "neighboring,accounted", [("replace_one", Z / 2), ("zero_out", Z), (None, Z / 2)]
 )
 @pytest.mark.parametrize("local_epochs", [1, 2])
-def test_dpsgd_in_clients_accounts_local_epochs_releases_per_participation(neighboring, accounted,
-                                                                           local_epochs):  # fmt: skip
-    got = plan("dp=dpsgd", f"strategy.local_epochs={local_epochs}",
-               *([f"dp.neighboring={neighboring}"] if neighboring else []))  # fmt: skip
+def test_dpsgd_in_clients_accounts_local_epochs_releases_per_participation(
+    neighboring, accounted, local_epochs
+):
+    got = plan(
+        "dp=dpsgd",
+        f"strategy.local_epochs={local_epochs}",
+        *([f"dp.neighboring={neighboring}"] if neighboring else []),
+    )
     record = got.account("epsilon_record")
     assert record.unit == "record" and record.per_participation
     expected = independent_epsilon([(dpa.GaussianDpEvent(accounted), local_epochs * 10)])
@@ -170,8 +198,9 @@ def test_dpsgd_in_clients_accounts_local_epochs_releases_per_participation(neigh
     assert got.budget_account is record
 
 
-@pytest.mark.parametrize("mechanism,credited", [("dpsgd", False), ("gaussian_local", False),
-                                                 ("gaussian", True)])  # fmt: skip
+@pytest.mark.parametrize(
+    "mechanism,credited", [("dpsgd", False), ("gaussian_local", False), ("gaussian", True)]
+)
 def test_the_log_line_says_where_sampling_amplification_is_not_credited(mechanism, credited):
     """A record-level line once read "poisson sampling" with the cohort's sampler, not the records'."""
     line = plan(f"dp={mechanism}").describe_line()
@@ -180,8 +209,13 @@ def test_the_log_line_says_where_sampling_amplification_is_not_credited(mechanis
 
 
 UNEVEN = Population(N, lambda clients: sum(20 + int(c) % 31 for c in clients), 24)  # 20 to 50
-POISSON = ("dp=dpsgd", "dp.record_sampling=poisson", "dp.neighboring=zero_out",
-           "strategy.batch_size=8", "strategy.local_epochs=2")  # fmt: skip
+POISSON = (
+    "dp=dpsgd",
+    "dp.record_sampling=poisson",
+    "dp.neighboring=zero_out",
+    "strategy.batch_size=8",
+    "strategy.local_epochs=2",
+)
 
 
 def poisson_records(q, steps, z=Z):
@@ -218,9 +252,13 @@ def test_poisson_record_batches_amplify_unless_a_client_fits_in_one_batch(record
 
 
 def shuffled_epsilon(population) -> float:
-    return plan("dp=dpsgd", "dp.neighboring=zero_out", "strategy.batch_size=8",
-                "strategy.local_epochs=2", population=population).epsilon(
-        "epsilon_record", participations=10)  # fmt: skip
+    return plan(
+        "dp=dpsgd",
+        "dp.neighboring=zero_out",
+        "strategy.batch_size=8",
+        "strategy.local_epochs=2",
+        population=population,
+    ).epsilon("epsilon_record", participations=10)
 
 
 @pytest.mark.parametrize("neighboring", ["replace_one", "add_remove", None])
@@ -246,11 +284,13 @@ def test_poisson_record_batches_need_the_clients_sizes_and_a_known_sampling():
 def test_poisson_record_batches_with_user_noise_keep_the_user_level_budget():
     got = plan(*POISSON, "dp.user_noise_multiplier=0.9", population=UNEVEN)
     assert got.budget_account is got.headline and got.headline.unit == "user"
-    assert got.epsilon() == pytest.approx(expected_central("poisson", "add_remove", z=0.9),
-                                          rel=1e-9)  # fmt: skip
+    assert got.epsilon() == pytest.approx(
+        expected_central("poisson", "add_remove", z=0.9), rel=1e-9
+    )
     q = got.describe()["record_sampling_probability"]
     assert got.epsilon("epsilon_record", participations=10) == pytest.approx(
-        independent_epsilon([(poisson_records(q, 10), 10)]), rel=1e-9)  # fmt: skip
+        independent_epsilon([(poisson_records(q, 10), 10)]), rel=1e-9
+    )
 
 
 def test_dpsgd_in_clients_refuses_add_remove_which_shuffled_batches_do_not_satisfy():
@@ -271,15 +311,21 @@ def test_audit_case_record_level_epsilon_is_the_replace_one_one():
 
 def test_dpsgd_with_user_noise_has_both_accounts_and_the_budget_is_user_level():
     got = plan("dp=dpsgd", "dp.user_noise_multiplier=0.9")
-    assert got.epsilon() == pytest.approx(expected_central("poisson", "add_remove", z=0.9),
-                                          rel=1e-9)  # fmt: skip
+    assert got.epsilon() == pytest.approx(
+        expected_central("poisson", "add_remove", z=0.9), rel=1e-9
+    )
     assert got.budget_account is got.headline
 
 
 @pytest.mark.parametrize("mechanism", ["gaussian", "dpsgd", "none"])
 def test_pooled_records_are_poisson_sampled_steps(mechanism):
-    got = plan("strategy=centralized", f"dp={mechanism}", "strategy.batch_size=60", "rounds=3",
-               population=Population(N, lambda clients: 30 * len(clients)))  # fmt: skip
+    got = plan(
+        "strategy=centralized",
+        f"dp={mechanism}",
+        "strategy.batch_size=60",
+        "rounds=3",
+        population=Population(N, lambda clients: 30 * len(clients)),
+    )
     assert got.sampler.num_records == 30 * N and got.headline.unit == "record"
     if mechanism == "none":
         assert math.isinf(got.epsilon())
@@ -291,34 +337,46 @@ def test_pooled_records_are_poisson_sampled_steps(mechanism):
 
 def test_tf_privacy_tutorial_epsilon_with_the_classic_conversion():
     orders = ",".join([str(1 + x / 10.0) for x in range(1, 100)] + [str(o) for o in range(12, 64)])
-    got = plan("strategy=centralized", "dp.noise_multiplier=1.1", "strategy.batch_size=256",
-               "rounds=60", "dp.conversion=classic", f"dp.orders=[{orders}]",
-               population=Population(1, lambda clients: 60000))  # fmt: skip
+    got = plan(
+        "strategy=centralized",
+        "dp.noise_multiplier=1.1",
+        "strategy.batch_size=256",
+        "rounds=60",
+        "dp.conversion=classic",
+        f"dp.orders=[{orders}]",
+        population=Population(1, lambda clients: 60000),
+    )
     assert round(got.epsilon(), 2) == 3.01
 
 
-@pytest.mark.parametrize("overrides", [
-    ("dp=adaptive", "dp.clipped_count_stddev=2", "strategy=centralized"),
-    ("dp=tree", "strategy=centralized"),
-    ("dp=laplace_local", "strategy=centralized"),
-    ("dp=input_noise", "strategy=centralized"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("dp=adaptive", "dp.clipped_count_stddev=2", "strategy=centralized"),
+        ("dp=tree", "strategy=centralized"),
+        ("dp=laplace_local", "strategy=centralized"),
+        ("dp=input_noise", "strategy=centralized"),
+    ],
+)
 def test_federated_only_mechanisms_are_refused_on_pooled_records(overrides):
     with pytest.raises(Exception, match=r"dp|strategy.sampling"):
         plan(*overrides)
 
 
-@pytest.mark.parametrize("overrides,key", [
-    (("dp=tree", "dp.accountant=pure"), "dp.accountant"),
-    (("dp=tree", "dp.accountant=pld"), "dp.accountant"),
-    (("dp=tree", "dp.accountant=pure", "dp.target_epsilon=1"), "dp.accountant"),
-    (("dp=dpsgd", "dp.accountant=pure"), "dp.accountant"),
-    (("dp=dpsgd", "dp.accountant=pure", *POOLED), "dp.accountant"),
-    (("dp=gaussian", "dp.accountant=pure"), "dp.accountant"),
-    (("dp=gaussian", "dp.accountant=pld", "strategy.sampling=fixed"), "dp.accountant"),
-    (("dp=gaussian_local", "dp.accountant=pure"), "dp.accountant"),
-    (("dp=input_noise", "dp.noise=gaussian"), "dp.accountant"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (("dp=tree", "dp.accountant=pure"), "dp.accountant"),
+        (("dp=tree", "dp.accountant=pld"), "dp.accountant"),
+        (("dp=tree", "dp.accountant=pure", "dp.target_epsilon=1"), "dp.accountant"),
+        (("dp=dpsgd", "dp.accountant=pure"), "dp.accountant"),
+        (("dp=dpsgd", "dp.accountant=pure", *POOLED), "dp.accountant"),
+        (("dp=gaussian", "dp.accountant=pure"), "dp.accountant"),
+        (("dp=gaussian", "dp.accountant=pld", "strategy.sampling=fixed"), "dp.accountant"),
+        (("dp=gaussian_local", "dp.accountant=pure"), "dp.accountant"),
+        (("dp=input_noise", "dp.noise=gaussian"), "dp.accountant"),
+    ],
+)
 def test_accountants_that_cannot_compose_a_mechanism_are_refused_at_build(overrides, key):
     """The first version planned epsilon 0 for dp=tree dp.accountant=pure and calibrated to 0.001."""
     with pytest.raises(ConfigError) as err:
@@ -348,8 +406,12 @@ def test_calibration_reaches_the_target_from_below_and_round_trips(overrides):
 
 def test_unreachable_target_is_refused():
     with pytest.raises(ConfigError, match="dp.target_epsilon"):
-        plan("dp.target_epsilon=1e-9", "rounds=1000", "strategy.sampling=fixed",
-             f"strategy.clients_per_round={N}")  # fmt: skip
+        plan(
+            "dp.target_epsilon=1e-9",
+            "rounds=1000",
+            "strategy.sampling=fixed",
+            f"strategy.clients_per_round={N}",
+        )
 
 
 @pytest.mark.parametrize(
@@ -410,8 +472,8 @@ def test_adaptive_effective_noise_splits_exactly_under_both_relations():
     q = M / N
     split = dpa.ComposedDpEvent((dpa.GaussianDpEvent(z_value), dpa.GaussianDpEvent(2 * count_std)))
     assert independent_epsilon([(dpa.PoissonSampledDpEvent(q, split), 20)]) == pytest.approx(
-        independent_epsilon([(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(z)), 20)]),
-        rel=1e-9)  # fmt: skip
+        independent_epsilon([(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(z)), 20)]), rel=1e-9
+    )
     got = plan("dp=adaptive", "dp.noise_multiplier=1", f"dp.clipped_count_stddev={count_std}")
     assert got.describe()["clipped_count_stddev"] == count_std
     default = plan("dp=adaptive", "dp.noise_multiplier=0.1")  # null: TFF's 0.05 x cohort, recorded

@@ -20,14 +20,16 @@ def run(noise: float, rounds: int = 100, q: float = 0.05):
     return [(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(noise)), rounds)]
 
 
-@pytest.mark.parametrize(("distribution", "shape"), [("poisson", math.inf), ("geometric", 1.0),
-                                                     ("logarithmic", 0.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("distribution", "shape"), [("poisson", math.inf), ("geometric", 1.0), ("logarithmic", 0.0)]
+)
 def test_identical_runs_equal_dp_accountings_repeat_and_select_event(distribution, shape):
     """The public event of dp-accounting on one run's composed releases gives the same number."""
     events = run(1.0)
     ours = tuning_epsilon([events] * 10, ADD_REMOVE, 1e-5, distribution=distribution)
-    composed = dp_accounting.ComposedDpEvent([dp_accounting.SelfComposedDpEvent(e, c)
-                                              for e, c in events])  # fmt: skip
+    composed = dp_accounting.ComposedDpEvent(
+        [dp_accounting.SelfComposedDpEvent(e, c) for e, c in events]
+    )
     reference = RdpAccountant(ORDERS, ADD_REMOVE)
     reference.compose(RepeatAndSelectDpEvent(composed, 10.0, shape))
     assert ours == pytest.approx(reference.get_epsilon(1e-5), rel=1e-12)
@@ -48,8 +50,14 @@ def test_geometric_bound_follows_theorem_2_of_the_paper():
     # the conversion dp-accounting uses (Canonne, Kamath, Steinke 2020, Proposition 12)
     usable = orders > 1.01  # below, the conversion is numerically unstable and not used
     hand = np.min((tuned + np.log1p(-1 / orders) - np.log(delta * orders) / (orders - 1))[usable])
-    ours = tuning_epsilon([events], dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, delta,
-                          mean=mean, distribution="geometric", orders=ORDERS)  # fmt: skip
+    ours = tuning_epsilon(
+        [events],
+        dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+        delta,
+        mean=mean,
+        distribution="geometric",
+        orders=ORDERS,
+    )
     assert ours == pytest.approx(max(hand, 0.0), rel=1e-9)
 
 
@@ -61,8 +69,9 @@ def test_a_pure_dp_base_costs_2_plus_eta_times_its_epsilon(distribution, shape, 
     (dp-accounting checks its event against the same corollary). A Laplace release of scale
     1/eps is eps-DP; a single huge RDP order stands for pure DP."""
     runs = [[(dp_accounting.LaplaceDpEvent(1 / eps), 1)]] * 3
-    ours = tuning_epsilon(runs, ADD_REMOVE, 1e-10, mean=mean, distribution=distribution,
-                          orders=[1e10])  # fmt: skip
+    ours = tuning_epsilon(
+        runs, ADD_REMOVE, 1e-10, mean=mean, distribution=distribution, orders=[1e10]
+    )
     assert ours == pytest.approx((2 + shape) * eps, rel=1e-6)
 
 
@@ -73,8 +82,10 @@ def test_tuning_costs_more_than_one_run_and_grows_with_the_log_of_the_trials(dis
     for event, count in run(1.0):
         one.compose(event, count)
     single = one.get_epsilon(1e-5)
-    costs = [tuning_epsilon([run(1.0)], ADD_REMOVE, 1e-5, mean=m, distribution=distribution)
-             for m in (10, 100, 1000)]  # fmt: skip
+    costs = [
+        tuning_epsilon([run(1.0)], ADD_REMOVE, 1e-5, mean=m, distribution=distribution)
+        for m in (10, 100, 1000)
+    ]
     assert single < costs[0] < costs[1] < costs[2] < 5 * single
     steps = np.diff(costs)
     assert steps[1] < 1.5 * steps[0]  # x10 trials adds about the same each time: log, not linear
@@ -91,9 +102,11 @@ def test_the_worst_run_sets_the_per_trial_curve():
 def test_non_private_runs_and_bad_arguments():
     non_private = [(dp_accounting.NonPrivateDpEvent(), 1)]
     assert tuning_epsilon([non_private], ADD_REMOVE, 1e-5) == math.inf
-    for kwargs, match in [({"mean": 0.5}, "mean number of trials"),
-                          ({"distribution": "uniform"}, "distribution must be one of"),
-                          ({"delta": 0.0}, "delta must be in")]:  # fmt: skip
+    for kwargs, match in [
+        ({"mean": 0.5}, "mean number of trials"),
+        ({"distribution": "uniform"}, "distribution must be one of"),
+        ({"delta": 0.0}, "delta must be in"),
+    ]:
         args = {"delta": 1e-5, **kwargs}
         with pytest.raises(ValueError, match=match):
             tuning_epsilon([run(1.0)], ADD_REMOVE, **args)

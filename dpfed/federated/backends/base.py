@@ -38,8 +38,13 @@ class ClientBackend(abc.ABC):
     # the batches a process reads carry their noise seeds (else `pack` receives them apart)
     seeds_in_data: ClassVar[bool] = True
 
-    def pack(self, strategy, clients: list[ClientRound], seeds: list | None = None,
-             canaries: list | None = None):  # fmt: skip
+    def pack(
+        self,
+        strategy,
+        clients: list[ClientRound],
+        seeds: list | None = None,
+        canaries: list | None = None,
+    ):
         """The process's client data from each client's shuffled epochs.
 
         Here one batched ``tf.data`` dataset per client, as TFF's client work reads
@@ -53,12 +58,22 @@ class ClientBackend(abc.ABC):
                 backend that runs them says so in `check`).
         """
         batch = strategy.client_update.batch_size
-        return [client_dataset(c, batch, s if self.seeds_in_data else None)
-                for c, s in zip(clients, seeds or [None] * len(clients), strict=True)]  # fmt: skip
+        return [
+            client_dataset(c, batch, s if self.seeds_in_data else None)
+            for c, s in zip(clients, seeds or [None] * len(clients), strict=True)
+        ]
 
-    def cohort_data(self, strategy, client_data, cohort: list[str], round_num: int, seed: int,
-                    noise_key: int | None = None, probe=None,
-                    poisson: PoissonBatches | None = None):  # fmt: skip
+    def cohort_data(
+        self,
+        strategy,
+        client_data,
+        cohort: list[str],
+        round_num: int,
+        seed: int,
+        noise_key: int | None = None,
+        probe=None,
+        poisson: PoissonBatches | None = None,
+    ):
         """Each client's shuffled, batched data for the round, packed for the process.
 
         An empty cohort (possible with Poisson sampling) gets one client without
@@ -125,8 +140,11 @@ class ClientRound:
     assumes, and a batch never spans two epochs.
     """
 
-    def __init__(self, epochs: list[tuple[np.ndarray, np.ndarray]],
-                 steps: list[tuple[np.ndarray, np.ndarray]] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        epochs: list[tuple[np.ndarray, np.ndarray]],
+        steps: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    ):
         self.epochs = epochs
         self.steps = steps
 
@@ -146,8 +164,9 @@ class ClientRound:
         return cls([(x[order], y[order]) for order in orders])
 
     @classmethod
-    def poisson(cls, x, y, batches: PoissonBatches, steps: int, round_num: int,
-                client: int) -> ClientRound:  # fmt: skip
+    def poisson(
+        cls, x, y, batches: PoissonBatches, steps: int, round_num: int, client: int
+    ) -> ClientRound:
         """``steps`` Poisson batches (DP-SGD's record sampling), each taking every record
         independently with probability ``batches.q``.
 
@@ -172,8 +191,11 @@ class ClientRound:
         check(batch_size >= 1, "batch_size", batch_size, ">= 1")
         if self.steps is not None:
             return self.steps
-        return [(x[i : i + batch_size], y[i : i + batch_size]) for x, y in self.epochs
-                for i in range(0, len(x), batch_size)]  # fmt: skip
+        return [
+            (x[i : i + batch_size], y[i : i + batch_size])
+            for x, y in self.epochs
+            for i in range(0, len(x), batch_size)
+        ]
 
 
 def batch_count(examples: int, update) -> int:
@@ -188,8 +210,13 @@ def batch_seeds(noise_key: int, round_num: int, client: int, batches: int) -> np
     they depend on nothing but the position and the batch index.
     """
     rng = np.random.default_rng(position_seed(noise_key, round_num, client).view(np.uint64))
-    return rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=(batches, 2),
-                        dtype=np.int64, endpoint=True)  # fmt: skip
+    return rng.integers(
+        np.iinfo(np.int64).min,
+        np.iinfo(np.int64).max,
+        size=(batches, 2),
+        dtype=np.int64,
+        endpoint=True,
+    )
 
 
 def padded_steps(client: ClientRound) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -223,8 +250,9 @@ def client_dataset(client: ClientRound, batch_size: int, seeds: np.ndarray | Non
             lambda bx, by, n: (bx[:n], by[:n])
         )
     else:
-        epochs = [tf.data.Dataset.from_tensor_slices(epoch).batch(batch_size)
-                  for epoch in client.epochs]  # fmt: skip
+        epochs = [
+            tf.data.Dataset.from_tensor_slices(epoch).batch(batch_size) for epoch in client.epochs
+        ]
         ds = epochs[0]
         for more in epochs[1:]:
             ds = ds.concatenate(more)

@@ -40,10 +40,12 @@ class ProximalOptimizer(tff.learning.optimizers.Optimizer):
         )
 
     def next(self, state, weights, gradients):
-        anchor = tf.nest.map_structure(lambda a, w: tf.where(state["started"], a, w),
-                                       state["anchor"], weights)  # fmt: skip
-        gradients = tf.nest.map_structure(lambda g, w, a: proximal_gradient(g, w, a, self.mu),
-                                          gradients, weights, anchor)  # fmt: skip
+        anchor = tf.nest.map_structure(
+            lambda a, w: tf.where(state["started"], a, w), state["anchor"], weights
+        )
+        gradients = tf.nest.map_structure(
+            lambda g, w, a: proximal_gradient(g, w, a, self.mu), gradients, weights, anchor
+        )
         base, weights = self.base.next(state["base"], weights, gradients)
         return collections.OrderedDict(base=base, anchor=anchor, started=tf.constant(True)), weights
 
@@ -120,11 +122,13 @@ class DPSGDModel(KeyedModel):
         output = self._base.forward_pass((x, y), training=training)
         if not training:
             return output
-        grads = noisy_clipped_mean_gradient(self._keras, self._loss, x, y, self._clip,
-                                            self._noise_std, self._batch_size, seed)  # fmt: skip
+        grads = noisy_clipped_mean_gradient(
+            self._keras, self._loss, x, y, self._clip, self._noise_std, self._batch_size, seed
+        )
         variables = self._keras.trainable_variables
-        surrogate = tf.add_n([tf.reduce_sum(tf.stop_gradient(g) * v)
-                              for g, v in zip(grads, variables, strict=True)])  # fmt: skip
+        surrogate = tf.add_n(
+            [tf.reduce_sum(tf.stop_gradient(g) * v) for g, v in zip(grads, variables, strict=True)]
+        )
         loss = tf.stop_gradient(output.loss) + surrogate - tf.stop_gradient(surrogate)
         return tff.learning.models.BatchOutput(
             loss=loss, predictions=output.predictions, num_examples=output.num_examples
@@ -161,9 +165,11 @@ def _locally_randomized(client_work, local, data_type):
         return tff.templates.MeasuredProcessOutput(output.state, result, output.measurements)
 
     return tff.learning.templates.ClientWorkProcess(
-        client_work.initialize, next_fn, get_hparams_fn=client_work.get_hparams,
+        client_work.initialize,
+        next_fn,
+        get_hparams_fn=client_work.get_hparams,
         set_hparams_fn=client_work.set_hparams,
-    )  # fmt: skip
+    )
 
 
 class ReferenceBackend(ClientBackend):
@@ -177,15 +183,28 @@ class ReferenceBackend(ClientBackend):
     def check(self, strategy, parts, model) -> None:
         update = strategy.client_update
         if parts.example_dp is not None and update.work != ClientWork.local_training:
-            raise ConfigError("strategy", str(update.work), "one with local training (not "
-                              "fedsgd) for example-level DP-SGD", absolute=True)  # fmt: skip
+            raise ConfigError(
+                "strategy",
+                str(update.work),
+                "one with local training (not fedsgd) for example-level DP-SGD",
+                absolute=True,
+            )
         if parts.example_dp is not None and parts.example_dp.probe is not None:
-            raise ConfigError("backend", "reference", "vectorized for canary records in "
-                              "clients' DP-SGD (audit=canary_gradients): its clients measure "
-                              "the canaries' residuals", absolute=True)  # fmt: skip
+            raise ConfigError(
+                "backend",
+                "reference",
+                "vectorized for canary records in "
+                "clients' DP-SGD (audit=canary_gradients): its clients measure "
+                "the canaries' residuals",
+                absolute=True,
+            )
         if parts.local is not None and update.work != ClientWork.local_training:
-            raise ConfigError("strategy", str(update.work), "one with local training (not "
-                              "fedsgd) for local DP", absolute=True)  # fmt: skip
+            raise ConfigError(
+                "strategy",
+                str(update.work),
+                "one with local training (not fedsgd) for local DP",
+                absolute=True,
+            )
         check_weighting(update.weighted, parts)
 
     def model_fn(self, model, parts, update):
@@ -195,8 +214,14 @@ class ReferenceBackend(ClientBackend):
 
             def dpsgd_model():
                 keras = model.keras_model()  # ghost clipping needs no unrolled GRUs
-                return DPSGDModel(model.tff_model(keras), keras, model.loss("none"), dp.clip,
-                                  dp.noise_multiplier, update.batch_size)  # fmt: skip
+                return DPSGDModel(
+                    model.tff_model(keras),
+                    keras,
+                    model.loss("none"),
+                    dp.clip,
+                    dp.noise_multiplier,
+                    update.batch_size,
+                )
 
             return dpsgd_model
         if parts.client_side:
@@ -212,16 +237,21 @@ class ReferenceBackend(ClientBackend):
             if not update.weighted:  # every client's gradient counts once, as with DP
                 unweighted = aggregator or tff.aggregators.UnweightedMeanFactory()
                 aggregator = tff.aggregators.as_weighted_aggregator(unweighted)
-            return algorithms.build_fed_sgd(model_fn, strategy.server_optimizer,
-                                            model_aggregator=aggregator)  # fmt: skip
+            return algorithms.build_fed_sgd(
+                model_fn, strategy.server_optimizer, model_aggregator=aggregator
+            )
         optimizer = update.optimizer
         if update.proximal_mu:
             optimizer = ProximalOptimizer(optimizer, update.proximal_mu)
-        build = (algorithms.build_weighted_fed_avg if update.weighted
-                 else algorithms.build_unweighted_fed_avg)  # fmt: skip
+        build = (
+            algorithms.build_weighted_fed_avg
+            if update.weighted
+            else algorithms.build_unweighted_fed_avg
+        )
         if parts.local is None:
-            return build(model_fn, optimizer, strategy.server_optimizer,
-                         model_aggregator=parts.aggregator)  # fmt: skip
+            return build(
+                model_fn, optimizer, strategy.server_optimizer, model_aggregator=parts.aggregator
+            )
 
         # Local DP: FedAvg's composition, with the randomizer after TFF's client work.
         @tff.tensorflow.computation()

@@ -100,11 +100,14 @@ class RecordCanaries:
         users = tf.shape(ids)[0]
         rows = tf.broadcast_to(tf.range(tf.cast(users, tf.int64))[:, None], tf.shape(coordinates))
         indices = tf.reshape(tf.stack([rows, coordinates], -1), [-1, 2])
-        flat = tf.scatter_nd(indices, tf.reshape(values, [-1]),
-                             tf.stack([tf.cast(users, tf.int64), self._dim]))  # fmt: skip
+        flat = tf.scatter_nd(
+            indices, tf.reshape(values, [-1]), tf.stack([tf.cast(users, tf.int64), self._dim])
+        )
         parts = tf.split(flat, self._sizes, axis=1)
-        return tuple(s + tf.reshape(p, [-1, *shape])
-                     for s, p, shape in zip(summed, parts, self._shapes, strict=True))  # fmt: skip
+        return tuple(
+            s + tf.reshape(p, [-1, *shape])
+            for s, p, shape in zip(summed, parts, self._shapes, strict=True)
+        )
 
     def residual(self, noised, summed, ids):
         """Per canary ``[count]`` (float64): noised sum minus the real clipped sum, on its
@@ -113,9 +116,11 @@ class RecordCanaries:
         difference = self._flat(noised) - self._flat(summed)
         measured = tf.gather(difference, coordinates, batch_dims=1)
         measured = tf.where(ids >= 0, tf.cast(measured, tf.float64), 0.0)
-        return tf.math.unsorted_segment_sum(tf.reshape(measured, [-1]),
-                                            tf.reshape(tf.where(ids >= 0, ids, self.count), [-1]),
-                                            self.count + 1)[: self.count]  # fmt: skip
+        return tf.math.unsorted_segment_sum(
+            tf.reshape(measured, [-1]),
+            tf.reshape(tf.where(ids >= 0, ids, self.count), [-1]),
+            self.count + 1,
+        )[: self.count]
 
 
 class UserLevelQuery(tfp.SumAggregationDPQuery):
@@ -155,8 +160,9 @@ class UserLevelQuery(tfp.SumAggregationDPQuery):
             user = tf.nest.map_structure(lambda t: t[i], record)
             return i + 1, self._query.accumulate_record(params, state, user)
 
-        _, total = tf.while_loop(lambda i, _: i < users, body,
-                                 (tf.constant(0), self.initial_sample_state(spec)))  # fmt: skip
+        _, total = tf.while_loop(
+            lambda i, _: i < users, body, (tf.constant(0), self.initial_sample_state(spec))
+        )
         return total
 
     def get_noised_result(self, sample_state, global_state):
@@ -188,10 +194,13 @@ class VectorizedBackend(ClientBackend):
             work = "no clients" if update is None else str(update.work)
             raise _unsupported(f"client work {work!r} (it runs local training only)")
         if not update.sgd:
-            raise ConfigError("strategy.client_optimizer", type(update.optimizer).__name__,
-                              "sgd with backend=vectorized (users step in lockstep; an "
-                              "optimizer with a step counter would count masked steps)",
-                              absolute=True)  # fmt: skip
+            raise ConfigError(
+                "strategy.client_optimizer",
+                type(update.optimizer).__name__,
+                "sgd with backend=vectorized (users step in lockstep; an "
+                "optimizer with a step counter would count masked steps)",
+                absolute=True,
+            )
         if parts.aggregator is not None and parts.query is None:
             raise _unsupported("a mechanism whose aggregator exposes no DP query")
         check_weighting(update.weighted, parts)
@@ -200,8 +209,9 @@ class VectorizedBackend(ClientBackend):
             raise _unsupported("this model (only the GRU stack with a dense head is vectorized)")
 
     # ------------------------------------------------------------------ data
-    def pack(self, strategy, clients: list[ClientRound], seeds=None,
-             canaries=None) -> list[tf.data.Dataset]:  # fmt: skip
+    def pack(
+        self, strategy, clients: list[ClientRound], seeds=None, canaries=None
+    ) -> list[tf.data.Dataset]:
         """Turns the cohort's users into one dataset per shard.
 
         Each shard's dataset has one element ``(x [S, K, B, ...], y [S, K, B, ...],
@@ -244,8 +254,9 @@ class VectorizedBackend(ClientBackend):
             if canaries is not None:
                 for i, user in zip(members, group, strict=True):
                     if any(step >= len(user) for step, _ in canaries[i]):  # never a padded step
-                        raise RuntimeError(f"a canary record placed beyond user {i}'s "
-                                           f"{len(user)} batches")  # fmt: skip
+                        raise RuntimeError(
+                            f"a canary record placed beyond user {i}'s {len(user)} batches"
+                        )
                 element += (_canary_steps([canaries[i] for i in members], steps),)
             shards.append(tf.data.Dataset.from_tensors(element))
         return shards
@@ -311,8 +322,9 @@ class VectorizedBackend(ClientBackend):
         local, example_dp = parts.local, parts.example_dp
         probe = example_dp.probe if example_dp is not None else None
         poisson = parts.poisson_batches is not None
-        data_type = self.data_type(strategy, model, canaries=probe is not None,
-                                   poisson_batches=poisson)  # fmt: skip
+        data_type = self.data_type(
+            strategy, model, canaries=probe is not None, poisson_batches=poisson
+        )
         if probe is not None:
             canary = RecordCanaries(probe.coordinates, probe.values, net.shapes())
 
@@ -323,13 +335,18 @@ class VectorizedBackend(ClientBackend):
             sum before the noise, and the step's residual per canary (noised sum minus
             the real records' clipped sum, on its coordinate) is returned too.
             """
-            summed, example_losses, out = stacked_clipped_gradients(net, w, x, y, m,
-                                                                    example_dp.clip)  # fmt: skip
+            summed, example_losses, out = stacked_clipped_gradients(
+                net, w, x, y, m, example_dp.clip
+            )
             std = example_dp.noise_multiplier * example_dp.clip
 
             def noise(seed):  # as `dpfed.privacy.dpsgd.add_seeded_noise` draws it per weight
-                return tuple(seeded_normal(v.shape[1:], tf.random.experimental.stateless_fold_in(
-                    seed, i), std, v.dtype) for i, v in enumerate(w))  # fmt: skip
+                return tuple(
+                    seeded_normal(
+                        v.shape[1:], tf.random.experimental.stateless_fold_in(seed, i), std, v.dtype
+                    )
+                    for i, v in enumerate(w)
+                )
 
             spec = tuple(tf.TensorSpec(v.shape[1:], v.dtype) for v in w)
             drawn = tf.map_fn(noise, seeds, fn_output_signature=spec)
@@ -370,8 +387,10 @@ class VectorizedBackend(ClientBackend):
                         total = tf.reduce_sum(user_loss)
                     grads = tuple(tf.convert_to_tensor(g) for g in tape.gradient(total, w))
                 if proximal:  # FedProx; masked below with the step, like the gradient
-                    grads = tuple(proximal_gradient(g, v, v0[None], proximal)
-                                  for g, v, v0 in zip(grads, w, initial, strict=True))  # fmt: skip
+                    grads = tuple(
+                        proximal_gradient(g, v, v0[None], proximal)
+                        for g, v, v0 in zip(grads, w, initial, strict=True)
+                    )
                 if momentum:  # TFF's SGDM: a = momentum * a + g; w = w - lr * a
                     new_acc = tuple(momentum * a + g for a, g in zip(acc, grads, strict=True))
                     new_w = tuple(v - lr * a for v, a in zip(w, new_acc, strict=True))
@@ -385,15 +404,20 @@ class VectorizedBackend(ClientBackend):
                 w = tuple(keep(a, b) for a, b in zip(new_w, w, strict=True))
                 acc = tuple(keep(a, b) for a, b in zip(new_acc, acc, strict=True))
                 metric_total, metric_count = net.metric_update(out, y[s], m)
-                step_sums = (user_loss * n, n, metric_total, metric_count,
-                             tf.cast(active, tf.float32))  # fmt: skip
+                step_sums = (
+                    user_loss * n,
+                    n,
+                    metric_total,
+                    metric_count,
+                    tf.cast(active, tf.float32),
+                )
                 sums = tuple(a + b for a, b in zip(sums, step_sums, strict=True))
                 return s + 1, w, acc, sums, audit
 
             acc0 = tuple(tf.zeros_like(v) for v in start) if momentum else ()
             _, final, _, sums, audit = tf.while_loop(
-                lambda s, *_: s < tf.shape(x)[0], step,
-                (tf.constant(0), start, acc0, sums0, audit0))  # fmt: skip
+                lambda s, *_: s < tf.shape(x)[0], step, (tf.constant(0), start, acc0, sums0, audit0)
+            )
             return initial, final, sums, audit
 
         def randomize(delta, seeds):
@@ -402,12 +426,17 @@ class VectorizedBackend(ClientBackend):
             def one(args):
                 user_delta, first_seed = args
                 seed = local_seed(first_seed)
-                return tuple(local_randomize(list(user_delta), local.norm, local.clip,
-                                             local.noise, local.scale, seed))  # fmt: skip
+                return tuple(
+                    local_randomize(
+                        list(user_delta), local.norm, local.clip, local.noise, local.scale, seed
+                    )
+                )
 
-            return tf.map_fn(one, (delta, seeds[0]),
-                             fn_output_signature=tuple(tf.TensorSpec(d.shape[1:], d.dtype)
-                                                       for d in delta))  # fmt: skip
+            return tf.map_fn(
+                one,
+                (delta, seeds[0]),
+                fn_output_signature=tuple(tf.TensorSpec(d.shape[1:], d.dtype) for d in delta),
+            )
 
         @tff.tensorflow.computation(weights_type, data_type)
         def shard_update(weights, dataset):
@@ -415,10 +444,17 @@ class VectorizedBackend(ClientBackend):
             initial, final, sums, audit = train_shard(weights, x, y, mask, seeds, *canaries)
             delta = tuple(v0[None] - v for v0, v in zip(initial, final, strict=True))
             finite = tf.reduce_all(
-                tf.stack([tf.reduce_all(tf.math.is_finite(tf.reshape(d, [tf.shape(d)[0], -1])), 1)
-                          for d in delta]), 0)  # fmt: skip
-            delta = tuple(tf.where(tf.reshape(finite, [-1] + [1] * (d.shape.rank - 1)), d, 0.0)
-                          for d in delta)  # fmt: skip
+                tf.stack(
+                    [
+                        tf.reduce_all(tf.math.is_finite(tf.reshape(d, [tf.shape(d)[0], -1])), 1)
+                        for d in delta
+                    ]
+                ),
+                0,
+            )
+            delta = tuple(
+                tf.where(tf.reshape(finite, [-1] + [1] * (d.shape.rank - 1)), d, 0.0) for d in delta
+            )
             if local is not None:
                 delta = randomize(delta, seeds)
             examples = sums[1]
@@ -426,11 +462,13 @@ class VectorizedBackend(ClientBackend):
                 update, weight = list(delta), tf.constant(1.0)
             else:
                 # TFF zeroes a non-finite update; weighted, it also gets weight 0.
-                per_user = (examples * tf.cast(finite, tf.float32) if weighted
-                            else tf.ones_like(examples))  # fmt: skip
+                per_user = (
+                    examples * tf.cast(finite, tf.float32) if weighted else tf.ones_like(examples)
+                )
                 weight = tf.reduce_sum(per_user)
-                update = [tf.math.divide_no_nan(tf.tensordot(per_user, d, 1), weight)
-                          for d in delta]  # fmt: skip
+                update = [
+                    tf.math.divide_no_nan(tf.tensordot(per_user, d, 1), weight) for d in delta
+                ]
             metrics = collections.OrderedDict(
                 loss_total=tf.reduce_sum(sums[0]),
                 metric_total=tf.reduce_sum(sums[2]),
@@ -447,12 +485,14 @@ class VectorizedBackend(ClientBackend):
         @tff.tensorflow.computation(metrics_type)
         def finalize(total):
             examples = tf.cast(total["num_examples"], tf.float32)
-            return collections.OrderedDict([
-                (metric, tf.math.divide_no_nan(total["metric_total"], total["metric_count"])),
-                ("loss", tf.math.divide_no_nan(total["loss_total"], examples)),
-                ("num_examples", total["num_examples"]),
-                ("num_batches", total["num_batches"]),
-            ])  # fmt: skip
+            return collections.OrderedDict(
+                [
+                    (metric, tf.math.divide_no_nan(total["metric_total"], total["metric_count"])),
+                    ("loss", tf.math.divide_no_nan(total["loss_total"], examples)),
+                    ("num_examples", total["num_examples"]),
+                    ("num_batches", total["num_batches"]),
+                ]
+            )
 
         @tff.federated_computation()
         def init_fn():

@@ -47,14 +47,24 @@ class AdaptiveGaussianMechanism(Mechanism):
 
     label = "adaptive"
 
-    def __init__(self, noise_multiplier: float, initial_clip: float, target_quantile: float,
-                 clip_learning_rate: float, clipped_count_stddev: float | None = None):  # fmt: skip
+    def __init__(
+        self,
+        noise_multiplier: float,
+        initial_clip: float,
+        target_quantile: float,
+        clip_learning_rate: float,
+        clipped_count_stddev: float | None = None,
+    ):
         check_noise(noise_multiplier)
         check_clip(initial_clip, noise_multiplier, "initial_clip")
         check(0 < target_quantile < 1, "target_quantile", target_quantile, "in (0, 1)")
         check(clip_learning_rate > 0, "clip_learning_rate", clip_learning_rate, "> 0")
-        check(clipped_count_stddev is None or clipped_count_stddev > 0, "clipped_count_stddev",
-              clipped_count_stddev, "null or > 0")  # fmt: skip
+        check(
+            clipped_count_stddev is None or clipped_count_stddev > 0,
+            "clipped_count_stddev",
+            clipped_count_stddev,
+            "null or > 0",
+        )
         self.noise_multiplier, self.initial_clip = noise_multiplier, initial_clip
         self.target_quantile, self.clip_learning_rate = target_quantile, clip_learning_rate
         self.clipped_count_stddev = clipped_count_stddev
@@ -77,18 +87,23 @@ class AdaptiveGaussianMechanism(Mechanism):
 
     def noise_limit(self, ctx) -> tuple[float, str]:
         count_std = self.count_stddev(ctx.sampler.expected_cohort)
-        why = (f"with clipped_count_stddev={count_std:g} the noise multiplier must stay below "
-               f"{2 * count_std:g}, twice the count noise (a larger one allows more)")  # fmt: skip
+        why = (
+            f"with clipped_count_stddev={count_std:g} the noise multiplier must stay below "
+            f"{2 * count_std:g}, twice the count noise (a larger one allows more)"
+        )
         return 2 * count_std, why
 
     def accounts(self, ctx, noise_multiplier: float) -> tuple[Account, ...]:
         count_std = self.count_stddev(ctx.sampler.expected_cohort)
         if noise_multiplier > 0 and count_std <= noise_multiplier / 2:
-            raise ConfigError("clipped_count_stddev", count_std,
-                              f"> noise_multiplier / 2 = {noise_multiplier / 2:g} (the count "
-                              "noise alone must not exceed the privacy budget; TFF's default "
-                              "is 0.05 * clients_per_round: set it explicitly or use larger "
-                              "cohorts)")  # fmt: skip
+            raise ConfigError(
+                "clipped_count_stddev",
+                count_std,
+                f"> noise_multiplier / 2 = {noise_multiplier / 2:g} (the count "
+                "noise alone must not exceed the privacy budget; TFF's default "
+                "is 0.05 * clients_per_round: set it explicitly or use larger "
+                "cohorts)",
+            )
         return (central_account(ctx, noise_multiplier),)
 
     def setup(self, plan, model) -> MechanismParts:
@@ -119,12 +134,16 @@ class AdaptiveGaussianMechanism(Mechanism):
         return ("dp/clip",)
 
     def describe(self, plan) -> dict:
-        return {"clip": None, "initial_clip": self.initial_clip,
-                "target_quantile": self.target_quantile,
-                "clip_learning_rate": self.clip_learning_rate,
-                "clipped_count_stddev": self.count_stddev(plan.sampler.expected_cohort),
-                "sum_noise_multiplier": self.sum_noise_multiplier(
-                    plan.noise_multiplier, plan.sampler.expected_cohort)}  # fmt: skip
+        return {
+            "clip": None,
+            "initial_clip": self.initial_clip,
+            "target_quantile": self.target_quantile,
+            "clip_learning_rate": self.clip_learning_rate,
+            "clipped_count_stddev": self.count_stddev(plan.sampler.expected_cohort),
+            "sum_noise_multiplier": self.sum_noise_multiplier(
+                plan.noise_multiplier, plan.sampler.expected_cohort
+            ),
+        }
 
     def warnings(self, plan) -> tuple[str, ...]:
         z = plan.noise_multiplier
@@ -132,10 +151,12 @@ class AdaptiveGaussianMechanism(Mechanism):
         if z == 0 or z_sum <= SUM_NOISE_WARNING * z:
             return ()
         count_std = self.count_stddev(plan.sampler.expected_cohort)
-        return (f"adaptive: the clipped count takes most of the budget: the sum of updates gets "
-                f"noise multiplier {z_sum:.4g}, not {z:.4g} (clipped_count_stddev={count_std:g} "
-                f"is close to noise_multiplier / 2 = {z / 2:.4g}); a larger "
-                "dp.clipped_count_stddev leaves more of the budget to the updates",)  # fmt: skip
+        return (
+            f"adaptive: the clipped count takes most of the budget: the sum of updates gets "
+            f"noise multiplier {z_sum:.4g}, not {z:.4g} (clipped_count_stddev={count_std:g} "
+            f"is close to noise_multiplier / 2 = {z / 2:.4g}); a larger "
+            "dp.clipped_count_stddev leaves more of the budget to the updates",
+        )
 
 
 @dataclass

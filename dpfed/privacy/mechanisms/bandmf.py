@@ -68,8 +68,14 @@ class Strategy:
 
 
 @functools.lru_cache(maxsize=32)
-def build_strategy(factorization: str, rounds: int, bands: int, buffers: int,
-                   participations: int, min_separation: int) -> Strategy:  # fmt: skip
+def build_strategy(
+    factorization: str,
+    rounds: int,
+    bands: int,
+    buffers: int,
+    participations: int,
+    min_separation: int,
+) -> Strategy:
     """The strategy for ``rounds`` rounds, optimised for the participation pattern (cached).
 
     Banded coefficients are optimised for ``participations`` separated by
@@ -92,8 +98,9 @@ def build_strategy(factorization: str, rounds: int, bands: int, buffers: int,
     return Strategy(padded, "banded", float(coefficients[0]), coefficients[1:], np.zeros(0))
 
 
-def prefix_sensitivity(coefficients: np.ndarray, rounds: int, participations: int,
-                       min_separation: int) -> float:  # fmt: skip
+def prefix_sensitivity(
+    coefficients: np.ndarray, rounds: int, participations: int, min_separation: int
+) -> float:
     """L2 sensitivity of the first ``rounds`` releases of ``C x`` (``C`` lower-triangular Toeplitz).
 
     A client takes part at most ``participations`` times in those rounds, at least
@@ -102,8 +109,9 @@ def prefix_sensitivity(coefficients: np.ndarray, rounds: int, participations: in
     """
     head = np.asarray(coefficients[:rounds], dtype=np.float64)
     try:
-        return math.sqrt(mf.toeplitz_sensitivity_squared(head, rounds, participations,
-                                                         min_separation))  # fmt: skip
+        return math.sqrt(
+            mf.toeplitz_sensitivity_squared(head, rounds, participations, min_separation)
+        )
     except ValueError:  # negative or increasing coefficients: the general (exact) methods
         return mf.sensitivity(mf.toeplitz(head, rounds), participations, min_separation)
 
@@ -147,13 +155,23 @@ class BandMFMechanism(Mechanism):
 
     label = "bandmf"
 
-    def __init__(self, noise_multiplier: float, clip: float, factorization: str = "banded",
-                 bands: int | None = None, buffers: int = 4):  # fmt: skip
+    def __init__(
+        self,
+        noise_multiplier: float,
+        clip: float,
+        factorization: str = "banded",
+        bands: int | None = None,
+        buffers: int = 4,
+    ):
         check_noise(noise_multiplier)
         check_clip(clip, noise_multiplier)
         options = [f.value for f in Factorization]
-        check(str(factorization) in options, "factorization", factorization,
-              f"one of {', '.join(options)}")  # fmt: skip
+        check(
+            str(factorization) in options,
+            "factorization",
+            factorization,
+            f"one of {', '.join(options)}",
+        )
         check(bands is None or bands >= 1, "bands", bands, "null or >= 1")
         check(buffers >= 1, "buffers", buffers, ">= 1")
         self.noise_multiplier, self.clip = noise_multiplier, clip
@@ -169,48 +187,77 @@ class BandMFMechanism(Mechanism):
         """
         sampler = ctx.sampler
         if sampler.separated_poisson:  # amplified: a client's rounds are >= groups apart
-            return sampler.min_separation, sampler.max_participations(ctx.rounds), (
-                sampler.min_separation)  # fmt: skip
+            return (
+                sampler.min_separation,
+                sampler.max_participations(ctx.rounds),
+                (sampler.min_separation),
+            )
         if not sampler.epochs:
-            raise ConfigError("strategy.sampling", sampler.label,
-                              "cyclic or shuffle with dp=bandmf (matrix factorizations "
-                              "account each client once per epoch), or min_sep_poisson "
-                              "(amplified banded)", absolute=True)  # fmt: skip
-        return sampler.rounds_per_epoch, sampler.max_participations(ctx.rounds), (
-            sampler.min_separation)  # fmt: skip
+            raise ConfigError(
+                "strategy.sampling",
+                sampler.label,
+                "cyclic or shuffle with dp=bandmf (matrix factorizations "
+                "account each client once per epoch), or min_sep_poisson "
+                "(amplified banded)",
+                absolute=True,
+            )
+        return (
+            sampler.rounds_per_epoch,
+            sampler.max_participations(ctx.rounds),
+            (sampler.min_separation),
+        )
 
     def bands_for(self, ctx) -> int:
         """The number of bands of a banded ``C`` (``rounds`` for sqrt_toeplitz)."""
         per_epoch, participations, separation = self.pattern(ctx)
         if ctx.sampler.separated_poisson and self.factorization != Factorization.banded:
-            raise ConfigError("factorization", str(self.factorization),
-                              "banded with strategy.sampling=min_sep_poisson (amplification "
-                              "needs at most sampling_groups bands)")  # fmt: skip
+            raise ConfigError(
+                "factorization",
+                str(self.factorization),
+                "banded with strategy.sampling=min_sep_poisson (amplification "
+                "needs at most sampling_groups bands)",
+            )
         if self.factorization == Factorization.sqrt_toeplitz:
             return ctx.rounds
         bands = min(self.bands or per_epoch, ctx.rounds)
         if self.factorization == Factorization.banded and self.bands and self.bands > ctx.rounds:
             raise ConfigError("bands", self.bands, f"<= rounds={ctx.rounds}")
         if ctx.sampler.separated_poisson and bands > separation:
-            raise ConfigError("bands", bands,
-                              f"<= {separation} (strategy.sampling_groups: with min_sep_poisson "
-                              "sampling a client's rounds are that far apart; more bands make "
-                              "them interact and void the amplification)")  # fmt: skip
+            raise ConfigError(
+                "bands",
+                bands,
+                f"<= {separation} (strategy.sampling_groups: with min_sep_poisson "
+                "sampling a client's rounds are that far apart; more bands make "
+                "them interact and void the amplification)",
+            )
         # a sampling that keeps a client's rounds apart (cyclic) is worth it only with at most
         # that many bands; one that can bring it back at once (shuffle) is accounted as such
-        if (self.factorization == Factorization.banded and participations > 1
-                and separation > 1 and bands > separation):  # fmt: skip
-            raise ConfigError("bands", bands,
-                              f"<= {separation} (strategy.sampling={ctx.sampler.label} brings a "
-                              f"client back every {separation} rounds; more bands make its "
-                              "participations interact)")  # fmt: skip
+        if (
+            self.factorization == Factorization.banded
+            and participations > 1
+            and separation > 1
+            and bands > separation
+        ):
+            raise ConfigError(
+                "bands",
+                bands,
+                f"<= {separation} (strategy.sampling={ctx.sampler.label} brings a "
+                f"client back every {separation} rounds; more bands make its "
+                "participations interact)",
+            )
         return bands
 
     def strategy(self, ctx) -> Strategy:
         """The optimised strategy for ``ctx`` (cached across calls)."""
         _, participations, separation = self.pattern(ctx)
-        return build_strategy(str(self.factorization), ctx.rounds, self.bands_for(ctx),
-                              self.buffers, participations, separation)  # fmt: skip
+        return build_strategy(
+            str(self.factorization),
+            ctx.rounds,
+            self.bands_for(ctx),
+            self.buffers,
+            participations,
+            separation,
+        )
 
     def epoch_sensitivities(self, ctx, rounds: int | None = None) -> np.ndarray:
         """``sens_e`` of the releases up to the end of each epoch (``[0]`` is 0, no epoch)."""
@@ -238,9 +285,11 @@ class BandMFMechanism(Mechanism):
         per_epoch, participations, separation = self.pattern(ctx)
         neighboring = ctx.neighboring or Neighboring.replace_one
         if neighboring not in sampler.relations:
-            raise ConfigError("neighboring", str(neighboring),
-                              "replace_one or zero_out with dp=bandmf (epochs have a fixed "
-                              "cohort size)")  # fmt: skip
+            raise ConfigError(
+                "neighboring",
+                str(neighboring),
+                "replace_one or zero_out with dp=bandmf (epochs have a fixed cohort size)",
+            )
         factor = sensitivity_factor(neighboring)
         sens = self.epoch_sensitivities(ctx)
 
@@ -256,8 +305,18 @@ class BandMFMechanism(Mechanism):
                 return dp_accounting.NoOpDpEvent()
             return dp_accounting.GaussianDpEvent(noise_multiplier / (factor * math.sqrt(increment)))
 
-        return (Account("epsilon", "user", neighboring, sampler.relations[neighboring], False,
-                        event, noise_multiplier, factor * float(sens[-1])),)  # fmt: skip
+        return (
+            Account(
+                "epsilon",
+                "user",
+                neighboring,
+                sampler.relations[neighboring],
+                False,
+                event,
+                noise_multiplier,
+                factor * float(sens[-1]),
+            ),
+        )
 
     def _amplified_account(self, ctx, noise_multiplier: float) -> Account:
         """Amplified banded MF (Choquette-Choo et al. 2023, Section 4): with at most
@@ -273,10 +332,19 @@ class BandMFMechanism(Mechanism):
             if noise_multiplier == 0:
                 return dp_accounting.NonPrivateDpEvent()
             return sampler.round_event(
-                round_num, dp_accounting.GaussianDpEvent(noise_multiplier / norm))  # fmt: skip
+                round_num, dp_accounting.GaussianDpEvent(noise_multiplier / norm)
+            )
 
-        return Account("epsilon", "user", neighboring, sampler.relations[neighboring], False,
-                       event, noise_multiplier, norm)  # fmt: skip
+        return Account(
+            "epsilon",
+            "user",
+            neighboring,
+            sampler.relations[neighboring],
+            False,
+            event,
+            noise_multiplier,
+            norm,
+        )
 
     def setup(self, plan, model) -> MechanismParts:
         from dpfed.privacy.queries import FactorizedGaussianSumQuery
@@ -285,10 +353,15 @@ class BandMFMechanism(Mechanism):
         strategy = self.strategy(ctx)
         clip = finite_clip(self.clip)
         query = FactorizedGaussianSumQuery(
-            clip, clip * plan.noise_multiplier, plan.stream_key("bandmf"),
-            model.trainable_weight_specs(), strategy.stream, strategy.scale, strategy.mix,
+            clip,
+            clip * plan.noise_multiplier,
+            plan.stream_key("bandmf"),
+            model.trainable_weight_specs(),
+            strategy.stream,
+            strategy.scale,
+            strategy.mix,
             strategy.decay,
-        )  # fmt: skip
+        )
         return central_parts(query, plan)
 
     def describe(self, plan) -> dict:
@@ -302,20 +375,26 @@ class BandMFMechanism(Mechanism):
             return mf.toeplitz_prefix_sum_error(strategy.coefficients, ctx.rounds, kind)
 
         rmse = unit_error("rmse")
-        return {"clip": self.clip, "factorization": str(self.factorization),
-                "bands": self.bands_for(ctx) if strategy.stream == "banded" else None,
-                "buffers": strategy.state_size if strategy.stream == "blt" else None,
-                "noise_state_vectors": strategy.state_size,
-                "participations": participations, "min_separation": separation,
-                "rounds_per_epoch": None if amplified else per_epoch,
-                "amplified": amplified, "factorization_sensitivity": sens,
-                "prefix_sum_rmse_per_noise_multiplier": sens * rmse,
-                **prefix_sum_errors(plan.noise_multiplier, unit_error)}  # fmt: skip
+        return {
+            "clip": self.clip,
+            "factorization": str(self.factorization),
+            "bands": self.bands_for(ctx) if strategy.stream == "banded" else None,
+            "buffers": strategy.state_size if strategy.stream == "blt" else None,
+            "noise_state_vectors": strategy.state_size,
+            "participations": participations,
+            "min_separation": separation,
+            "rounds_per_epoch": None if amplified else per_epoch,
+            "amplified": amplified,
+            "factorization_sensitivity": sens,
+            "prefix_sum_rmse_per_noise_multiplier": sens * rmse,
+            **prefix_sum_errors(plan.noise_multiplier, unit_error),
+        }
 
 
 @functools.lru_cache(maxsize=64)
-def _epoch_sensitivities(coefficients: tuple, per_epoch: int, separation: int, epochs: int,
-                         rounds: int) -> np.ndarray:  # fmt: skip
+def _epoch_sensitivities(
+    coefficients: tuple, per_epoch: int, separation: int, epochs: int, rounds: int
+) -> np.ndarray:
     c = np.asarray(coefficients)
     out = [0.0]
     for epoch in range(1, epochs + 1):

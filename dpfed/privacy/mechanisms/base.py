@@ -73,8 +73,17 @@ class PrivacyConfig:
 
 
 # keys of the privacy analysis; the rest of a dp node are the mechanism's constructor arguments
-PLAN_KEYS = ("neighboring", "accountant", "delta", "orders", "conversion",
-             "pld_discretization", "target_epsilon", "max_epsilon", "seed")  # fmt: skip
+PLAN_KEYS = (
+    "neighboring",
+    "accountant",
+    "delta",
+    "orders",
+    "conversion",
+    "pld_discretization",
+    "target_epsilon",
+    "max_epsilon",
+    "seed",
+)
 
 
 @dataclass
@@ -222,8 +231,12 @@ def check_noise(noise_multiplier: float, key: str = "noise_multiplier") -> None:
 
 def check_clip(clip: float, noise_multiplier: float, key: str = "clip") -> None:
     """A clip is a number > 0; inf (no clipping) only with noise_multiplier=0."""
-    check(clip > 0 and (math.isfinite(clip) or noise_multiplier == 0), key, clip,
-          "a finite number > 0 (inf only with noise_multiplier=0)")  # fmt: skip
+    check(
+        clip > 0 and (math.isfinite(clip) or noise_multiplier == 0),
+        key,
+        clip,
+        "a finite number > 0 (inf only with noise_multiplier=0)",
+    )
 
 
 def finite_clip(clip: float) -> float:
@@ -253,8 +266,16 @@ def central_account(ctx: PlanContext, noise_multiplier: float, column: str = "ep
         def event(round_num):
             return sampler.round_event(round_num, release)
 
-    return Account(column, unit, neighboring, sampler.relations[neighboring], False, event,
-                   noise_multiplier, factor)  # fmt: skip
+    return Account(
+        column,
+        unit,
+        neighboring,
+        sampler.relations[neighboring],
+        False,
+        event,
+        noise_multiplier,
+        factor,
+    )
 
 
 def prefix_sum_errors(noise_multiplier: float, unit_error: Callable[[str], float]) -> dict:
@@ -264,8 +285,10 @@ def prefix_sum_errors(noise_multiplier: float, unit_error: Callable[[str], float
     rounds) or ``max``; the mechanism's noise std is ``noise_multiplier * clip``.
     Comparable across mechanisms at equal epsilon (the ``mf_error`` experiment).
     """
-    return {"prefix_sum_rmse": noise_multiplier * unit_error("rmse"),
-            "prefix_sum_max_error": noise_multiplier * unit_error("max")}  # fmt: skip
+    return {
+        "prefix_sum_rmse": noise_multiplier * unit_error("rmse"),
+        "prefix_sum_max_error": noise_multiplier * unit_error("max"),
+    }
 
 
 def central_parts(query, plan, **parts) -> MechanismParts:
@@ -281,12 +304,20 @@ def central_parts(query, plan, **parts) -> MechanismParts:
     from dpfed.runtime import tff
 
     normalized = tfp.NormalizedQuery(query, denominator=float(plan.sampler.expected_cohort))
-    return MechanismParts(aggregator=tff.aggregators.DifferentiallyPrivateFactory(normalized),
-                          query=normalized, **parts)  # fmt: skip
+    return MechanismParts(
+        aggregator=tff.aggregators.DifferentiallyPrivateFactory(normalized),
+        query=normalized,
+        **parts,
+    )
 
 
 def reject_pooled(label: str) -> ConfigError:
     """The error for a federated-only mechanism under ``strategy=centralized``."""
-    return ConfigError("dp", label, "none, gaussian or dpsgd with strategy=centralized (on pooled "
-                       "records they mean DP-SGD; there are no clients for user-level or local "
-                       "mechanisms)", absolute=True)  # fmt: skip
+    return ConfigError(
+        "dp",
+        label,
+        "none, gaussian or dpsgd with strategy=centralized (on pooled "
+        "records they mean DP-SGD; there are no clients for user-level or local "
+        "mechanisms)",
+        absolute=True,
+    )

@@ -73,14 +73,24 @@ class DPSGDMechanism(Mechanism):
     label = "dpsgd"
     pooled_records = True
 
-    def __init__(self, noise_multiplier: float, clip: float, user_noise_multiplier: float = 0.0,
-                 user_clip: float = 1.0, record_sampling: str = "shuffle"):  # fmt: skip
+    def __init__(
+        self,
+        noise_multiplier: float,
+        clip: float,
+        user_noise_multiplier: float = 0.0,
+        user_clip: float = 1.0,
+        record_sampling: str = "shuffle",
+    ):
         check_noise(noise_multiplier)
         check_clip(clip, noise_multiplier)
         check_noise(user_noise_multiplier, "user_noise_multiplier")
         check_clip(user_clip, user_noise_multiplier, "user_clip")
-        check(record_sampling in RECORD_SAMPLINGS, "record_sampling", record_sampling,
-              " or ".join(RECORD_SAMPLINGS))  # fmt: skip
+        check(
+            record_sampling in RECORD_SAMPLINGS,
+            "record_sampling",
+            record_sampling,
+            " or ".join(RECORD_SAMPLINGS),
+        )
         self.noise_multiplier, self.clip = noise_multiplier, clip
         self.user_noise_multiplier, self.user_clip = user_noise_multiplier, user_clip
         self.record_sampling = record_sampling
@@ -98,8 +108,12 @@ class DPSGDMechanism(Mechanism):
     def accounts(self, ctx, noise_multiplier: float) -> tuple[Account, ...]:
         user_z, example_z = self.split(noise_multiplier)
         if ctx.sampler.unit == "record":  # pooled records: DP-SGD on Poisson batches
-            check(user_z == 0, "user_noise_multiplier", user_z,
-                  "0 with strategy=centralized (no users to protect separately)")  # fmt: skip
+            check(
+                user_z == 0,
+                "user_noise_multiplier",
+                user_z,
+                "0 with strategy=centralized (no users to protect separately)",
+            )
             return (central_account(ctx, example_z),)
         if self.record_sampling == "poisson":
             record = poisson_record_account(ctx, example_z)
@@ -111,36 +125,45 @@ class DPSGDMechanism(Mechanism):
                     dp_accounting.GaussianDpEvent(accounted), epochs
                 )
 
-            record = participation_account(ctx, "epsilon_record", "record", example_z,
-                                           per_participation)  # fmt: skip
+            record = participation_account(
+                ctx, "epsilon_record", "record", example_z, per_participation
+            )
         return central_account(ctx, user_z), record
 
     def setup(self, plan, model) -> MechanismParts:
         user_z, example_z = self.split(plan.noise_multiplier)
         poisson = self.record_sampling == "poisson" and plan.sampler.unit != "record"
-        example = ExampleDP(finite_clip(self.clip), example_z,
-                            poisson_batches=poisson_record_steps(plan.context) if poisson
-                            else None)  # fmt: skip
+        example = ExampleDP(
+            finite_clip(self.clip),
+            example_z,
+            poisson_batches=poisson_record_steps(plan.context) if poisson else None,
+        )
         if user_z == 0:
             return MechanismParts(example_dp=example)
         from dpfed.privacy.queries import SeededGaussianSumQuery
 
         clip = finite_clip(self.user_clip)
         query = SeededGaussianSumQuery(clip, clip * user_z, plan.stream_key("sum"))
-        return central_parts(query, plan, example_dp=example)  # fmt: skip
+        return central_parts(query, plan, example_dp=example)
 
     def describe(self, plan) -> dict:
         user_z, example_z = self.split(plan.noise_multiplier)
         pooled = plan.sampler.unit == "record"  # pooled records: always Poisson batches
-        out = {"clip": self.user_clip if user_z else None, "user_noise_multiplier": user_z,
-               "example_noise_multiplier": example_z, "example_clip": self.clip,
-               "record_sampling": "poisson" if pooled else self.record_sampling}  # fmt: skip
+        out = {
+            "clip": self.user_clip if user_z else None,
+            "user_noise_multiplier": user_z,
+            "example_noise_multiplier": example_z,
+            "example_clip": self.clip,
+            "record_sampling": "poisson" if pooled else self.record_sampling,
+        }
         if self.record_sampling == "poisson" and not pooled:
             ctx = plan.context
             q, per_epoch = poisson_record_steps(ctx)
-            out.update(record_sampling_probability=q,
-                       record_steps_per_participation=per_epoch * ctx.local_epochs,
-                       client_records_mean=ctx.mean_client_records)  # fmt: skip
+            out.update(
+                record_sampling_probability=q,
+                record_steps_per_participation=per_epoch * ctx.local_epochs,
+                client_records_mean=ctx.mean_client_records,
+            )
         if plan.population.coupled_records:
             out["record_note"] = (
                 f"a record is one window as released; {plan.population.coupled_records}"
@@ -159,13 +182,20 @@ def poisson_record_steps(ctx) -> tuple[float, int]:
         ConfigError: the clients do not batch, or their numbers of records are unknown.
     """
     b = ctx.batch_size
-    check(b is not None and b >= 1, "record_sampling", "poisson",
-          "shuffle where clients take no minibatch steps")  # fmt: skip
+    check(
+        b is not None and b >= 1,
+        "record_sampling",
+        "poisson",
+        "shuffle where clients take no minibatch steps",
+    )
     try:
         mean = ctx.mean_client_records
     except ValueError as err:
-        raise ConfigError("record_sampling", "poisson", f"shuffle with this dataset ({err}, and "
-                          "Poisson batches are accounted from them)") from None  # fmt: skip
+        raise ConfigError(
+            "record_sampling",
+            "poisson",
+            f"shuffle with this dataset ({err}, and Poisson batches are accounted from them)",
+        ) from None
     return min(1.0, b / mean), math.ceil(mean / b)
 
 
@@ -174,10 +204,14 @@ def poisson_record_account(ctx, noise_multiplier: float) -> Account:
     ``local_epochs`` times `poisson_record_steps` Poisson-sampled Gaussian steps."""
     neighboring = ctx.neighboring or Neighboring.zero_out
     if neighboring != Neighboring.zero_out:
-        raise ConfigError("neighboring", str(neighboring), "zero_out with "
-                          "dp.record_sampling=poisson (a record with zero gradient adds nothing "
-                          "to any noised sum, while the steps stay as they are; replacing, "
-                          "adding or removing a record is not analysed)")  # fmt: skip
+        raise ConfigError(
+            "neighboring",
+            str(neighboring),
+            "zero_out with "
+            "dp.record_sampling=poisson (a record with zero gradient adds nothing "
+            "to any noised sum, while the steps stay as they are; replacing, "
+            "adding or removing a record is not analysed)",
+        )
     q, per_epoch = poisson_record_steps(ctx)
     steps = ctx.local_epochs * per_epoch
     if noise_multiplier == 0:
@@ -187,10 +221,18 @@ def poisson_record_account(ctx, noise_multiplier: float) -> Account:
             dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(noise_multiplier)),
             steps,
         )
-    return Account("epsilon_record", "record", neighboring, Relation.ADD_OR_REMOVE_ONE, True,
-                   lambda _: event, noise_multiplier, 1.0,
-                   f"Poisson sampling of records in clients credited (q {q:.4g}, {steps} steps "
-                   "a participation)")  # fmt: skip
+    return Account(
+        "epsilon_record",
+        "record",
+        neighboring,
+        Relation.ADD_OR_REMOVE_ONE,
+        True,
+        lambda _: event,
+        noise_multiplier,
+        1.0,
+        f"Poisson sampling of records in clients credited (q {q:.4g}, {steps} steps "
+        "a participation)",
+    )
 
 
 @dataclass

@@ -63,7 +63,8 @@ class GaussianMechanism(Mechanism):
         # independent noise every round: C = I in the matrix-factorization view
         errors = prefix_sum_errors(
             plan.noise_multiplier,
-            lambda kind: mf.toeplitz_prefix_sum_error([1.0], plan.rounds, kind))  # fmt: skip
+            lambda kind: mf.toeplitz_prefix_sum_error([1.0], plan.rounds, kind),
+        )
         return {"clip": self.clip, **errors}
 
 

@@ -51,8 +51,12 @@ class InputNoiseMechanism(Mechanism):
     def __init__(self, noise: str, noise_multiplier: float, bound: float):
         choices = [n.value for n in InputNoise]
         check(str(noise) in choices, "noise", noise, f"one of {', '.join(choices)}")
-        check(0 < noise_multiplier < math.inf, "noise_multiplier", noise_multiplier,
-              "a finite number > 0")  # fmt: skip
+        check(
+            0 < noise_multiplier < math.inf,
+            "noise_multiplier",
+            noise_multiplier,
+            "a finite number > 0",
+        )
         check(0 < bound < math.inf, "bound", bound, "a finite number > 0")
         self.noise, self.noise_multiplier, self.bound = str(noise), noise_multiplier, bound
 
@@ -63,25 +67,47 @@ class InputNoiseMechanism(Mechanism):
     def accounts(self, ctx, noise_multiplier: float) -> tuple[Account, ...]:
         population = ctx.population
         if population.record_size is None:
-            raise ConfigError("dp", "input_noise", "a mechanism other than input_noise for a "
-                              "text dataset (its inputs are token ids, not bounded real "
-                              "values)", absolute=True)  # fmt: skip
+            raise ConfigError(
+                "dp",
+                "input_noise",
+                "a mechanism other than input_noise for a "
+                "text dataset (its inputs are token ids, not bounded real "
+                "values)",
+                absolute=True,
+            )
         if population.coupled_records:
-            raise ConfigError("dp", "input_noise", "a mechanism other than input_noise for this "
-                              f"dataset as configured: {population.coupled_records}; noising one "
-                              "record does not hide data that other records also carry",
-                              absolute=True)  # fmt: skip
+            raise ConfigError(
+                "dp",
+                "input_noise",
+                "a mechanism other than input_noise for this "
+                f"dataset as configured: {population.coupled_records}; noising one "
+                "record does not hide data that other records also carry",
+                absolute=True,
+            )
         neighboring = participation_neighboring(ctx, "record")
         factor = sensitivity_factor(neighboring)
         accounted = noise_multiplier / factor
-        release = (dp_accounting.LaplaceDpEvent(accounted) if self.noise == "laplace"
-                   else dp_accounting.GaussianDpEvent(accounted))  # fmt: skip
+        release = (
+            dp_accounting.LaplaceDpEvent(accounted)
+            if self.noise == "laplace"
+            else dp_accounting.GaussianDpEvent(accounted)
+        )
 
         def event(round_num):  # the one release (the noisy data) is accounted with round 1
             return release if round_num == 1 else dp_accounting.NoOpDpEvent()
 
-        return (Account("epsilon", "record (features)", neighboring, UNSAMPLED[neighboring],
-                        False, event, noise_multiplier, factor),)  # fmt: skip
+        return (
+            Account(
+                "epsilon",
+                "record (features)",
+                neighboring,
+                UNSAMPLED[neighboring],
+                False,
+                event,
+                noise_multiplier,
+                factor,
+            ),
+        )
 
     def setup(self, plan, model) -> MechanismParts:
         scale = plan.noise_multiplier * self.record_clip(plan.population.record_size)
@@ -97,8 +123,12 @@ class InputNoiseMechanism(Mechanism):
 
     def describe(self, plan) -> dict:
         clip = self.record_clip(plan.population.record_size)
-        return {"epsilon_scope": "per record, features only", "noise": self.noise,
-                "bound": self.bound, "clip": clip}  # fmt: skip
+        return {
+            "epsilon_scope": "per record, features only",
+            "noise": self.noise,
+            "bound": self.bound,
+            "clip": clip,
+        }
 
 
 @dataclass

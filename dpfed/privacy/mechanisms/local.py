@@ -56,16 +56,21 @@ class LocalMechanism(Mechanism):
         import tensorflow_privacy as tfp
 
         z = plan.noise_multiplier
-        local = LocalRandomizer(self.norm, finite_clip(self.clip), self.noise,
-                                0.0 if z == 0 else z * self.clip)  # fmt: skip
+        local = LocalRandomizer(
+            self.norm, finite_clip(self.clip), self.noise, 0.0 if z == 0 else z * self.clip
+        )
         query = tfp.NoPrivacySumQuery()  # the clients' own noise is the whole mechanism
-        return central_parts(query, plan, local=local)  # fmt: skip
+        return central_parts(query, plan, local=local)
 
     def describe(self, plan) -> dict:
         head = plan.headline
         one = plan.accountant(head).planned_epsilon([head.event(1)])
-        return {"clip": self.clip, "clip_norm": self.norm, "local": True,
-                "epsilon_per_participation": one}  # fmt: skip
+        return {
+            "clip": self.clip,
+            "clip_norm": self.norm,
+            "local": True,
+            "epsilon_per_participation": one,
+        }
 
 
 class LaplaceLocalMechanism(LocalMechanism):

@@ -23,8 +23,16 @@ class NoPrivacy(Mechanism):
         sampler = ctx.sampler
         neighboring = sampler.neighboring(ctx.neighboring, private=False)
         unit = "record" if sampler.unit == "record" else "user"
-        return (Account("epsilon", unit, neighboring, sampler.relations[neighboring], False,
-                        lambda _: dp_accounting.NonPrivateDpEvent()),)  # fmt: skip
+        return (
+            Account(
+                "epsilon",
+                unit,
+                neighboring,
+                sampler.relations[neighboring],
+                False,
+                lambda _: dp_accounting.NonPrivateDpEvent(),
+            ),
+        )
 
     def setup(self, plan, model) -> MechanismParts:
         return MechanismParts()

@@ -68,10 +68,12 @@ class PerLayerMechanism(Mechanism):
         specs = model.trainable_weight_specs()
         clips = [finite_clip(c) for c in self.layer_clips([s.shape.num_elements() for s in specs])]
         stddev = plan.noise_multiplier * finite_clip(self.clip)
-        query = NestedSumQuery([
-            SeededGaussianSumQuery(c, stddev, plan.stream_key(f"sum/layer{i}"))
-            for i, c in enumerate(clips)
-        ])  # fmt: skip
+        query = NestedSumQuery(
+            [
+                SeededGaussianSumQuery(c, stddev, plan.stream_key(f"sum/layer{i}"))
+                for i, c in enumerate(clips)
+            ]
+        )
         return central_parts(query, plan)
 
     def describe(self, plan) -> dict:

@@ -52,15 +52,20 @@ class TreeMechanism(Mechanism):
     def accounts(self, ctx, noise_multiplier: float) -> tuple[Account, ...]:
         sampler = ctx.sampler
         if not sampler.epochs:
-            raise ConfigError("strategy.sampling", sampler.label,
-                              "shuffle with dp=tree (DP-FTRL accounts each client once per "
-                              "restarted tree, without sampling amplification)",
-                              absolute=True)  # fmt: skip
+            raise ConfigError(
+                "strategy.sampling",
+                sampler.label,
+                "shuffle with dp=tree (DP-FTRL accounts each client once per "
+                "restarted tree, without sampling amplification)",
+                absolute=True,
+            )
         neighboring = ctx.neighboring or Neighboring.replace_one
         if neighboring == Neighboring.add_remove:
-            raise ConfigError("neighboring", str(neighboring),
-                              "replace_one or zero_out with dp=tree (shuffled epochs have a "
-                              "fixed cohort size)")  # fmt: skip
+            raise ConfigError(
+                "neighboring",
+                str(neighboring),
+                "replace_one or zero_out with dp=tree (shuffled epochs have a fixed cohort size)",
+            )
         factor = sensitivity_factor(neighboring)
         accounted = noise_multiplier / factor
 
@@ -72,8 +77,18 @@ class TreeMechanism(Mechanism):
             steps = sampler.epoch_rounds(round_num, max(ctx.rounds, round_num))
             return dp_accounting.SingleEpochTreeAggregationDpEvent(accounted, steps)
 
-        return (Account("epsilon", "user", neighboring, Relation.REPLACE_SPECIAL, False, event,
-                        noise_multiplier, factor),)  # fmt: skip
+        return (
+            Account(
+                "epsilon",
+                "user",
+                neighboring,
+                Relation.REPLACE_SPECIAL,
+                False,
+                event,
+                noise_multiplier,
+                factor,
+            ),
+        )
 
     def setup(self, plan, model) -> MechanismParts:
         import tensorflow_privacy as tfp
@@ -99,10 +114,12 @@ class TreeMechanism(Mechanism):
         if plan.rounds % period == 0:  # whole epochs: one tree per epoch
             epochs = plan.rounds // period
             scale = math.sqrt(mf.tree_sensitivity_squared(plan.rounds, epochs))
-            out.update(prefix_sum_errors(
-                plan.noise_multiplier,
-                lambda kind: (mf.tree_prefix_sum_error(plan.rounds, kind, epochs)
-                              / scale)))  # fmt: skip
+            out.update(
+                prefix_sum_errors(
+                    plan.noise_multiplier,
+                    lambda kind: mf.tree_prefix_sum_error(plan.rounds, kind, epochs) / scale,
+                )
+            )
         return out
 
 
