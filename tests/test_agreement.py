@@ -128,7 +128,7 @@ def cli_flags(cfg, summary) -> list[str]:
     """The calculator's flags for the settings of ``cfg`` (and the run's participations)."""
     dp, strategy = cfg.dp, cfg.strategy
     flags = ["epsilon", "--mechanism", summary["mechanism"], "--delta", str(dp.delta)]
-    if any(a["per"] == "participation" for a in summary["accounts"]):  # elsewhere refused
+    if any(a["per"] == "participation" for a in summary.get("accounts", ())):  # elsewhere refused
         flags += ["--participations", str(summary["max_participations"])]
     for key in ("noise_multiplier", "user_noise_multiplier", "clipped_count_stddev"):
         if key in dp and dp[key] is not None:
