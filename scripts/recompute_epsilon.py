@@ -142,6 +142,14 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
+    missing = [d for d in argv if not (Path(d) / "summary.json").is_file()]
+    if missing:  # checked before any output, so nothing is half-printed
+        print(
+            f"error: no summary.json in {', '.join(missing)}: give run folders (a run's "
+            "output directory, as its last line names it)",
+            file=sys.stderr,
+        )
+        return 2
     ok = True
     for run_dir in argv:
         for record in check_run(run_dir):

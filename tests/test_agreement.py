@@ -321,3 +321,13 @@ def test_an_interruption_after_a_rounds_accounting_still_counts_its_privacy(tmp_
                 two_rounds.accountants[account.column].record(event)
     assert summary["epsilon"] == pytest.approx(two_rounds.describe()["epsilon"], rel=1e-12)
     assert summary["epsilon"] > 0
+
+
+def test_recompute_refuses_a_folder_without_a_run_before_printing_anything(tmp_path, capsys):
+    """A mistyped folder gets one message and exit code 2, not a traceback after the good
+    folders' lines."""
+    (tmp_path / "empty").mkdir()
+    assert recompute.main([str(tmp_path / "empty"), str(tmp_path / "missing")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: no summary.json in ")
+    assert "empty" in err and "missing" in err and "Traceback" not in err
