@@ -181,7 +181,7 @@ def _coverage(row: dict) -> str:
         )
     how = {
         "fixed": f"a fixed number of trials (n_trials={declared.get('trials')})",
-        "grid": "a grid of runs",
+        "grid": "a grid of runs (or single runs)",
         "unknown": "a number of trials it did not record in a form read here",
     }[declared["kind"]]
     return (

@@ -114,6 +114,12 @@ def same(a: float, b: float) -> bool:
 def check_run(run_dir: str | Path) -> list[dict]:
     """One record per account: reported, recomputed and replanned epsilon, and whether all agree."""
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    if "accounts" not in summary:  # a run that failed before its first round released nothing
+        print(
+            f"note: skipping {run_dir}: no accounts recorded (status {summary.get('status')})",
+            file=sys.stderr,
+        )
+        return []
     planned = replan(summary) if summary.get("config") else {}
     out = []
     for account in summary["accounts"]:
@@ -142,6 +148,10 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
+    files = [d for d in argv if Path(d).is_file()]  # a glob over a sweep: its multirun.yaml
+    for name in files:
+        print(f"note: skipping {name}: a file, not a run folder", file=sys.stderr)
+    argv = [d for d in argv if d not in files]
     missing = [d for d in argv if not (Path(d) / "summary.json").is_file()]
     if missing:  # checked before any output, so nothing is half-printed
         print(

@@ -331,3 +331,17 @@ def test_recompute_refuses_a_folder_without_a_run_before_printing_anything(tmp_p
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: no summary.json in ")
     assert "empty" in err and "missing" in err and "Traceback" not in err
+
+
+def test_recompute_skips_a_sweeps_files_and_runs_that_released_nothing(tmp_path, capsys):
+    """A glob over a sweep folder also names its multirun.yaml, and a run that failed before
+    its first round has no accounts: both are skipped with a note (a review found the first
+    refused and the second a KeyError traceback)."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0_failed").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    (sweep / "0_failed" / "summary.json").write_text(json.dumps({"status": "failed"}))
+    assert recompute.main([str(sweep / "0_failed"), str(sweep / "multirun.yaml")]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "skipping" in err and "multirun.yaml: a file" in err
+    assert "no accounts recorded (status failed)" in err

@@ -882,3 +882,17 @@ def test_curves_of_many_budgets_get_a_panel_per_mechanism_with_the_non_private_r
     assert captured["ylim"]["health: gaussian"] == captured["ylim"]["health: tree"]
     assert 0.1 < captured["ylim"]["health: tree"][0] < 0.45  # tree's curve sets the row's scale
     assert captured["hidden"] == 0  # 4 panels in rows of 2 (health's two mechanisms)
+
+
+def test_a_null_seed_is_an_unseeded_draw(tmp_path):
+    """``${dpfed.random_trials:4,geometric,null}`` draws from the operating system."""
+    from dpfed.report.collect import declared_trials
+
+    for seed, seeded in (("null", False), ("None", False), ("7", True)):
+        trial = tmp_path / seed
+        (trial / ".hydra").mkdir(parents=True)
+        n_trials = f"${{dpfed.random_trials:4,geometric,{seed}}}"
+        (trial / ".hydra" / "hydra.yaml").write_text(
+            yaml.safe_dump({"hydra": {"sweeper": {"n_trials": n_trials}}})
+        )
+        assert declared_trials(trial)["seeded"] is seeded, seed

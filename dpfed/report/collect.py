@@ -309,7 +309,8 @@ def declared_trials(trial: str | Path) -> dict:
             "kind": "random",
             "mean": float(args[0]),
             "distribution": args[1] if len(args) > 1 else "poisson",
-            "seeded": len(args) > 2,  # whoever knows the seed knows the number of trials
+            # whoever knows the seed knows the number of trials
+            "seeded": len(args) > 2 and args[2].lower() not in ("null", "none", "~", ""),
         }
     if isinstance(n_trials, int):
         return {"kind": "fixed", "trials": n_trials}

@@ -605,7 +605,7 @@ def test_a_coarser_pld_discretization_accounts_what_the_fine_one_refuses(capsys)
         "0.02",
     )
     code, _, err = cli(capsys, *args, "--accountant", "pld")
-    assert code == 2 and "3.3e+07 points" in err and "dp.pld_discretization" in err
+    assert code == 2 and "3.3e+07 points (one release" in err and "pld_discretization" in err
     code, coarse, err = cli(capsys, *args, "--accountant", "pld", "--pld-discretization", "0.01")
     assert code == 0, err
     code, rdp, _ = cli(capsys, *args)
