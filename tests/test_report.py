@@ -35,6 +35,30 @@ def fake_run(root, name, noise, dp, epsilon, accuracy, rounds=3):
     ).to_csv(run / "metrics.csv", index=False)
 
 
+def private_run(run, event, count, **fields):
+    """A finished run's summary.json with one user-level add/remove account: ``count`` x
+    ``event``; ``fields`` add to or replace the summary's."""
+    from dpfed.privacy.accounting import event_to_dict
+
+    account = {
+        "column": "epsilon",
+        "unit": "user",
+        "neighboring": "add_remove",
+        "accounting_relation": "add_or_remove_one",
+        "dp_events": [{"event": event_to_dict(event), "count": count}],
+    }
+    summary = {
+        "status": "completed",
+        "accountant": "rdp",
+        "delta": 1e-5,
+        "choices": {"dp": "gaussian"},
+        "accounts": [account],
+        **fields,
+    }
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
 @pytest.fixture
 def sweep(tmp_path):
     fake_run(tmp_path, "0", 0.8, "gaussian", 9.0, 0.70)
@@ -185,39 +209,16 @@ def test_pivoted_tables_name_metric_and_value_and_parse(budget_sweep, capsys):
 
 def test_make_table_prints_the_tuning_cost_of_releasing_the_best_run(tmp_path, capsys):
     """--tuning reads the runs as a random search's trials (Papernot & Steinke 2022)."""
-    import json
 
     import dp_accounting
 
-    from dpfed.privacy.accounting import event_to_dict
     from dpfed.privacy.tuning import composed_epsilon, tuning_epsilon
     from scripts.make_table import main
 
     runs = []
     for i, noise in enumerate((0.8, 1.2, 2.0)):
         event = dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(noise))
-        run = tmp_path / f"{i}_lr"
-        run.mkdir()
-        account = {
-            "column": "epsilon",
-            "unit": "user",
-            "neighboring": "add_remove",
-            "accounting_relation": "add_or_remove_one",
-            "dp_events": [{"event": event_to_dict(event), "count": 50}],
-        }
-        (run / "summary.json").write_text(
-            json.dumps(
-                {
-                    "status": "completed",
-                    "accountant": "rdp",
-                    "delta": 1e-5,
-                    "epsilon": 1.0 + i,
-                    "eval/accuracy": 0.5,
-                    "choices": {"dp": "gaussian"},
-                    "accounts": [account],
-                }
-            )
-        )
+        private_run(tmp_path / f"{i}_lr", event, 50, epsilon=1.0 + i, **{"eval/accuracy": 0.5})
         runs.append([(event, 50)])
     assert main([str(tmp_path), "--values", "epsilon", "--tuning", "geometric"]) == 0
     out = capsys.readouterr().out
@@ -254,19 +255,11 @@ def test_the_tuning_cost_uses_the_law_the_search_drew_its_trials_from(tmp_path, 
     by the theorem."""
     import dp_accounting
 
-    from dpfed.privacy.accounting import event_to_dict
     from dpfed.privacy.tuning import tuning_epsilon
     from dpfed.report.collect import declared_trials, tuning_cost
     from scripts.make_table import main
 
     event = dp_accounting.PoissonSampledDpEvent(0.05, dp_accounting.GaussianDpEvent(1.0))
-    account = {
-        "column": "epsilon",
-        "unit": "user",
-        "neighboring": "add_remove",
-        "accounting_relation": "add_or_remove_one",
-        "dp_events": [{"event": event_to_dict(event), "count": 50}],
-    }
 
     def search(name, n_trials, runs=6):
         folders = []
@@ -282,18 +275,7 @@ def test_the_tuning_cost_uses_the_law_the_search_drew_its_trials_from(tmp_path, 
             (run / ".hydra" / "hydra.yaml").write_text(
                 yaml.safe_dump({"hydra": {"sweeper": sweeper}})
             )
-            (run / "summary.json").write_text(
-                json.dumps(
-                    {
-                        "status": "completed",
-                        "accountant": "rdp",
-                        "delta": 1e-5,
-                        "epsilon": 1.0,
-                        "choices": {"dp": "gaussian"},
-                        "accounts": [account],
-                    }
-                )
-            )
+            private_run(run, event, 50, epsilon=1.0)
             folders.append(run)
         return folders
 
@@ -361,7 +343,6 @@ def test_the_seeds_of_a_trial_compose_in_the_tuning_cost(tmp_path):
 
     import dp_accounting
 
-    from dpfed.privacy.accounting import event_to_dict
     from dpfed.privacy.tuning import composed_epsilon, tuning_epsilon
     from dpfed.report.collect import run_dirs, summaries, trial_dir, tuning_cost
 
@@ -376,28 +357,13 @@ def test_the_seeds_of_a_trial_compose_in_the_tuning_cost(tmp_path):
             event = dp_accounting.PoissonSampledDpEvent(
                 0.05, dp_accounting.GaussianDpEvent(noise + 0.1 * seed)
             )
-            account = {
-                "column": "epsilon",
-                "unit": "user",
-                "neighboring": "add_remove",
-                "accounting_relation": "add_or_remove_one",
-                "dp_events": [{"event": event_to_dict(event), "count": 40}],
-            }
-            run = trial / f"seed_{seed}"
-            run.mkdir()
-            (run / "summary.json").write_text(
-                json.dumps(
-                    {
-                        "status": "completed",
-                        "accountant": "rdp",
-                        "delta": 1e-5,
-                        "seed": seed,
-                        "epsilon": composed_epsilon([(event, 40)], relation, 1e-5),
-                        "config": {"seed": seed, "optimized_seeds": 2},
-                        "choices": {"dp": "gaussian"},
-                        "accounts": [account],
-                    }
-                )
+            private_run(
+                trial / f"seed_{seed}",
+                event,
+                40,
+                seed=seed,
+                epsilon=composed_epsilon([(event, 40)], relation, 1e-5),
+                config={"seed": seed, "optimized_seeds": 2},
             )
             events.append((event, 40))
         trials.append(events)
