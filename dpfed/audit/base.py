@@ -136,6 +136,22 @@ class CanaryAuditBase(Audit):
         """The process state's trainable weights, flat."""
         return flat_weights(self.process.get_model_weights(state).trainable)
 
+    def relation_warnings(self, plan, column: str, canary: str) -> tuple[str, ...]:
+        """A warning when ``column``, the epsilon the audit's bounds are checked against, is
+        accounted under replace-one: the canaries realise zero-out adjacency (``canary``
+        present or zero), whose epsilon is smaller (replace-one's sensitivity is 2 x clip,
+        so its accountant sees half the noise), and a check against the larger one catches
+        less. Add/remove is accounted as zero-out is: no warning."""
+        bound = plan.account(column)
+        if str(bound.neighboring) != "replace_one":
+            return ()
+        return (
+            f"audit: the canaries realise zero-out adjacency ({canary} present or zero), "
+            f"but {bound.column} is accounted under {bound.neighboring}, which gives a larger "
+            "epsilon: the audit's bounds are checked against more than the zero-out epsilon "
+            "and catch less; dp.neighboring=zero_out compares like with like",
+        )
+
     def describe_settings(self) -> dict:
         """summary.json fields of the shared settings."""
         return {

@@ -308,11 +308,18 @@ class CanaryAudit(CanaryAuditBase):
             ),
         }
 
+    def warnings(self, plan) -> tuple[str, ...]:
+        """See `relation_warnings` (a central mechanism's default with fixed-size or
+        shuffled cohorts is replace-one; with Poisson cohorts, add/remove)."""
+        return self.relation_warnings(plan, "epsilon", "a canary client's update")
+
     def describe(self) -> dict:
         return {
             "audit": "canaries (one-shot empirical privacy estimation, Andrew et al. 2024)",
             "audit_inserted": self.inserted,
             "audit_held_out": self.held_out,
+            "audit_neighboring": "zero_out (a canary client's update present or zero)",
+            "audit_bounds": "epsilon",  # the accountant's epsilon the bound is a lower bound on
             **self.describe_settings(),
         }
 

@@ -236,21 +236,11 @@ class GradientCanaryAudit(CanaryAuditBase):
         return out
 
     def warnings(self, plan) -> tuple[str, ...]:
-        """The canaries realise zero-out adjacency; an epsilon accounted under replace-one
-        (DP-SGD's default with shuffled batches: sensitivity 2 x clip) is larger than the
-        zero-out one, so checking the bounds against it catches less. (Add/remove, with
-        Poisson batches, is accounted as zero-out is: the same epsilon.)"""
+        """See `relation_warnings` (DP-SGD's default with shuffled batches is replace-one;
+        with Poisson batches, add/remove)."""
         in_clients = plan.sampler.unit != "record"  # as `wrap` decides
-        bound = plan.account("epsilon_record" if in_clients else "epsilon")
-        if str(bound.neighboring) != "replace_one":  # add/remove: the same epsilon as zero-out
-            return ()
-        return (
-            f"audit: the canaries realise zero-out adjacency (a canary's gradient present "
-            f"or zero), but {bound.column} is accounted under {bound.neighboring}, which "
-            "gives a larger epsilon: the audit's bounds are checked against more than the "
-            "zero-out epsilon and catch less; dp.neighboring=zero_out compares like with "
-            "like",
-        )
+        column = "epsilon_record" if in_clients else "epsilon"
+        return self.relation_warnings(plan, column, "a canary's gradient")
 
     def describe(self) -> dict:
         return {

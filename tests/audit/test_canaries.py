@@ -90,6 +90,30 @@ def test_canaries_join_the_population_the_accountant_sees():
     assert audited.epsilon() < plain.epsilon()  # q = 50/1050 < 50/1000
 
 
+@pytest.mark.parametrize(
+    "overrides,warned",
+    [
+        (("strategy.sampling=fixed",), True),  # dp.neighboring unset: replace-one
+        (("strategy.sampling=fixed", "dp.neighboring=zero_out"), False),
+        (("strategy.sampling=poisson",), False),  # add/remove: accounted as zero-out
+    ],
+)
+def test_a_canary_client_audit_against_a_replace_one_epsilon_is_warned_about(overrides, warned):
+    """A canary client's clipped update is in the sum or not (zero-out); a replace-one epsilon
+    (sensitivity 2 x clip) is larger, so its check catches less, as for canary records."""
+    from dpfed.build import build_audit
+    from dpfed.data.base import Population
+
+    cfg = compose_config("dp.seed=0", "audit=canaries", "dp.noise_multiplier=1", *overrides)
+    plan = build_privacy(cfg, Population(1000))
+    warnings = build_audit(cfg).warnings(plan)
+    assert bool(warnings) == warned
+    assert (str(plan.account("epsilon").neighboring) == "replace_one") == warned
+    if warned:
+        assert "a canary client's update present or zero" in warnings[0]
+        assert "epsilon is accounted under replace_one" in warnings[0]
+
+
 def test_local_mechanisms_are_refused(runtime):
     with pytest.raises(ConfigError, match=r"^audit='canaries' .* none with dp=laplace_local"):
         from tests.helpers import build
