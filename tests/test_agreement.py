@@ -107,7 +107,7 @@ def loop_simulation(cfg):
         plan,
         MechanismParts(),
         strategy,
-        None,
+        SimpleNamespace(describe=lambda: {}),  # no client backend: nothing trains
         NoTraining(),
         seed=cfg.seed,
         progress=False,

@@ -373,6 +373,7 @@ def test_default_experiment_learns_under_dp(run_cli):
     assert result.returncode == 0, result.output[-3000:]
     summary, metrics = check_dp_run(result, rounds=summary_rounds())
     assert summary["epsilon"] <= 4 and summary["delta"] == 1e-5
+    assert summary["backend"] == "vectorized"  # backend=auto
     cfg = compose_config()
     data = build_dataset(cfg)
     rng = np.random.default_rng([cfg.dataset.seed, 2])  # the evaluation cohort Simulation draws

@@ -267,7 +267,12 @@ class Simulation:
             "rounds": 0,
             "rounds_planned": self.rounds,
             "epsilon_planned": self.epsilon_planned,
-            **_disjoint(self.privacy_record(), self.strategy.describe(), self.audit.describe()),
+            **_disjoint(
+                self.privacy_record(),
+                self.strategy.describe(),
+                self.backend.describe(),
+                self.audit.describe(),
+            ),
             "epsilon": None,  # set once a round has been accounted
             **(extra_summary or {}),
             "total_bytes_down": 0,

@@ -208,10 +208,13 @@ def test_the_audit_finds_a_planted_noise_bug(runtime, tmp_path):
 @pytest.mark.slow
 def test_the_vectorized_backend_audits_the_same_run(runtime, tmp_path):
     """Canaries enter the same DP query when users train in lockstep (UserLevelQuery)."""
-    _, reference, _ = run_in_process(tmp_path / "reference", *AUDIT, "dp.noise_multiplier=1.0")
+    _, reference, _ = run_in_process(
+        tmp_path / "reference", *AUDIT, "dp.noise_multiplier=1.0", "backend=reference"
+    )
     _, vectorized, _ = run_in_process(
         tmp_path / "vectorized", *AUDIT, "dp.noise_multiplier=1.0", "backend=vectorized"
     )
+    assert (reference["backend"], vectorized["backend"]) == ("reference", "vectorized")
     for key in ("audit/epsilon_lower", "audit/epsilon_estimate", "audit/epsilon_estimate_iterates"):
         assert vectorized[key] == pytest.approx(reference[key], rel=1e-3, abs=1e-6)
 

@@ -30,6 +30,7 @@ SLOW_CASES = {
 
 # several, uneven shards; fixed-size cohorts so that no round is empty
 VECTORIZED = ("backend=vectorized", "backend.users_per_shard=2")
+REFERENCE = ("backend=reference",)  # the default (auto) would run vectorized too
 FIXED = ("strategy.sampling=fixed",)
 
 
@@ -216,6 +217,7 @@ def test_shards_hold_each_users_batches_in_order_padded_and_masked():
 
 
 def assert_same_round(reference, vectorized):
+    assert (reference[3].backend.name, vectorized[3].backend.name) == ("reference", "vectorized")
     for a, b in zip(reference[0], vectorized[0], strict=True):
         np.testing.assert_array_equal(a, b)  # same initial model from the same seed
     # The backends sum the same float32 client updates in another order, so a variable's
@@ -301,7 +303,7 @@ def test_a_round_is_the_reference_round(runtime, overrides):
     server = () if "strategy=fedadam" in overrides else PLAIN_SERVER
     # tree and bandmf draw their own epochs (shuffled, cyclic)
     cohorts = () if {"dp=tree", "dp=bandmf"} & set(overrides) else FIXED
-    reference = first_rounds(*cohorts, *overrides, server=server, rounds=2)
+    reference = first_rounds(*cohorts, *overrides, *REFERENCE, server=server, rounds=2)
     vectorized = first_rounds(*cohorts, *overrides, *VECTORIZED, server=server, rounds=2)
     assert change(reference) > 1e-3
     assert_same_round(reference, vectorized)
@@ -311,7 +313,7 @@ def test_clipping_binds_and_is_per_user(runtime):
     clip = 1e-3  # far below every user's update in one smoke round
     # the one-step task, whose first-round updates mostly agree (the bound below was set on it)
     overrides = ("dp.noise_multiplier=0", f"dp.clip={clip}", "dataset.horizon=1")
-    reference = first_rounds(*FIXED, *overrides)
+    reference = first_rounds(*FIXED, *overrides, *REFERENCE)
     vectorized = first_rounds(*FIXED, *overrides, *VECTORIZED)
     assert_same_round(reference, vectorized)
     # The mean of updates clipped to `clip` has norm <= clip; each binding clip shrinks it.
@@ -324,7 +326,7 @@ def test_clipping_binds_and_is_per_user(runtime):
 def test_seeded_noise_is_drawn_identically(runtime):
     overrides = ("dp.noise_multiplier=1.0", "dp.clip=0.01")
     quiet = first_rounds(*FIXED, "dp.noise_multiplier=0", "dp.clip=0.01", *VECTORIZED)
-    reference = first_rounds(*FIXED, *overrides)
+    reference = first_rounds(*FIXED, *overrides, *REFERENCE)
     vectorized = first_rounds(*FIXED, *overrides, *VECTORIZED)
     assert_same_round(reference, vectorized)
     assert change(vectorized) > 5 * change(quiet)  # the noise is there, and the same
@@ -338,7 +340,7 @@ def test_adaptive_clipping_over_two_rounds(runtime):
         "dp.clipped_count_stddev=1.0",
         "dp.initial_clip=0.01",
     )
-    reference = first_rounds(*FIXED, *overrides, rounds=2)
+    reference = first_rounds(*FIXED, *overrides, *REFERENCE, rounds=2)
     vectorized = first_rounds(*FIXED, *overrides, *VECTORIZED, rounds=2)
     assert_same_round(reference, vectorized)
     assert vectorized[2].metrics["aggregator"]["dp_query_metrics"]["clip"] != pytest.approx(0.01)
@@ -353,7 +355,7 @@ def test_fedprox_equals_the_reference(runtime):
         "strategy.weighted=true",
         *FIXED,
     )
-    reference = first_rounds(*overrides)
+    reference = first_rounds(*overrides, *REFERENCE)
     vectorized = first_rounds(*overrides, *VECTORIZED)
     assert_same_round(reference, vectorized)
 
@@ -364,9 +366,9 @@ def test_fedprox_pulls_clients_towards_the_server_model(runtime):
 
     The vectorized backend computes the same round (`test_fedprox_equals_the_reference`).
     """
-    fedavg = first_rounds("dp=none")
-    prox = first_rounds("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none")
-    none = first_rounds("strategy=fedprox", "strategy.proximal_strength=0", "dp=none")
+    fedavg = first_rounds("dp=none", *REFERENCE)
+    prox = first_rounds("strategy=fedprox", "strategy.proximal_strength=0.5", "dp=none", *REFERENCE)
+    none = first_rounds("strategy=fedprox", "strategy.proximal_strength=0", "dp=none", *REFERENCE)
     for a, b in zip(none[1], fedavg[1], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert change(prox) < change(fedavg)
@@ -381,13 +383,38 @@ def test_a_vectorized_run_completes_and_writes_metrics(runtime, tmp_path):
     summary = sim.run(RunWriter(tmp_path, sim.columns))
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert summary["status"] == "completed" and len(metrics) == 2
+    assert (summary["backend"], summary["users_per_shard"]) == ("vectorized", 100)
     assert (metrics["train/examples"] > 0).all() and np.isfinite(metrics["eval/loss"]).all()
+
+
+@pytest.mark.parametrize(
+    "overrides,runs",
+    [
+        ((), "vectorized"),  # the default run
+        (("model=textbook", "dp=dpsgd"), "vectorized"),
+        (("strategy=fedsgd",), "reference"),
+        (("strategy=centralized",), "reference"),  # no clients: no lockstep
+        (("optimizer@strategy.client_optimizer=adam",), "reference"),
+        (("dp=dpsgd", "audit=canary_gradients", "audit.canaries=20"), "vectorized"),
+    ],
+)
+def test_auto_runs_vectorized_where_it_takes_the_setting_and_reference_otherwise(
+    runtime, overrides, runs
+):
+    """The default backend: the same model either way (the round tests above), vectorized
+    several times faster; what it refuses runs on reference rather than failing."""
+    sim = build_simulation(compose_config("debug=smoke", *overrides))
+    choices = compose_config(*overrides, return_hydra_config=True).hydra.runtime.choices
+    assert choices.backend == "auto"
+    assert sim.backend.name == runs and sim.backend.describe()["backend"] == runs
+    assert sim.backend.lockstep == (runs == "vectorized")
 
 
 @pytest.mark.parametrize(
     "overrides,key",
     [
         (("backend=vectorized", "backend.users_per_shard=0"), "backend.users_per_shard"),
+        (("backend.users_per_shard=0",), "backend.users_per_shard"),  # auto: refused, not skipped
         (("backend=vectorized", "strategy=fedsgd"), "backend"),
         (("backend=vectorized", "strategy=centralized"), "backend"),
         (

@@ -80,20 +80,20 @@ def assert_same_run(got: pd.DataFrame, want: pd.DataFrame) -> None:
 
 # ---------------------------------------------------------------------- in process, with TFF
 # adaptive (TFF's server and aggregator state restored) and local DP with a secret seed (its
-# noise continued) on the default reference backend; the others on the vectorized backend (its
+# noise continued) on the reference backend (TFF's client work); the others on the vectorized backend (its
 # own state: the seeded noise streams, bandmf's noise history, the canaries), which the
 # experiments run
 @pytest.mark.parametrize(
     "overrides",
     [
-        ("dp=adaptive", "dp.clipped_count_stddev=2.0", "dp.initial_clip=0.05"),
+        ("dp=adaptive", "dp.clipped_count_stddev=2.0", "dp.initial_clip=0.05", "backend=reference"),
         (
             "dp=dpsgd",
             "strategy.sampling=fixed",
             "dp.user_noise_multiplier=0.5",
             "backend=vectorized",
         ),
-        ("dp=laplace_local", "dp.seed=null"),
+        ("dp=laplace_local", "dp.seed=null", "backend=reference"),
         (
             "dp=bandmf",
             "dp.noise_multiplier=0.5",

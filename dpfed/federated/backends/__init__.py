@@ -28,4 +28,16 @@ class VectorizedConfig:
     users_per_shard: int = 100
 
 
-SCHEMAS = {"reference": ReferenceConfig, "vectorized": VectorizedConfig}
+@dataclass
+class AutoConfig:
+    """``vectorized`` where it runs the setting, else ``reference`` (``backend=auto``).
+
+    Attributes:
+        users_per_shard: simulated users per TFF client when ``vectorized`` runs.
+    """
+
+    _target_: str = "dpfed.federated.backends.auto.AutoBackend"
+    users_per_shard: int = 100
+
+
+SCHEMAS = {"auto": AutoConfig, "reference": ReferenceConfig, "vectorized": VectorizedConfig}

@@ -19,6 +19,17 @@ class ClientBackend(abc.ABC):
     """
 
     lockstep: ClassVar[bool] = False
+    name: ClassVar[str]  # its option in the ``backend`` group
+
+    def for_run(self, strategy, parts, model) -> ClientBackend:
+        """The backend that runs ``strategy``: this one, once `check` accepts the setting."""
+        if strategy.client_update is not None:  # a strategy with clients: can it run them?
+            self.check(strategy, parts, model)
+        return self
+
+    def describe(self) -> dict:
+        """summary.json fields: the backend that ran."""
+        return {"backend": self.name}
 
     @abc.abstractmethod
     def check(self, strategy, parts, model) -> None:

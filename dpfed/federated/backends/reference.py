@@ -180,6 +180,8 @@ class ReferenceBackend(ClientBackend):
     attached to the client's data.
     """
 
+    name = "reference"
+
     def check(self, strategy, parts, model) -> None:
         update = strategy.client_update
         if parts.example_dp is not None and update.work != ClientWork.local_training:

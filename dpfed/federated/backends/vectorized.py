@@ -180,12 +180,17 @@ class VectorizedBackend(ClientBackend):
             ``ceil(m / users_per_shard)`` clients.
     """
 
+    name = "vectorized"
+
     lockstep = True
     seeds_in_data = False  # `pack` lays the seeds out per step and user itself
 
     def __init__(self, users_per_shard: int):
         check(users_per_shard >= 1, "users_per_shard", users_per_shard, ">= 1")
         self.users_per_shard = users_per_shard
+
+    def describe(self) -> dict:
+        return {**super().describe(), "users_per_shard": self.users_per_shard}
 
     # ------------------------------------------------------------------ checks
     def check(self, strategy, parts, model) -> None:
