@@ -31,8 +31,11 @@ log = logging.getLogger("dpfed")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> dict | float:
-    # The summary or, with optimized_metric set, its value there (the mean over optimized_seeds
-    # seeds): what a search (Optuna) optimises.
+    """One run of ``cfg`` (or one job of a sweep).
+
+    Returns the summary or, with optimized_metric set, its value there (the mean over
+    optimized_seeds seeds): what a search (Optuna) optimises.
+    """
     hydra_cfg = HydraConfig.get()
     trial = lambda: over_seeds(run, cfg, hydra_cfg.runtime.output_dir)  # noqa: E731
     return optimized(trial, cfg.optimized_metric, hydra_cfg)

@@ -1,0 +1,1 @@
+"""Command-line scripts: tables, figures, reproductions, benchmarks, epsilon recomputation."""

@@ -537,6 +537,7 @@ def headline(result: dict) -> tuple[str, str, str]:
 
 
 def write_table(out: Path = OUT) -> str:
+    """The Markdown table of the workloads' results in ``out`` (also written to its README)."""
     rows = ["| workload | reference | fast | target | measured |", "|---|---|---|---|---|"]
     for name in WORKLOADS:
         path = out / f"{name}.json"
@@ -568,6 +569,7 @@ def write_table(out: Path = OUT) -> str:
 
 
 def main(argv=None) -> int:
+    """Times the chosen workloads and writes their results and the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workloads", nargs="*", help=f"any of {', '.join(WORKLOADS)} (default all)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes (checks the script runs)")

@@ -1,4 +1,4 @@
-"""Turn run folders into a table: python scripts/make_table.py SWEEP_DIR|EXPERIMENT [options].
+r"""Turn run folders into a table: python scripts/make_table.py SWEEP_DIR|EXPERIMENT [options].
 
 Reads summary.json (and .hydra/overrides.yaml) of every run under SWEEP_DIR, so
 tables never need re-training. Rows and columns are any summary field, config
@@ -11,12 +11,12 @@ experiments/README.md) instead of a folder, it reads
 ``results/tables/<name>.csv``, ``.md`` and ``.tex``.
 
 Example:
-    python scripts/make_table.py results/sweeps/2026-11-26 \\
-        --rows override/dp.noise_multiplier --values epsilon eval/accuracy \\
+    python scripts/make_table.py results/sweeps/2026-11-26 \
+        --rows override/dp.noise_multiplier --values epsilon eval/accuracy \
         --format markdown --out results/tables/noise.md
     python scripts/make_table.py privacy_utility
-    python scripts/make_table.py results/sweeps/lr \\
-        --rows override/strategy.client_optimizer.learning_rate \\
+    python scripts/make_table.py results/sweeps/lr \
+        --rows override/strategy.client_optimizer.learning_rate \
         --tuning poisson   # + the epsilon of releasing the best run (Papernot & Steinke 2022)
     python scripts/make_table.py results/searches/private_smart_home --tuning geometric
 """
@@ -87,7 +87,6 @@ def _markdown(cells: pd.DataFrame) -> str:
 
 def _latex(cells: pd.DataFrame, title: str | None) -> str:
     """A booktabs tabular (pandas' to_latex needs jinja2, which dpfed does not depend on)."""
-
     special = {
         "\\": r"\textbackslash{}",
         "&": r"\&",
@@ -198,6 +197,7 @@ def _trials_here(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Writes the table (Markdown, LaTeX, CSV) of the runs under ``root``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="a results folder (runs or a sweep), or an experiment name")
     parser.add_argument("--rows", nargs="+", default=["choice/dp"])

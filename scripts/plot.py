@@ -229,6 +229,7 @@ def plot_kind(kind: str, root, out) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Draws the figure of the runs under ``root``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root")
     parser.add_argument(

@@ -36,6 +36,7 @@ TOLERANCE = 1e-9
 
 
 def rebuild_event(data: dict) -> dp_accounting.DpEvent:
+    """The dp-accounting event a run recorded as JSON (its ``type`` and fields)."""
     fields = {
         k: rebuild_event(v) if isinstance(v, dict) else v for k, v in data.items() if k != "type"
     }
@@ -108,6 +109,7 @@ def replan(summary: dict) -> dict:
 
 
 def same(a: float, b: float) -> bool:
+    """Whether two epsilons agree within ``TOLERANCE`` (relative, absolute below 1)."""
     return a == b or abs(a - b) <= TOLERANCE * max(1.0, abs(a))
 
 
@@ -145,6 +147,7 @@ def check_run(run_dir: str | Path) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
+    """Prints one JSON line per run and account of the folders in ``argv``; 1 on a mismatch."""
     if not argv:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from scripts.plot import plot_kind
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs an experiment's sweeps, then writes its tables and figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--quick", action="store_true", help="the small <name>_quick variant")

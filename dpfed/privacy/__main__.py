@@ -1,4 +1,4 @@
-"""Privacy calculator: ``python -m dpfed.privacy epsilon|noise [flags]``, printing one JSON object.
+r"""Privacy calculator: ``python -m dpfed.privacy epsilon|noise [flags]``, printing one JSON object.
 
 It composes the run config its flags describe and builds the privacy plan with
 `dpfed.build.build_privacy`, the function every run uses, so an epsilon printed
@@ -13,17 +13,17 @@ refuses are refused here with the flag named.
 
 Examples:
     python -m dpfed.privacy epsilon --population 1000 --sample-size 50 --steps 20
-    python -m dpfed.privacy noise --epsilon 2 --sampling fixed --population 1000 \\
+    python -m dpfed.privacy noise --epsilon 2 --sampling fixed --population 1000 \
         --sample-size 50 --steps 20 --neighboring zero_out
-    python -m dpfed.privacy epsilon --dataset-size 60000 --batch-size 256 --epochs 60 \\
+    python -m dpfed.privacy epsilon --dataset-size 60000 --batch-size 256 --epochs 60 \
         --noise-multiplier 1.1 --conversion classic --orders 1.1:10.9:0.1,12:63
-    python -m dpfed.privacy epsilon --mechanism bandmf --bands 1000 --steps 2000 \\
-        --participations 2 --noise-multiplier 8.35 --neighboring zero_out --accountant pld \\
+    python -m dpfed.privacy epsilon --mechanism bandmf --bands 1000 --steps 2000 \
+        --participations 2 --noise-multiplier 8.35 --neighboring zero_out --accountant pld \
         --delta 1e-10
-    python -m dpfed.privacy epsilon --mechanism bandmf --sampling min_sep_poisson \\
+    python -m dpfed.privacy epsilon --mechanism bandmf --sampling min_sep_poisson \
         --sampling-groups 10 --population 1000 --sample-size 20 --steps 100 --noise-multiplier 1
-    python -m dpfed.privacy noise --epsilon 1 --mechanism dpsgd --record-sampling poisson \\
-        --client-records 760.6 --client-batch-size 64 --population 10 --sample-size 10 \\
+    python -m dpfed.privacy noise --epsilon 1 --mechanism dpsgd --record-sampling poisson \
+        --client-records 760.6 --client-batch-size 64 --population 10 --sample-size 10 \
         --steps 20 --local-epochs 2 --neighboring zero_out
 """
 
@@ -110,6 +110,7 @@ class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The calculator's flags (``epsilon`` or ``noise`` and the settings)."""
     parser = argparse.ArgumentParser(
         prog="python -m dpfed.privacy",
         description=__doc__.split("\n\n")[0],
@@ -462,6 +463,7 @@ def compute(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Prints the JSON object; exit code 2 with one message for a refused setting."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         out = compute(args)

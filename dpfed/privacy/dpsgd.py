@@ -23,7 +23,10 @@ def per_example_gradients(keras_model, example_loss, x, y):
     """Gradients of each example's loss, stacked on a leading batch axis, one per variable.
 
     Args:
+        keras_model: the model.
         example_loss: ``(y, predictions) -> [batch]`` (`dpfed.privacy.ghost.per_example_loss`).
+        x: one batch.
+        y: its labels.
     """
     variables = keras_model.trainable_variables
 
@@ -45,7 +48,8 @@ def clipped_gradient_sum(keras_model, loss, x, y, clip, method: str = "ghost"):
     Args:
         keras_model: the model (``method="vectorized"`` needs unrolled GRUs).
         loss: its Keras loss with ``reduction="none"``.
-        x, y: one batch.
+        x: one batch.
+        y: their labels.
         clip: the per-example L2 bound.
         method: ``ghost`` (`dpfed.privacy.ghost.GhostClipper`; models it does
             not cover fall back to ``vectorized``) or ``vectorized`` (the
@@ -88,7 +92,15 @@ def noisy_clipped_mean_gradient(
     """DP-SGD gradient: (sum of per-example gradients clipped to ``clip`` + noise) / batch_size.
 
     Args:
+        keras_model: the model, as for `clipped_gradient_sum`.
+        loss: its Keras loss with ``reduction="none"``.
+        x: one batch.
+        y: its labels.
+        clip: the per-example L2 bound.
+        noise_std: the noise's standard deviation (noise multiplier x ``clip``).
+        batch_size: the divisor (the expected batch size with Poisson batches).
         seed: the step's seed pair (``int64[2]``); the noise is a function of it alone.
+        method: as for `clipped_gradient_sum`.
     """
     summed = clipped_gradient_sum(keras_model, loss, x, y, clip, method)
     noisy = add_seeded_noise(summed, noise_std, seed)

@@ -955,6 +955,7 @@ class BLT:
     thetas: np.ndarray
 
     def __post_init__(self):
+        """Checks the weights and thetas (finite, of one length)."""
         w = _check_vector("weights", self.weights, allow_empty=True)
         th = _check_vector("thetas", self.thetas, allow_empty=True)
         if w.shape != th.shape:

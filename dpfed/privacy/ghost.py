@@ -281,7 +281,8 @@ class GhostClipper:
         """The per-example clipped gradient sum and what it was computed from.
 
         Args:
-            x, y: one batch.
+            x: one batch.
+            y: their labels.
             clip: L2 bound of each example's gradient (over all trainable weights).
             training: apply dropout.
 
@@ -430,7 +431,8 @@ def stacked_clipped_gradients(net, weights, x, y, mask, clip, training: bool = T
     Args:
         net: the stacked model.
         weights: its trainable weights, each ``[K, ...]``.
-        x, y: one step's batches ``[K, B, ...]``.
+        x: one step's batches ``[K, B, ...]``.
+        y: their labels.
         mask: ``[K, B]``, 1 for real examples, 0 for padding.
         clip: the per-example L2 bound.
         training: apply dropout.

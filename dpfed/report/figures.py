@@ -125,11 +125,13 @@ def utility_figure(
 
     Args:
         frame: one row per run, with ``panel``, ``series``, ``x`` and ``y`` columns.
-        x, y: the swept setting and the metric.
+        x: the swept setting's column.
+        y: the metric's column.
         out: the figure's path (no suffix: PDF and PNG).
         panel: one panel per value of this column.
         series: one line per value of this column.
-        xlabel, ylabel: axis labels (name the delta and the neighbouring relation).
+        xlabel: the x axis label (name the delta and the neighbouring relation).
+        ylabel: the y axis label.
         baselines: per panel, ``{label: value}`` drawn as labelled horizontal lines
             (e.g. the non-private result and the trivial predictor).
     """
@@ -199,8 +201,13 @@ def curves_figure(
     Args:
         data: stacked metrics.csv rows with ``panel`` and ``series`` columns
             (`dpfed.report.collect.curves` plus the runs' labels).
-        x, y: columns of metrics.csv (``round``, ``eval/accuracy``, ``epsilon``).
+        x: a column of metrics.csv (``round``, ``epsilon``).
+        y: a column of metrics.csv (``eval/accuracy``).
         out: the figure's path.
+        panel: the column that groups the panels (above).
+        series: the column naming each series (above).
+        xlabel: the x axis label (None: ``x``).
+        ylabel: the y axis label (None: ``y``).
     """
     data = data[data[series].notna()]  # rows of no series draw nothing
     data = data.assign(_series=data[series].astype(str), _key=data[panel].astype(str))

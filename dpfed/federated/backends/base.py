@@ -164,7 +164,8 @@ class ClientRound:
         """Epochs in orders drawn from the position ``(seed, round, client)`` alone.
 
         Args:
-            x, y: the client's examples.
+            x: the client's examples.
+            y: their labels.
             update: the strategy's `ClientUpdate` (local epochs).
             seed: the run seed.
             round_num: the round.
@@ -187,7 +188,8 @@ class ClientRound:
         its order, for shapes.
 
         Args:
-            x, y: the client's examples.
+            x: the client's examples.
+            y: their labels.
             batches: the plan's `PoissonBatches`.
             steps: how many batches to draw.
             round_num: the round.
