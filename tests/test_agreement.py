@@ -107,7 +107,7 @@ def loop_simulation(cfg):
         plan,
         MechanismParts(),
         strategy,
-        SimpleNamespace(describe=lambda: {}),  # no client backend: nothing trains
+        None,
         NoTraining(),
         seed=cfg.seed,
         progress=False,

@@ -270,7 +270,8 @@ class Simulation:
             **_disjoint(
                 self.privacy_record(),
                 self.strategy.describe(),
-                self.backend.describe(),
+                # the client backend that ran (none without clients: centralized)
+                self.backend.describe() if self.strategy.client_update else {"backend": None},
                 self.audit.describe(),
             ),
             "epsilon": None,  # set once a round has been accounted

@@ -130,6 +130,21 @@ def first_difference(saved: dict, current: dict) -> tuple[str, object, object] |
     return None
 
 
+def _option_selecting(key: str, target) -> str | None:
+    """For a ``<group>._target_`` key, the override whose schema has ``target``
+    (``backend=reference``; ``optimizer@strategy.client_optimizer=adam``), else None."""
+    if not key.endswith("._target_"):
+        return None
+    from dpfed.config import schemas
+
+    node = key.removesuffix("._target_")
+    group = "optimizer" if node.endswith("_optimizer") else node
+    names = [n for n, s in schemas().get(group, {}).items() if getattr(s, "_target_", 0) == target]
+    if len(names) != 1:
+        return None
+    return f"{node}={names[0]}" if group == node else f"{group}@{node}={names[0]}"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -203,11 +218,13 @@ class Checkpoints:
     def _check_same_config(self, saved: dict) -> None:
         if diff := first_difference(saved, self.config):
             key, saved, current = diff
+            option = _option_selecting(key, saved)
             raise ConfigError(
                 key,
                 current,
-                f"{saved!r} as in the checkpointed run in {self.dir.parent} "
-                "(resume=true continues a run with the same config; start a new "
+                f"{saved!r} as in the checkpointed run in {self.dir.parent}"
+                + (f" ({option} selects it)" if option else "")
+                + " (resume=true continues a run with the same config; start a new "
                 "run in a new directory to change it)",
                 absolute=True,
             )

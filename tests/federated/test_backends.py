@@ -415,6 +415,12 @@ def test_auto_runs_vectorized_where_it_takes_the_setting_and_reference_otherwise
     [
         (("backend=vectorized", "backend.users_per_shard=0"), "backend.users_per_shard"),
         (("backend.users_per_shard=0",), "backend.users_per_shard"),  # auto: refused, not skipped
+        # auto, where both refuse (`test_auto_refuses_with_the_reason_a_user_can_act_on`):
+        # vectorized needs SGD on the clients, only vectorized runs the canary records
+        (
+            ("dp=dpsgd", "audit=canary_gradients", "optimizer@strategy.client_optimizer=adam"),
+            "strategy.client_optimizer",
+        ),
         (("backend=vectorized", "strategy=fedsgd"), "backend"),
         (("backend=vectorized", "strategy=centralized"), "backend"),
         (
@@ -449,3 +455,39 @@ def test_unsupported_settings_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:
         build_simulation(compose_config("debug=smoke", *overrides))
     assert err.value.key == key
+
+
+@pytest.mark.parametrize(
+    "on_vectorized,on_reference,raised",
+    [
+        ("strategy.weighted", "strategy.weighted", "strategy.weighted"),  # both, one setting
+        ("backend", "strategy", "strategy"),  # fedsgd with dp=dpsgd: change the strategy
+        ("strategy.client_optimizer", "backend", "strategy.client_optimizer"),
+        ("backend", "backend", "backend"),  # neither runs this work: both reasons
+        ("strategy.client_optimizer", "strategy.weighted", "backend"),  # two settings: both
+    ],
+)
+def test_auto_refuses_with_the_reason_a_user_can_act_on(
+    monkeypatch, on_vectorized, on_reference, raised
+):
+    from types import SimpleNamespace
+
+    from dpfed.federated.backends.auto import AutoBackend
+    from dpfed.federated.backends.reference import ReferenceBackend
+
+    def refusing(key, backend):
+        def check(self, strategy, parts, model):
+            raise ConfigError(key, backend, f"something {backend} refuses", absolute=True)
+
+        return check
+
+    monkeypatch.setattr(VectorizedBackend, "check", refusing(on_vectorized, "vectorized"))
+    monkeypatch.setattr(ReferenceBackend, "check", refusing(on_reference, "reference"))
+    strategy = SimpleNamespace(client_update=object())
+    with pytest.raises(ConfigError) as err:
+        AutoBackend(users_per_shard=2).for_run(strategy, None, None)
+    assert err.value.key == raised
+    if on_vectorized != on_reference and raised == "backend":
+        assert err.value.value == "auto"
+        assert "vectorized refuses it (" in str(err.value)
+        assert "reference refuses it (" in str(err.value)

@@ -33,9 +33,20 @@ SLOW_CASES = {
 }
 
 
-def test_updates_are_clipped_to_clip(runtime):
+# The DP aggregator's clipping and noise on both client backends (the default, auto, runs
+# vectorized here; tests/federated/test_backends.py compares their rounds)
+BACKENDS = pytest.mark.parametrize("backend", ["reference", "vectorized"])
+
+
+@BACKENDS
+def test_updates_are_clipped_to_clip(runtime, backend):
     # the one-step task, whose first-round updates mostly agree (the bound below was set on it)
-    task = ("dataset.horizon=1", "strategy.client_optimizer.learning_rate=0.5", FIXED)
+    task = (
+        "dataset.horizon=1",
+        "strategy.client_optimizer.learning_rate=0.5",
+        FIXED,
+        f"backend={backend}",
+    )
     free, _, _ = one_round_update("dp=none", *task)
     clip = 0.1 * np.linalg.norm(free)
     clipped, _, _ = one_round_update("dp.noise_multiplier=0", f"dp.clip={clip}", *task)
@@ -44,14 +55,18 @@ def test_updates_are_clipped_to_clip(runtime):
     assert 0.5 * clip < np.linalg.norm(clipped) <= clip * (1 + 1e-4)
 
 
-def test_noise_std_is_noise_multiplier_times_clip_over_expected_cohort(runtime):
+@BACKENDS
+def test_noise_std_is_noise_multiplier_times_clip_over_expected_cohort(runtime, backend):
     z, clip = 2.0, 1e-3
-    delta, params, cohort = one_round_update(f"dp.noise_multiplier={z}", f"dp.clip={clip}", FIXED)
+    delta, params, cohort = one_round_update(
+        f"dp.noise_multiplier={z}", f"dp.clip={clip}", FIXED, f"backend={backend}"
+    )
     assert z * clip * np.sqrt(params) / cohort > 10 * clip  # the noise dominates what we measure
     assert np.std(delta) == pytest.approx(z * clip / cohort, rel=0.15)
 
 
-def test_an_empty_poisson_cohort_still_releases_its_noise(runtime):
+@BACKENDS
+def test_an_empty_poisson_cohort_still_releases_its_noise(runtime, backend):
     """Skipping the round would reveal that nobody was sampled (not what Poisson analysis assumes)."""
     z, clip = 2.0, 1e-3
     sim = build(
@@ -59,7 +74,9 @@ def test_an_empty_poisson_cohort_still_releases_its_noise(runtime):
         f"dp.noise_multiplier={z}",
         f"dp.clip={clip}",
         "strategy.server_optimizer.momentum=null",
+        f"backend={backend}",
     )
+    assert sim.backend.name == backend
     empty = next(r for r in range(1, 50) if not sim.sampler.sample(r))
     state = sim.process.initialize()
     before = [np.asarray(w) for w in sim.process.get_model_weights(state).trainable]
@@ -222,6 +239,7 @@ def test_input_noise_trains_on_noisy_features_with_constant_epsilon(runtime, tmp
 def test_centralized_trains_on_pooled_data(runtime, tmp_path):
     sim, summary, metrics = run_in_process(tmp_path, "strategy=centralized", "dp=none")
     assert summary["num_clients"] == 40 and summary["clients_per_round"] == 5
+    assert summary["backend"] is None  # no clients, so no client backend ran
     assert (metrics["train/examples"] == summary["num_records"]).all()
     assert np.isinf(metrics["epsilon"]).all() and np.isfinite(metrics["eval/accuracy"]).all()
 

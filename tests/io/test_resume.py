@@ -379,6 +379,27 @@ def test_resume_with_another_config_names_the_first_differing_key(tmp_path):
         Checkpoints(tmp_path, config=other, resume=True)
 
 
+@pytest.mark.parametrize(
+    "saved,override",
+    [
+        (("backend=reference",), "backend=reference"),  # a run from before backend=auto
+        (("optimizer@strategy.client_optimizer=adam",), "optimizer@strategy.client_optimizer=adam"),
+        (("dp=tree",), "dp=tree"),
+    ],
+)
+def test_a_component_that_differs_on_resume_names_the_option_that_selects_it(
+    tmp_path, saved, override
+):
+    config = OmegaConf.to_container(compose_config(SMOKE, *saved), resolve=True)
+    Checkpoints(tmp_path, config=config).save({}, {"round": 1, "finished": False})
+    now = OmegaConf.to_container(compose_config(SMOKE, "resume=true"), resolve=True)
+    with pytest.raises(ConfigError, match=r"\._target_=.* must be ") as err:
+        Checkpoints(tmp_path, config=now, resume=True)
+    assert f"({override} selects it)" in str(err.value)
+    retried = OmegaConf.to_container(compose_config(SMOKE, *saved, "resume=true"), resolve=True)
+    assert Checkpoints(tmp_path, config=retried, resume=True).round == 1
+
+
 def test_a_refused_resumption_leaves_the_runs_hydra_record_as_it_was(tmp_path):
     hydra = tmp_path / ".hydra"
     hydra.mkdir()

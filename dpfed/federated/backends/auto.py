@@ -1,9 +1,10 @@
 """``backend=auto`` (the default): the vectorized backend where it runs the setting, else reference.
 
 The two give the same model (``tests/federated/test_backends.py``: a round agrees within 1e-4
-for every mechanism and the strategies both run); ``vectorized`` trains a cohort several times
-faster, and ``reference`` (TFF's own client work) runs what it refuses: ``fedsgd``,
-``centralized``, client optimizers other than SGD and models other than the GRU stack.
+for every mechanism and the strategies both run; dropout masks agree in distribution only);
+``vectorized`` trains a cohort several times faster, and ``reference`` (TFF's own client work)
+runs what it refuses: ``fedsgd``, client optimizers other than (momentum) SGD, and a model other
+than the GRU stack with a dense head (none of ``conf/model``). ``centralized`` has no clients.
 """
 
 from __future__ import annotations
@@ -28,11 +29,34 @@ class AutoBackend:
         self.vectorized = VectorizedBackend(users_per_shard)  # refuses a bad users_per_shard
 
     def for_run(self, strategy, parts, model):
-        if strategy.client_update is not None:
+        """Vectorized if it takes the setting, else reference.
+
+        Raises:
+            ConfigError: neither takes it. Where one backend's refusal names a setting and the
+                other's only says "the other backend", the one that names the setting (what
+                the user can change); the refusal both make of one setting; else both.
+        """
+        if strategy.client_update is None:  # no clients to train (centralized)
+            return ReferenceBackend().for_run(strategy, parts, model)
+        try:
+            return self.vectorized.for_run(strategy, parts, model)
+        except ConfigError as on_vectorized:
             try:
-                return self.vectorized.for_run(strategy, parts, model)
-            except ConfigError as refused:
-                log.info(
-                    "backend=auto runs reference, as vectorized refuses the setting: %s", refused
-                )
-        return ReferenceBackend().for_run(strategy, parts, model)
+                backend = ReferenceBackend().for_run(strategy, parts, model)
+            except ConfigError as on_reference:
+                vectorized, reference = on_vectorized.key, on_reference.key
+                if vectorized == "backend" != reference or vectorized == reference != "backend":
+                    raise  # reference's names the setting to change (or both name it)
+                if reference == "backend" != vectorized:
+                    raise on_vectorized from None  # vectorized's names it
+                raise ConfigError(
+                    "backend",
+                    "auto",
+                    "a backend that runs this setting, and neither does: vectorized refuses it "
+                    f"({on_vectorized}); reference refuses it ({on_reference})",
+                    absolute=True,
+                ) from on_reference
+            log.info(
+                "backend=auto runs reference, as vectorized refuses the setting: %s", on_vectorized
+            )
+            return backend
