@@ -277,8 +277,28 @@ def build_checkpoints(cfg: DictConfig, output_dir: str, multirun: bool = False):
 
     config = OmegaConf.to_container(cfg, resolve=True)
     return Checkpoints(
-        output_dir, cfg.checkpoint_every, config, resume=cfg.resume, fresh_if_empty=multirun
+        output_dir,
+        cfg.checkpoint_every,
+        config,
+        resume=cfg.resume,
+        fresh_if_empty=multirun,
+        option_hint=option_selecting,
     )
+
+
+def option_selecting(key: str, target) -> str | None:
+    """For a ``<group>._target_`` key, the override whose schema has ``target``
+    (``backend=reference``; ``optimizer@strategy.client_optimizer=adam``), else None."""
+    if not key.endswith("._target_"):
+        return None
+    node = key.removesuffix("._target_")
+    group = "optimizer" if node.endswith("_optimizer") else node
+    from dpfed.config import schemas
+
+    names = [n for n, s in schemas().get(group, {}).items() if getattr(s, "_target_", 0) == target]
+    if len(names) != 1:
+        return None
+    return f"{node}={names[0]}" if group == node else f"{group}@{node}={names[0]}"
 
 
 def build_writer(cfg: DictConfig, output_dir: str, simulation):

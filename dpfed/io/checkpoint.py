@@ -130,21 +130,6 @@ def first_difference(saved: dict, current: dict) -> tuple[str, object, object] |
     return None
 
 
-def _option_selecting(key: str, target) -> str | None:
-    """For a ``<group>._target_`` key, the override whose schema has ``target``
-    (``backend=reference``; ``optimizer@strategy.client_optimizer=adam``), else None."""
-    if not key.endswith("._target_"):
-        return None
-    from dpfed.config import schemas
-
-    node = key.removesuffix("._target_")
-    group = "optimizer" if node.endswith("_optimizer") else node
-    names = [n for n, s in schemas().get(group, {}).items() if getattr(s, "_target_", 0) == target]
-    if len(names) != 1:
-        return None
-    return f"{node}={names[0]}" if group == node else f"{group}@{node}={names[0]}"
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -166,6 +151,8 @@ class Checkpoints:
         fresh_if_empty: with ``resume``, start afresh if ``run_dir`` holds no
             output at all (a job of a killed sweep that never started) instead
             of refusing.
+        option_hint: ``(key, saved value) -> override or None``: the override that
+            selects the saved value, named when a resumption is refused over it.
 
     Raises:
         ConfigError: with ``resume``: no checkpoint in ``run_dir``, or it was
@@ -180,7 +167,9 @@ class Checkpoints:
         config: dict | None = None,
         resume: bool = False,
         fresh_if_empty: bool = False,
+        option_hint=None,
     ):
+        self.option_hint = option_hint or (lambda key, saved: None)
         self.run_dir, self.dir = Path(run_dir), Path(run_dir) / DIRNAME
         self.every, self.config, self.resume = every, config or {}, resume
         self.meta: dict | None = None  # what a resumption starts from
@@ -218,7 +207,7 @@ class Checkpoints:
     def _check_same_config(self, saved: dict) -> None:
         if diff := first_difference(saved, self.config):
             key, saved, current = diff
-            option = _option_selecting(key, saved)
+            option = self.option_hint(key, saved)
             raise ConfigError(
                 key,
                 current,

@@ -390,14 +390,15 @@ def test_resume_with_another_config_names_the_first_differing_key(tmp_path):
 def test_a_component_that_differs_on_resume_names_the_option_that_selects_it(
     tmp_path, saved, override
 ):
+    from dpfed.build import build_checkpoints
+
     config = OmegaConf.to_container(compose_config(SMOKE, *saved), resolve=True)
     Checkpoints(tmp_path, config=config).save({}, {"round": 1, "finished": False})
-    now = OmegaConf.to_container(compose_config(SMOKE, "resume=true"), resolve=True)
     with pytest.raises(ConfigError, match=r"\._target_=.* must be ") as err:
-        Checkpoints(tmp_path, config=now, resume=True)
+        build_checkpoints(compose_config(SMOKE, "resume=true"), tmp_path)
     assert f"({override} selects it)" in str(err.value)
-    retried = OmegaConf.to_container(compose_config(SMOKE, *saved, "resume=true"), resolve=True)
-    assert Checkpoints(tmp_path, config=retried, resume=True).round == 1
+    retried = build_checkpoints(compose_config(SMOKE, *saved, "resume=true"), tmp_path)
+    assert retried.round == 1
 
 
 def test_a_refused_resumption_leaves_the_runs_hydra_record_as_it_was(tmp_path):
