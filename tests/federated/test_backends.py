@@ -26,6 +26,10 @@ SLOW_CASES = {
     "test_a_round_is_the_reference_round[dpsgd-poisson-records]",
     "test_a_round_is_the_reference_round[local]",
     "test_a_round_is_the_reference_round[per-layer]",
+    *(
+        f"test_auto_runs_vectorized_where_it_takes_the_setting_and_reference_otherwise[{case}]"
+        for case in ("textbook-dpsgd", "centralized", "adam-clients", "canary-records")
+    ),
 }
 
 # several, uneven shards; fixed-size cohorts so that no round is empty
@@ -397,6 +401,7 @@ def test_a_vectorized_run_completes_and_writes_metrics(runtime, tmp_path):
         (("optimizer@strategy.client_optimizer=adam",), "reference"),
         (("dp=dpsgd", "audit=canary_gradients", "audit.canaries=20"), "vectorized"),
     ],
+    ids=["default", "textbook-dpsgd", "fedsgd", "centralized", "adam-clients", "canary-records"],
 )
 def test_auto_runs_vectorized_where_it_takes_the_setting_and_reference_otherwise(
     runtime, overrides, runs
