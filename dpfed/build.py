@@ -289,12 +289,12 @@ def build_checkpoints(cfg: DictConfig, output_dir: str, multirun: bool = False):
 def option_selecting(key: str, target) -> str | None:
     """For a ``<group>._target_`` key, the override whose schema has ``target``
     (``backend=reference``; ``optimizer@strategy.client_optimizer=adam``), else None."""
+    from dpfed.config import schemas
+
     if not key.endswith("._target_"):
         return None
     node = key.removesuffix("._target_")
     group = "optimizer" if node.endswith("_optimizer") else node
-    from dpfed.config import schemas
-
     names = [n for n, s in schemas().get(group, {}).items() if getattr(s, "_target_", 0) == target]
     if len(names) != 1:
         return None

@@ -309,8 +309,8 @@ class CanaryAudit(CanaryAuditBase):
         }
 
     def warnings(self, plan) -> tuple[str, ...]:
-        """See `relation_warnings` (a central mechanism's default with fixed-size or
-        shuffled cohorts is replace-one; with Poisson cohorts, add/remove)."""
+        """See `relation_warnings` (a central mechanism's default with fixed-size, shuffled or
+        cyclic cohorts is replace-one; with Poisson cohorts, add/remove)."""
         return self.relation_warnings(plan, "epsilon", "a canary client's update")
 
     def describe(self) -> dict:
