@@ -243,8 +243,7 @@ def build_simulation(cfg: DictConfig, checkpoints=None, prepared: Prepared | Non
     if parts.transform is not None:  # input perturbation replaces the training data
         dataset = parts.transform(dataset)
     strategy = _build("strategy", cfg.strategy)
-    with config_group("backend"):
-        backend = instantiate(cfg.backend).for_run(strategy, parts, model)
+    backend = _build("backend", cfg.backend).for_run(strategy, parts, model)  # refusals: absolute
     # The initial model must depend on the seed only, not on what was built before it.
     tf.keras.utils.set_random_seed(cfg.seed)
     process = strategy.build_process(backend, model, parts, plan, dataset)

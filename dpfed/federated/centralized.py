@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpfed.errors import ConfigError, check
+from dpfed.errors import check
 from dpfed.federated.strategy import Strategy, _check_evaluation
 
 
@@ -61,14 +61,8 @@ class Centralized(Strategy):
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def build_process(self, backend, model, parts, plan, dataset):
-        """A `CentralizedProcess` on the plan's pool of records."""
-        if backend.lockstep:
-            raise ConfigError(
-                "backend",
-                "vectorized",
-                "reference with strategy=centralized (there are no clients to train in lockstep)",
-                absolute=True,
-            )
+        """A `CentralizedProcess` on the plan's pool of records (a lockstep backend refuses
+        a strategy without clients in its `check`)."""
         from dpfed.federated.pooled import CentralizedProcess
 
         x, y = self.pool(dataset.train, plan.sampler.clients)

@@ -29,15 +29,11 @@ class VectorizedConfig:
 
 
 @dataclass
-class AutoConfig:
-    """``vectorized`` where it runs the setting, else ``reference`` (``backend=auto``).
-
-    Attributes:
-        users_per_shard: simulated users per TFF client when ``vectorized`` runs.
-    """
+class AutoConfig(VectorizedConfig):
+    """``vectorized`` (with its ``users_per_shard``) where it runs the setting, else ``reference``
+    (``backend=auto``)."""
 
     _target_: str = "dpfed.federated.backends.auto.AutoBackend"
-    users_per_shard: int = 100
 
 
 SCHEMAS = {"auto": AutoConfig, "reference": ReferenceConfig, "vectorized": VectorizedConfig}

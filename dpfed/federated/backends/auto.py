@@ -3,8 +3,9 @@
 The two give the same model (``tests/federated/test_backends.py``: a round agrees within 1e-4
 for every mechanism and the strategies both run; dropout masks agree in distribution only);
 ``vectorized`` trains a cohort several times faster, and ``reference`` (TFF's own client work)
-runs what it refuses: ``fedsgd``, client optimizers other than (momentum) SGD, and a model other
-than the GRU stack with a dense head (none of ``conf/model``). ``centralized`` has no clients.
+runs what it refuses: ``fedsgd``, ``centralized`` (no clients to train in lockstep), client
+optimizers other than (momentum) SGD, and a model other than the GRU stack with a dense head
+(none of ``conf/model``).
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ class AutoBackend:
                 other's only says "the other backend", the one that names the setting (what
                 the user can change); the refusal both make of one setting; else both.
         """
-        if strategy.client_update is None:  # no clients to train (centralized)
-            return ReferenceBackend().for_run(strategy, parts, model)
         try:
             return self.vectorized.for_run(strategy, parts, model)
         except ConfigError as on_vectorized:

@@ -23,8 +23,7 @@ class ClientBackend(abc.ABC):
 
     def for_run(self, strategy, parts, model) -> ClientBackend:
         """The backend that runs ``strategy``: this one, once `check` accepts the setting."""
-        if strategy.client_update is not None:  # a strategy with clients: can it run them?
-            self.check(strategy, parts, model)
+        self.check(strategy, parts, model)
         return self
 
     def describe(self) -> dict:
@@ -34,6 +33,9 @@ class ClientBackend(abc.ABC):
     @abc.abstractmethod
     def check(self, strategy, parts, model) -> None:
         """Refuses what this backend cannot run exactly, naming the setting (before training).
+
+        A strategy without clients (``client_update`` None: centralized) has nothing for
+        a client backend to run.
 
         Raises:
             ConfigError: with the full Hydra key of the setting to change.

@@ -184,6 +184,8 @@ class ReferenceBackend(ClientBackend):
 
     def check(self, strategy, parts, model) -> None:
         update = strategy.client_update
+        if update is None:  # no clients (centralized): TFF's client work is not used
+            return
         if parts.example_dp is not None and update.work != ClientWork.local_training:
             raise ConfigError(
                 "strategy",
